@@ -1,0 +1,34 @@
+# Set-up is two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch==2.13.0 first (the CPU wheel on our machines) so that no dependency resolves another torch.
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install "setuptools>=77" wheel "pybind11>=2.12"
+	$(PIP) install --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+demo: $(STAMP)
+	$(PY) -m depth_anything_fast.demo --out demo_out
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build *.egg-info depth_anything_fast/_C*.so

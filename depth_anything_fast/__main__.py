@@ -1,0 +1,3 @@
+from depth_anything_fast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Triton kernels (installed as depth_anything_fast.kernels)."""
