@@ -1,0 +1,56 @@
+"""``python -m depth_anything_fast.train --config configs/teacher.yaml [--set a.b=v] [--resume]``
+
+Also under ``torchrun --nproc-per-node N -m depth_anything_fast.train ...`` (FSDP2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m depth_anything_fast.train",
+        description="Train Depth Anything: teacher, student (pseudo-labels + CutMix + feature "
+                    "alignment) or finetune-metric. Launch with torchrun for FSDP2.",
+    )
+    parser.add_argument("--config", help="YAML file (see configs/); defaults when omitted")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE", help="override a config field, e.g. optim.lr=1e-5")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in <out_dir>/checkpoints")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from .distributed import shutdown_distributed
+    from .trainer import EXIT_TERMINATED, NonFiniteLossError, Trainer
+
+    try:
+        result = Trainer(cfg, resume=args.resume).run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    finally:
+        shutdown_distributed()
+    print(json.dumps(result))
+    return EXIT_TERMINATED if result["status"] == "terminated" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Training configuration: nested dataclasses, YAML files and `--set a.b=value` overrides.
+
+Every error names the offending field with its dotted path (``optim.lr: expected float, got
+str 'abc'``), so a typo in a YAML file or on the command line never reaches the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+STAGES = ("teacher", "student", "finetune-metric")
+
+
+@dataclass
+class ModelConfig:
+    """Network to train. ``encoder`` names a preset (vits/vitb/vitl/vitg); the optional size
+    fields override it, which is how the tiny test and demo models are made."""
+
+    encoder: str = "vits"
+    version: Literal["v1", "v2"] = "v2"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    features: int | None = None
+    out_channels: list[int] | None = None
+    intermediate_layers: list[int] | None = None
+    ffn: Literal["mlp", "swiglu"] | None = None
+    # finetune-metric: sigmoid * max_depth head (metres)
+    max_depth: float = 20.0
+    attn_backend: str = "auto"
+    # Local file: DINOv2 encoder weights or a Depth Anything checkpoint (encoder-only or full).
+    init: str | None = None
+    # Student only: the frozen encoder used for feature alignment (a DINOv2 / Depth Anything
+    # checkpoint); None falls back to ``init``.
+    frozen_encoder: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Data sources. ``batch_size`` is the labelled images per rank and step; the student adds
+    ``unlabelled_ratio * batch_size`` pseudo-labelled images to every batch."""
+
+    labelled: str | None = None
+    # LabelledSpec of the labelled set; None reads ``<labelled>/spec.json``.
+    labelled_spec: dict[str, Any] | None = None
+    # Student: output directory of the pseudo-label CLI (images are found through its manifest).
+    pseudo_labels: str | None = None
+    val: str | None = None
+    val_spec: dict[str, Any] | None = None
+    crop_size: int = 518
+    batch_size: int = 4
+    unlabelled_ratio: int = 2
+    backend: Literal["auto", "dali", "pil"] = "auto"
+    num_threads: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with separate encoder / decoder learning rates, linear warm-up then poly decay
+    ``(1 - it / total) ** poly_power`` as in the V2 metric code."""
+
+    lr: float = 5e-6
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    grad_clip: float = 1.0
+    # None: fused AdamW where the parameters' device supports it, else foreach.
+    fused: bool | None = None
+
+
+@dataclass
+class LossConfig:
+    backend: Literal["auto", "reference", "cpp", "triton"] = "auto"
+    # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
+    gradient_weight: float = 0.0
+    gradient_scales: int = 4
+    # Student: feature-alignment tolerance and CutMix probability on the unlabelled part.
+    alpha: float = 0.85
+    cutmix_p: float = 0.5
+    # finetune-metric
+    silog_lambda: float = 0.5
+
+
+@dataclass
+class DistConfig:
+    """``fsdp``: None shards with FSDP2 only when more than one process runs."""
+
+    fsdp: bool | None = None
+    activation_checkpointing: bool = False
+    compile: bool = False
+    # "auto": bf16 parameters / autocast on CUDA, fp32 on CPU.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["teacher", "student", "finetune-metric"] = "teacher"
+    out_dir: str = "runs/default"
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    # Periodic checkpoint (0 = only at the end and on SIGTERM).
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    # Periodic validation through the evaluate module (0 = off).
+    val_every: int = 0
+    val_max_images: int = 64
+    val_input_size: int = 518
+    progress: bool = True
+    tensorboard: bool = True
+    # Export the final model with save_pretrained into ``<out_dir>/final``.
+    export: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert the few lossless cases
+    (int -> float, numeric strings -> float because PyYAML reads ``5e-6`` as a string)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
+                          f"{value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got "
+                              f"{type(value).__name__} {value!r}")
+        return _from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected float, got bool {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected int, got {type(value).__name__} {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected bool, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected str, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{where}: unsupported annotation {tp!r}")
+
+
+def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{where}: unknown field (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. optim.lr=1e-5")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return values
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range checks that types alone cannot express."""
+    positive = {
+        "steps": cfg.steps,
+        "data.batch_size": cfg.data.batch_size,
+        "data.crop_size": cfg.data.crop_size,
+        "data.num_threads": cfg.data.num_threads,
+        "train.keep_checkpoints": cfg.keep_checkpoints,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name}: must be > 0, got {value}")
+    if cfg.data.crop_size % 14:
+        raise ConfigError(f"data.crop_size: must be a multiple of 14 (patch size), "
+                          f"got {cfg.data.crop_size}")
+    for name, value in {"log_every": cfg.log_every, "checkpoint_every": cfg.checkpoint_every,
+                        "val_every": cfg.val_every, "optim.warmup_steps": cfg.optim.warmup_steps,
+                        "data.unlabelled_ratio": cfg.data.unlabelled_ratio}.items():
+        if value < 0:
+            raise ConfigError(f"{name}: must be >= 0, got {value}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas: expected two values in [0, 1), got {cfg.optim.betas}")
+    if not 0 <= cfg.loss.cutmix_p <= 1:
+        raise ConfigError(f"loss.cutmix_p: must be in [0, 1], got {cfg.loss.cutmix_p}")
+    if not -1 <= cfg.loss.alpha <= 1:
+        raise ConfigError(f"loss.alpha: must be in [-1, 1], got {cfg.loss.alpha}")
+    if cfg.model.max_depth <= 0:
+        raise ConfigError(f"model.max_depth: must be > 0, got {cfg.model.max_depth}")
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build and validate a TrainConfig from a nested dict (YAML content)."""
+    return validate(_from_dict(TrainConfig, values))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (or start from defaults with ``path=None``) and apply ``--set``
+    overrides. Raises FileNotFoundError for a missing file and ConfigError naming the field."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        values = loaded or {}
+    apply_overrides(values, overrides or [])
+    return config_from_dict(values)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,150 @@
+"""Process-group set-up and the one place where models are wrapped for training.
+
+Wrapping follows torchtitan's order: activation checkpointing per transformer block ->
+optional ``torch.compile`` per block -> ``fully_shard`` each block -> ``fully_shard`` the root.
+Compiling the block before sharding keeps FSDP2's hooks outside the compiled graph.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import DistConfig
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: DistConfig) -> DistInfo:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` set), NCCL on CUDA and
+    gloo on CPU; a plain ``python -m`` run stays single-process without a process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and cfg.backend != "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(minutes=30),
+            device_id=device if backend == "nccl" else None,
+        )
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (a no-op without a process group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (keeps collectives in step when
+    one rank, e.g., received SIGTERM first)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def resolve_param_dtype(cfg: DistConfig, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA and fp32 on CPU for ``precision="auto"`` (CPU bf16 matmuls are slow on most
+    hosts and gloo reductions of bf16 lose the tolerance the tests rely on)."""
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.precision == "fp32":
+        return torch.float32
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def use_fsdp(cfg: DistConfig, info: DistInfo) -> bool:
+    return info.world_size > 1 if cfg.fsdp is None else cfg.fsdp
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, block) for every encoder transformer block: ``encoder.blocks`` is an
+    nn.ModuleList (possibly chunked into lists of lists as in DINOv2's ``block_chunks``)."""
+    found = []
+    blocks = getattr(getattr(model, "encoder", None), "blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(model).__name__} has no encoder.blocks to wrap")
+    for index, block in enumerate(blocks):
+        if isinstance(block, nn.ModuleList):  # block chunk
+            found.extend((block, str(i), inner) for i, inner in enumerate(block)
+                         if not isinstance(inner, nn.Identity))
+        else:
+            found.append((blocks, str(index), block))
+    return found
+
+
+def wrap_model(model: nn.Module, cfg: DistConfig, info: DistInfo) -> nn.Module:
+    """Apply activation checkpointing, per-block compile and FSDP2 to a model already on
+    ``info.device``; returns the model to train (the same object, blocks replaced in place)."""
+    if cfg.activation_checkpointing or cfg.compile:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            checkpoint_wrapper,
+        )
+
+        for parent, attr, block in transformer_blocks(model):
+            wrapped = block
+            if cfg.activation_checkpointing:
+                wrapped = checkpoint_wrapper(wrapped, preserve_rng_state=False)
+            if cfg.compile:
+                wrapped = torch.compile(wrapped)
+            parent._modules[attr] = wrapped
+
+    param_dtype = resolve_param_dtype(cfg, info.device)
+    if use_fsdp(cfg, info):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        for _, _, block in transformer_blocks(model):
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def autocast_context(cfg: DistConfig, info: DistInfo, fsdp: bool):
+    """bf16 autocast without FSDP when bf16 is asked for (FSDP2 casts parameters itself);
+    a null context otherwise."""
+    import contextlib
+
+    if resolve_param_dtype(cfg, info.device) == torch.bfloat16 and not fsdp:
+        return torch.autocast(info.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

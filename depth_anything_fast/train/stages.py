@@ -1,0 +1,102 @@
+"""One training step's loss for each stage: teacher, student, finetune-metric.
+
+Each function takes the model being trained and one batch (dicts of tensors from the data
+loaders, already on the device) and returns ``(total_loss, parts)`` where ``parts`` holds the
+detached terms for logging. All loss arithmetic comes from ``depth_anything_fast.losses``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import LossConfig
+
+Batch = dict[str, Any]
+
+
+def teacher_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tensor, dict]:
+    """Affine-invariant loss on labelled images, plus ``cfg.gradient_weight`` times the MiDaS
+    scale-shift-invariant loss (least-squares aligned MSE + multi-scale gradient matching).
+
+    batch: image (B,3,c,c) float32, disparity (B,c,c) float32 in [0,1], mask (B,c,c) bool.
+    """
+    from depth_anything_fast.losses import affine_invariant_loss, scale_shift_invariant_loss
+
+    pred = model(batch["image"]).float()
+    loss = affine_invariant_loss(pred, batch["disparity"], batch["mask"], backend=cfg.backend)
+    parts = {"affine": loss.detach()}
+    if cfg.gradient_weight > 0:
+        midas = scale_shift_invariant_loss(
+            pred, batch["disparity"], batch["mask"], scales=cfg.gradient_scales
+        )
+        parts["midas"] = midas.detach()
+        loss = loss + cfg.gradient_weight * midas
+    return loss, parts
+
+
+def student_loss(
+    model: nn.Module,
+    labelled: Batch,
+    pseudo: Batch,
+    frozen_encoder: nn.Module,
+    cfg: LossConfig,
+    generator: torch.Generator,
+) -> tuple[Tensor, dict]:
+    """Mean of the labelled affine-invariant loss, the CutMix-segmented loss on the strongly
+    perturbed pseudo-labelled images, and feature alignment to the frozen encoder.
+
+    labelled: image (B,3,c,c), disparity (B,c,c), mask (B,c,c).
+    pseudo: strong (U,3,c,c) colour-perturbed view, disparity (U,c,c) teacher disparity of the
+    clean view, mask (U,c,c). CutMix (probability ``cfg.cutmix_p``) mixes the strong images;
+    the pseudo-labels and masks follow the same boxes. One forward pass over the B + U images
+    keeps FSDP2 at one all-gather per block; the alignment covers all of them.
+    """
+    from depth_anything_fast.data.cutmix import cutmix
+    from depth_anything_fast.losses import (
+        affine_invariant_loss,
+        cutmix_loss,
+        feature_alignment_loss,
+    )
+
+    n_labelled = labelled["image"].shape[0]
+    mixed, box, partner = cutmix(pseudo["strong"], p=cfg.cutmix_p, generator=generator)
+    box = box.to(mixed.device)
+    partner = partner.to(mixed.device)
+    target_a = pseudo["disparity"]
+    target_b = target_a[partner]
+    mask = torch.where(box, pseudo["mask"], pseudo["mask"][partner])
+
+    inputs = torch.cat([labelled["image"], mixed])
+    pred, tokens = model(inputs, return_features=True)
+    pred = pred.float()
+    with torch.no_grad():
+        frozen_tokens = frozen_encoder.patch_tokens(inputs)
+
+    loss_l = affine_invariant_loss(
+        pred[:n_labelled], labelled["disparity"], labelled["mask"], backend=cfg.backend
+    )
+    loss_u = cutmix_loss(pred[n_labelled:], target_a, target_b, box, mask, backend=cfg.backend)
+    loss_f = feature_alignment_loss(
+        tokens.flatten(0, 1).float(),
+        frozen_tokens.flatten(0, 1).float(),
+        cfg.alpha,
+        backend=cfg.backend,
+    )
+    total = (loss_l + loss_u + loss_f) / 3
+    return total, {"labelled": loss_l.detach(), "unlabelled": loss_u.detach(),
+                   "feature": loss_f.detach()}
+
+
+def metric_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tensor, dict]:
+    """SILog loss of the metric head (sigmoid * max_depth) against metric depth in metres.
+
+    batch: image (B,3,c,c), depth (B,c,c) float32 metres, mask (B,c,c) bool.
+    """
+    from depth_anything_fast.losses import silog_loss
+
+    pred = model(batch["image"]).float()
+    loss = silog_loss(pred, batch["depth"], batch["mask"], lambd=cfg.silog_lambda)
+    return loss, {"silog": loss.detach()}
