@@ -1,0 +1,137 @@
+"""`pseudo-label` and `predict` subcommands (heavy imports happen inside the handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PSEUDO_LABEL_EPILOG = """\
+Outputs: DST/<input path relative to SRC, extension replaced>.png (16-bit; code 0..65535 maps
+to the manifest's min..max disparity) or .npy (float32), or tar shards (--format webdataset);
+DST/manifest.jsonl (input, output, shape, min, max, checksum) and DST/errors.jsonl; under
+torchrun one manifest.rank{r}.jsonl / errors.rank{r}.jsonl per rank, each rank a disjoint shard.
+Rerunning with the same arguments resumes (finished outputs are skipped). Ctrl-C stops after the
+current batch with the manifest flushed.
+Precision "auto": bf16 autocast on CUDA, fp32 on CPU.
+Exit status: 0 all done, 1 some inputs failed (see the errors file), 2 usage error,
+130 interrupted."""
+
+
+def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument(
+        "--weights",
+        help="checkpoint: an official Depth Anything V1/V2 .pth or a converted checkpoint",
+    )
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--input-size", type=int, default=518)
+    parser.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
+    parser.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `pseudo-label` and `predict` subcommands."""
+    p = subparsers.add_parser(
+        "pseudo-label",
+        help="predict and store disparity for a large image collection (resumable, torchrun)",
+        epilog=PSEUDO_LABEL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_options(p, batch_size=8)
+    p.add_argument("--input", required=True, help="directory, list file, glob or .tar shards")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--format", choices=("png16", "npy", "webdataset"), default="png16")
+    p.add_argument(
+        "--original-size", action="store_true", help="store at the input's size, not the network's"
+    )
+    p.add_argument("--num-workers", type=int, default=2, help="decode threads")
+    p.add_argument("--writer-threads", type=int, default=2)
+    p.add_argument("--backend", choices=("auto", "dali", "pil"), default="auto")
+    p.add_argument("--verify-checksum", action="store_true", help="checksum outputs when resuming")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_pseudo_label)
+
+    q = subparsers.add_parser(
+        "predict",
+        help="colourised depth for images (like the official run.py, batched)",
+        description="Writes OUTDIR/<name>.png: the image, a white gap and its depth in "
+        "Spectral_r (or grayscale), or only the depth with --pred-only.",
+    )
+    _add_model_options(q, batch_size=4)
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help="image, directory, list file or glob")
+    q.add_argument("--outdir", default="./vis_depth")
+    q.add_argument("--grayscale", action="store_true")
+    q.add_argument("--pred-only", action="store_true")
+    q.add_argument("--save-npy", action="store_true", help="also save raw disparity as .npy")
+    q.set_defaults(func=_run_predict)
+
+
+def _no_weights() -> int:
+    from depth_anything_fast.inference.predictor import MISSING_WEIGHTS_MESSAGE
+
+    print(f"error: {MISSING_WEIGHTS_MESSAGE}", file=sys.stderr)
+    return 2
+
+
+def _run_pseudo_label(args: argparse.Namespace) -> int:
+    if not args.weights:
+        return _no_weights()
+    import logging
+
+    from depth_anything_fast.inference.pseudo_label import pseudo_label
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        summary = pseudo_label(
+            args.weights,
+            args.input,
+            args.output,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            compile=args.compile,
+            input_size=args.input_size,
+            resize=args.resize,
+            format=args.format,
+            original_size=args.original_size,
+            num_workers=args.num_workers,
+            writer_threads=args.writer_threads,
+            backend=args.backend,
+            device=args.device,
+            verify_checksum=args.verify_checksum,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line(), flush=True)
+    return summary.exit_code
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    if not args.weights:
+        return _no_weights()
+    from depth_anything_fast.inference.predict import predict_files
+
+    try:
+        written, failed = predict_files(
+            args.weights,
+            args.inputs,
+            args.outdir,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            compile=args.compile,
+            input_size=args.input_size,
+            resize=args.resize,
+            device=args.device,
+            grayscale=args.grayscale,
+            pred_only=args.pred_only,
+            save_npy=args.save_npy,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(written)} written to {args.outdir}, {len(failed)} failed", flush=True)
+    return 1 if failed else 0

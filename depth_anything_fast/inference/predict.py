@@ -1,0 +1,140 @@
+"""Engine of the `predict` command: colourised depth images like the official `run.py`, batched.
+
+Files are decoded on a thread pool a chunk ahead, predicted `batch_size` at a time (grouped by
+network shape), and the PNGs are encoded and written on background threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depth_anything_fast.inference.predictor import Predictor, load_model
+from depth_anything_fast.inference.pseudo_label import output_names
+from depth_anything_fast.inference.visualize import colorize, side_by_side
+from depth_anything_fast.inference.writers import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+def _decode(path: str) -> np.ndarray:
+    from depth_anything_fast.data.decode import decode_rgb
+
+    with open(path, "rb") as f:
+        return decode_rgb(f.read(), path)
+
+
+def _save(
+    out_stem: Path,
+    image: np.ndarray,
+    disparity: np.ndarray,
+    grayscale: bool,
+    pred_only: bool,
+    save_npy: bool,
+) -> Path:
+    import io
+
+    from PIL import Image
+
+    depth_rgb = colorize(disparity, grayscale=grayscale)
+    picture = depth_rgb if pred_only else side_by_side(image, depth_rgb)
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="PNG")
+    target = out_stem.with_name(out_stem.name + ".png")
+    atomic_write(target, buf.getvalue())
+    if save_npy:
+        npy = io.BytesIO()
+        np.save(npy, disparity.astype(np.float32))
+        atomic_write(out_stem.with_name(out_stem.name + ".npy"), npy.getvalue())
+    return target
+
+
+def _chunks(items: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tuple[str, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    weights_or_model: str | os.PathLike[str] | torch.nn.Module | None,
+    inputs: Sequence[str],
+    outdir: str | os.PathLike[str],
+    *,
+    batch_size: int = 4,
+    precision: str = "auto",
+    compile: bool = False,
+    input_size: int = 518,
+    resize: str = "keep-aspect",
+    device: str | None = None,
+    grayscale: bool = False,
+    pred_only: bool = False,
+    save_npy: bool = False,
+    num_threads: int = 2,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Write `outdir/<name>.png` (image | gap | Spectral_r depth, or depth only) per input image.
+
+    `<name>` is the image's path relative to its INPUT argument without extension (the file name
+    for a single image, as in the official script). Returns (written PNG paths, [(input, reason)]
+    for inputs that could not be read or written).
+    """
+    from depth_anything_fast.data.sources import list_images
+
+    model = load_model(weights_or_model)
+    predictor = Predictor(
+        model,
+        batch_size=batch_size,
+        precision=precision,
+        compile=compile,
+        input_size=input_size,
+        resize=resize,
+        device=device,
+    )
+    out_root = Path(outdir)
+    items: list[tuple[str, str]] = []
+    for source in inputs:
+        if os.path.isfile(source) and not source.endswith((".txt", ".tar")):
+            paths = [source]
+        else:
+            paths = sorted(list_images(source))
+        items += zip(paths, output_names(source, paths, ""), strict=True)
+    if not items:
+        raise FileNotFoundError(f"no images found in {list(inputs)}")
+
+    written: list[Path] = []
+    failed: list[tuple[str, str]] = []
+    # Enough images per chunk for shape buckets to fill batches; decoded one chunk ahead.
+    chunk = 4 * batch_size
+    with ThreadPoolExecutor(num_threads) as decoders, ThreadPoolExecutor(num_threads) as writers:
+        pending: list[tuple[str, Path, Future[Path]]] = []
+        chunks = list(_chunks(items, chunk))
+        decoded = [decoders.submit(_decode, p) for p, _ in chunks[0]] if chunks else []
+        for index, part in enumerate(chunks):
+            current = decoded
+            if index + 1 < len(chunks):
+                decoded = [decoders.submit(_decode, p) for p, _ in chunks[index + 1]]
+            images: list[np.ndarray] = []
+            kept: list[tuple[str, str]] = []
+            for (path, name), future in zip(part, current, strict=True):
+                try:
+                    images.append(future.result())
+                    kept.append((path, name))
+                except (OSError, ValueError) as exc:
+                    failed.append((path, str(getattr(exc, "reason", exc))))
+            for (path, name), image, disparity in zip(
+                kept, images, predictor.predict(images), strict=True
+            ):
+                job = writers.submit(
+                    _save, out_root / name, image, disparity, grayscale, pred_only, save_npy
+                )
+                pending.append((path, out_root / name, job))
+        for path, _, job in pending:
+            try:
+                written.append(job.result())
+            except (OSError, ValueError) as exc:
+                failed.append((path, f"{type(exc).__name__}: {exc}"))
+    return written, failed

@@ -1,0 +1,149 @@
+"""Batched, mixed-precision inference with a `DepthAnything` model.
+
+Defaults per device: on CUDA bf16 autocast (the ViT and DPT are trained in and robust to bf16, and
+tensor cores double throughput); on CPU fp32, because CPU bf16 autocast is only faster on CPUs
+with AMX/AVX512-BF16 and is slower than fp32 elsewhere. Pass `precision` to override either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or the first CUDA device when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "auto" -> "bf16" on CUDA, "fp32" elsewhere; other values are validated and returned."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision fp16 is not supported on CPU; use bf16 or fp32")
+    return precision
+
+
+class Predictor:
+    """Runs a `DepthAnything` model on batches.
+
+    Args:
+        model: a `DepthAnything` (moved to `device`, set to eval, gradients off).
+        batch_size: images per forward pass in `predict`.
+        precision: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (CUDA only) or "fp32".
+        compile: wrap the model in `torch.compile(dynamic=False)`; one graph per bucket shape.
+        input_size: shorter-side target of the resize rule (multiple of 14 after resizing).
+        resize: "keep-aspect" (official lower-bound rule) or "square" (input_size x input_size).
+        device: torch device; default CUDA when available.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        batch_size: int = 8,
+        precision: str = "auto",
+        compile: bool = False,
+        input_size: int = 518,
+        resize: str = "keep-aspect",
+        device: str | torch.device | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if resize not in ("keep-aspect", "square"):
+            raise ValueError(f"resize must be 'keep-aspect' or 'square', got {resize!r}")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = batch_size
+        self.input_size = input_size
+        self.resize = resize
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self._forward: torch.nn.Module = (
+            torch.compile(self.model, dynamic=False) if compile else self.model  # type: ignore[assignment]
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Autocast dtype (float32 means autocast off)."""
+        return _DTYPES[self.precision]
+
+    def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) ImageNet-normalised float, h and w multiples of 14 -> (B, h, w) float32.
+
+        The result stays on `self.device` (so callers can overlap the copy back with work).
+        A CPU input is copied with a pinned, non-blocking transfer when the device is CUDA.
+        """
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(batch.shape)}")
+        patch = 14
+        if batch.shape[-2] % patch or batch.shape[-1] % patch:
+            raise ValueError(f"H and W must be multiples of {patch}, got {tuple(batch.shape[-2:])}")
+        if self.device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
+            batch = batch.pin_memory()
+        x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "fp32"),
+        ):
+            out = self._forward(x)
+        return out.float()
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """RGB uint8 images (H, W, 3), any sizes -> disparity float32 (H, W) each, original size.
+
+        Images are preprocessed with the model's own transform, grouped by network shape (so each
+        batch has one shape and no padding), run `batch_size` at a time, and resized back with
+        `models.transforms.resize_prediction` (bilinear, align_corners=True). Output order matches input order.
+        """
+        from depth_anything_fast.models.transforms import preprocess, resize_prediction
+
+        inputs = [preprocess(np.asarray(im), self.input_size, resize=self.resize) for im in images]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for index, x in enumerate(inputs):
+            buckets.setdefault((int(x.shape[-2]), int(x.shape[-1])), []).append(index)
+        results: list[np.ndarray | None] = [None] * len(inputs)
+        for indices in buckets.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                out = self.predict_tensor(torch.cat([inputs[i] for i in chunk]))
+                for row, i in enumerate(chunk):
+                    h, w = np.asarray(images[i]).shape[:2]
+                    results[i] = resize_prediction(out[row : row + 1], (h, w))[0].cpu().numpy()
+        return [r for r in results if r is not None]
+
+
+MISSING_WEIGHTS_MESSAGE = """\
+no weights given: pass --weights PATH.
+Official checkpoints: Depth Anything V2 on the Hugging Face hub, e.g.
+  https://huggingface.co/depth-anything/Depth-Anything-V2-Small/resolve/main/depth_anything_v2_vits.pth
+  (also -Base/vitb, -Large/vitl; V1: https://huggingface.co/LiheYoung/depth_anything_vitl14 and
+  https://github.com/LiheYoung/Depth-Anything, https://github.com/DepthAnything/Depth-Anything-V2).
+--weights accepts those .pth files directly, or a converted checkpoint; to convert one to this
+project's format (safetensors + JSON config) run:
+  depth-anything-fast convert --help"""
+
+
+def load_model(weights: str | torch.nn.Module | None, **kwargs: object) -> torch.nn.Module:
+    """A model from `weights` (returned as is if already a module), via
+    `DepthAnything.from_pretrained(weights, **kwargs)`. None raises ValueError naming where to
+    get official checkpoints."""
+    if isinstance(weights, torch.nn.Module):
+        return weights
+    if weights is None or str(weights) == "":
+        raise ValueError(MISSING_WEIGHTS_MESSAGE)
+    from depth_anything_fast.models import DepthAnything
+
+    return DepthAnything.from_pretrained(weights, **kwargs)  # type: ignore[arg-type]

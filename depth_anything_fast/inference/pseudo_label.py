@@ -1,0 +1,446 @@
+"""The pseudo-labelling engine: list -> shard -> skip finished -> load -> predict -> write.
+
+Pipeline (one process per rank):
+  * the data loader (DALI or PIL, threads) decodes and resizes with aspect-ratio bucketing, and a
+    prefetch thread keeps up to `prefetch` batches ready (pinned when the device is CUDA);
+  * the main thread only launches work: host->device copy, autocast forward, optional
+    resize to the original size, and a non-blocking device->host copy with a CUDA event;
+  * writer threads wait on that event, encode (16-bit PNG / .npy / tar member), write atomically
+    and append the manifest line, so the device never waits for encoding or disk.
+
+Resume: every rank reads all manifests in the output directory, keeps the records whose output
+still exists with the recorded size (or checksum with `verify_checksum=True`) and skips those
+inputs. Sharding (`items[rank::world_size]` of the sorted input list) happens before that
+filtering so all ranks agree on it however far each has got.
+
+Counts in the `Summary`: `succeeded` = written in this run, `skipped` = already finished before
+this run, `failed` = inputs that could not be decoded, predicted or written (listed with the
+reason in `errors.jsonl` / `errors.rank{r}.jsonl`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from depth_anything_fast.inference.manifest import (
+    ErrorLog,
+    Manifest,
+    ManifestRecord,
+    checksum,
+    errors_name,
+    manifest_name,
+    read_all_records,
+)
+from depth_anything_fast.inference.predictor import Predictor, load_model
+from depth_anything_fast.inference.writers import (
+    FORMATS,
+    BackgroundWriter,
+    TarShardWriter,
+    atomic_write,
+    encode,
+    output_suffix,
+    remove_stale_temporaries,
+    valid_outputs,
+)
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+# options that change the stored values or names: a resumed run must use the same ones
+_RESUME_KEYS = ("weights", "input_size", "resize", "format", "original_size")
+
+EXIT_OK, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class Summary:
+    """Outcome of one `pseudo_label` call on one rank."""
+
+    total: int  # inputs in this rank's shard
+    succeeded: int
+    skipped: int
+    failed: int
+    interrupted: bool
+    elapsed_s: float
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def images_per_s(self) -> float:
+        return self.succeeded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 some inputs failed, 130 interrupted (the CLI's exit status)."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILURES if self.failed else EXIT_OK
+
+    def line(self) -> str:
+        who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        state = "interrupted, " if self.interrupted else ""
+        return (
+            f"{who}{state}{self.succeeded} succeeded, {self.skipped} skipped (already done), "
+            f"{self.failed} failed of {self.total} in {self.elapsed_s:.1f}s "
+            f"({self.images_per_s:.2f} images/s)"
+        )
+
+
+@dataclass
+class Options:
+    """Options of `pseudo_label` (see the `pseudo-label` command for their meaning)."""
+
+    batch_size: int = 8
+    precision: str = "auto"
+    compile: bool = False
+    input_size: int = 518
+    resize: str = "keep-aspect"
+    format: str = "png16"
+    original_size: bool = False
+    num_workers: int = 2  # loader decode threads
+    writer_threads: int = 2
+    backend: str = "auto"  # loader backend: auto | dali | pil
+    device: str | None = None
+    rank: int | None = None  # default: $RANK (torchrun) or 0
+    world_size: int | None = None  # default: $WORLD_SIZE or 1
+    verify_checksum: bool = False
+    shard_size: int = 1000  # members per tar shard (format webdataset)
+    prefetch: int = 2  # batches decoded ahead of the model
+    progress: bool = False
+    handle_signals: bool = True  # first SIGINT/SIGTERM stops cleanly (main thread only)
+
+
+def distributed_rank() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment, (0, 1, 0) without it."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if not 0 <= rank < world:
+        raise ValueError(f"invalid RANK={rank} for WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def _listing_root(src: str, paths: list[str]) -> str:
+    """Directory that output names are made relative to."""
+    if os.path.isdir(src):
+        return src
+    if glob.has_magic(src):
+        static = []
+        for part in Path(src).parts:
+            if glob.has_magic(part):
+                break
+            static.append(part)
+        return str(Path(*static)) if static else "."
+    dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    return os.path.commonpath(dirs) if dirs else "."
+
+
+def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
+    """Output name (relative, POSIX) of each input: its path relative to the source root with
+    the extension replaced by `suffix`. Inputs whose names would collide (a.jpg and a.png in one
+    folder) keep their extension: `a.jpg.png`, `a.png.png`."""
+    root = os.path.abspath(_listing_root(src, paths))
+    rel = [Path(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in paths]
+    stems = [os.path.splitext(r)[0] for r in rel]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    return [(stem if counts[stem] == 1 else r) + suffix for stem, r in zip(stems, rel, strict=True)]
+
+
+def _check_run_config(output_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to mix outputs of different settings in one directory; record them otherwise."""
+    path = output_dir / RUN_CONFIG
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = {
+            k: (previous.get(k), config[k]) for k in _RESUME_KEYS if previous.get(k) != config[k]
+        }
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{output_dir} holds outputs made with other settings ({detail}); "
+                "use another --output directory or the original settings"
+            )
+        return
+    atomic_write(path, (json.dumps(config, indent=1) + "\n").encode(), rank=int(os.getpid()))
+
+
+class _Prefetcher:
+    """Iterates `source` on a thread, up to `depth` items ahead; re-raises its exceptions."""
+
+    _END = object()
+
+    def __init__(self, source: Iterable[Any], depth: int, transform: Callable[[Any], Any]) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(source, transform), name="daf-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source: Iterable[Any], transform: Callable[[Any], Any]) -> None:
+        try:
+            for item in source:
+                if not self._put(transform(item)):
+                    return
+        except BaseException as exc:  # handed to the consumer thread
+            self._put(exc)
+            return
+        self._put(self._END)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class _StopFlag:
+    """Set by the first SIGINT/SIGTERM; a second SIGINT raises KeyboardInterrupt."""
+
+    def __init__(self, install: bool) -> None:
+        self.is_set = False
+        self._previous: dict[int, Any] = {}
+        if install and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.is_set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.is_set = True
+        logger.warning("stopping after the current batch (signal %d); again to abort", signum)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def pseudo_label(
+    weights_or_model: str | os.PathLike[str] | torch.nn.Module | None,
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    **options: Any,
+) -> Summary:
+    """Predict and store the disparity of every image under `input` into `output`.
+
+    Args:
+        weights_or_model: checkpoint path (any format `DepthAnything.from_pretrained` reads) or a
+            model. None raises ValueError saying where to get official checkpoints.
+        input: directory (recursive), list file, glob or webdataset .tar shards
+            (`depth_anything_fast.data.sources.list_images`).
+        output: output directory. Layout: `<relative input path without ext>.png` (16-bit,
+            codes 0..65535 = manifest min..max) or `.npy` (float32), or for format
+            "webdataset" `shard-r<rank>-<index>.tar` with members named like the files;
+            `manifest.jsonl` / `manifest.rank{r}.jsonl`, `errors.jsonl` / `errors.rank{r}.jsonl`,
+            `run_config.json`.
+        **options: fields of `Options`.
+
+    Returns:
+        This rank's `Summary`. Stored maps have the network resolution (the resize rule's
+        (h, w), multiples of 14) unless `original_size=True`.
+    """
+    from depth_anything_fast.data import inference_loader
+    from depth_anything_fast.data.sources import list_images
+    from depth_anything_fast.models.transforms import resize_prediction
+
+    opts = Options(**options)
+    if opts.format not in FORMATS:
+        raise ValueError(f"unknown format {opts.format!r}; expected one of {FORMATS}")
+    env_rank, env_world, local_rank = distributed_rank()
+    rank = env_rank if opts.rank is None else opts.rank
+    world = env_world if opts.world_size is None else opts.world_size
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} out of range for world_size {world}")
+    device = opts.device
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
+
+    src = os.fspath(input)
+    output_dir = Path(output)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model(weights_or_model)  # before any output is touched: fail fast
+    weights_id = (
+        os.path.abspath(os.fspath(weights_or_model))
+        if isinstance(weights_or_model, (str, os.PathLike))
+        else type(weights_or_model).__name__
+    )
+    run_config = {
+        "weights": weights_id,
+        **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
+    }
+    _check_run_config(output_dir, run_config)
+
+    paths = sorted(list_images(src))
+    suffix = output_suffix(opts.format)
+    names = output_names(src, paths, suffix)
+    mine = list(zip(paths, names, strict=True))[rank::world]
+
+    remove_stale_temporaries(output_dir, rank)
+    done = {
+        key.split("::", 1)[-1]
+        for key in valid_outputs(
+            output_dir, read_all_records(output_dir).values(), verify_checksum=opts.verify_checksum
+        )
+    }
+    todo = [(p, n) for p, n in mine if n not in done]
+    skipped = len(mine) - len(todo)
+    name_of = dict(todo)
+
+    predictor = Predictor(
+        model,
+        batch_size=opts.batch_size,
+        precision=opts.precision,
+        compile=opts.compile,
+        input_size=opts.input_size,
+        resize=opts.resize,
+        device=device,
+    )
+    manifest = Manifest(output_dir / manifest_name(rank, world))
+    errors = ErrorLog(output_dir / errors_name(rank, world))
+    succeeded = 0
+    count_lock = threading.Lock()
+
+    def on_done(record: ManifestRecord) -> None:
+        nonlocal succeeded
+        manifest.add(record)
+        with count_lock:
+            succeeded += 1
+
+    def on_write_error(path: str, reason: str) -> None:
+        errors.add(path, reason, "write")
+
+    use_tar = opts.format == "webdataset"
+    writer = BackgroundWriter(opts.writer_threads, on_done, on_write_error)
+    tar_lock = threading.Lock()
+    tar = TarShardWriter(
+        output_dir, f"shard-r{rank}", on_done, rank=rank, max_members=opts.shard_size
+    )
+
+    def make_job(
+        path: str, disparity: torch.Tensor, ready: torch.cuda.Event | None
+    ) -> Callable[[], ManifestRecord | None]:
+        def job() -> ManifestRecord | None:
+            if ready is not None:
+                ready.synchronize()
+            encoded = encode(disparity.numpy(), opts.format)
+            record = ManifestRecord(
+                input=path,
+                output=name_of[path],
+                shape=list(encoded.shape),
+                min=encoded.min,
+                max=encoded.max,
+                checksum=checksum(encoded.data),
+                bytes=len(encoded.data),
+                format=opts.format,
+            )
+            if use_tar:
+                with tar_lock:
+                    tar.add(name_of[path], encoded.data, record)  # reported when the shard closes
+                return None
+            atomic_write(output_dir / name_of[path], encoded.data, rank)
+            return record
+
+        return job
+
+    pin = predictor.device.type == "cuda"
+
+    def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
+        if pin:
+            batch["image"] = batch["image"].pin_memory()
+        return batch
+
+    loader = inference_loader(
+        [p for p, _ in todo],
+        batch_size=opts.batch_size,
+        input_size=opts.input_size,
+        resize=opts.resize,
+        shard_id=0,  # sharded above, before skipping finished items
+        num_shards=1,
+        backend=opts.backend,
+        num_threads=opts.num_workers,
+        on_error=lambda path, reason: errors.add(path, reason, "decode"),
+    )
+    stop = _StopFlag(opts.handle_signals)
+    progress = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(todo), unit="img", dynamic_ncols=True, disable=rank != 0)
+    start = time.perf_counter()
+    prefetcher = _Prefetcher(loader, opts.prefetch, pin_batch) if todo else None
+    try:
+        for batch in prefetcher or ():
+            if stop.is_set:
+                break
+            disparity = predictor.predict_tensor(batch["image"])
+            for row, path in enumerate(batch["paths"]):
+                item = disparity[row]
+                if opts.original_size:
+                    item = resize_prediction(item[None], tuple(batch["sizes"][row]))[0]
+                ready = None
+                if pin:
+                    host = torch.empty(item.shape, dtype=torch.float32, pin_memory=True)
+                    host.copy_(item, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record()
+                    item = host
+                else:
+                    item = item.detach()
+                writer.submit(path, make_job(path, item, ready))
+            if progress is not None:
+                progress.update(len(batch["paths"]))
+            if stop.is_set:
+                break
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
+        writer.close()
+        if use_tar:
+            tar.flush()
+        manifest.close()
+        errors.close()
+        stop.restore()
+        if progress is not None:
+            progress.close()
+    elapsed = time.perf_counter() - start
+    return Summary(
+        total=len(mine),
+        succeeded=succeeded,
+        skipped=skipped,
+        failed=errors.count,
+        interrupted=stop.is_set,
+        elapsed_s=elapsed,
+        rank=rank,
+        world_size=world,
+    )

@@ -1,0 +1,285 @@
+"""Encoding disparity maps and writing them atomically on background threads.
+
+Every file appears under its final name only through `os.replace` of a complete temporary file
+in the same directory, so a process killed at any moment leaves either the old state or the full
+new file, never a partial one under the final name. Temporary names carry the rank
+(`.<name>.r<rank>.tmp`) so ranks never touch each other's temporaries and a rerun can remove its
+own leftovers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from depth_anything_fast.inference.manifest import ManifestRecord, checksum
+
+FORMATS = ("png16", "npy", "webdataset")
+_SUFFIX = {"png16": ".png", "npy": ".npy", "webdataset": ".png"}
+
+
+def output_suffix(fmt: str) -> str:
+    """File suffix of one disparity map stored in format `fmt`."""
+    if fmt not in _SUFFIX:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {FORMATS}")
+    return _SUFFIX[fmt]
+
+
+@dataclass
+class Encoded:
+    """Bytes of one stored disparity map and the values needed to decode it."""
+
+    data: bytes
+    shape: tuple[int, int]
+    min: float
+    max: float
+
+
+def encode_png16(disparity: np.ndarray) -> Encoded:
+    """Quantise a (H, W) float disparity to a 16-bit PNG.
+
+    Code q in [0, 65535] stands for `min + q / 65535 * (max - min)` with min/max of this map
+    (a constant map is all zeros). Raises ValueError on non-finite values.
+    """
+    from PIL import Image
+
+    d = _checked(disparity)
+    lo, hi = float(d.min()), float(d.max())
+    span = hi - lo
+    scaled = (d.astype(np.float64) - lo) * (65535.0 / span) if span > 0 else np.zeros(d.shape)
+    codes = np.rint(scaled).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(codes).save(buf, format="PNG", compress_level=1)  # speed over size
+    return Encoded(buf.getvalue(), (int(d.shape[0]), int(d.shape[1])), lo, hi)
+
+
+def decode_png16(data: bytes | str | os.PathLike[str], lo: float, hi: float) -> np.ndarray:
+    """Inverse of `encode_png16`: (H, W) float32 disparity from PNG bytes or a path."""
+    from PIL import Image
+
+    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    with Image.open(src) as im:
+        codes = np.asarray(im, dtype=np.float64)
+    return (lo + codes / 65535.0 * (hi - lo)).astype(np.float32)
+
+
+def encode_npy(disparity: np.ndarray) -> Encoded:
+    """Store a (H, W) disparity losslessly as float32 .npy. Raises ValueError on non-finite."""
+    d = _checked(disparity).astype(np.float32, copy=False)
+    buf = io.BytesIO()
+    np.save(buf, d)
+    return Encoded(
+        buf.getvalue(), (int(d.shape[0]), int(d.shape[1])), float(d.min()), float(d.max())
+    )
+
+
+def encode(disparity: np.ndarray, fmt: str) -> Encoded:
+    """Encode with `encode_png16` (formats png16 and webdataset) or `encode_npy`."""
+    output_suffix(fmt)
+    return encode_npy(disparity) if fmt == "npy" else encode_png16(disparity)
+
+
+def _checked(disparity: np.ndarray) -> np.ndarray:
+    if disparity.ndim != 2 or disparity.size == 0:
+        raise ValueError(f"expected a non-empty (H, W) disparity, got shape {disparity.shape}")
+    if not np.isfinite(disparity).all():
+        raise ValueError("prediction contains non-finite values")
+    return disparity
+
+
+def temp_path(final: Path, rank: int) -> Path:
+    """Temporary name next to `final` owned by `rank`."""
+    return final.with_name(f".{final.name}.r{rank}.tmp")
+
+
+def atomic_write(final: Path, data: bytes, rank: int = 0) -> None:
+    """Write `data` to `final` through a temporary file and `os.replace`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final, rank)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, final)
+
+
+def remove_stale_temporaries(root: Path, rank: int) -> int:
+    """Delete temporaries of `rank` left under `root` by a killed run; returns how many."""
+    suffix = f".r{rank}.tmp"
+    removed = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and name.endswith(suffix):
+                os.remove(os.path.join(dirpath, name))
+                removed += 1
+    return removed
+
+
+class BackgroundWriter:
+    """Runs encode+write jobs on a thread pool with bounded backlog.
+
+    `submit` blocks while `max_pending` jobs are queued, so a slow disk throttles the producer
+    instead of filling memory. `on_done(record)` / `on_error(input, reason)` are called from the
+    worker threads when a job finishes.
+    """
+
+    def __init__(
+        self,
+        num_threads: int,
+        on_done: Callable[[ManifestRecord], None],
+        on_error: Callable[[str, str], None],
+        max_pending: int | None = None,
+    ) -> None:
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="daf-writer")
+        self._slots = threading.BoundedSemaphore(max_pending or 4 * num_threads)
+        self._on_done = on_done
+        self._on_error = on_error
+        self.wait_s = 0.0  # producer time spent blocked on a full backlog
+
+    def submit(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> Future[None]:
+        start = time.perf_counter()
+        self._slots.acquire()
+        self.wait_s += time.perf_counter() - start
+        return self._pool.submit(self._run, input_path, job)
+
+    def _run(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> None:
+        try:
+            record = job()
+            if record is not None:
+                self._on_done(record)
+        except Exception as exc:  # reported per input; one bad map must not stop the run
+            self._on_error(input_path, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        """Wait for every submitted job."""
+        self._pool.shutdown(wait=True)
+
+
+class TarShardWriter:
+    """Writes members into tar shards `<prefix>-<index:06d>.tar`, each renamed into place when full.
+
+    Records of a shard's members are handed to `on_done` only after its rename, so a killed
+    process loses (and later redoes) at most the open shard. Not thread-safe: use it from one
+    thread (e.g. a `BackgroundWriter` with one thread).
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        prefix: str,
+        on_done: Callable[[ManifestRecord], None],
+        *,
+        rank: int = 0,
+        max_members: int = 1000,
+    ) -> None:
+        self.output_dir = output_dir
+        self.prefix = prefix
+        self.rank = rank
+        self.max_members = max_members
+        self._on_done = on_done
+        existing = sorted(output_dir.glob(f"{prefix}-*.tar"))
+        self._next_index = 1 + max((_shard_index(p) for p in existing), default=-1)
+        self._tar: tarfile.TarFile | None = None
+        self._final: Path | None = None
+        self._pending: list[ManifestRecord] = []
+
+    def add(self, member: str, data: bytes, record: ManifestRecord) -> None:
+        """Append `data` as `member`; `record.output`/`member` are filled in here."""
+        if self._tar is None:
+            self._final = self.output_dir / f"{self.prefix}-{self._next_index:06d}.tar"
+            self._next_index += 1
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # stays open across add() calls; closed in flush()
+            self._tar = tarfile.open(temp_path(self._final, self.rank), "w")  # noqa: SIM115
+        assert self._final is not None
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        info.mtime = int(time.time())
+        self._tar.addfile(info, io.BytesIO(data))
+        record.output = self._final.name
+        record.member = member
+        self._pending.append(record)
+        if len(self._pending) >= self.max_members:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the open shard, rename it into place and report its members."""
+        if self._tar is None:
+            return
+        assert self._final is not None
+        self._tar.close()
+        os.replace(temp_path(self._final, self.rank), self._final)
+        for record in self._pending:
+            self._on_done(record)
+        self._tar, self._final, self._pending = None, None, []
+
+
+def _shard_index(path: Path) -> int:
+    try:
+        return int(path.stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def read_output(output_dir: Path, record: ManifestRecord) -> bytes:
+    """Stored bytes of `record` (a file, or a member of a tar shard)."""
+    path = output_dir / record.output
+    if record.member is None:
+        return path.read_bytes()
+    with tarfile.open(path, "r") as tar:
+        f = tar.extractfile(record.member)
+        if f is None:
+            raise FileNotFoundError(f"{record.member} not found in {path}")
+        return f.read()
+
+
+def valid_outputs(
+    output_dir: Path, records: Iterable[ManifestRecord], *, verify_checksum: bool = False
+) -> set[str]:
+    """Keys of the `records` whose output exists with the recorded size (and checksum if asked).
+
+    Each tar shard is opened once.
+    """
+    valid: set[str] = set()
+    by_shard: dict[str, list[ManifestRecord]] = {}
+    for record in records:
+        if record.member is not None:
+            by_shard.setdefault(record.output, []).append(record)
+            continue
+        path = output_dir / record.output
+        try:
+            if verify_checksum:
+                ok = checksum(path.read_bytes()) == record.checksum
+            else:
+                ok = path.stat().st_size == record.bytes
+        except OSError:
+            ok = False
+        if ok:
+            valid.add(record.key)
+    for shard, shard_records in by_shard.items():
+        try:
+            with tarfile.open(output_dir / shard, "r") as tar:
+                members = {m.name: m for m in tar.getmembers()}
+                for record in shard_records:
+                    info = members.get(record.member or "")
+                    if info is None or info.size != record.bytes:
+                        continue
+                    if verify_checksum:
+                        f = tar.extractfile(info)
+                        if f is None or checksum(f.read()) != record.checksum:
+                            continue
+                    valid.add(record.key)
+        except (OSError, tarfile.TarError):
+            continue
+    return valid

@@ -1,0 +1,197 @@
+"""Output encoding, atomic writes, manifests, visualisation and naming (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depth_anything_fast.inference.manifest import (
+    ErrorLog,
+    Manifest,
+    ManifestRecord,
+    checksum,
+    read_all_records,
+    read_records,
+)
+from depth_anything_fast.inference.pseudo_label import Summary, output_names
+from depth_anything_fast.inference.visualize import colorize, side_by_side, to_uint8
+from depth_anything_fast.inference.writers import (
+    BackgroundWriter,
+    TarShardWriter,
+    atomic_write,
+    decode_png16,
+    encode,
+    remove_stale_temporaries,
+    temp_path,
+    valid_outputs,
+)
+
+
+def _random_map(h: int = 23, w: int = 37) -> np.ndarray:
+    return (torch.rand(h, w, dtype=torch.float64) * 10 - 3).numpy().astype(np.float32)
+
+
+def test_png16_roundtrip_within_half_a_code() -> None:
+    d = _random_map()
+    enc = encode(d, "png16")
+    assert enc.shape == d.shape and enc.min == pytest.approx(d.min()) and enc.max == d.max()
+    back = decode_png16(enc.data, enc.min, enc.max)
+    step = (enc.max - enc.min) / 65535
+    # float64 oracle: the quantisation error is at most half a code (+ float32 rounding)
+    err = np.abs(back.astype(np.float64) - d.astype(np.float64)).max()
+    assert err <= 0.5 * step + 1e-5 * abs(d).max()
+
+
+def test_npy_lossless_and_constant_and_nonfinite() -> None:
+    d = _random_map()
+    enc = encode(d, "npy")
+    import io
+
+    np.testing.assert_array_equal(np.load(io.BytesIO(enc.data)), d)
+    const = encode(np.full((4, 5), 2.5, np.float32), "png16")
+    np.testing.assert_array_equal(decode_png16(const.data, const.min, const.max), 2.5)
+    bad = d.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        encode(bad, "png16")
+    with pytest.raises(ValueError, match="format"):
+        encode(d, "jpeg")
+    with pytest.raises(ValueError, match="shape"):
+        encode(d[None], "npy")
+
+
+def test_atomic_write_and_stale_temporaries(tmp_path: Path) -> None:
+    final = tmp_path / "a" / "b.png"
+    atomic_write(final, b"hello", rank=1)
+    assert final.read_bytes() == b"hello"
+    assert not temp_path(final, 1).exists()
+    temp_path(final, 1).write_bytes(b"partial")  # what a kill leaves behind
+    temp_path(final, 0).write_bytes(b"other rank")
+    assert remove_stale_temporaries(tmp_path, 1) == 1
+    assert temp_path(final, 0).exists() and final.read_bytes() == b"hello"
+
+
+def _record(name: str, data: bytes) -> ManifestRecord:
+    return ManifestRecord(
+        input=f"in/{name}",
+        output=name,
+        shape=[1, 1],
+        min=0.0,
+        max=1.0,
+        checksum=checksum(data),
+        bytes=len(data),
+        format="png16",
+    )
+
+
+def test_manifest_truncated_line_is_ignored_and_cut(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.jsonl"
+    with Manifest(path) as m:
+        m.add(_record("x.png", b"1"))
+        m.add(_record("y.png", b"22"))
+    with open(path, "a") as f:
+        f.write('{"input": "in/z.png", "outp')  # killed mid-append
+    assert [r.output for r in read_records(path)] == ["x.png", "y.png"]
+    with Manifest(path) as m:  # reopening cuts the partial line
+        m.add(_record("z.png", b"333"))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line) for line in lines)
+    assert set(read_all_records(tmp_path)) == {"x.png", "y.png", "z.png"}
+
+
+def test_error_log_counts_and_truncates(tmp_path: Path) -> None:
+    with ErrorLog(tmp_path / "errors.jsonl") as e:
+        e.add("a.jpg", "empty file", "decode")
+    assert e.count == 1
+    with ErrorLog(tmp_path / "errors.jsonl") as e:  # a new run starts a fresh list
+        pass
+    assert (tmp_path / "errors.jsonl").read_text() == ""
+
+
+def test_valid_outputs_detects_missing_resized_and_tampered(tmp_path: Path) -> None:
+    records = []
+    for name, data in (("ok.png", b"abc"), ("gone.png", b"def"), ("short.png", b"ghi")):
+        atomic_write(tmp_path / name, data)
+        records.append(_record(name, data))
+    (tmp_path / "gone.png").unlink()
+    (tmp_path / "short.png").write_bytes(b"gh")
+    assert valid_outputs(tmp_path, records) == {"ok.png"}
+    (tmp_path / "ok.png").write_bytes(b"abd")  # same size, different bytes
+    assert valid_outputs(tmp_path, records) == {"ok.png"}
+    assert valid_outputs(tmp_path, records, verify_checksum=True) == set()
+
+
+def test_tar_shards_report_members_only_after_rename(tmp_path: Path) -> None:
+    done: list[ManifestRecord] = []
+    writer = TarShardWriter(tmp_path, "shard-r0", done.append, max_members=2)
+    for i in range(3):
+        writer.add(f"d/{i}.png", bytes([i]) * (i + 1), _record("?", bytes([i]) * (i + 1)))
+    assert [r.member for r in done] == ["d/0.png", "d/1.png"]  # first shard full
+    assert (tmp_path / "shard-r0-000000.tar").exists()
+    assert temp_path(tmp_path / "shard-r0-000001.tar", 0).exists()
+    writer.flush()
+    assert len(done) == 3 and (tmp_path / "shard-r0-000001.tar").exists()
+    assert valid_outputs(tmp_path, done, verify_checksum=True) == {r.key for r in done}
+    with tarfile.open(tmp_path / "shard-r0-000000.tar") as tar:
+        assert tar.getnames() == ["d/0.png", "d/1.png"]
+    again = TarShardWriter(tmp_path, "shard-r0", done.append)  # a rerun never reuses an index
+    again.add("e.png", b"x", _record("?", b"x"))
+    again.flush()
+    assert (tmp_path / "shard-r0-000002.tar").exists()
+
+
+def test_background_writer_reports_errors(tmp_path: Path) -> None:
+    done: list[ManifestRecord] = []
+    failed: list[tuple[str, str]] = []
+    writer = BackgroundWriter(2, done.append, lambda p, r: failed.append((p, r)), max_pending=1)
+
+    def bad() -> ManifestRecord:
+        raise ValueError("prediction contains non-finite values")
+
+    writer.submit("a", lambda: _record("a.png", b"a"))
+    writer.submit("b", bad)
+    writer.close()
+    assert [r.output for r in done] == ["a.png"]
+    assert failed == [("b", "ValueError: prediction contains non-finite values")]
+
+
+def test_colorize_matches_matplotlib_spectral_r() -> None:
+    import matplotlib
+
+    d = _random_map()
+    rgb = colorize(d)
+    # the official run.py expression on a float32 prediction
+    codes = ((d - d.min()) / (d.max() - d.min()) * 255.0).astype(np.uint8)
+    expected = (matplotlib.colormaps["Spectral_r"](codes)[..., :3] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(rgb, expected)
+    gray = colorize(d, grayscale=True)
+    np.testing.assert_array_equal(gray, np.repeat(codes[..., None], 3, axis=-1))
+    assert to_uint8(np.ones((3, 3))).max() == 0
+    image = np.zeros((23, 10, 3), np.uint8)
+    combined = side_by_side(image, rgb)
+    assert combined.shape == (23, 10 + 50 + 37, 3) and (combined[:, 10:60] == 255).all()
+    with pytest.raises(ValueError, match="non-finite"):
+        to_uint8(np.array([[np.inf, 0.0]]))
+
+
+def test_output_names(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    paths = [str(src / "a" / "x.jpg"), str(src / "a" / "x.png"), str(src / "b" / "y.v2.jpg")]
+    assert output_names(str(src), paths, ".png") == ["a/x.jpg.png", "a/x.png.png", "b/y.v2.png"]
+    (src).mkdir()
+    assert output_names(str(src / "*" / "*.jpg"), paths[::2], ".npy") == [
+        "a/x.npy",
+        "b/y.v2.npy",
+    ]
+
+
+def test_summary_exit_codes() -> None:
+    ok = Summary(total=3, succeeded=2, skipped=1, failed=0, interrupted=False, elapsed_s=1.0)
+    assert ok.exit_code == 0 and "2 succeeded, 1 skipped" in ok.line()
+    assert Summary(3, 1, 1, 1, False, 1.0).exit_code == 1
+    assert Summary(3, 1, 0, 0, True, 1.0).exit_code == 130
