@@ -1,0 +1,417 @@
+// CPU kernels of the fused losses (module depth_anything_fast._C), pybind11 + OpenMP.
+//
+// They implement the kernel interface of the project's CONTRACTS (shared with the Triton
+// kernels): flattened float32 images (B, L), optional bool mask and int32 segments (B, L).
+// Arrays come in through the buffer protocol (numpy views of torch tensors); outputs are
+// preallocated by the caller and written in place, so no torch headers are needed.
+//
+// Affine-invariant loss: per group g = (image, segment) the lower median t (rank (n-1)/2,
+// std::nth_element on a gathered copy) and s = max(mean|x - t|, 1e-6) of pred and of target,
+// then one fused pass for the loss and the per-group sums the backward needs.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <pybind11/stl.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr float kScaleEps = 1e-6f;
+constexpr double kCosEps = 1e-8;
+constexpr int kStatCols = 9;  // n, t_pred, s_pred, A, Bsum, C, scale_active, t_target, s_target
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style>;
+
+inline float sign(float x) { return static_cast<float>((x > 0.0f) - (x < 0.0f)); }
+
+template <typename T>
+T* data_2d(Array<T>& a, const char* name, int64_t rows, int64_t cols) {
+  if (a.ndim() != 2 || a.shape(0) != rows || a.shape(1) != cols) {
+    throw std::invalid_argument(std::string(name) + " must have shape (" + std::to_string(rows) +
+                                ", " + std::to_string(cols) + ")");
+  }
+  return a.mutable_data();
+}
+
+template <typename T>
+T* data_n(Array<T>& a, const char* name, int64_t n) {
+  if (a.size() != n) {
+    throw std::invalid_argument(std::string(name) + " must have " + std::to_string(n) +
+                                " elements, got " + std::to_string(a.size()));
+  }
+  return a.mutable_data();
+}
+
+// Pointers of one call, shared by forward and backward.
+struct ImageBatch {
+  const float* pred;
+  const float* target;
+  const bool* mask;        // nullptr: every pixel passes the mask
+  const int32_t* segments;  // nullptr: one segment
+  int64_t batch;
+  int64_t length;
+  int num_segments;
+
+  // Group of pixel i of image b, or -1 when the pixel is invalid.
+  inline int group(int64_t b, int64_t i) const {
+    const int64_t k = b * length + i;
+    if (!std::isfinite(target[k]) || (mask != nullptr && !mask[k])) return -1;
+    if (segments == nullptr) return 0;
+    const int32_t s = segments[k];
+    return (s >= 0 && s < num_segments) ? s : -1;
+  }
+};
+
+ImageBatch make_batch(Array<float>& pred, Array<float>& target, std::optional<Array<bool>>& mask,
+                      std::optional<Array<int32_t>>& segments, int64_t num_segments) {
+  if (pred.ndim() != 2) throw std::invalid_argument("pred must be 2-D (B, L)");
+  if (num_segments < 1) throw std::invalid_argument("num_segments must be >= 1");
+  ImageBatch x{};
+  x.batch = pred.shape(0);
+  x.length = pred.shape(1);
+  x.num_segments = static_cast<int>(num_segments);
+  x.pred = pred.data();
+  x.target = data_2d(target, "target", x.batch, x.length);
+  x.mask = mask ? data_2d(*mask, "mask", x.batch, x.length) : nullptr;
+  x.segments = segments ? data_2d(*segments, "segments", x.batch, x.length) : nullptr;
+  return x;
+}
+
+// Lower median of values[0, n) (reordered in place) and max(mean|x - t|, eps) as double.
+struct Location {
+  float t;
+  double mean_abs_dev;
+};
+
+Location lower_median_and_deviation(float* values, int64_t n) {
+  float* kth = values + (n - 1) / 2;
+  std::nth_element(values, kth, values + n);
+  const float t = *kth;
+  double dev = 0.0;
+#pragma omp simd reduction(+ : dev)
+  for (int64_t i = 0; i < n; ++i) dev += std::fabs(static_cast<double>(values[i]) - t);
+  return {t, dev / static_cast<double>(n)};
+}
+
+// Forward for one image; gid/pred_buf/target_buf are per-thread scratch of length L.
+void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
+                   std::vector<float>& pred_buf, std::vector<float>& target_buf, float* loss_out,
+                   float* stats, int64_t* median_index) {
+  const int S = x.num_segments;
+  const int64_t L = x.length;
+  const float* p = x.pred + b * L;
+  const float* g = x.target + b * L;
+  std::vector<int64_t> count(S, 0), offset(S, 0);
+  for (int64_t i = 0; i < L; ++i) {
+    const int grp = x.group(b, i);
+    gid[i] = grp;
+    if (grp >= 0) ++count[grp];
+  }
+  for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
+  std::vector<int64_t> fill(offset);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < L; ++i) {
+    const int grp = gid[i];
+    if (grp < 0) continue;
+    const int64_t k = fill[grp]++;
+    // NaN would break nth_element's strict weak ordering; +inf keeps it well defined (the
+    // NaN still propagates into the loss through the fused pass).
+    pred_buf[k] = std::isnan(p[i]) ? inf : p[i];
+    target_buf[k] = g[i];
+  }
+
+  std::vector<float> t_p(S, 0.f), s_p(S, 1.f), t_g(S, 0.f), s_g(S, 1.f);
+  for (int s = 0; s < S; ++s) {
+    float* st = stats + s * kStatCols;
+    std::fill(st, st + kStatCols, 0.0f);
+    median_index[s] = -1;
+    st[0] = static_cast<float>(count[s]);
+    if (count[s] == 0) {
+      st[2] = st[8] = kScaleEps;
+      continue;
+    }
+    const Location lp = lower_median_and_deviation(pred_buf.data() + offset[s], count[s]);
+    const Location lg = lower_median_and_deviation(target_buf.data() + offset[s], count[s]);
+    t_p[s] = lp.t;
+    s_p[s] = std::max(static_cast<float>(lp.mean_abs_dev), kScaleEps);
+    t_g[s] = lg.t;
+    s_g[s] = std::max(static_cast<float>(lg.mean_abs_dev), kScaleEps);
+    st[1] = t_p[s];
+    st[2] = s_p[s];
+    st[6] = lp.mean_abs_dev > kScaleEps ? 1.0f : 0.0f;
+    st[7] = t_g[s];
+    st[8] = s_g[s];
+  }
+
+  // Fused pass: loss and the sums A = sum r, Bsum = sum r * p^, C = sum sign(p - t).
+  std::vector<double> loss(S, 0.0), sum_r(S, 0.0), sum_rp(S, 0.0), sum_sign(S, 0.0);
+  if (S == 1) {
+    double l = 0.0, a = 0.0, bs = 0.0, c = 0.0;
+    const float tp = t_p[0], sp = s_p[0], tg = t_g[0], sg = s_g[0];
+    const int32_t* gi = gid.data();
+#pragma omp simd reduction(+ : l, a, bs, c)
+    for (int64_t i = 0; i < L; ++i) {
+      if (gi[i] >= 0) {
+        const float ph = (p[i] - tp) / sp;
+        const float gh = (g[i] - tg) / sg;
+        const float d = ph - gh;
+        const float r = sign(d);
+        l += std::fabs(d);
+        a += r;
+        bs += r * ph;
+        c += sign(p[i] - tp);
+      }
+    }
+    loss[0] = l, sum_r[0] = a, sum_rp[0] = bs, sum_sign[0] = c;
+  } else {
+    for (int64_t i = 0; i < L; ++i) {
+      const int s = gid[i];
+      if (s < 0) continue;
+      const float ph = (p[i] - t_p[s]) / s_p[s];
+      const float gh = (g[i] - t_g[s]) / s_g[s];
+      const float d = ph - gh;
+      const float r = sign(d);
+      loss[s] += std::fabs(d);
+      sum_r[s] += r;
+      sum_rp[s] += r * ph;
+      sum_sign[s] += sign(p[i] - t_p[s]);
+    }
+  }
+  // Median index: the lowest valid index holding the median value (early exit once all found).
+  int missing = 0;
+  for (int s = 0; s < S; ++s) missing += count[s] > 0;
+  for (int64_t i = 0; i < L && missing > 0; ++i) {
+    const int s = gid[i];
+    if (s >= 0 && median_index[s] < 0 && p[i] == t_p[s]) {
+      median_index[s] = i;
+      --missing;
+    }
+  }
+
+  double total = 0.0;
+  int64_t n_image = 0;
+  for (int s = 0; s < S; ++s) {
+    float* st = stats + s * kStatCols;
+    st[3] = static_cast<float>(sum_r[s]);
+    st[4] = static_cast<float>(sum_rp[s]);
+    st[5] = static_cast<float>(sum_sign[s]);
+    total += loss[s];
+    n_image += count[s];
+  }
+  *loss_out = n_image > 0 ? static_cast<float>(total / static_cast<double>(n_image)) : 0.0f;
+}
+
+void affine_invariant_forward(Array<float> pred, Array<float> target,
+                              std::optional<Array<bool>> mask,
+                              std::optional<Array<int32_t>> segments, int64_t num_segments,
+                              Array<float> loss, Array<float> stats, Array<int64_t> median_index) {
+  const ImageBatch x = make_batch(pred, target, mask, segments, num_segments);
+  float* loss_out = data_n(loss, "loss", x.batch);
+  float* stats_out = data_n(stats, "stats", x.batch * num_segments * kStatCols);
+  int64_t* index_out = data_n(median_index, "median_index", x.batch * num_segments);
+  py::gil_scoped_release release;
+#pragma omp parallel
+  {
+    std::vector<int32_t> gid(x.length);
+    std::vector<float> pred_buf(x.length), target_buf(x.length);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < x.batch; ++b) {
+      forward_image(x, b, gid, pred_buf, target_buf, loss_out + b,
+                    stats_out + b * num_segments * kStatCols, index_out + b * num_segments);
+    }
+  }
+}
+
+// grad_k = w * (r_k / s - [k == m] A / s - active * Bsum / (s n_g) * (sign(p_k - t) - [k == m] C))
+// with w = grad_loss_b / n_b; invalid pixels and empty images get 0.
+void affine_invariant_backward(Array<float> grad_loss, Array<float> pred, Array<float> target,
+                               std::optional<Array<bool>> mask,
+                               std::optional<Array<int32_t>> segments, int64_t num_segments,
+                               Array<float> stats, Array<int64_t> median_index,
+                               Array<float> grad_pred) {
+  const ImageBatch x = make_batch(pred, target, mask, segments, num_segments);
+  const float* grad_in = data_n(grad_loss, "grad_loss", x.batch);
+  const float* st_all = data_n(stats, "stats", x.batch * num_segments * kStatCols);
+  const int64_t* idx_all = data_n(median_index, "median_index", x.batch * num_segments);
+  float* grad_out = data_2d(grad_pred, "grad_pred", x.batch, x.length);
+  const int S = x.num_segments;
+  const int64_t L = x.length;
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < x.batch; ++b) {
+    const float* st = st_all + b * S * kStatCols;
+    const int64_t* idx = idx_all + b * S;
+    const float* p = x.pred + b * L;
+    const float* g = x.target + b * L;
+    float* out = grad_out + b * L;
+    double n_image = 0.0;
+    for (int s = 0; s < S; ++s) n_image += st[s * kStatCols];
+    if (n_image == 0.0) {
+      std::fill(out, out + L, 0.0f);
+      continue;
+    }
+    const float w = static_cast<float>(grad_in[b] / n_image);
+    std::vector<float> t_p(S), s_p(S), t_g(S), s_g(S), c_r(S), c_sign(S);
+    for (int s = 0; s < S; ++s) {
+      const float* gs = st + s * kStatCols;
+      t_p[s] = gs[1], s_p[s] = gs[2], t_g[s] = gs[7], s_g[s] = gs[8];
+      c_r[s] = w / s_p[s];
+      c_sign[s] = gs[0] > 0 ? w * gs[6] * gs[4] / (s_p[s] * gs[0]) : 0.0f;
+    }
+    if (S == 1 && x.segments == nullptr) {
+      const float tp = t_p[0], sp = s_p[0], tg = t_g[0], sg = s_g[0], cr = c_r[0], cs = c_sign[0];
+      const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) {
+        const bool valid = std::isfinite(g[i]) && (m == nullptr || m[i]);
+        const float ph = (p[i] - tp) / sp;
+        const float gh = (g[i] - tg) / sg;
+        const float grad = cr * sign(ph - gh) - cs * sign(p[i] - tp);
+        out[i] = valid ? grad : 0.0f;
+      }
+    } else {
+      for (int64_t i = 0; i < L; ++i) {
+        const int s = x.group(b, i);
+        if (s < 0) {
+          out[i] = 0.0f;
+          continue;
+        }
+        const float ph = (p[i] - t_p[s]) / s_p[s];
+        const float gh = (g[i] - t_g[s]) / s_g[s];
+        out[i] = c_r[s] * sign(ph - gh) - c_sign[s] * sign(p[i] - t_p[s]);
+      }
+    }
+    for (int s = 0; s < S; ++s) {
+      const int64_t m = idx[s];
+      if (m < 0) continue;
+      const float* gs = st + s * kStatCols;
+      out[m] += -c_r[s] * gs[3] + c_sign[s] * gs[5];
+    }
+  }
+}
+
+// cos = x.y / sqrt(max(|x|^2 |y|^2, eps^2)), as torch.nn.functional.cosine_similarity.
+struct RowDots {
+  double dot, xx, yy;
+};
+
+inline RowDots row_dots(const float* x, const float* y, int64_t c) {
+  float dot = 0.f, xx = 0.f, yy = 0.f;
+#pragma omp simd reduction(+ : dot, xx, yy)
+  for (int64_t j = 0; j < c; ++j) {
+    dot += x[j] * y[j];
+    xx += x[j] * x[j];
+    yy += y[j] * y[j];
+  }
+  return {dot, xx, yy};
+}
+
+inline double cosine(const RowDots& d) {
+  return d.dot / std::sqrt(std::max(d.xx * d.yy, kCosEps * kCosEps));
+}
+
+void feature_alignment_forward(Array<float> features, Array<float> frozen, double alpha,
+                               Array<float> loss, Array<float> cos, Array<float> n_kept) {
+  if (features.ndim() != 2) throw std::invalid_argument("features must be 2-D (M, C)");
+  const int64_t M = features.shape(0), C = features.shape(1);
+  const float* f = features.data();
+  const float* z = data_2d(frozen, "frozen", M, C);
+  float* cos_out = data_n(cos, "cos", M);
+  float* loss_out = data_n(loss, "loss", 1);
+  float* kept_out = data_n(n_kept, "n_kept", 1);
+  double total = 0.0;
+  int64_t kept = 0;
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel for reduction(+ : total, kept) schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+      const float c = static_cast<float>(cosine(row_dots(f + i * C, z + i * C, C)));
+      cos_out[i] = c;
+      if (c <= alpha) {
+        total += 1.0 - c;
+        ++kept;
+      }
+    }
+  }
+  *loss_out = kept > 0 ? static_cast<float>(total / static_cast<double>(kept)) : 0.0f;
+  *kept_out = static_cast<float>(kept);
+}
+
+// d cos / dx = y / denom - cos * x / |x|^2 (just y / denom where the eps clamp is active).
+void feature_alignment_backward(Array<float> grad_loss, Array<float> features,
+                                Array<float> frozen, double alpha, Array<float> cos,
+                                Array<float> n_kept, Array<float> grad_features) {
+  if (features.ndim() != 2) throw std::invalid_argument("features must be 2-D (M, C)");
+  const int64_t M = features.shape(0), C = features.shape(1);
+  const float* f = features.data();
+  const float* z = data_2d(frozen, "frozen", M, C);
+  const float* cos_in = data_n(cos, "cos", M);
+  const float kept = *data_n(n_kept, "n_kept", 1);
+  const float g = *data_n(grad_loss, "grad_loss", 1);
+  float* out = data_2d(grad_features, "grad_features", M, C);
+  const float w = kept > 0 ? g / kept : 0.0f;
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < M; ++i) {
+    float* o = out + i * C;
+    if (w == 0.0f || !(cos_in[i] <= alpha)) {
+      std::fill(o, o + C, 0.0f);
+      continue;
+    }
+    const float* x = f + i * C;
+    const float* y = z + i * C;
+    const RowDots d = row_dots(x, y, C);
+    const double prod = d.xx * d.yy;
+    const bool clamped = prod <= kCosEps * kCosEps;
+    const float cy = static_cast<float>(-w / std::sqrt(clamped ? kCosEps * kCosEps : prod));
+    const float cx = clamped ? 0.0f : static_cast<float>(w * (d.dot / std::sqrt(prod)) / d.xx);
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) o[j] = cy * y[j] + cx * x[j];
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "depth_anything_fast CPU kernels (pybind11 + OpenMP), see csrc/losses.cpp";
+  // noconvert: a dtype/layout mismatch must raise, not silently write into a temporary copy.
+  m.def("affine_invariant_forward", &affine_invariant_forward, py::arg("pred").noconvert(),
+        py::arg("target").noconvert(), py::arg("mask").noconvert(),
+        py::arg("segments").noconvert(), py::arg("num_segments"), py::arg("loss").noconvert(),
+        py::arg("stats").noconvert(), py::arg("median_index").noconvert());
+  m.def("affine_invariant_backward", &affine_invariant_backward,
+        py::arg("grad_loss").noconvert(), py::arg("pred").noconvert(),
+        py::arg("target").noconvert(), py::arg("mask").noconvert(),
+        py::arg("segments").noconvert(), py::arg("num_segments"), py::arg("stats").noconvert(),
+        py::arg("median_index").noconvert(), py::arg("grad_pred").noconvert());
+  m.def("feature_alignment_forward", &feature_alignment_forward, py::arg("features").noconvert(),
+        py::arg("frozen").noconvert(), py::arg("alpha"), py::arg("loss").noconvert(),
+        py::arg("cos").noconvert(), py::arg("n_kept").noconvert());
+  m.def("feature_alignment_backward", &feature_alignment_backward,
+        py::arg("grad_loss").noconvert(), py::arg("features").noconvert(),
+        py::arg("frozen").noconvert(), py::arg("alpha"), py::arg("cos").noconvert(),
+        py::arg("n_kept").noconvert(), py::arg("grad_features").noconvert());
+  m.def("num_threads", []() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
+}

@@ -1,0 +1,227 @@
+"""C++ (pybind11 + OpenMP) backend: the kernel interface over `depth_anything_fast._C`, wrapped
+as torch custom ops so autograd and `torch.compile(fullgraph=True)` see them as single ops.
+
+The extension takes numpy views (buffer protocol) of contiguous float32 / bool / int32 tensors
+and writes into outputs allocated here; float16/bfloat16 inputs are converted to float32 first.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from depth_anything_fast.ops.autograd import (
+    register_affine_invariant_autograd,
+    register_feature_alignment_autograd,
+)
+
+STAT_COLUMNS = 9
+
+
+def extension() -> ModuleType | None:
+    """The compiled `depth_anything_fast._C` module, or None when it was not built."""
+    try:
+        from depth_anything_fast import _C
+    except ImportError:
+        return None
+    return _C
+
+
+def _require_extension() -> ModuleType:
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(
+            "backend='cpu' needs the C++ extension depth_anything_fast._C, which is not built: "
+            "reinstall with a C++ compiler and pybind11 (pip install --no-build-isolation -e .)"
+        )
+    return ext
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float32).contiguous()
+
+
+def _optional(t: Tensor | None, dtype: torch.dtype):  # -> numpy array or None
+    return None if t is None else t.detach().to(dtype).contiguous().numpy()
+
+
+def affine_invariant_forward(
+    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernel interface: (B, L) inputs -> loss (B,), stats (B, S, 9), median_index (B, S)."""
+    ext = _require_extension()
+    batch = pred.shape[0]
+    loss = torch.empty(batch, dtype=torch.float32)
+    stats = torch.empty(batch, num_segments, STAT_COLUMNS, dtype=torch.float32)
+    median_index = torch.empty(batch, num_segments, dtype=torch.int64)
+    ext.affine_invariant_forward(
+        _f32(pred).numpy(),
+        _f32(target).numpy(),
+        _optional(mask, torch.bool),
+        _optional(segments, torch.int32),
+        num_segments,
+        loss.numpy(),
+        stats.numpy(),
+        median_index.numpy(),
+    )
+    return loss, stats, median_index
+
+
+def affine_invariant_backward(
+    grad_loss: Tensor,
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    stats: Tensor,
+    median_index: Tensor,
+) -> Tensor:
+    """Kernel interface: gradient of the per-image losses w.r.t. pred, (B, L) in pred.dtype."""
+    ext = _require_extension()
+    grad_pred = torch.empty(pred.shape, dtype=torch.float32)
+    ext.affine_invariant_backward(
+        _f32(grad_loss).numpy(),
+        _f32(pred).numpy(),
+        _f32(target).numpy(),
+        _optional(mask, torch.bool),
+        _optional(segments, torch.int32),
+        num_segments,
+        _f32(stats).numpy(),
+        median_index.detach().to(torch.int64).contiguous().numpy(),
+        grad_pred.numpy(),
+    )
+    return grad_pred.to(pred.dtype)
+
+
+def feature_alignment_forward(
+    features: Tensor, frozen: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernel interface: (M, C) inputs -> loss (), cos (M,), n_kept () (all float32)."""
+    ext = _require_extension()
+    loss = torch.empty((), dtype=torch.float32)
+    cos = torch.empty(features.shape[0], dtype=torch.float32)
+    n_kept = torch.empty((), dtype=torch.float32)
+    ext.feature_alignment_forward(
+        _f32(features).numpy(),
+        _f32(frozen).numpy(),
+        float(alpha),
+        loss.view(1).numpy(),
+        cos.numpy(),
+        n_kept.view(1).numpy(),
+    )
+    return loss, cos, n_kept
+
+
+def feature_alignment_backward(
+    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
+) -> Tensor:
+    """Kernel interface: gradient w.r.t. features, (M, C) in features.dtype."""
+    ext = _require_extension()
+    grad_features = torch.empty(features.shape, dtype=torch.float32)
+    ext.feature_alignment_backward(
+        _f32(grad_loss).reshape(1).numpy(),
+        _f32(features).numpy(),
+        _f32(frozen).numpy(),
+        float(alpha),
+        _f32(cos).numpy(),
+        _f32(n_kept).reshape(1).numpy(),
+        grad_features.numpy(),
+    )
+    return grad_features.to(features.dtype)
+
+
+# Custom ops. Python type hints are the schema, so they use typing that torch.library accepts.
+@torch.library.custom_op(
+    "depth_anything_fast::affine_invariant_cpu", mutates_args=(), device_types="cpu"
+)
+def affine_invariant_cpu(
+    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    return affine_invariant_forward(pred, target, mask, segments, num_segments)
+
+
+@affine_invariant_cpu.register_fake
+def _affine_invariant_fake(
+    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    batch = pred.shape[0]
+    return (
+        pred.new_empty(batch, dtype=torch.float32),
+        pred.new_empty(batch, num_segments, STAT_COLUMNS, dtype=torch.float32),
+        pred.new_empty(batch, num_segments, dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op(
+    "depth_anything_fast::affine_invariant_backward_cpu", mutates_args=(), device_types="cpu"
+)
+def affine_invariant_backward_cpu(
+    grad_loss: Tensor,
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    stats: Tensor,
+    median_index: Tensor,
+) -> Tensor:
+    return affine_invariant_backward(
+        grad_loss, pred, target, mask, segments, num_segments, stats, median_index
+    )
+
+
+@affine_invariant_backward_cpu.register_fake
+def _affine_invariant_backward_fake(
+    grad_loss: Tensor,
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    stats: Tensor,
+    median_index: Tensor,
+) -> Tensor:
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op(
+    "depth_anything_fast::feature_alignment_cpu", mutates_args=(), device_types="cpu"
+)
+def feature_alignment_cpu(
+    features: Tensor, frozen: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return feature_alignment_forward(features, frozen, alpha)
+
+
+@feature_alignment_cpu.register_fake
+def _feature_alignment_fake(
+    features: Tensor, frozen: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return (
+        features.new_empty((), dtype=torch.float32),
+        features.new_empty(features.shape[0], dtype=torch.float32),
+        features.new_empty((), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op(
+    "depth_anything_fast::feature_alignment_backward_cpu", mutates_args=(), device_types="cpu"
+)
+def feature_alignment_backward_cpu(
+    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
+) -> Tensor:
+    return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
+
+
+@feature_alignment_backward_cpu.register_fake
+def _feature_alignment_backward_fake(
+    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
+) -> Tensor:
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+register_affine_invariant_autograd(affine_invariant_cpu, affine_invariant_backward_cpu)
+register_feature_alignment_autograd(feature_alignment_cpu, feature_alignment_backward_cpu)

@@ -1,0 +1,66 @@
+"""Triton backend: the kernels of `depth_anything_fast.kernels` wrapped as `triton_op`s.
+
+`triton_op` makes the launchers visible to `torch.compile` (their kernels must be launched
+through `torch.library.wrap_triton`), and the launcher itself serves as the fake implementation.
+The kernel modules are imported lazily, on first call, so importing this module needs no Triton.
+Under TRITON_INTERPRET=1 the same ops run on CPU tensors (Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.library import triton_op
+
+from depth_anything_fast.ops.autograd import (
+    register_affine_invariant_autograd,
+    register_feature_alignment_autograd,
+)
+
+
+@triton_op("depth_anything_fast::affine_invariant_triton", mutates_args=())
+def affine_invariant_triton(
+    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    from depth_anything_fast.kernels.affine_invariant import affine_invariant_forward
+
+    return affine_invariant_forward(pred, target, mask, segments, num_segments)
+
+
+@triton_op("depth_anything_fast::affine_invariant_backward_triton", mutates_args=())
+def affine_invariant_backward_triton(
+    grad_loss: Tensor,
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    stats: Tensor,
+    median_index: Tensor,
+) -> Tensor:
+    from depth_anything_fast.kernels.affine_invariant import affine_invariant_backward
+
+    return affine_invariant_backward(
+        grad_loss, pred, target, mask, segments, num_segments, stats, median_index
+    )
+
+
+@triton_op("depth_anything_fast::feature_alignment_triton", mutates_args=())
+def feature_alignment_triton(
+    features: Tensor, frozen: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    from depth_anything_fast.kernels.feature_alignment import feature_alignment_forward
+
+    return feature_alignment_forward(features, frozen, alpha)
+
+
+@triton_op("depth_anything_fast::feature_alignment_backward_triton", mutates_args=())
+def feature_alignment_backward_triton(
+    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
+) -> Tensor:
+    from depth_anything_fast.kernels.feature_alignment import feature_alignment_backward
+
+    return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
+
+
+register_affine_invariant_autograd(affine_invariant_triton, affine_invariant_backward_triton)
+register_feature_alignment_autograd(feature_alignment_triton, feature_alignment_backward_triton)
