@@ -1,0 +1,187 @@
+"""Fused feature-alignment loss (Depth Anything, REFERENCE §1.3).
+
+cos_i = f_i . z_i / sqrt(max(|f_i|^2 |z_i|^2, eps^2)) (torch.nn.functional.cosine_similarity,
+eps = 1e-8); kept = cos <= alpha; loss = sum_kept (1 - cos) / n_kept, 0 when nothing is kept.
+Forward: one pass over rows (tiles of `ROWS` x `BLOCK_C`, sums and count via two scalar atomics
+per program) and a one-program finalize. Backward: one pass that recomputes the norms.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+COS_EPS = 1e-8
+# Elements of one [ROWS, BLOCK_C] tile: GPU registers vs interpreter (numpy) speed.
+_GPU_TILE = 4096
+_GPU_MAX_BLOCK_C = 1024
+_INTERPRETER_TILE = 1 << 16
+
+
+def _row_tiles(rows: int, channels: int, device: torch.device) -> tuple[int, int]:
+    """(ROWS, BLOCK_C) for `rows` rows of `channels` channels."""
+    tile = _GPU_TILE if device.type == "cuda" else _INTERPRETER_TILE
+    block_c = triton.next_power_of_2(max(channels, 1))
+    if device.type == "cuda":
+        block_c = min(block_c, _GPU_MAX_BLOCK_C)
+    block_c = min(block_c, tile)
+    block_rows = max(1, min(tile // block_c, triton.next_power_of_2(max(rows, 1))))
+    return block_rows, block_c
+
+
+@triton.jit
+def _row_products(f_ptr, z_ptr, rows, live, C, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(f.z, |f|^2, |z|^2) per row [ROWS], fp32."""
+    dot = tl.zeros([ROWS], dtype=tl.float32)
+    f_sq = tl.zeros([ROWS], dtype=tl.float32)
+    z_sq = tl.zeros([ROWS], dtype=tl.float32)
+    base = rows.to(tl.int64)[:, None] * C
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        inside = live[:, None] & (cols < C)[None, :]
+        f = tl.load(f_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        dot += tl.sum(f * z, axis=1)
+        f_sq += tl.sum(f * f, axis=1)
+        z_sq += tl.sum(z * z, axis=1)
+    return dot, f_sq, z_sq
+
+
+@triton.jit
+def _feature_alignment_forward_kernel(
+    f_ptr,
+    z_ptr,
+    cos_ptr,
+    loss_ptr,
+    kept_ptr,
+    M,
+    C,
+    alpha,
+    EPS_SQ: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = rows < M
+    dot, f_sq, z_sq = _row_products(f_ptr, z_ptr, rows, live, C, ROWS, BLOCK_C)
+    cos = dot / tl.sqrt(tl.maximum(f_sq * z_sq, EPS_SQ))
+    tl.store(cos_ptr + rows, cos, mask=live)
+    kept = live & (cos <= alpha)
+    tl.atomic_add(loss_ptr, tl.sum(tl.where(kept, 1.0 - cos, 0.0), axis=0))
+    tl.atomic_add(kept_ptr, tl.sum(kept.to(tl.float32), axis=0))
+
+
+@triton.jit
+def _feature_alignment_finalize_kernel(loss_ptr, kept_ptr):
+    kept = tl.load(kept_ptr)
+    total = tl.load(loss_ptr)
+    tl.store(loss_ptr, tl.where(kept > 0, total / tl.maximum(kept, 1.0), 0.0))
+
+
+def _check_features(features: torch.Tensor, frozen: torch.Tensor) -> None:
+    if features.dim() != 2 or frozen.shape != features.shape:
+        raise ValueError(
+            f"features and frozen must both be (M, C), got {tuple(features.shape)} and "
+            f"{tuple(frozen.shape)}"
+        )
+    if not (features.is_floating_point() and frozen.is_floating_point()):
+        raise TypeError(f"features/frozen must be floating, got {features.dtype}/{frozen.dtype}")
+    if frozen.device != features.device:
+        raise ValueError(f"frozen is on {frozen.device}, features on {features.device}")
+    if not (features.is_contiguous() and frozen.is_contiguous()):
+        raise ValueError("features and frozen must be contiguous")
+
+
+def feature_alignment_forward(
+    features: torch.Tensor, frozen: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean of `1 - cos` over rows with `cos <= alpha`.
+
+    Args:
+        features, frozen: `(M, C)` contiguous float32/float16/bfloat16 (accumulated in fp32).
+        alpha: tolerance; rows with cos > alpha are left out.
+
+    Returns:
+        loss `()` float32 (0 when nothing is kept), cos `(M,)` float32, n_kept `()` float32.
+    """
+    _check_features(features, frozen)
+    M, C = features.shape
+    device = features.device
+    cos = torch.empty((M,), dtype=torch.float32, device=device)
+    loss = torch.zeros((), dtype=torch.float32, device=device)
+    n_kept = torch.zeros((), dtype=torch.float32, device=device)
+    block_rows, block_c = _row_tiles(M, C, device)
+    _feature_alignment_forward_kernel[(triton.cdiv(M, block_rows),)](
+        features, frozen, cos, loss, n_kept, M, C, float(alpha),
+        EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c,
+    )  # fmt: skip
+    _feature_alignment_finalize_kernel[(1,)](loss, n_kept)
+    return loss, cos, n_kept
+
+
+@triton.jit
+def _feature_alignment_backward_kernel(
+    grad_loss_ptr,
+    f_ptr,
+    z_ptr,
+    cos_ptr,
+    kept_ptr,
+    grad_ptr,
+    M,
+    C,
+    alpha,
+    EPS_SQ: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = rows < M
+    n_kept = tl.load(kept_ptr)
+    weight = tl.where(n_kept > 0, tl.load(grad_loss_ptr) / tl.maximum(n_kept, 1.0), 0.0)
+    _, f_sq, z_sq = _row_products(f_ptr, z_ptr, rows, live, C, ROWS, BLOCK_C)
+    cos = tl.load(cos_ptr + rows, mask=live, other=2.0)
+    kept = live & (cos <= alpha)
+    norm_sq = f_sq * z_sq
+    # d cos / d f = z / D - [D unclamped] * cos * f / |f|^2 with D = sqrt(max(|f|^2 |z|^2, eps^2)).
+    coef_z = tl.where(kept, -weight / tl.sqrt(tl.maximum(norm_sq, EPS_SQ)), 0.0)
+    coef_f = tl.where(kept & (norm_sq > EPS_SQ), weight * cos / tl.maximum(f_sq, 1e-30), 0.0)
+    base = rows.to(tl.int64)[:, None] * C
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        inside = live[:, None] & (cols < C)[None, :]
+        f = tl.load(f_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        grad = coef_z[:, None] * z + coef_f[:, None] * f
+        tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=inside)
+
+
+def feature_alignment_backward(
+    grad_loss: torch.Tensor,
+    features: torch.Tensor,
+    frozen: torch.Tensor,
+    alpha: float,
+    cos: torch.Tensor,
+    n_kept: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient of `grad_loss * loss` with respect to `features` (zero when nothing is kept).
+
+    Args:
+        grad_loss: `()` float32; features, frozen: `(M, C)`; alpha as in the forward;
+        cos `(M,)` float32 and n_kept `()` float32 from the forward.
+
+    Returns:
+        grad_features `(M, C)` in features.dtype.
+    """
+    _check_features(features, frozen)
+    M, C = features.shape
+    if cos.shape != (M,) or n_kept.numel() != 1:
+        raise ValueError(f"cos {tuple(cos.shape)} / n_kept {tuple(n_kept.shape)} do not match M={M}")
+    grad = torch.empty_like(features)
+    block_rows, block_c = _row_tiles(M, C, features.device)
+    _feature_alignment_backward_kernel[(triton.cdiv(M, block_rows),)](
+        grad_loss.to(torch.float32).contiguous(), features, frozen, cos.contiguous(),
+        n_kept.to(torch.float32).contiguous(), grad, M, C, float(alpha),
+        EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c,
+    )  # fmt: skip
+    return grad
