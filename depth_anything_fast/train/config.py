@@ -78,7 +78,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    backend: Literal["auto", "reference", "cpp", "triton"] = "auto"
+    backend: Literal["auto", "reference", "cpu", "triton"] = "auto"
     # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
     gradient_weight: float = 0.0
     gradient_scales: int = 4

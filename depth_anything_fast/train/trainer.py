@@ -132,10 +132,18 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
     )
     model = DepthAnything(config=arch, attn_backend=m.attn_backend)
     if initialise and m.init is not None:
-        from depth_anything_fast.models import load_init_weights
-
         load_init_weights(model, m.init)
     return model
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy weights from any checkpoint format the model loader reads (official, transformers,
+    bare DINOv2, ours). The DPT head may be absent (encoder-only files: it keeps its fresh
+    initialisation); any other missing key or a shape mismatch raises ValueError naming it."""
+    from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
+
+    state, _ = read_checkpoint(path)
+    load_into(model, to_ours(state), strict=True, allow_missing="head.")
 
 
 class Trainer:
@@ -342,20 +350,34 @@ class Trainer:
                     writer.add_scalar(key, value, record["step"])
 
     def _validate(self, model: nn.Module, info: DistInfo) -> dict[str, float]:
-        """AbsRel / delta1 on ``data.val`` through the evaluate module. Every rank runs the same
-        images (FSDP2 forward passes are collective); rank 0 records the result."""
-        from depth_anything_fast.evaluate import evaluate_model
+        """AbsRel / delta1 on ``data.val`` through the evaluate module's runner. Every rank
+        runs the same images (FSDP2 forward passes are collective); rank 0 records them."""
+        from depth_anything_fast.data.sources import LabelledSpec
+        from depth_anything_fast.evaluate.datasets import get_reader
+        from depth_anything_fast.evaluate.runner import evaluate_predictions
+        from depth_anything_fast.inference.predictor import Predictor
 
+        d = self.cfg.data
+        assert d.val is not None
+        spec_file = Path(d.val) / "spec.json"
+        if d.val_spec is not None:
+            encoding: LabelledSpec | str = LabelledSpec(**d.val_spec)
+        elif spec_file.is_file():
+            encoding = LabelledSpec.from_json(spec_file)
+        else:
+            encoding = "metres"
+        reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
         trainable = [p for p in model.parameters() if p.requires_grad]
         try:
-            result = evaluate_model(model, self.cfg.data.val, max_images=self.cfg.val_max_images,
-                                    input_size=self.cfg.val_input_size, device=info.device)
+            predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
+                                  input_size=self.cfg.val_input_size, device=info.device)
+            result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size)
         finally:
             model.train()
             for p in trainable:
                 p.requires_grad_(True)
-        return {f"val_{k}": float(v) for k, v in result.items()
-                if k in ("abs_rel", "delta1", "n_images")}
+        return {"val_abs_rel": result.mean["abs_rel"], "val_delta1": result.mean["delta1"],
+                "val_images": result.n_evaluated}
 
     def _export(self, model: nn.Module, info: DistInfo) -> Path | None:
         """Gather the full state dict and write ``<out_dir>/final`` with save_pretrained."""
