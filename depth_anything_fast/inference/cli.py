@@ -79,9 +79,10 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
         return _no_weights()
     import logging
 
-    from depth_anything_fast.inference.pseudo_label import pseudo_label
+    from depth_anything_fast.inference.pseudo_label import combine_summaries, pseudo_label
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    distributed = _init_process_group()
     try:
         summary = pseudo_label(
             args.weights,
@@ -105,7 +106,33 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.line(), flush=True)
-    return summary.exit_code
+    if not distributed:
+        return summary.exit_code
+    import torch.distributed as dist
+
+    # Every rank waits for the others and exits with the same status: under torchrun an early
+    # nonzero exit of one rank (e.g. "some inputs failed") would tear down the ranks still working.
+    total = combine_summaries(summary)
+    if summary.rank == 0:
+        print(total.line(f"all {total.world_size} ranks: "), flush=True)
+    dist.destroy_process_group()
+    return total.exit_code
+
+
+def _init_process_group() -> bool:
+    """Join torchrun's process group (gloo, only used to combine the ranks' summaries)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # ranks can finish hours apart on large collections: the final all_reduce must wait
+        dist.init_process_group("gloo", timeout=timedelta(hours=48))
+    return True
 
 
 def _run_predict(args: argparse.Namespace) -> int:

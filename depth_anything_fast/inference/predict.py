@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 
 def _decode(path: str) -> np.ndarray:
     from depth_anything_fast.data.decode import decode_rgb
+    from depth_anything_fast.data.sources import read_bytes
 
-    with open(path, "rb") as f:
-        return decode_rgb(f.read(), path)
+    return decode_rgb(read_bytes(path), path)
 
 
 def _save(
@@ -97,10 +97,7 @@ def predict_files(
     out_root = Path(outdir)
     items: list[tuple[str, str]] = []
     for source in inputs:
-        if os.path.isfile(source) and not source.endswith((".txt", ".tar")):
-            paths = [source]
-        else:
-            paths = sorted(list_images(source))
+        paths = sorted(list_images(source))
         items += zip(paths, output_names(source, paths, ""), strict=True)
     if not items:
         raise FileNotFoundError(f"no images found in {list(inputs)}")

@@ -28,6 +28,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,8 +90,10 @@ class Summary:
             return EXIT_INTERRUPTED
         return EXIT_FAILURES if self.failed else EXIT_OK
 
-    def line(self) -> str:
-        who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+    def line(self, who: str | None = None) -> str:
+        """One-line report; `who` prefixes it (default "rank r/w: " under several ranks)."""
+        if who is None:
+            who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
         state = "interrupted, " if self.interrupted else ""
         return (
             f"{who}{state}{self.succeeded} succeeded, {self.skipped} skipped (already done), "
@@ -133,6 +136,24 @@ def distributed_rank() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def combine_summaries(summary: Summary) -> Summary:
+    """Sum of the ranks' summaries (elapsed = the slowest rank), via the initialised default
+    process group; every rank gets the total."""
+    import torch.distributed as dist
+
+    counts = torch.tensor(
+        [summary.total, summary.succeeded, summary.skipped, summary.failed, summary.interrupted],
+        dtype=torch.float64,
+    )
+    elapsed = torch.tensor([summary.elapsed_s], dtype=torch.float64)
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    total, succeeded, skipped, failed, interrupted = (int(v) for v in counts.tolist())
+    return Summary(
+        total, succeeded, skipped, failed, interrupted > 0, float(elapsed), 0, summary.world_size
+    )
+
+
 def _listing_root(src: str, paths: list[str]) -> str:
     """Directory that output names are made relative to."""
     if os.path.isdir(src):
@@ -149,16 +170,32 @@ def _listing_root(src: str, paths: list[str]) -> str:
 
 
 def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
-    """Output name (relative, POSIX) of each input: its path relative to the source root with
-    the extension replaced by `suffix`. Inputs whose names would collide (a.jpg and a.png in one
-    folder) keep their extension: `a.jpg.png`, `a.png.png`."""
-    root = os.path.abspath(_listing_root(src, paths))
-    rel = [Path(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in paths]
+    """Output name (relative, POSIX) of each input: its path relative to the source root (the
+    member name for `shard.tar::member` inputs) with the extension replaced by `suffix`.
+
+    Inputs whose names would collide (a.jpg and a.png in one folder) keep their extension:
+    `a.jpg.png`, `a.png.png`. Raises ValueError if names still collide (same member in two
+    shards).
+    """
+    from depth_anything_fast.data.sources import TAR_SEP
+
+    files = [p for p in paths if TAR_SEP not in p]
+    root = os.path.abspath(_listing_root(src, files)) if files else ""
+    rel = [
+        p.split(TAR_SEP, 1)[1]
+        if TAR_SEP in p
+        else Path(os.path.relpath(os.path.abspath(p), root)).as_posix()
+        for p in paths
+    ]
     stems = [os.path.splitext(r)[0] for r in rel]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    return [(stem if counts[stem] == 1 else r) + suffix for stem, r in zip(stems, rel, strict=True)]
+    counts = Counter(stems)
+    names = [
+        (stem if counts[stem] == 1 else r) + suffix for stem, r in zip(stems, rel, strict=True)
+    ]
+    duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
+    if duplicates:
+        raise ValueError(f"several inputs map to the output names {duplicates[:5]}; rename them")
+    return names
 
 
 def _check_run_config(output_dir: Path, config: dict[str, Any]) -> None:
@@ -301,7 +338,9 @@ def pseudo_label(
     }
     _check_run_config(output_dir, run_config)
 
-    paths = sorted(list_images(src))
+    # outputs written inside the source tree are not inputs of a rerun
+    out_abs = os.path.abspath(output_dir) + os.sep
+    paths = sorted(p for p in list_images(src) if not os.path.abspath(p).startswith(out_abs))
     suffix = output_suffix(opts.format)
     names = output_names(src, paths, suffix)
     mine = list(zip(paths, names, strict=True))[rank::world]

@@ -1,0 +1,151 @@
+"""End-to-end pseudo-labelling throughput: ours vs an official-style one-image fp32 loop.
+
+Both implementations do the same work on the same files with the same weights: read the file,
+decode, preprocess (official lower-bound resize to 518), predict, store a 16-bit PNG.
+
+* `official-loop`: `run.py` style: for each file, decode, `model.infer_image(image, 518)` in
+  fp32 (one image, synchronous), resize back to the original size, encode and write, in turn.
+* `pseudo-label`: `depth_anything_fast.inference.pseudo_label` (batched, bucketed, loader and
+  writer threads, bf16 autocast on CUDA), storing at network resolution (its default).
+
+CPU: vits with random weights on the 20 real images of ../shared/data/images.
+GPU (skipped without CUDA): vits and vitl, bf16, batch 16; `extra_info["gpu_busy"]` is the
+fraction of the wall time during which at least one CUDA kernel ran, from a torch.profiler trace
+of one extra run (the union of the kernels' [start, end) intervals over the wall time).
+
+Run: `.venv/bin/python -m pytest benchmarks/bench_inference.py --benchmark-only
+--benchmark-json benchmarks/results/inference_cpu.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depth_anything_fast.inference.pseudo_label import pseudo_label
+from depth_anything_fast.inference.writers import atomic_write, encode_png16
+from depth_anything_fast.models import DepthAnything
+
+SHARED_IMAGES = (
+    Path(os.environ.get("DAF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    / "images"
+)
+INPUT_SIZE = 518
+
+CASES = [
+    pytest.param("cpu", "vits", id="cpu-vits"),
+    pytest.param(
+        "cuda",
+        "vits",
+        id="cuda-vits",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    ),
+    pytest.param(
+        "cuda",
+        "vitl",
+        id="cuda-vitl",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    ),
+]
+
+
+def _images() -> list[Path]:
+    if not SHARED_IMAGES.is_dir():
+        pytest.skip(f"real images not found at {SHARED_IMAGES}")
+    return sorted(SHARED_IMAGES.glob("*.jpg"))
+
+
+def official_loop(model: DepthAnything, paths: list[Path], out: Path) -> None:
+    """One image at a time in fp32, as the official run.py (PIL decode: no OpenCV here)."""
+    from depth_anything_fast.data.decode import decode_rgb
+
+    for path in paths:
+        image = decode_rgb(path.read_bytes(), str(path))
+        depth = model.infer_image(image, INPUT_SIZE)
+        atomic_write(out / (path.stem + ".png"), encode_png16(depth).data)
+
+
+def ours(model: DepthAnything, src: Path, out: Path, device: str) -> None:
+    batch = 16 if device == "cuda" else 4
+    summary = pseudo_label(
+        model,
+        src,
+        out,
+        batch_size=batch,
+        input_size=INPUT_SIZE,
+        device=device,
+        num_workers=4 if device == "cuda" else 2,
+        handle_signals=False,
+    )
+    assert summary.failed == 0 and summary.succeeded > 0
+
+
+def gpu_busy_fraction(fn: Callable[[], None]) -> float:
+    """Fraction of `fn`'s wall time with at least one CUDA kernel running (profiler trace)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    intervals = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    busy, cur_start, cur_end = 0.0, None, None
+    for s, e in intervals:
+        if cur_end is None or s > cur_end:
+            if cur_end is not None:
+                busy += cur_end - cur_start
+            cur_start, cur_end = s, e
+        else:
+            cur_end = max(cur_end, e)
+    if cur_end is not None:
+        busy += cur_end - cur_start
+    return busy / wall_us
+
+
+@pytest.mark.parametrize("impl", ["official-loop", "pseudo-label"])
+@pytest.mark.parametrize(("device", "encoder"), CASES)
+def test_inference_throughput(benchmark, impl: str, device: str, encoder: str) -> None:
+    paths = _images()
+    torch.manual_seed(0)
+    model = DepthAnything(encoder=encoder).eval().to(device)
+    if device == "cuda" and impl == "official-loop":
+        model = model.float()  # the official loop runs in fp32
+    work = Path(tempfile.mkdtemp(prefix="daf-bench-"))
+    src = work / "src"
+    shutil.copytree(SHARED_IMAGES, src)
+    runs = iter(range(10**6))
+
+    def run() -> None:
+        out = work / f"out{next(runs)}"  # fresh output: nothing is skipped as already done
+        if impl == "official-loop":
+            official_loop(model, paths, out)
+        else:
+            ours(model, src, out, device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    run()  # warm-up: first-call allocations, cuDNN/kernel selection, page cache
+    benchmark.group = f"inference {device} {encoder} ({len(paths)} images, {INPUT_SIZE})"
+    benchmark.pedantic(run, rounds=2 if device == "cpu" else 3, iterations=1)
+    benchmark.extra_info["images"] = len(paths)
+    benchmark.extra_info["images_per_s"] = len(paths) / benchmark.stats.stats.mean
+    benchmark.extra_info["torch"] = torch.__version__
+    if device == "cuda":
+        benchmark.extra_info["gpu_busy"] = gpu_busy_fraction(run)
+        benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+    shutil.rmtree(work, ignore_errors=True)
+    assert np.isfinite(benchmark.stats.stats.mean)

@@ -1,0 +1,310 @@
+"""Predictor, pseudo-labelling engine and CLIs with a tiny random-weight model saved to disk.
+
+The batched/bucketed paths are compared with the model's own one-image `infer_image`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from depth_anything_fast.cli import main
+from depth_anything_fast.inference.manifest import read_all_records, read_records
+from depth_anything_fast.inference.predictor import Predictor
+from depth_anything_fast.inference.pseudo_label import pseudo_label
+from depth_anything_fast.inference.writers import decode_png16
+from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+from depth_anything_fast.models.transforms import lower_bound_size, preprocess
+
+INPUT_SIZE = 70
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_model() -> DepthAnything:
+    config = DepthAnythingConfig.preset("vits", embed_dim=32, depth=4, num_heads=2, features=16)
+    model = DepthAnything(config=config).eval()
+    # Default init gives an all-zero disparity after the final ReLU; scaled normal weights and
+    # positive biases give a varied map, so comparisons are not vacuous.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+            else:
+                p.uniform_(0.0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[DepthAnything, Path]:
+    model = _tiny_model()
+    weights = model.save_pretrained(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+    return model, weights
+
+
+def _write_image(path: Path, h: int, w: int) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
+    Image.fromarray(rgb).save(path)
+    return rgb
+
+
+def _source(root: Path) -> tuple[Path, list[str]]:
+    """Synthetic photos (two sizes, nested dirs) + one corrupt and one empty file.
+
+    Returns (source dir, relative stems of the good images).
+    """
+    from depth_anything_fast.data.synthetic import generate_dataset
+
+    layout = generate_dataset(root / "gen", n_labelled=0, n_unlabelled=4, n_val=0, size=(48, 64))
+    src = root / "src"
+    shutil.copytree(layout.unlabelled / "images", src / "synthetic")
+    _write_image(src / "tall" / "a.png", 75, 40)  # another aspect ratio -> another bucket
+    _write_image(src / "tall" / "b.png", 75, 40)
+    _write_image(src / "wide.png", 30, 90)
+    good = sorted(str(p.relative_to(src).with_suffix("")) for p in src.rglob("*.*"))
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    (src / "empty.png").write_bytes(b"")
+    return src, good
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _assert_close(actual: np.ndarray, expected: np.ndarray, tol: float) -> None:
+    assert actual.shape == expected.shape
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    err = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max())
+    assert err <= tol * scale, f"max error {err:.3g} > {tol} x {scale:.3g}"
+
+
+def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path]) -> None:
+    model, _ = tiny
+    images = [
+        (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
+        for h, w in [(48, 64), (75, 40), (48, 64), (30, 90), (48, 64)]
+    ]
+    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE)
+    assert predictor.precision == "fp32" and predictor.device.type == "cpu"
+    out = predictor.predict(images)
+    for image, pred in zip(images, out, strict=True):
+        expected = model.infer_image(image, INPUT_SIZE)
+        assert pred.dtype == np.float32 and expected.std() > 0
+        # fp32; batching changes only the summation order of the matmuls
+        _assert_close(pred, expected, 1e-4)
+    with pytest.raises(ValueError, match="multiples of 14"):
+        predictor.predict_tensor(torch.zeros(1, 3, 15, 28))
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(model, precision="fp8")
+
+
+def test_pseudo_label_outputs_errors_and_resume(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path
+) -> None:
+    model, weights = tiny
+    src, good = _source(tmp_path)
+    dst = tmp_path / "npy"
+    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend="pil", writer_threads=2)
+    summary = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
+    assert (summary.succeeded, summary.skipped, summary.failed) == (len(good), 0, 2)
+    assert summary.exit_code == 1
+    errors = [json.loads(line) for line in (dst / "errors.jsonl").read_text().splitlines()]
+    assert sorted(Path(e["input"]).name for e in errors) == ["corrupt.jpg", "empty.png"]
+    assert all(e["reason"] for e in errors)
+    records = read_records(dst / "manifest.jsonl")
+    assert sorted(r.output for r in records) == sorted(f"{g}.npy" for g in good)
+    for r in records:
+        pred = np.load(dst / r.output)
+        expected = model.infer_image(_load_rgb(Path(r.input)), INPUT_SIZE)
+        _assert_close(pred, expected, 1e-4)
+        assert r.shape == list(pred.shape) and r.min == pytest.approx(float(pred.min()))
+
+    # rerun: everything finished is skipped; a deleted output and a truncated manifest tail redo
+    again = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
+    assert (again.succeeded, again.skipped, again.failed) == (0, len(good), 2)
+    (dst / records[0].output).unlink()
+    with open(dst / "manifest.jsonl", "a") as f:
+        f.write('{"input": "x", "output": "wi')
+    third = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
+    assert (third.succeeded, third.skipped) == (1, len(good) - 1)
+    assert set(read_all_records(dst)) == {f"{g}.npy" for g in good}
+    with pytest.raises(ValueError, match="other settings"):
+        pseudo_label(weights, src, dst, format="npy", original_size=False, **opts)
+
+
+def test_pseudo_label_png16_and_webdataset_network_size(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path
+) -> None:
+    model, weights = tiny
+    src, good = _source(tmp_path)
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    pseudo_label(weights, src, tmp_path / "png", format="png16", **opts)
+    tar = pseudo_label(weights, src, tmp_path / "wds", format="webdataset", **opts)
+    assert tar.succeeded == len(good)
+    png_records = read_records(tmp_path / "png" / "manifest.jsonl")
+    wds_records = {r.member: r for r in read_records(tmp_path / "wds" / "manifest.jsonl")}
+    from depth_anything_fast.inference.writers import read_output
+
+    for r in png_records:
+        image = _load_rgb(Path(r.input))
+        x = preprocess(image, INPUT_SIZE)
+        with torch.no_grad():
+            expected = model(x)[0].numpy()
+        assert tuple(r.shape) == lower_bound_size(*image.shape[:2], INPUT_SIZE)
+        got = decode_png16(str(tmp_path / "png" / r.output), r.min, r.max)
+        step = (r.max - r.min) / 65535
+        assert np.abs(got - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
+        w = wds_records[r.output]
+        assert w.output.endswith(".tar") and w.checksum == r.checksum  # same bytes in the shard
+        assert read_output(tmp_path / "wds", w) == (tmp_path / "png" / r.output).read_bytes()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "depth_anything_fast", *args]
+
+
+def test_sigkill_mid_run_then_resume(tiny: tuple[DepthAnything, Path], tmp_path: Path) -> None:
+    _, weights = tiny
+    src = tmp_path / "src"
+    for i in range(24):
+        _write_image(src / f"{i:02d}.png", 60 + 7 * (i % 3), 80)
+    dst = tmp_path / "dst"
+    cmd = _cli(
+        "pseudo-label",
+        "--weights",
+        str(weights),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--batch-size",
+        "1",
+        "--input-size",
+        "196",
+        "--backend",
+        "pil",
+        "--no-progress",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    manifest = dst / "manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"run ended before the kill: {proc.communicate()[0].decode()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_records(manifest))
+    assert 3 <= done_before < 24
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{24 - done_before} succeeded, {done_before} skipped" in rerun.stdout
+    records = read_records(manifest)
+    outputs = [r.output for r in records]
+    assert sorted(outputs) == [f"{i:02d}.png" for i in range(24)]  # each exactly once
+    for r in records:
+        data = decode_png16(str(dst / r.output), r.min, r.max)
+        assert data.shape == tuple(r.shape)
+    leftovers = [p.name for p in dst.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_torchrun_two_ranks_disjoint(tiny: tuple[DepthAnything, Path], tmp_path: Path) -> None:
+    _, weights = tiny
+    src, good = _source(tmp_path)
+    dst = tmp_path / "dst"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "depth_anything_fast",
+        "pseudo-label",
+        "--weights",
+        str(weights),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--input-size",
+        str(INPUT_SIZE),
+        "--backend",
+        "pil",
+        "--no-progress",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    # the two bad files make the run "partly failed" (1) on every rank, after all ranks finished
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "rank 0/2" in run.stdout and "rank 1/2" in run.stdout
+    assert f"all 2 ranks: {len(good)} succeeded, 0 skipped (already done), 2 failed" in run.stdout
+    per_rank = [{r.output for r in read_records(dst / f"manifest.rank{k}.jsonl")} for k in (0, 1)]
+    assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
+    assert per_rank[0] | per_rank[1] == {f"{g}.png" for g in good}
+    errors = [(dst / f"errors.rank{k}.jsonl").read_text().splitlines() for k in (0, 1)]
+    assert sum(len(e) for e in errors) == 2
+    assert not (dst / "manifest.jsonl").exists()
+
+
+def test_predict_cli(tiny: tuple[DepthAnything, Path], tmp_path: Path) -> None:
+    model, weights = tiny
+    image = _write_image(tmp_path / "in" / "x.png", 48, 64)
+    _write_image(tmp_path / "in" / "sub" / "y.png", 30, 90)
+    out = tmp_path / "out"
+    argv = [
+        "predict",
+        "--weights",
+        str(weights),
+        str(tmp_path / "in"),
+        "--outdir",
+        str(out),
+        "--input-size",
+        str(INPUT_SIZE),
+    ]
+    assert main([*argv, "--save-npy"]) == 0
+    assert np.asarray(Image.open(out / "x.png")).shape == (48, 64 + 50 + 64, 3)
+    assert (out / "sub" / "y.png").exists()
+    _assert_close(np.load(out / "x.npy"), model.infer_image(image, INPUT_SIZE), 1e-4)
+    assert main([*argv, "--pred-only", "--grayscale"]) == 0
+    pred = np.asarray(Image.open(out / "x.png"))
+    assert pred.shape == (48, 64, 3) and (pred[..., 0] == pred[..., 1]).all()
+
+
+def test_no_weights_refuses_with_instructions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pseudo-label", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    message = capsys.readouterr().err
+    assert "depth_anything_v2_vits.pth" in message and "depth-anything-fast convert" in message
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "huggingface.co" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_path: Path) -> None:
+    _, weights = tiny
+    src = tmp_path / "real"
+    src.mkdir()
+    for name in ("demo01.jpg", "demo08.jpg", "demo12.jpg"):
+        shutil.copy(shared_data / "images" / name, src / name)
+    summary = pseudo_label(weights, src, tmp_path / "out", input_size=INPUT_SIZE, backend="pil")
+    assert (summary.succeeded, summary.failed) == (3, 0)
+    for r in read_records(tmp_path / "out" / "manifest.jsonl"):
+        with Image.open(r.input) as im:
+            w, h = im.size
+        assert tuple(r.shape) == lower_bound_size(h, w, INPUT_SIZE)
+        with Image.open(tmp_path / "out" / r.output) as out:
+            assert out.size == (r.shape[1], r.shape[0]) and np.asarray(out).dtype == np.uint16
