@@ -1,0 +1,39 @@
+"""Zero-shot relative depth evaluation (REFERENCE.md §4).
+
+- `metrics`: `align_scale_shift`, `relative_depth_metrics` (disparity / depth space),
+  `metric_depth_metrics` (median scaling), `mean_metrics`.
+- `datasets`: `get_reader(name, root, **options)` for kitti, nyuv2, sintel, diode, eth3d, ddad,
+  generic, yielding `Sample(name, image, depth, mask)`.
+- `runner`: `evaluate_predictions(reader, predict_fn_or_dir, ...) -> EvaluationResult`.
+- `paper`: Table 2 of the Depth Anything paper. `cli`: the `evaluate` subcommand.
+
+Names are imported on first use so that `depth-anything-fast --help` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "align_scale_shift": "metrics",
+    "relative_depth_metrics": "metrics",
+    "metric_depth_metrics": "metrics",
+    "mean_metrics": "metrics",
+    "METRIC_NAMES": "metrics",
+    "get_reader": "datasets",
+    "Sample": "datasets",
+    "DatasetLayoutError": "datasets",
+    "evaluate_predictions": "runner",
+    "EvaluationResult": "runner",
+    "PredictionDirectory": "runner",
+    "paper_numbers": "paper",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

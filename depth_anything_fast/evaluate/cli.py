@@ -1,0 +1,200 @@
+"""`evaluate` subcommand: zero-shot relative depth on a benchmark, optionally beside Table 2.
+
+Heavy imports (torch, the model, PIL) happen inside the handler so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("kitti", "nyuv2", "sintel", "diode", "eth3d", "ddad", "generic")
+SIZES = ("vits", "vitb", "vitl")
+COLUMNS = (  # (metric key, header) in the order of the paper's tables; arrows: better direction
+    ("abs_rel", "AbsRel↓"),
+    ("delta1", "δ1↑"),
+    ("delta2", "δ2↑"),
+    ("delta3", "δ3↑"),
+    ("rmse", "RMSE↓"),
+    ("sq_rel", "SqRel↓"),
+    ("log10", "log10↓"),
+)
+
+EPILOG = """\
+Metrics: per image, the predicted disparity is aligned to the ground-truth disparity (1/depth)
+by least-squares scale and shift (float64) over valid pixels; --space disparity (the paper's
+Table 2 convention) compares aligned vs GT disparity, --space depth inverts the aligned
+disparity (clipped to the depth range) and compares depth. Metric-depth models (and
+--alignment median|none) are compared in depth space. Images with < 10 valid pixels or a
+constant prediction are excluded and listed.
+Predictions (--predictions DIR): the pseudo-label output (<rel>.png 16-bit + manifest.jsonl, or
+<rel>.npy), matched to the dataset's images by input path or relative name."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `evaluate` subcommand."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="zero-shot relative depth metrics on a benchmark (KITTI, NYUv2, Sintel, ...)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", required=True, help="dataset root in the benchmark's own layout")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="model checkpoint (official .pth or converted)")
+    source.add_argument("--predictions", help="directory of saved disparities (no model run)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--input-size", type=int, default=518)
+    p.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
+    p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+    p.add_argument("--space", choices=("disparity", "depth"), default=None,
+                   help="metric space (default: disparity; depth for metric alignments)")
+    p.add_argument("--alignment", choices=("scale_shift", "median", "none"), default=None,
+                   help="default: scale_shift, or median for a metric-depth model")
+    p.add_argument("--min-depth", type=float, default=None, help="default: the dataset's")
+    p.add_argument("--max-depth", type=float, default=None, help="default: the dataset's")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    g = p.add_argument_group("dataset options (where the dataset has them)")
+    g.add_argument("--split", help="nyuv2: test|all; diode: indoor|outdoor|all")
+    g.add_argument("--crop", help="kitti: garg|eigen|none; nyuv2: eigen_nyu|none")
+    g.add_argument("--split-file", help="kitti: Eigen test split file")
+    g.add_argument("--image-root", help="kitti: root of the raw images (default --root)")
+    g.add_argument("--depth-root", help="kitti: root of the annotated depth (default --root)")
+    g.add_argument("--pass-name", help="sintel: final|clean")
+    g.add_argument("--encoding", help="generic: metres|mm|kitti|tum|redwood|sun3d|nyu_kinect")
+    p.add_argument("--output", help="write the results (mean, per image, excluded) as JSON")
+    p.add_argument("--compare-paper", action="store_true",
+                   help="show Depth Anything Table 2 (AbsRel, δ1) beside ours")
+    p.add_argument("--size", choices=SIZES, help="model size for --compare-paper "
+                   "(default: the model's encoder)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"limit": args.limit, "load_images": args.predictions is None}
+    for name in ("split", "split_file", "image_root", "depth_root", "pass_name", "encoding"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    if args.crop is not None:
+        options["crop"] = None if args.crop.lower() == "none" else args.crop
+    return options
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_table(rows: list[tuple[str, dict[str, float | None]]]) -> str:
+    """Rows of (label, metrics) as a fixed-width table with the paper's column order."""
+    label_width = max(len(label) for label, _ in rows) + 2
+    header = "".ljust(label_width) + "".join(h.rjust(9) for _, h in COLUMNS)
+    lines = [header]
+    for label, metrics in rows:
+        lines.append(label.ljust(label_width)
+                     + "".join(_fmt(metrics.get(k)).rjust(9) for k, _ in COLUMNS))
+    return "\n".join(lines)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import logging
+
+    from depth_anything_fast.evaluate.datasets import get_reader
+    from depth_anything_fast.evaluate.paper import MODEL_LABELS, PAPER_SPACE, paper_numbers
+    from depth_anything_fast.evaluate.runner import evaluate_predictions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.weights is None and args.predictions is None:
+        from depth_anything_fast.inference.predictor import MISSING_WEIGHTS_MESSAGE
+
+        print(f"error: pass --predictions DIR, or {MISSING_WEIGHTS_MESSAGE}", file=sys.stderr)
+        return 2
+    try:
+        reader = get_reader(args.dataset, args.root, **_reader_options(args))
+    except TypeError as exc:  # an option the chosen reader does not have
+        print(f"error: {args.dataset} does not take that option ({exc})", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    size = args.size
+    metric_model = False
+    if args.predictions is not None:
+        predictions: Any = args.predictions
+    else:
+        from depth_anything_fast.inference.predictor import Predictor, load_model
+
+        try:
+            model = load_model(args.weights)
+            predictor = Predictor(model, batch_size=args.batch_size, precision=args.precision,
+                                  compile=args.compile, input_size=args.input_size,
+                                  resize=args.resize, device=args.device)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        config = getattr(model, "config", None)
+        metric_model = bool(getattr(config, "metric", False))
+        size = size or getattr(config, "encoder", None)
+        predictions = predictor.predict
+    alignment = args.alignment or ("median" if metric_model else "scale_shift")
+    space = args.space or ("disparity" if alignment == "scale_shift" else "depth")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(reader), unit="img", disable=args.no_progress, file=sys.stderr)
+    try:
+        result = evaluate_predictions(
+            reader, predictions, space=space, alignment=alignment,  # type: ignore[arg-type]
+            min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
+            on_image=lambda _: bar.update(1),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+
+    depth_range = f"{result.min_depth or 'GT min'}..{result.max_depth or 'GT max'} m"
+    print(f"{result.dataset}: {result.n_evaluated} of {result.n_images} images evaluated "
+          f"({len(result.degenerate)} degenerate, {len(result.missing)} without prediction"
+          f"{f', {len(reader.skipped)} without ground truth' if reader.skipped else ''}); "
+          f"{alignment} alignment, {space} space, depth range {depth_range}")
+    rows: list[tuple[str, dict[str, float | None]]] = [("ours", dict(result.mean))]
+    paper: dict[str, Any] = {}
+    if args.compare_paper:
+        if size not in SIZES:
+            print("note: --compare-paper needs --size vits|vitb|vitl (model size unknown)",
+                  file=sys.stderr)
+        else:
+            for model_key in ("midas_v3.1_beit_l_512", size):
+                numbers = paper_numbers(model_key, result.dataset)
+                if numbers is not None:
+                    rows.append((f"paper {MODEL_LABELS[model_key]}", dict(numbers)))
+                    paper[model_key] = numbers
+            if not paper:
+                print(f"note: Table 2 has no {result.dataset} column", file=sys.stderr)
+            if space != PAPER_SPACE or alignment != "scale_shift":
+                print(f"note: Table 2 is in {PAPER_SPACE} space with scale_shift alignment; "
+                      f"ours is {space} space with {alignment}", file=sys.stderr)
+    print(format_table(rows))
+
+    if args.output:
+        out = result.to_dict()
+        out["source"] = {"weights": args.weights, "predictions": args.predictions,
+                         "root": str(args.root)}
+        if paper:
+            out["paper_table2"] = paper
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,307 @@
+"""Score a model or saved predictions on a benchmark reader.
+
+`evaluate_predictions(reader, predictions, ...)` takes either a function mapping a list of RGB
+uint8 images to a list of (H, W) predictions (e.g. `inference.Predictor.predict`) or a directory
+of saved predictions (the `pseudo-label` CLI output: `<rel>.png` 16-bit with min/max in
+`manifest*.jsonl`, or `<rel>.npy` float32), and returns per-image and mean metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from depth_anything_fast.evaluate.datasets import Sample
+from depth_anything_fast.evaluate.metrics import (
+    METRIC_NAMES,
+    mean_metrics,
+    metric_depth_metrics,
+    relative_depth_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+PredictFn = Callable[[list[np.ndarray]], Sequence[np.ndarray]]
+Alignment = Literal["scale_shift", "median", "none"]
+ALIGNMENTS: tuple[str, ...] = ("scale_shift", "median", "none")
+
+
+@dataclass
+class _StoredPrediction:
+    path: Path
+    fmt: str  # "png16" (needs lo/hi) or "npy"
+    lo: float | None = None
+    hi: float | None = None
+
+
+def _components(path_without_ext: str) -> tuple[str, ...]:
+    return tuple(p for p in Path(path_without_ext).as_posix().split("/") if p not in ("", "."))
+
+
+class PredictionDirectory:
+    """Saved disparity predictions, matched to samples.
+
+    Index: every record of `manifest*.jsonl` (its `input` path and its `output` path without
+    extension) and every `.npy` file under `root`. A sample matches, in order: the record whose
+    input is the sample's image file; else the unique entry whose relative path without extension
+    and the sample name end with the same path components (longest match wins, so predictions
+    made from a sub-directory of the dataset still match). 16-bit PNGs need their manifest record
+    (the min/max the codes stand for).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        from depth_anything_fast.inference.manifest import read_all_records
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"predictions directory {self.root} does not exist")
+        self._by_input: dict[str, _StoredPrediction] = {}
+        self._by_last: dict[str, list[tuple[tuple[str, ...], _StoredPrediction]]] = {}
+        indexed: set[Path] = set()
+        for record in read_all_records(self.root).values():
+            if record.member is not None:
+                raise ValueError(
+                    f"{self.root}: predictions stored in tar shards ({record.output}) are not "
+                    "supported; rerun pseudo-label with --format png16 or npy"
+                )
+            path = self.root / record.output
+            fmt = "npy" if path.suffix == ".npy" else "png16"
+            stored = _StoredPrediction(path, fmt, float(record.min), float(record.max))
+            self._by_input[os.path.abspath(record.input)] = stored
+            self._add(os.path.splitext(record.output)[0], stored)
+            indexed.add(path)
+        for path in sorted(self.root.rglob("*.npy")):
+            if path not in indexed:
+                self._add(path.relative_to(self.root).with_suffix("").as_posix(),
+                          _StoredPrediction(path, "npy"))
+        if not self._by_last:
+            raise FileNotFoundError(
+                f"{self.root}: no predictions found (expected manifest*.jsonl from pseudo-label, "
+                "or <name>.npy files)"
+            )
+
+    def _add(self, rel_without_ext: str, stored: _StoredPrediction) -> None:
+        parts = _components(rel_without_ext)
+        self._by_last.setdefault(parts[-1], []).append((parts, stored))
+
+    def find(self, sample: Sample) -> _StoredPrediction | None:
+        """The stored prediction of `sample`, or None (no match, or an ambiguous one)."""
+        if sample.image_path is not None:
+            hit = self._by_input.get(os.path.abspath(sample.image_path))
+            if hit is not None:
+                return hit
+        name = _components(sample.name)
+        best: list[_StoredPrediction] = []
+        best_len = 0
+        for parts, stored in self._by_last.get(name[-1], []):
+            n = min(len(parts), len(name))
+            if parts[-n:] != name[-n:]:
+                continue
+            if n > best_len:
+                best, best_len = [stored], n
+            elif n == best_len:
+                best.append(stored)
+        if len(best) > 1:
+            logger.warning("%s: %d predictions match equally; skipped", sample.name, len(best))
+            return None
+        return best[0] if best else None
+
+    def load(self, sample: Sample) -> np.ndarray | None:
+        """(h, w) float32 prediction of `sample` (at the stored size), or None if not found."""
+        stored = self.find(sample)
+        if stored is None:
+            return None
+        if not stored.path.is_file():
+            raise FileNotFoundError(f"{stored.path} is listed in the manifest but missing")
+        if stored.fmt == "npy":
+            return np.squeeze(np.load(stored.path)).astype(np.float32)
+        if stored.lo is None or stored.hi is None:
+            raise ValueError(f"{stored.path}: a 16-bit PNG prediction needs its manifest record")
+        from depth_anything_fast.inference.writers import decode_png16
+
+        return decode_png16(str(stored.path), stored.lo, stored.hi)
+
+
+def _resize(prediction: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (h, w) prediction to `shape` (H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None]
+    out = torch.nn.functional.interpolate(x, size=shape, mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image and mean metrics of one evaluation run.
+
+    `mean` has every name of `metrics.METRIC_NAMES` (averaged over `n_evaluated` images);
+    `per_image` one dict per scored image (name, metrics, n_valid, scale, shift, degenerate);
+    `degenerate` the excluded images with their reason; `missing` images without a prediction.
+    """
+
+    dataset: str
+    space: str
+    alignment: str
+    min_depth: float | None
+    max_depth: float | None
+    mean: dict[str, float]
+    n_images: int
+    n_evaluated: int
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    degenerate: list[dict[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (NaN metrics of degenerate images become null)."""
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not np.isfinite(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return clean(asdict(self))
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def evaluate_predictions(
+    reader: Iterable[Sample],
+    predictions: PredictFn | str | os.PathLike[str] | PredictionDirectory,
+    *,
+    space: Literal["disparity", "depth"] = "disparity",
+    alignment: Alignment = "scale_shift",
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    batch_size: int = 8,
+    dataset: str | None = None,
+    on_image: Callable[[dict[str, Any]], None] | None = None,
+) -> EvaluationResult:
+    """Score predictions on every sample of `reader`.
+
+    Args:
+        reader: a `datasets.DatasetReader` (its `min_depth`/`max_depth`/`name` are the defaults)
+            or any iterable of `Sample`s.
+        predictions: a function `list of (H, W, 3) uint8 -> list of (h, w) arrays` called with
+            `batch_size` images at a time (e.g. `Predictor.predict`), or a directory of saved
+            predictions (see `PredictionDirectory`). Predictions of another size are resized
+            bilinearly to the ground truth.
+        space: "disparity" (paper) or "depth"; only for alignment "scale_shift".
+        alignment: "scale_shift" (relative disparity, least squares), or "median" / "none"
+            (metric depth predictions, compared in depth space).
+        min_depth, max_depth: evaluation range in metres; None takes the reader's.
+        dataset: name stored in the result (default: the reader's `name`).
+        on_image: called with each per-image record as it is computed (progress display).
+    Returns:
+        `EvaluationResult`. Raises ValueError if no image could be scored.
+    """
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if alignment != "scale_shift" and space != "depth":
+        raise ValueError(f"alignment {alignment!r} scores metric depth: use space='depth'")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    min_depth = getattr(reader, "min_depth", None) if min_depth is None else min_depth
+    max_depth = getattr(reader, "max_depth", None) if max_depth is None else max_depth
+    store: PredictionDirectory | None = None
+    if isinstance(predictions, PredictionDirectory):
+        store = predictions
+    elif isinstance(predictions, (str, os.PathLike)):
+        store = PredictionDirectory(predictions)
+    elif not callable(predictions):
+        raise TypeError("predictions must be a callable or a predictions directory, got "
+                        f"{type(predictions).__name__}")
+
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for batch in _batches(reader, batch_size):
+        if store is not None:
+            outputs: list[np.ndarray | None] = [store.load(s) for s in batch]
+        else:
+            images = []
+            for s in batch:
+                if s.image is None:
+                    raise ValueError(f"sample {s.name} has no image (reader built with "
+                                     "load_images=False) but a model was given")
+                images.append(s.image)
+            outputs = list(predictions(images))  # type: ignore[operator]
+            if len(outputs) != len(batch):
+                raise ValueError(f"predict function returned {len(outputs)} maps for "
+                                 f"{len(batch)} images")
+        for sample, prediction in zip(batch, outputs):
+            if prediction is None:
+                missing.append(sample.name)
+                continue
+            rows.append(_score(sample, prediction, space, alignment, min_depth, max_depth))
+            if on_image is not None:
+                on_image(rows[-1])
+
+    if missing:
+        logger.warning("%d images have no prediction (first: %s)", len(missing), missing[0])
+    summary = mean_metrics(rows)
+    if summary["n_evaluated"] == 0:
+        raise ValueError(
+            f"no image could be scored: {len(rows)} with predictions (all degenerate), "
+            f"{len(missing)} without"
+        )
+    degenerate = [{"name": r["name"], "reason": r["degenerate"]} for r in rows if r["degenerate"]]
+    for entry in degenerate:
+        logger.warning("excluded %s: %s", entry["name"], entry["reason"])
+    return EvaluationResult(
+        dataset=dataset or getattr(reader, "name", "") or type(reader).__name__,
+        space=space,
+        alignment=alignment,
+        min_depth=min_depth,
+        max_depth=max_depth,
+        mean={k: summary[k] for k in METRIC_NAMES},
+        n_images=len(rows) + len(missing),
+        n_evaluated=summary["n_evaluated"],
+        per_image=rows,
+        degenerate=degenerate,
+        missing=missing,
+    )
+
+
+def _score(
+    sample: Sample,
+    prediction: np.ndarray,
+    space: Literal["disparity", "depth"],
+    alignment: str,
+    min_depth: float | None,
+    max_depth: float | None,
+) -> dict[str, Any]:
+    """Metrics record of one sample."""
+    prediction = np.squeeze(np.asarray(prediction, dtype=np.float32))
+    if prediction.ndim != 2:
+        raise ValueError(f"{sample.name}: prediction must be (H, W), got shape {prediction.shape}")
+    record: dict[str, Any] = {"name": sample.name}
+    if prediction.shape != sample.depth.shape:
+        record["resized_from"] = list(prediction.shape)
+        prediction = _resize(prediction, sample.depth.shape)
+    if alignment == "scale_shift":
+        metrics = relative_depth_metrics(prediction, sample.depth, sample.mask, space=space,
+                                         min_depth=min_depth, max_depth=max_depth)
+    else:
+        metrics = metric_depth_metrics(prediction, sample.depth, sample.mask,
+                                       alignment=alignment,  # type: ignore[arg-type]
+                                       min_depth=min_depth, max_depth=max_depth)
+    metrics.pop("space")
+    record.update(metrics)
+    return record

@@ -1,0 +1,205 @@
+"""Metrics of depth_anything_fast.evaluate against independent float64 numpy oracles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from depth_anything_fast.evaluate.metrics import (
+    METRIC_NAMES,
+    align_scale_shift,
+    mean_metrics,
+    metric_depth_metrics,
+    relative_depth_metrics,
+)
+
+RTOL = 1e-9  # float64 throughout; only summation order differs from the oracle
+
+
+def oracle_relative(pred, gt, mask, space, min_depth=None, max_depth=None):
+    """One image, plain numpy float64: lstsq on [p, 1] vs 1/z, clip, metrics."""
+    pred, gt = pred.astype(np.float64), gt.astype(np.float64)
+    valid = mask & np.isfinite(gt) & (gt > 0)
+    if min_depth is not None:
+        valid &= gt >= min_depth
+    if max_depth is not None:
+        valid &= gt <= max_depth
+    p, z = pred[valid], gt[valid]
+    d = 1.0 / z
+    design = np.stack([p, np.ones_like(p)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(design, d, rcond=None)
+    lo = z.min() if min_depth is None else min_depth
+    hi = z.max() if max_depth is None else max_depth
+    d_hat = np.clip(s * p + t, 1.0 / hi, 1.0 / lo)
+    x_hat, x = (d_hat, d) if space == "disparity" else (1.0 / d_hat, z)
+    return oracle_errors(x_hat, x) | {"n_valid": int(valid.sum()), "scale": s, "shift": t}
+
+
+def oracle_errors(x_hat, x):
+    ratio = np.maximum(x_hat / x, x / x_hat)
+    return {
+        "abs_rel": np.mean(np.abs(x_hat - x) / x),
+        "delta1": np.mean(ratio < 1.25),
+        "delta2": np.mean(ratio < 1.25**2),
+        "delta3": np.mean(ratio < 1.25**3),
+        "rmse": np.sqrt(np.mean((x_hat - x) ** 2)),
+        "sq_rel": np.mean((x_hat - x) ** 2 / x),
+        "log10": np.mean(np.abs(np.log10(x_hat) - np.log10(x))),
+    }
+
+
+def random_case(b=3, h=17, w=23, dtype=torch.float32):
+    gt = torch.rand(b, h, w, dtype=torch.float64) * 9.5 + 0.5  # 0.5..10 m
+    gt[torch.rand(b, h, w) < 0.1] = 0.0  # sensor holes
+    mask = torch.rand(b, h, w) > 0.2
+    # a noisy, affinely distorted disparity: the alignment cannot be exact
+    pred = (1.0 / gt.clamp_min(0.5)) * 3.0 - 0.2 + 0.05 * torch.randn(b, h, w, dtype=torch.float64)
+    return pred.to(dtype), gt.to(torch.float32), mask
+
+
+@pytest.mark.parametrize("space", ["disparity", "depth"])
+@pytest.mark.parametrize("depth_range", [(None, None), (1.0, 8.0)])
+def test_batched_matches_oracle(space, depth_range):
+    pred, gt, mask = random_case()
+    out = relative_depth_metrics(pred, gt, mask, space=space, min_depth=depth_range[0],
+                                 max_depth=depth_range[1])
+    assert out["space"] == space and out["degenerate"] == [None, None, None]
+    for b in range(pred.shape[0]):
+        ref = oracle_relative(pred[b].numpy(), gt[b].numpy(), mask[b].numpy(), space, *depth_range)
+        for name in (*METRIC_NAMES, "scale", "shift"):
+            assert out[name][b].item() == pytest.approx(ref[name], rel=RTOL, abs=1e-12), name
+        assert int(out["n_valid"][b]) == ref["n_valid"]
+
+
+def test_single_numpy_image_returns_python_scalars():
+    pred, gt, mask = random_case(b=1)
+    single = relative_depth_metrics(pred[0].numpy(), gt[0].numpy(), mask[0].numpy())
+    batched = relative_depth_metrics(pred, gt, mask)
+    assert isinstance(single["abs_rel"], float) and isinstance(single["n_valid"], int)
+    assert single["degenerate"] is None
+    for name in METRIC_NAMES:
+        assert single[name] == pytest.approx(batched[name][0].item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("space", ["disparity", "depth"])
+def test_known_scale_and_shift_is_exact(space):
+    gt = torch.rand(4, 20, 30, dtype=torch.float64) * 50 + 1.0
+    scale = torch.rand(4, 1, 1, dtype=torch.float64) * 10 + 0.1
+    scale[1] *= -1  # a flipped-sign prediction aligns just as well
+    shift = torch.randn(4, 1, 1, dtype=torch.float64)
+    pred = (1.0 / gt - shift) / scale  # so that scale * pred + shift = 1 / gt exactly
+    out = relative_depth_metrics(pred, gt, space=space)
+    assert torch.allclose(out["abs_rel"], torch.zeros(4, dtype=torch.float64), atol=1e-10)
+    assert torch.equal(out["delta1"], torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(out["rmse"], torch.zeros(4, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(out["scale"], scale.flatten(), rtol=1e-8)
+    assert torch.allclose(out["shift"], shift.flatten(), rtol=1e-8, atol=1e-10)
+
+
+def test_delta_and_log10_agree_between_spaces():
+    # d = 1/z and identical clipping: the ratio max(x_hat/x, x/x_hat) is the same in both spaces
+    pred, gt, mask = random_case()
+    disp = relative_depth_metrics(pred, gt, mask, space="disparity")
+    depth = relative_depth_metrics(pred, gt, mask, space="depth")
+    for name in ("delta1", "delta2", "delta3", "log10"):
+        assert torch.allclose(disp[name], depth[name], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(disp["abs_rel"], depth["abs_rel"])
+
+
+def test_negative_aligned_disparity_is_clipped_to_max_depth():
+    # GT disparity rises along the row; pred = GT disparity except far-right pixels that the
+    # fit pushes below zero: they must become max_depth in depth space, not negative depth
+    z = np.linspace(1.0, 40.0, 60).reshape(3, 20)
+    pred = 1.0 / z
+    pred[:, -3:] = -2.0
+    out = relative_depth_metrics(pred, z, space="depth", max_depth=40.0, min_depth=0.5)
+    ref = oracle_relative(pred, z, np.ones_like(z, bool), "depth", 0.5, 40.0)
+    for name in METRIC_NAMES:
+        assert out[name] == pytest.approx(ref[name], rel=RTOL)
+    assert math.isfinite(out["log10"])
+
+
+def test_hand_computed_metric_depth():
+    gt = np.full((4, 5), 2.0)
+    gt[0] = 4.0
+    pred = gt * 1.1
+    out = metric_depth_metrics(pred, gt, alignment="none", min_depth=0.1, max_depth=10.0)
+    assert out["abs_rel"] == pytest.approx(0.1)
+    assert out["delta1"] == 1.0
+    assert out["sq_rel"] == pytest.approx(np.mean(0.01 * gt))  # (0.1 z)^2 / z
+    assert out["rmse"] == pytest.approx(0.1 * math.sqrt((5 * 16 + 15 * 4) / 20))
+    assert out["log10"] == pytest.approx(math.log10(1.1))
+    # median scaling removes any global scale
+    scaled = metric_depth_metrics(gt * 3.7, gt, alignment="median")
+    assert scaled["abs_rel"] == pytest.approx(0.0, abs=1e-12) and scaled["scale"] == pytest.approx(1 / 3.7)
+
+
+def test_hand_computed_disparity_delta():
+    # 10 pixels at 1 m and 10 at 2 m (disparity 1 and 0.5), a two-level prediction
+    gt = np.array([1.0] * 10 + [2.0] * 10).reshape(4, 5)
+    pred = np.array([1.0] * 10 + [0.75] * 10).reshape(4, 5)
+    out = relative_depth_metrics(pred, gt)
+    # two distinct levels map exactly: s * 1 + t = 1, s * 0.75 + t = 0.5 -> s = 2, t = -1
+    assert out["scale"] == pytest.approx(2.0) and out["shift"] == pytest.approx(-1.0)
+    assert out["abs_rel"] == pytest.approx(0.0, abs=1e-12) and out["delta1"] == 1.0
+
+
+def test_degenerate_images_are_reported_and_excluded():
+    pred, gt, mask = random_case(b=4, h=8, w=8)
+    mask[0] = False
+    mask[0, 0, :9] = True  # at most 9 valid pixels
+    pred[1] = 0.7  # constant prediction
+    pred[2, 3, 3] = float("nan")
+    mask[2, 3, 3] = True
+    gt[2, 3, 3] = 2.0
+    out = relative_depth_metrics(pred, gt, mask)
+    reasons = out["degenerate"]
+    assert "valid pixels" in reasons[0] and reasons[1] == "constant prediction"
+    assert "non-finite" in reasons[2] and reasons[3] is None
+    assert torch.isnan(out["abs_rel"][:3]).all() and torch.isfinite(out["abs_rel"][3])
+    rows = [{k: (v[b] if k == "degenerate" else float(v[b])) for k, v in out.items()
+             if k in (*METRIC_NAMES, "degenerate")} for b in range(4)]
+    summary = mean_metrics(rows)
+    assert summary["n_images"] == 4 and summary["n_evaluated"] == 1 and summary["n_degenerate"] == 3
+    assert summary["abs_rel"] == pytest.approx(out["abs_rel"][3].item())
+
+
+def test_metric_depth_degenerate_median():
+    gt = np.full((4, 4), 3.0)
+    out = metric_depth_metrics(np.full((4, 4), -1.0), gt)
+    assert out["degenerate"].startswith("median predicted depth")
+    assert math.isnan(out["abs_rel"])
+
+
+def test_mean_metrics_without_usable_images_is_nan_not_error():
+    summary = mean_metrics([{**dict.fromkeys(METRIC_NAMES, float("nan")), "degenerate": "x"}])
+    assert summary["n_evaluated"] == 0 and math.isnan(summary["abs_rel"])
+
+
+def test_align_scale_shift_matches_polyfit():
+    pred, gt, mask = random_case(b=2)
+    target = torch.where(gt > 0, 1.0 / gt.double().clamp_min(1e-6), 0.0)
+    valid = mask & (gt > 0)
+    scale, shift = align_scale_shift(pred, target, valid)
+    for b in range(2):
+        s, t = np.polyfit(pred[b][valid[b]].double().numpy(), target[b][valid[b]].numpy(), 1)
+        assert scale[b].item() == pytest.approx(s, rel=1e-9)
+        assert shift[b].item() == pytest.approx(t, rel=1e-9, abs=1e-12)
+    s1, t1 = align_scale_shift(np.full((3, 3), 2.0), np.ones((3, 3)))
+    assert math.isnan(s1) and math.isnan(t1)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="shape"):
+        relative_depth_metrics(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="space"):
+        relative_depth_metrics(np.zeros((4, 4)), np.ones((4, 4)), space="log")
+    with pytest.raises(TypeError, match="floating"):
+        relative_depth_metrics(np.zeros((4, 4), np.int64), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="min_depth"):
+        relative_depth_metrics(np.zeros((4, 4)), np.ones((4, 4)), min_depth=5, max_depth=1)
+    with pytest.raises(TypeError, match="Tensor"):
+        relative_depth_metrics([[1.0]], np.ones((1, 1)))
