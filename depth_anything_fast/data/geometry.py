@@ -11,35 +11,24 @@ composition and sharding.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-PATCH_MULTIPLE = 14
+# The one implementation of the official resize rule (640x480 -> 686x518).
+from ..models.transforms import lower_bound_size
 
-
-def lower_bound_size(
-    h: int, w: int, input_size: int = 518, multiple: int = PATCH_MULTIPLE
-) -> tuple[int, int]:
-    """Official Depth Anything resize rule (`keep_aspect_ratio`, `lower_bound`).
-
-    Scale so that both sides reach `input_size` (the larger of the two scales), then round each
-    side to a multiple of `multiple`, rounding up where rounding would fall under `input_size`.
-    640x480 (w x h) -> (518, 686). Rounding is numpy's half-to-even, as in the official code.
-    """
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got h={h}, w={w}")
-    scale = max(input_size / h, input_size / w)
-
-    def constrain(x: float) -> int:
-        y = int(np.round(x / multiple) * multiple)
-        if y < input_size:
-            y = int(math.ceil(x / multiple) * multiple)
-        return y
-
-    return constrain(scale * h), constrain(scale * w)
-
+__all__ = [
+    "CropBox",
+    "aspect_bucket",
+    "crop_nearest",
+    "dali_roi",
+    "full_box",
+    "lower_bound_size",
+    "nearest_indices",
+    "sample_crop",
+    "sample_rng",
+]
 
 @dataclass(frozen=True)
 class CropBox:

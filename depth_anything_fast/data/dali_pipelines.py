@@ -1,0 +1,207 @@
+"""NVIDIA DALI graphs: decode, resample (resize + crop + flip in one op), perturb, normalise.
+
+One graph for CPU (`device_id=None`: `decoders.image` on the CPU) and GPU (`device="mixed"`:
+nvJPEG decode, everything after it on the GPU). The host feeds, per sample, the encoded bytes
+and the geometry/photometric parameters computed by `geometry`/`augment` (so the PIL backend can
+apply the same ones); DALI does the pixel work with its own threads. Resize is bicubic without
+antialiasing like the official cv2.INTER_CUBIC preprocessing.
+
+Only this module imports `nvidia.dali`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .augment import CONTRAST_CENTER
+from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
+from .geometry import dali_roi
+from .jobs import ImageJob
+
+logger = logging.getLogger(__name__)
+
+_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+_STRONG_INPUTS = ("brightness", "contrast", "saturation", "hue", "sigma")
+
+
+def dali_available() -> bool:
+    """True when `nvidia.dali` can be imported."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_pipeline(
+    *, batch_size: int, num_threads: int, device_id: int | None, strong: bool, prefetch: int
+):
+    """Build the graph. Outputs: clean image (B, 3, h, w) float32 normalised [, strong view].
+
+    External inputs per sample: "encoded" uint8 (n,), "roi_start"/"roi_end" float32 (2,) in
+    source pixels (y, x) (a reversed x range mirrors), "size" float32 (2,) output (h, w), and for
+    `strong` the scalars of `StrongParams` (brightness, contrast, saturation, hue, sigma).
+    """
+    from nvidia.dali import Pipeline, fn, types
+
+    pipe = Pipeline(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        prefetch_queue_depth=prefetch,
+        exec_async=True,
+        exec_pipelined=True,
+    )
+    with pipe:
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+        size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
+        image = fn.decoders.image(
+            encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB
+        )
+        image = fn.resize(
+            image, size=size, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+            interp_type=types.INTERP_CUBIC, antialias=False,
+        )
+        outputs = [_normalise(fn, types, image)]
+        if strong:
+            p = {n: fn.external_source(name=n, dtype=types.FLOAT, ndim=0) for n in _STRONG_INPUTS}
+            x = fn.brightness_contrast(
+                image, brightness=p["brightness"], contrast=p["contrast"],
+                contrast_center=CONTRAST_CENTER, dtype=types.UINT8,
+            )
+            x = fn.hsv(x, hue=p["hue"], saturation=p["saturation"], dtype=types.UINT8)
+            x = fn.gaussian_blur(x, sigma=p["sigma"])
+            outputs.append(_normalise(fn, types, x))
+        pipe.set_outputs(*outputs)
+    pipe.build()
+    return pipe
+
+
+def _normalise(fn, types, image):
+    return fn.crop_mirror_normalize(
+        image, dtype=types.FLOAT, output_layout="CHW", mean=_MEAN, std=_STD
+    )
+
+
+def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """Dense DALI TensorList -> torch tensor on `device` (a copy: DALI reuses its buffers)."""
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = tensor_list.as_tensor()
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(tensor_list.as_array(), copy=True))
+
+
+class DaliRunner:
+    """Feeds batches of `ImageJob` to a pipeline with up to `prefetch` batches in flight.
+
+    `submit(jobs)` then `collect()` (FIFO) -> (tensors, jobs actually in the batch). DALI's first
+    `schedule_run` of a pipelined executor runs `prefetch` iterations at once, so the first
+    batches are fed before it; an epoch shorter than that is padded with copies whose outputs are
+    discarded. When DALI fails on a batch (a file that passed the host checks but does not
+    decode), the pipeline is rebuilt, the culprit files are found with a PIL decode, reported and
+    dropped, and the in-flight batches are resubmitted.
+    """
+
+    def __init__(
+        self, *, batch_size: int, num_threads: int, device: torch.device, strong: bool,
+        prefetch: int = 2, on_error: ErrorCallback | None = None,
+    ) -> None:
+        self.device = device
+        device_id = None
+        if device.type == "cuda":
+            device_id = device.index if device.index is not None else torch.cuda.current_device()
+        self._build: Callable[[], object] = lambda: build_pipeline(
+            batch_size=batch_size, num_threads=num_threads, device_id=device_id, strong=strong,
+            prefetch=prefetch,
+        )
+        self.pipe = self._build()
+        self.primed = False
+        self.prefetch = prefetch
+        self.strong = strong
+        self.on_error = on_error
+        # (jobs, discard) per fed batch, oldest first.
+        self.in_flight: deque[tuple[list[ImageJob], bool]] = deque()
+
+    @property
+    def free_slots(self) -> int:
+        return self.prefetch - len(self.in_flight)
+
+    def submit(self, jobs: Sequence[ImageJob], *, discard: bool = False) -> None:
+        """Queue one batch (1..batch_size jobs with the same output size)."""
+        if not jobs:
+            raise ValueError("cannot submit an empty batch")
+        jobs = list(jobs)
+        feeds: dict[str, list[np.ndarray]] = {
+            "encoded": [np.frombuffer(j.encoded, np.uint8) for j in jobs],
+            "roi_start": [],
+            "roi_end": [],
+            "size": [np.array([j.box.out_h, j.box.out_w], np.float32) for j in jobs],
+        }
+        for j in jobs:
+            start, end = dali_roi(j.box)
+            feeds["roi_start"].append(start)
+            feeds["roi_end"].append(end)
+        if self.strong:
+            for name in _STRONG_INPUTS:
+                feeds[name] = [np.float32(getattr(j.strong, name)) for j in jobs]
+        for name, values in feeds.items():
+            self.pipe.feed_input(name, values)
+        self.in_flight.append((jobs, discard))
+        if self.primed:
+            self.pipe.schedule_run()
+        elif len(self.in_flight) == self.prefetch:
+            self.pipe.schedule_run()  # runs all `prefetch` fed iterations
+            self.primed = True
+
+    def _prime(self) -> None:
+        while not self.primed:
+            self.submit(self.in_flight[-1][0], discard=True)
+
+    def collect(self) -> tuple[list[torch.Tensor], list[ImageJob]] | None:
+        """Oldest submitted batch: ([clean (B,3,h,w)[, strong]], its jobs), or None when every
+        file of the remaining in-flight batches turned out undecodable."""
+        while self.in_flight:
+            self._prime()
+            try:
+                outputs = self.pipe.outputs()
+            except RuntimeError as exc:
+                # A critical error invalidates the pipeline: rebuild, drop what does not decode.
+                self._recover(exc)
+                continue
+            jobs, discard = self.in_flight.popleft()
+            if not discard:
+                return [_to_torch(o, self.device) for o in outputs], jobs
+        return None
+
+    def _recover(self, exc: Exception) -> None:
+        logger.warning("DALI failed on a batch (%s); rebuilding and checking files", exc)
+        pending = [jobs for jobs, discard in self.in_flight if not discard]
+        self.in_flight.clear()
+        self.pipe = self._build()
+        self.primed = False
+        dropped = 0
+        for jobs in pending:
+            good = []
+            for j in jobs:
+                try:
+                    decode_rgb(j.encoded, j.path)
+                    good.append(j)
+                except DecodeError as err:
+                    report_error(err.path, err.reason, self.on_error)
+                    dropped += 1
+            if good:
+                self.submit(good)
+        if dropped == 0:
+            raise RuntimeError("DALI failed on files that decode with PIL") from exc
