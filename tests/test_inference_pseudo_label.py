@@ -197,18 +197,30 @@ def test_sigkill_mid_run_then_resume(tiny: tuple[DepthAnything, Path], tmp_path:
         "--no-progress",
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     manifest = dst / "manifest.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, f"run ended before the kill: {proc.communicate()[0].decode()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def start_and_signal(sig: int, lines: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= lines:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"run ended before the signal: {proc.communicate()[0]!r}"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        return proc
+
+    # Ctrl-C: stops after the current batch, manifest flushed, exit status 130
+    interrupted = start_and_signal(signal.SIGINT, 2)
+    assert interrupted.returncode == 130
+    assert b"interrupted" in interrupted.stdout.read()  # type: ignore[union-attr]
+    after_sigint = len(read_records(manifest))
+    assert after_sigint >= 2
+    killed = start_and_signal(signal.SIGKILL, after_sigint + 2)
+    assert killed.returncode == -signal.SIGKILL
     done_before = len(read_records(manifest))
-    assert 3 <= done_before < 24
+    assert after_sigint + 2 <= done_before < 24
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{24 - done_before} succeeded, {done_before} skipped" in rerun.stdout
