@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from .distributed import DistInfo, barrier
@@ -117,9 +118,14 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} was written by {state['world_size']} processes, "
                          f"this run has {info.world_size}: resume with the same world size")
     model_state, optim_state = get_state_dict(model, optimizer)
-    to_load = {"model": model_state, "optim": optim_state}
-    dcp.load(to_load, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=to_load["model"],
-                   optim_state_dict=to_load["optim"])
+    dcp.load({"model": model_state}, checkpoint_id=str(path))
+    # Partial for the optimiser only: parameters that never received a gradient (e.g. the
+    # DPT head's unused refinenet4.resConfUnit1) have no AdamW state in the file, while
+    # get_state_dict creates one for every parameter; those keep their fresh (unused) state.
+    optim_wrapped = {"optim": optim_state}
+    dcp.load(optim_wrapped, checkpoint_id=str(path),
+             planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(model, optimizer, model_state_dict=model_state,
+                   optim_state_dict=optim_wrapped["optim"])
     set_rng_state(state.pop("rng"))
     return state

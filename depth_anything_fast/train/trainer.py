@@ -131,19 +131,28 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
         m.encoder, m.version, metric=metric, max_depth=m.max_depth if metric else None, **sizes
     )
     model = DepthAnything(config=arch, attn_backend=m.attn_backend)
-    if initialise and m.init is not None:
-        load_init_weights(model, m.init)
+    head_loaded = initialise and m.init is not None and load_init_weights(model, m.init)
+    if initialise and not head_loaded and not metric:
+        # A fresh DPT head ends in ReLU; with PyTorch's default init its last conv is often
+        # negative everywhere, the ReLU outputs 0 and no gradient flows (seen on 3 of 4 seeds
+        # of the tiny demo model). A positive bias starts the output in the active range.
+        last_conv = model.head.scratch.output_conv2[2]
+        with torch.no_grad():
+            last_conv.bias.fill_(1.0)
     return model
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> None:
+def load_init_weights(model: nn.Module, path: str | Path) -> bool:
     """Copy weights from any checkpoint format the model loader reads (official, transformers,
     bare DINOv2, ours). The DPT head may be absent (encoder-only files: it keeps its fresh
-    initialisation); any other missing key or a shape mismatch raises ValueError naming it."""
+    initialisation); any other missing key or a shape mismatch raises ValueError naming it.
+    Returns whether the file had head weights."""
     from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
 
     state, _ = read_checkpoint(path)
-    load_into(model, to_ours(state), strict=True, allow_missing="head.")
+    state = to_ours(state)
+    load_into(model, state, strict=True, allow_missing="head.")
+    return any(key.startswith("head.") for key in state)
 
 
 class Trainer:
