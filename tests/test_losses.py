@@ -1,0 +1,270 @@
+"""Public loss API and the PyTorch references (the oracles of the fused backends).
+
+The references are checked against naive per-image loops written independently here, with
+float64 gradcheck; the public functions for input validation, reductions and dtypes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from depth_anything_fast.losses import (
+    AffineInvariantLoss,
+    CutMixLoss,
+    FeatureAlignmentLoss,
+    ScaleShiftInvariantLoss,
+    SiLogLoss,
+    affine_invariant_loss,
+    cutmix_loss,
+    feature_alignment_loss,
+    scale_shift_invariant_loss,
+    silog_loss,
+)
+from depth_anything_fast.losses.reference import (
+    affine_invariant_loss_reference,
+    masked_lower_median,
+)
+from depth_anything_fast.ops import cpu_available
+
+
+def naive_normalise(x: torch.Tensor) -> torch.Tensor:
+    t = torch.sort(x).values[(x.numel() - 1) // 2]
+    return (x - t) / (x - t).abs().mean().clamp_min(1e-6)
+
+
+def naive_affine_invariant(pred, target, mask, segments, num_segments):
+    """Per-image loop: (B, L) float64 -> (B,) losses."""
+    losses = []
+    for b in range(pred.shape[0]):
+        valid = torch.isfinite(target[b]) & (mask[b] if mask is not None else True)
+        seg = segments[b] if segments is not None else torch.zeros_like(target[b], dtype=torch.long)
+        total, n = pred.new_zeros(()), 0
+        for s in range(num_segments):
+            sel = valid & (seg == s)
+            if sel.any():
+                total = total + (naive_normalise(pred[b][sel]) - naive_normalise(target[b][sel])).abs().sum()
+                n += int(sel.sum())
+        losses.append(total / max(n, 1))
+    return torch.stack(losses)
+
+
+@pytest.mark.parametrize("shape,num_segments", [((1, 1), 1), ((3, 37), 1), ((2, 100), 3), ((4, 61), 4)])
+def test_reference_matches_naive_loop(shape, num_segments):
+    pred, target = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    mask = torch.rand(shape) > 0.3
+    target[0, 0] = float("nan")
+    segments = torch.randint(0, num_segments, shape)
+    segments[-1, -1] = -1  # ignored pixel
+    got, n_valid = affine_invariant_loss_reference(pred, target, mask, segments, num_segments)
+    expected = naive_affine_invariant(pred, target, mask & (segments >= 0), segments, num_segments)
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(n_valid, (mask & torch.isfinite(target) & (segments >= 0)).sum(-1))
+
+
+def test_masked_lower_median_is_lower_median_per_row():
+    x = torch.randn(5, 40, dtype=torch.float64)
+    valid = torch.rand(5, 40) > 0.5
+    valid[0] = False
+    values, _ = masked_lower_median(x, valid)
+    assert torch.isnan(values[0])
+    for b in range(1, 5):
+        assert values[b] == torch.sort(x[b][valid[b]]).values[(int(valid[b].sum()) - 1) // 2]
+
+
+def test_gradcheck_reference():
+    pred = torch.randn(2, 23, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 23, dtype=torch.float64)
+    mask = torch.rand(2, 23) > 0.2
+    segments = torch.randint(0, 2, (2, 23))
+
+    def f(p):
+        return affine_invariant_loss_reference(p, target, mask, segments, 2)[0]
+
+    assert torch.autograd.gradcheck(f, (pred,), eps=1e-7, atol=1e-5)
+    features = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    frozen = features.detach() + torch.randn(6, 8, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda f: feature_alignment_loss(f, frozen, 0.85, backend="reference"), (features,)
+    )
+    p = torch.rand(2, 9, 10, dtype=torch.float64, requires_grad=True)
+    g, m = torch.rand(2, 9, 10, dtype=torch.float64) + 0.5, torch.rand(2, 9, 10) > 0.2
+    assert torch.autograd.gradcheck(lambda p: scale_shift_invariant_loss(p, g, m), (p,), atol=1e-5)
+    assert torch.autograd.gradcheck(lambda p: silog_loss(p + 0.5, g, m), (p,))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_public_api_shapes_reductions_and_dtypes(backend):
+    if backend == "cpu" and not cpu_available():
+        pytest.skip("C++ extension not built")
+    pred = torch.randn(3, 1, 10, 12, dtype=torch.bfloat16, requires_grad=True)
+    target = torch.rand(3, 10, 12)
+    mask = torch.rand(3, 1, 10, 12) > 0.4
+    mask[2] = False
+    loss = affine_invariant_loss(pred, target, mask, backend=backend)
+    assert loss.shape == () and loss.dtype == torch.float32
+    loss.backward()
+    assert pred.grad.dtype == torch.bfloat16 and pred.grad[2].abs().sum() == 0
+    per_image = AffineInvariantLoss(reduction="none", backend=backend)(pred, target, mask)
+    assert per_image.shape == (3,) and per_image[2] == 0
+    torch.testing.assert_close(loss, per_image[:2].mean())
+    empty = affine_invariant_loss(pred, target, torch.zeros_like(mask), backend=backend)
+    assert empty.item() == 0.0
+
+
+def test_input_validation_errors():
+    pred, target = torch.randn(2, 8, 9), torch.randn(2, 8, 9)
+    with pytest.raises(ValueError, match="mask shape"):
+        affine_invariant_loss(pred, target, torch.ones(2, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="segments shape"):
+        affine_invariant_loss(pred, target, segments=torch.zeros(2, 9, 8, dtype=torch.int32))
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        affine_invariant_loss(pred, target, torch.ones(2, 8, 9))
+    with pytest.raises(TypeError, match="segments must be an integer"):
+        affine_invariant_loss(pred, target, segments=torch.zeros(2, 8, 9))
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        affine_invariant_loss(pred[0], target[0])
+    with pytest.raises(ValueError, match="target shape"):
+        affine_invariant_loss(pred, target[:1])
+    with pytest.raises(ValueError, match="reduction"):
+        affine_invariant_loss(pred, target, reduction="sum")
+    with pytest.raises(ValueError, match="without segments"):
+        affine_invariant_loss(pred, target, num_segments=2)
+    with pytest.raises(ValueError, match="box"):
+        cutmix_loss(pred, target, target, torch.ones(2, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="same shape"):
+        feature_alignment_loss(torch.randn(2, 4, 8), torch.randn(2, 4, 7))
+    with pytest.raises(TypeError, match="floating"):
+        silog_loss(pred.long(), target, pred > 0)
+
+
+def test_segments_inferred_and_equal_to_explicit():
+    pred, target = torch.randn(2, 8, 9), torch.randn(2, 8, 9)
+    segments = torch.randint(0, 3, (2, 8, 9))
+    inferred = affine_invariant_loss(pred, target, segments=segments, backend="reference")
+    explicit = affine_invariant_loss(pred, target, segments=segments, num_segments=3, backend="reference")
+    torch.testing.assert_close(inferred, explicit)
+
+
+def test_cutmix_is_area_weighted_sum_of_region_losses():
+    """The paper's L = |M|/n L^M + |1-M|/n L^(1-M), each region with its own statistics."""
+    batch, h, w = 3, 16, 18
+    pred, target_a, target_b = torch.randn(batch, h, w), torch.rand(batch, h, w), torch.rand(batch, h, w)
+    box = torch.zeros(batch, h, w, dtype=torch.bool)
+    box[:, 2:9, 4:15] = True
+    mask = torch.rand(batch, h, w) > 0.2
+    loss_a = affine_invariant_loss(pred, target_a, mask & box, reduction="none", backend="reference")
+    loss_b = affine_invariant_loss(pred, target_b, mask & ~box, reduction="none", backend="reference")
+    n_a, n_b = (mask & box).sum((1, 2)), (mask & ~box).sum((1, 2))
+    expected = ((n_a * loss_a + n_b * loss_b) / (n_a + n_b)).mean()
+    torch.testing.assert_close(cutmix_loss(pred, target_a, target_b, box, mask, backend="reference"), expected)
+    torch.testing.assert_close(CutMixLoss("reference")(pred, target_a, target_b, box, mask), expected)
+
+
+def test_feature_alignment_reference_and_module():
+    features = torch.randn(2, 30, 16, dtype=torch.float64)
+    frozen = features + torch.rand(2, 30, 1, dtype=torch.float64) * torch.randn(2, 30, 16, dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity(features, frozen, dim=-1)
+    kept = cos <= 0.85
+    expected = (1 - cos[kept]).mean() if kept.any() else torch.zeros((), dtype=torch.float64)
+    got = FeatureAlignmentLoss(0.85, backend="reference")(features, frozen)
+    torch.testing.assert_close(got, expected)
+
+
+def naive_midas(pred, target, mask, alpha, scales):
+    """MiDaS ssi-MSE + gradient loss written per image with torch.linalg.lstsq (float64)."""
+    aligned = []
+    for b in range(pred.shape[0]):
+        m = mask[b]
+        a = torch.stack([pred[b][m], torch.ones_like(pred[b][m])], 1)
+        scale, shift = torch.linalg.lstsq(a, target[b][m][:, None]).solution[:, 0]
+        aligned.append(scale * pred[b] + shift)
+    aligned = torch.stack(aligned)
+    m = mask.double()
+    data = (m * (aligned - target) ** 2).sum() / (2 * m.sum())
+    reg = 0.0
+    for k in range(scales):
+        step = 2**k
+        mk, rk = m[:, ::step, ::step], (m * (aligned - target))[:, ::step, ::step]
+        gx = ((rk[:, :, 1:] - rk[:, :, :-1]).abs() * mk[:, :, 1:] * mk[:, :, :-1]).sum()
+        gy = ((rk[:, 1:] - rk[:, :-1]).abs() * mk[:, 1:] * mk[:, :-1]).sum()
+        reg = reg + (gx + gy) / mk.sum()
+    return data + alpha * reg
+
+
+def test_ssi_mse_matches_lstsq_oracle_and_is_affine_invariant():
+    pred = torch.rand(3, 13, 17, dtype=torch.float64)
+    target = torch.rand(3, 13, 17, dtype=torch.float64)
+    mask = torch.rand(3, 13, 17) > 0.25
+    expected = naive_midas(pred, target, mask, 0.5, 4)
+    torch.testing.assert_close(scale_shift_invariant_loss(pred, target, mask), expected)
+    torch.testing.assert_close(scale_shift_invariant_loss(3 * pred - 2, target, mask), expected)
+    nan_target = target.clone()
+    nan_target[~mask] = float("nan")
+    p = pred.clone().requires_grad_()
+    loss = ScaleShiftInvariantLoss()(p, nan_target, torch.ones_like(mask))
+    loss.backward()
+    torch.testing.assert_close(loss, expected.detach())
+    assert torch.isfinite(p.grad).all()
+
+
+def test_trimmed_keeps_smallest_80_percent():
+    pred, target = torch.randn(2, 10, 10, dtype=torch.float64), torch.randn(2, 10, 10, dtype=torch.float64)
+    mask = torch.ones(2, 10, 10, dtype=torch.bool)
+    got = scale_shift_invariant_loss(pred, target, mask, alpha=0.0, trimmed=True)
+    residuals = [
+        (naive_normalise(pred[b].flatten()) - naive_normalise(target[b].flatten())).abs().sort().values[:80]
+        for b in range(2)
+    ]
+    torch.testing.assert_close(got, torch.cat(residuals).sum() / 400)
+    shifted = scale_shift_invariant_loss(5 * pred + 1, target, mask, trimmed=True)
+    torch.testing.assert_close(shifted, scale_shift_invariant_loss(pred, target, mask, trimmed=True))
+
+
+def test_silog_formula_and_empty():
+    pred, target = torch.rand(2, 7, 8, dtype=torch.float64) + 0.1, torch.rand(2, 7, 8, dtype=torch.float64) + 0.1
+    mask = torch.rand(2, 7, 8) > 0.3
+    target[0, 0, 0] = 0.0  # invalid depth
+    valid = mask & (target > 0)
+    d = target[valid].log() - pred[valid].log()
+    expected = torch.sqrt((d**2).mean() - 0.5 * d.mean() ** 2)
+    torch.testing.assert_close(SiLogLoss()(pred, target, mask), expected)
+    torch.testing.assert_close(silog_loss(pred * 3, target, mask, lambd=1.0), silog_loss(pred, target, mask, lambd=1.0))
+    p = pred.clone().requires_grad_()
+    empty = silog_loss(p, target, torch.zeros_like(mask))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.equal(p.grad, torch.zeros_like(p))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_available(), reason="C++ extension not built")
+def test_compiled_training_step_fullgraph_matches_eager():
+    """torch.compile(fullgraph=True) traces a step calling the fused losses without breaks."""
+    torch._dynamo.reset()
+    head = torch.nn.Conv2d(3, 1, 3, padding=1)
+    images = torch.randn(2, 3, 12, 14)
+    target_a, target_b = torch.rand(2, 12, 14), torch.rand(2, 12, 14)
+    box = torch.zeros(2, 12, 14, dtype=torch.bool)
+    box[:, 2:7, 3:9] = True
+    frozen = torch.randn(2, 6, 8)
+
+    def forward(images, target_a, target_b, box, frozen):
+        pred = head(images)[:, 0]
+        tokens = pred.reshape(2, -1)[:, :48].reshape(2, 6, 8)
+        return (
+            affine_invariant_loss(pred, target_a, box, backend="cpu")
+            + cutmix_loss(pred, target_a, target_b, box, backend="cpu")
+            + feature_alignment_loss(tokens, frozen, backend="cpu")
+        )
+
+    eager = forward(images, target_a, target_b, box, frozen)
+    eager.backward()
+    eager_grads = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad()
+    # aot_eager: the same Dynamo + AOTAutograd tracing as inductor, without minutes of codegen
+    compiled_forward = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    compiled = compiled_forward(images, target_a, target_b, box, frozen)
+    compiled.backward()  # the AOT-compiled backward calls the custom backward ops
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip(head.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)

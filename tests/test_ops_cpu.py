@@ -1,0 +1,225 @@
+"""The C++ backend (depth_anything_fast._C through the custom ops) against float64 oracles.
+
+Oracle: `depth_anything_fast.losses.reference` run in float64 (itself checked against a naive
+per-image loop in test_losses.py). Gradient comparisons are tie-aware: when several valid pixels
+of a group hold the median value, the median's extra gradient term may land on any of them
+(torch.nanmedian picks one arbitrarily), so those pixels are compared through their sum.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
+from depth_anything_fast.losses.reference import (
+    affine_invariant_loss_reference,
+    feature_alignment_loss_reference,
+    masked_lower_median,
+    valid_pixels,
+)
+from depth_anything_fast.ops import cpu, cpu_available, resolve_backend
+
+pytestmark = pytest.mark.skipif(not cpu_available(), reason="C++ extension _C not built")
+
+# (rtol on values, atol on gradients relative to the largest gradient) per input dtype
+TOLERANCES = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 1e-2)}
+
+
+def make_inputs(batch, height, width, num_segments, dtype, *, masked=True, tied=False):
+    if tied:  # few distinct values: many pixels equal the median
+        pred = torch.randint(0, 4, (batch, height, width)).to(dtype)
+    else:
+        pred = torch.randn(batch, height, width).to(dtype)
+    target = torch.rand(batch, height, width) * 3 + 0.1
+    mask = torch.rand(batch, height, width) > 0.3 if masked else None
+    segments = torch.randint(0, num_segments, (batch, height, width)) if num_segments > 1 else None
+    return pred, target, mask, segments
+
+
+def oracle(pred, target, mask, segments, num_segments, weights):
+    """float64 per-image losses and the gradient of sum(weights * loss) w.r.t. pred."""
+    flat = [None if x is None else x.reshape(x.shape[0], -1) for x in (pred, target, mask, segments)]
+    p = flat[0].detach().double().requires_grad_()
+    loss, _ = affine_invariant_loss_reference(p, flat[1].double(), flat[2], flat[3], num_segments)
+    (grad,) = torch.autograd.grad((loss * weights).sum(), p)
+    return loss.detach(), grad.reshape(pred.shape)
+
+
+def tied_median_pixels(pred, target, mask, segments, num_segments):
+    """(B, S, L) bool: valid pixels of group (b, s) whose pred equals the group's lower median."""
+    batch = pred.shape[0]
+    p = pred.reshape(batch, -1).double()
+    seg = None if segments is None else segments.reshape(batch, -1)
+    valid = valid_pixels(target.reshape(batch, -1), None if mask is None else mask.reshape(batch, -1), seg, num_segments)
+    ids = torch.arange(num_segments)[None, :, None]
+    groups = valid[:, None, :] & ((seg[:, None, :] == ids) if seg is not None else True)
+    median, _ = masked_lower_median(p[:, None, :].expand_as(groups), groups)
+    return groups & (p[:, None, :] == median[..., None])
+
+
+def assert_grad_close_tie_aware(grad, expected, ties, atol):
+    batch = grad.shape[0]
+    g, e = grad.reshape(batch, -1).double(), expected.reshape(batch, -1)
+    tied = ties.sum(1) > 0  # (B, L): pixels tied at a median (each pixel is in one group)
+    group_has_ties = ties.sum(-1) > 1
+    plain = ~(tied & (ties & group_has_ties[..., None]).any(1))
+    torch.testing.assert_close(g[plain], e[plain], atol=atol, rtol=0)
+    tie_sum = (ties * g[:, None, :]).sum(-1)
+    tie_sum_expected = (ties * e[:, None, :]).sum(-1)
+    torch.testing.assert_close(tie_sum, tie_sum_expected, atol=atol * 4, rtol=0)
+
+
+def check_against_oracle(pred, target, mask, segments, num_segments):
+    rtol, grad_tol = TOLERANCES[pred.dtype]
+    weights = torch.rand(pred.shape[0], dtype=torch.float64) + 0.5
+    expected_loss, expected_grad = oracle(pred, target, mask, segments, num_segments, weights)
+    p = pred.clone().requires_grad_()
+    loss = affine_invariant_loss(
+        p, target, mask, segments, num_segments=num_segments, reduction="none", backend="cpu"
+    )
+    assert loss.dtype == torch.float32 and loss.shape == (pred.shape[0],)
+    torch.testing.assert_close(loss.double(), expected_loss, rtol=rtol, atol=rtol)
+    (loss * weights.float()).sum().backward()
+    assert p.grad.dtype == pred.dtype and torch.isfinite(p.grad).all()
+    ties = tied_median_pixels(pred, target, mask, segments, num_segments)
+    scale = expected_grad.abs().max().item() or 1.0
+    assert_grad_close_tie_aware(p.grad, expected_grad, ties, grad_tol * scale)
+
+
+@pytest.mark.parametrize(
+    "shape,num_segments,masked",
+    [
+        ((1, 1, 1), 1, False),
+        ((1, 5, 7), 1, True),
+        ((3, 17, 19), 1, True),
+        ((2, 1, 33), 2, True),
+        ((4, 23, 11), 3, True),
+        ((2, 64, 65), 4, True),
+        ((5, 9, 9), 4, False),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_affine_invariant_matches_oracle(shape, num_segments, masked, dtype):
+    check_against_oracle(*make_inputs(*shape, num_segments, dtype, masked=masked), num_segments)
+
+
+@pytest.mark.parametrize("num_segments", [1, 3])
+def test_ties_at_median(num_segments):
+    pred, target, mask, segments = make_inputs(3, 15, 16, num_segments, torch.float32, tied=True)
+    check_against_oracle(pred, target, mask, segments, num_segments)
+
+
+def test_edge_cases_all_invalid_single_pixel_constant_nonfinite():
+    pred, target, mask, _ = make_inputs(5, 12, 13, 1, torch.float32)
+    mask[0] = False  # all-invalid image
+    mask[1] = False
+    mask[1, 3, 4] = True  # a single valid pixel
+    target[2] = 0.7  # constant target: s clamps to 1e-6
+    target[3, 0, :5] = float("nan")
+    target[3, 1, :5] = float("inf")
+    target[4, 2, :5] = -float("inf")
+    check_against_oracle(pred, target, mask, None, 1)
+    loss = affine_invariant_loss(pred, target, mask, reduction="none", backend="cpu")
+    assert loss[0] == 0 and loss[1] == 0
+
+
+def test_all_empty_batch_gives_zero_and_zero_grad():
+    pred = torch.randn(3, 8, 9, requires_grad=True)
+    target = torch.full((3, 8, 9), float("nan"))
+    loss = affine_invariant_loss(pred, target, backend="cpu")
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+def test_mean_reduction_skips_empty_images():
+    pred, target, mask, _ = make_inputs(4, 10, 10, 1, torch.float32)
+    mask[1] = False
+    per_image = affine_invariant_loss(pred, target, mask, reduction="none", backend="cpu")
+    mean = affine_invariant_loss(pred, target, mask, backend="cpu")
+    torch.testing.assert_close(mean, per_image[[0, 2, 3]].mean())
+
+
+def test_stats_and_lowest_median_index():
+    pred, target, mask, segments = make_inputs(3, 11, 13, 3, torch.float32, tied=True)
+    flat = [x.reshape(3, -1) for x in (pred, target, mask, segments)]
+    _, stats, median_index = cpu.affine_invariant_forward(*flat, 3)
+    ties = tied_median_pixels(pred, target, mask, segments, 3)
+    for b in range(3):
+        for s in range(3):
+            hits = ties[b, s].nonzero()
+            n = int(stats[b, s, 0])
+            assert n == int((flat[2][b] & (flat[3][b] == s)).sum())
+            if n == 0:
+                assert median_index[b, s] == -1
+            else:
+                assert median_index[b, s] == hits[0, 0]  # lowest tied index
+                assert stats[b, s, 1] == flat[0][b, hits[0, 0]]
+
+
+def test_cutmix_loss_cpu_matches_reference():
+    pred, target_a, mask, _ = make_inputs(3, 20, 21, 1, torch.float32)
+    target_b = torch.rand(3, 20, 21) + 2
+    box = torch.zeros(3, 20, 21, dtype=torch.bool)
+    box[:, 3:12, 5:17] = True
+    box[2] = True  # an image that was not mixed
+    expected = cutmix_loss(pred.double(), target_a.double(), target_b.double(), box, mask, backend="reference")
+    got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 64), (1, 5, 3), (3, 10, 257)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_feature_alignment_matches_oracle(shape, dtype):
+    features = torch.randn(shape).to(dtype)
+    noise = torch.rand(shape[0], shape[1], 1) * 2  # a spread of similarities around alpha
+    frozen = (features.float() + noise * torch.randn(shape)).to(dtype)
+    f64 = features.double().requires_grad_()
+    expected = feature_alignment_loss_reference(f64, frozen.double(), 0.85)
+    (expected_grad,) = torch.autograd.grad(expected, f64)
+    f = features.clone().requires_grad_()
+    loss = feature_alignment_loss(f, frozen, 0.85, backend="cpu")
+    loss.backward()
+    rtol, grad_tol = TOLERANCES[dtype]
+    assert loss.dtype == torch.float32 and f.grad.dtype == dtype
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=rtol)
+    scale = expected_grad.abs().max().item() or 1.0
+    torch.testing.assert_close(f.grad.double(), expected_grad, atol=grad_tol * scale, rtol=0)
+
+
+def test_feature_alignment_nothing_kept():
+    features = torch.randn(2, 7, 16, requires_grad=True)
+    loss = feature_alignment_loss(features, features.detach() * 2, 0.85, backend="cpu")
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(features.grad, torch.zeros_like(features))
+
+
+def test_opcheck_affine_invariant():
+    pred, target, mask, segments = make_inputs(2, 9, 10, 3, torch.float32)
+    target[0, 0, 0] = float("nan")
+    flat = [x.reshape(2, -1) for x in (pred, target, mask, segments)]
+    torch.library.opcheck(
+        cpu.affine_invariant_cpu, (flat[0].requires_grad_(), flat[1], flat[2], flat[3].int(), 3)
+    )
+    torch.library.opcheck(cpu.affine_invariant_cpu, (flat[0], flat[1], None, None, 1))
+
+
+def test_opcheck_feature_alignment():
+    features = torch.randn(12, 32, requires_grad=True)
+    frozen = features.detach() + torch.randn(12, 32)
+    torch.library.opcheck(cpu.feature_alignment_cpu, (features, frozen, 0.85))
+
+
+def test_backend_selection_and_errors(monkeypatch):
+    x = torch.randn(2, 4, 4)
+    assert resolve_backend("auto", "affine_invariant", x) == "cpu"
+    assert resolve_backend("auto", "affine_invariant", x.double()) == "reference"
+    with pytest.raises(ValueError, match="float64"):
+        affine_invariant_loss(x.double(), x.double(), backend="cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        affine_invariant_loss(x, x, backend="cuda")
+    with pytest.raises(ValueError, match="CPU tensors"):
+        resolve_backend("cpu", "affine_invariant", torch.empty(2, 3, device="meta"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises((ValueError, RuntimeError), match="triton"):
+        affine_invariant_loss(x, x, backend="triton")
