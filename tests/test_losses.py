@@ -43,13 +43,18 @@ def naive_affine_invariant(pred, target, mask, segments, num_segments):
         for s in range(num_segments):
             sel = valid & (seg == s)
             if sel.any():
-                total = total + (naive_normalise(pred[b][sel]) - naive_normalise(target[b][sel])).abs().sum()
+                total = (
+                    total
+                    + (naive_normalise(pred[b][sel]) - naive_normalise(target[b][sel])).abs().sum()
+                )
                 n += int(sel.sum())
         losses.append(total / max(n, 1))
     return torch.stack(losses)
 
 
-@pytest.mark.parametrize("shape,num_segments", [((1, 1), 1), ((3, 37), 1), ((2, 100), 3), ((4, 61), 4)])
+@pytest.mark.parametrize(
+    "shape,num_segments", [((1, 1), 1), ((3, 37), 1), ((2, 100), 3), ((4, 61), 4)]
+)
 def test_reference_matches_naive_loop(shape, num_segments):
     pred, target = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     mask = torch.rand(shape) > 0.3
@@ -142,28 +147,44 @@ def test_segments_inferred_and_equal_to_explicit():
     pred, target = torch.randn(2, 8, 9), torch.randn(2, 8, 9)
     segments = torch.randint(0, 3, (2, 8, 9))
     inferred = affine_invariant_loss(pred, target, segments=segments, backend="reference")
-    explicit = affine_invariant_loss(pred, target, segments=segments, num_segments=3, backend="reference")
+    explicit = affine_invariant_loss(
+        pred, target, segments=segments, num_segments=3, backend="reference"
+    )
     torch.testing.assert_close(inferred, explicit)
 
 
 def test_cutmix_is_area_weighted_sum_of_region_losses():
     """The paper's L = |M|/n L^M + |1-M|/n L^(1-M), each region with its own statistics."""
     batch, h, w = 3, 16, 18
-    pred, target_a, target_b = torch.randn(batch, h, w), torch.rand(batch, h, w), torch.rand(batch, h, w)
+    pred, target_a, target_b = (
+        torch.randn(batch, h, w),
+        torch.rand(batch, h, w),
+        torch.rand(batch, h, w),
+    )
     box = torch.zeros(batch, h, w, dtype=torch.bool)
     box[:, 2:9, 4:15] = True
     mask = torch.rand(batch, h, w) > 0.2
-    loss_a = affine_invariant_loss(pred, target_a, mask & box, reduction="none", backend="reference")
-    loss_b = affine_invariant_loss(pred, target_b, mask & ~box, reduction="none", backend="reference")
+    loss_a = affine_invariant_loss(
+        pred, target_a, mask & box, reduction="none", backend="reference"
+    )
+    loss_b = affine_invariant_loss(
+        pred, target_b, mask & ~box, reduction="none", backend="reference"
+    )
     n_a, n_b = (mask & box).sum((1, 2)), (mask & ~box).sum((1, 2))
     expected = ((n_a * loss_a + n_b * loss_b) / (n_a + n_b)).mean()
-    torch.testing.assert_close(cutmix_loss(pred, target_a, target_b, box, mask, backend="reference"), expected)
-    torch.testing.assert_close(CutMixLoss("reference")(pred, target_a, target_b, box, mask), expected)
+    torch.testing.assert_close(
+        cutmix_loss(pred, target_a, target_b, box, mask, backend="reference"), expected
+    )
+    torch.testing.assert_close(
+        CutMixLoss("reference")(pred, target_a, target_b, box, mask), expected
+    )
 
 
 def test_feature_alignment_reference_and_module():
     features = torch.randn(2, 30, 16, dtype=torch.float64)
-    frozen = features + torch.rand(2, 30, 1, dtype=torch.float64) * torch.randn(2, 30, 16, dtype=torch.float64)
+    frozen = features + torch.rand(2, 30, 1, dtype=torch.float64) * torch.randn(
+        2, 30, 16, dtype=torch.float64
+    )
     cos = torch.nn.functional.cosine_similarity(features, frozen, dim=-1)
     kept = cos <= 0.85
     expected = (1 - cos[kept]).mean() if kept.any() else torch.zeros((), dtype=torch.float64)
@@ -209,27 +230,40 @@ def test_ssi_mse_matches_lstsq_oracle_and_is_affine_invariant():
 
 
 def test_trimmed_keeps_smallest_80_percent():
-    pred, target = torch.randn(2, 10, 10, dtype=torch.float64), torch.randn(2, 10, 10, dtype=torch.float64)
+    pred, target = (
+        torch.randn(2, 10, 10, dtype=torch.float64),
+        torch.randn(2, 10, 10, dtype=torch.float64),
+    )
     mask = torch.ones(2, 10, 10, dtype=torch.bool)
     got = scale_shift_invariant_loss(pred, target, mask, alpha=0.0, trimmed=True)
     residuals = [
-        (naive_normalise(pred[b].flatten()) - naive_normalise(target[b].flatten())).abs().sort().values[:80]
+        (naive_normalise(pred[b].flatten()) - naive_normalise(target[b].flatten()))
+        .abs()
+        .sort()
+        .values[:80]
         for b in range(2)
     ]
     torch.testing.assert_close(got, torch.cat(residuals).sum() / 400)
     shifted = scale_shift_invariant_loss(5 * pred + 1, target, mask, trimmed=True)
-    torch.testing.assert_close(shifted, scale_shift_invariant_loss(pred, target, mask, trimmed=True))
+    torch.testing.assert_close(
+        shifted, scale_shift_invariant_loss(pred, target, mask, trimmed=True)
+    )
 
 
 def test_silog_formula_and_empty():
-    pred, target = torch.rand(2, 7, 8, dtype=torch.float64) + 0.1, torch.rand(2, 7, 8, dtype=torch.float64) + 0.1
+    pred, target = (
+        torch.rand(2, 7, 8, dtype=torch.float64) + 0.1,
+        torch.rand(2, 7, 8, dtype=torch.float64) + 0.1,
+    )
     mask = torch.rand(2, 7, 8) > 0.3
     target[0, 0, 0] = 0.0  # invalid depth
     valid = mask & (target > 0)
     d = target[valid].log() - pred[valid].log()
     expected = torch.sqrt((d**2).mean() - 0.5 * d.mean() ** 2)
     torch.testing.assert_close(SiLogLoss()(pred, target, mask), expected)
-    torch.testing.assert_close(silog_loss(pred * 3, target, mask, lambd=1.0), silog_loss(pred, target, mask, lambd=1.0))
+    torch.testing.assert_close(
+        silog_loss(pred * 3, target, mask, lambd=1.0), silog_loss(pred, target, mask, lambd=1.0)
+    )
     p = pred.clone().requires_grad_()
     empty = silog_loss(p, target, torch.zeros_like(mask))
     empty.backward()

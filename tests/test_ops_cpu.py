@@ -23,7 +23,11 @@ from depth_anything_fast.ops import cpu, cpu_available, resolve_backend
 pytestmark = pytest.mark.skipif(not cpu_available(), reason="C++ extension _C not built")
 
 # (rtol on values, atol on gradients relative to the largest gradient) per input dtype
-TOLERANCES = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 1e-2)}
+TOLERANCES = {
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
 
 
 def make_inputs(batch, height, width, num_segments, dtype, *, masked=True, tied=False):
@@ -39,7 +43,9 @@ def make_inputs(batch, height, width, num_segments, dtype, *, masked=True, tied=
 
 def oracle(pred, target, mask, segments, num_segments, weights):
     """float64 per-image losses and the gradient of sum(weights * loss) w.r.t. pred."""
-    flat = [None if x is None else x.reshape(x.shape[0], -1) for x in (pred, target, mask, segments)]
+    flat = [
+        None if x is None else x.reshape(x.shape[0], -1) for x in (pred, target, mask, segments)
+    ]
     p = flat[0].detach().double().requires_grad_()
     loss, _ = affine_invariant_loss_reference(p, flat[1].double(), flat[2], flat[3], num_segments)
     (grad,) = torch.autograd.grad((loss * weights).sum(), p)
@@ -51,7 +57,12 @@ def tied_median_pixels(pred, target, mask, segments, num_segments):
     batch = pred.shape[0]
     p = pred.reshape(batch, -1).double()
     seg = None if segments is None else segments.reshape(batch, -1)
-    valid = valid_pixels(target.reshape(batch, -1), None if mask is None else mask.reshape(batch, -1), seg, num_segments)
+    valid = valid_pixels(
+        target.reshape(batch, -1),
+        None if mask is None else mask.reshape(batch, -1),
+        seg,
+        num_segments,
+    )
     ids = torch.arange(num_segments)[None, :, None]
     groups = valid[:, None, :] & ((seg[:, None, :] == ids) if seg is not None else True)
     median, _ = masked_lower_median(p[:, None, :].expand_as(groups), groups)
@@ -163,7 +174,9 @@ def test_cutmix_loss_cpu_matches_reference():
     box = torch.zeros(3, 20, 21, dtype=torch.bool)
     box[:, 3:12, 5:17] = True
     box[2] = True  # an image that was not mixed
-    expected = cutmix_loss(pred.double(), target_a.double(), target_b.double(), box, mask, backend="reference")
+    expected = cutmix_loss(
+        pred.double(), target_a.double(), target_b.double(), box, mask, backend="reference"
+    )
     got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
 

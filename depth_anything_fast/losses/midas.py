@@ -48,7 +48,9 @@ def scale_shift_invariant_loss(
     )
 
 
-def silog_loss(pred_depth: Tensor, target_depth: Tensor, mask: Tensor, *, lambd: float = 0.5) -> Tensor:
+def silog_loss(
+    pred_depth: Tensor, target_depth: Tensor, mask: Tensor, *, lambd: float = 0.5
+) -> Tensor:
     """Scale-invariant log loss of Depth Anything V2's metric fine-tuning.
 
     Args:

@@ -90,7 +90,9 @@ def affine_invariant_loss_reference(
     return error.sum((1, 2)) / n_valid.clamp_min(1), n_valid
 
 
-def feature_alignment_loss_reference(features: Tensor, frozen: Tensor, alpha: float = 0.85) -> Tensor:
+def feature_alignment_loss_reference(
+    features: Tensor, frozen: Tensor, alpha: float = 0.85
+) -> Tensor:
     """Mean of 1 - cos over tokens with cos <= alpha (0 when none): features/frozen `(..., C)`.
 
     Returns a scalar in the compute dtype; no gradient reaches `frozen`.
@@ -180,7 +182,9 @@ def scale_shift_invariant_loss_reference(
     return data + alpha * gradient_matching_loss(residual, valid, scales)
 
 
-def silog_loss_reference(pred_depth: Tensor, target_depth: Tensor, mask: Tensor, lambd: float = 0.5) -> Tensor:
+def silog_loss_reference(
+    pred_depth: Tensor, target_depth: Tensor, mask: Tensor, lambd: float = 0.5
+) -> Tensor:
     """Scale-invariant log loss (Depth Anything V2 metric fine-tuning), over the whole batch.
 
     sqrt(mean(d^2) - lambd * mean(d)^2), d = log(target) - log(pred) over pixels with mask,
