@@ -88,8 +88,11 @@ def nearest_indices(box: CropBox, h: int, w: int) -> tuple[np.ndarray, np.ndarra
     """
     ys = box.y0 + (np.arange(box.out_h) + 0.5) * ((box.y1 - box.y0) / box.out_h)
     xs = box.x0 + (np.arange(box.out_w) + 0.5) * ((box.x1 - box.x0) / box.out_w)
-    rows = np.clip(np.floor(ys).astype(np.int64), 0, h - 1)
-    cols = np.clip(np.floor(xs).astype(np.int64), 0, w - 1)
+    # Centres that fall exactly on a pixel border (common: scales are ratios of small integers)
+    # must round up as in exact arithmetic; float error is far below the 1e-6 nudge, and real
+    # non-integer positions are at least 1/(2 * out size) away from a border.
+    rows = np.clip(np.floor(ys + 1e-6).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.floor(xs + 1e-6).astype(np.int64), 0, w - 1)
     if box.flip:
         cols = cols[::-1]
     return rows, cols

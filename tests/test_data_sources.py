@@ -1,0 +1,341 @@
+"""Data sources, target readers, geometry, CutMix and the synthetic generator (no pipelines)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from depth_anything_fast.data import cutmix, generate_dataset, list_images
+from depth_anything_fast.data.geometry import (
+    crop_nearest,
+    lower_bound_size,
+    nearest_indices,
+    sample_crop,
+    sample_rng,
+)
+from depth_anything_fast.data.sources import (
+    LabelledSource,
+    LabelledSpec,
+    load_target,
+    read_pfm,
+    read_raw_target,
+)
+from depth_anything_fast.data.synthetic import MAX_DEPTH, render_scene
+
+
+def _fresh_rng() -> np.random.Generator:
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows conftest's printed torch seed
+    return np.random.default_rng(seed)
+
+
+def _oracle(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """float64 reference: disparity 1/z, min-max over valid pixels, 0 elsewhere."""
+    disp = np.zeros(depth.shape)
+    disp[valid] = 1.0 / depth[valid].astype(np.float64)
+    lo, hi = disp[valid].min(), disp[valid].max()
+    out = np.zeros(depth.shape)
+    out[valid] = (disp[valid] - lo) / (hi - lo)
+    return out
+
+
+def _write_pfm(path: Path, arr: np.ndarray) -> None:
+    h, w = arr.shape
+    with open(path, "wb") as f:
+        f.write(b"Pf\n%d %d\n-1.0\n" % (w, h))
+        f.write(np.ascontiguousarray(arr[::-1]).astype("<f4").tobytes())
+
+
+@pytest.mark.parametrize("fmt", ["png16", "npy", "pfm", "tiff"])
+def test_load_target_formats_against_oracle(tmp_path: Path, fmt: str) -> None:
+    rng = _fresh_rng()
+    h, w = 23, 31
+    depth = rng.uniform(0.5, 20.0, (h, w))
+    spec = LabelledSpec(kind="depth", scale=1.0, invalid=(0,), min_depth=1.0, max_depth=15.0)
+    if fmt == "png16":
+        raw = np.round(depth * 1000).astype(np.uint16)
+        raw[rng.random((h, w)) < 0.1] = 0
+        path = tmp_path / "t.png"
+        Image.fromarray(raw).save(path)
+        spec = LabelledSpec(kind="depth", scale=0.001, invalid=(0,), min_depth=1.0, max_depth=15.0)
+        metres = raw * 0.001
+    else:
+        raw = depth.astype(np.float32)
+        holes = rng.random((h, w))
+        raw[holes < 0.05] = 0
+        raw[(holes >= 0.05) & (holes < 0.1)] = np.nan
+        raw[(holes >= 0.1) & (holes < 0.12)] = np.inf
+        raw[(holes >= 0.12) & (holes < 0.14)] = -3.0
+        metres = raw.astype(np.float64)
+        path = tmp_path / f"t.{fmt}"
+        if fmt == "npy":
+            np.save(path, raw)
+        elif fmt == "pfm":
+            _write_pfm(path, raw)
+        else:
+            Image.fromarray(raw, mode="F").save(path)
+    valid = np.isfinite(metres) & (metres > 0) & (metres >= 1.0) & (metres <= 15.0)
+    disparity, mask = load_target(str(path), spec)
+    assert disparity.dtype == np.float32 and mask.dtype == bool
+    np.testing.assert_array_equal(mask, valid)
+    np.testing.assert_allclose(disparity, _oracle(metres, valid), atol=1e-6)
+    assert np.all(disparity[~mask] == 0) and np.isfinite(disparity).all()
+
+
+def test_disparity_kind_sky_mask_and_empty(tmp_path: Path) -> None:
+    rng = _fresh_rng()
+    disp = rng.uniform(-1, 3, (9, 13)).astype(np.float32)
+    np.save(tmp_path / "d.npy", disp)
+    sky = np.zeros((9, 13), np.uint8)
+    sky[:2] = 255
+    Image.fromarray(sky).save(tmp_path / "d_sky.png")
+    spec = LabelledSpec(kind="disparity", scale=2.0, offset=1.0, invalid=(), sky_mask="_sky.png")
+    out, mask = load_target(str(tmp_path / "d.npy"), spec)
+    value = disp.astype(np.float64) * 2 + 1
+    ground = ~sky.astype(bool)
+    expected = (value - value[ground].min()) / (value[ground].max() - value[ground].min())
+    np.testing.assert_allclose(out[ground], expected[ground], atol=1e-6)
+    assert mask.all() and np.all(out[:2] == 0)
+    # Nothing valid: zeros and an empty mask, never NaN.
+    np.save(tmp_path / "z.npy", np.zeros((4, 4), np.float32))
+    out, mask = load_target(str(tmp_path / "z.npy"), LabelledSpec())
+    assert not mask.any() and np.all(out == 0)
+    with pytest.raises(FileNotFoundError, match="nope.npy"):
+        load_target(str(tmp_path / "nope.npy"), LabelledSpec())
+
+
+def test_pfm_orientation_and_spec_json(tmp_path: Path) -> None:
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    _write_pfm(tmp_path / "a.pfm", arr)
+    np.testing.assert_array_equal(read_pfm((tmp_path / "a.pfm").read_bytes()), arr)
+    with pytest.raises(ValueError, match="not a PFM"):
+        read_pfm(b"P6\n1 1\n255\n\x00\x00\x00", "x.pfm")
+    spec = LabelledSpec(kind="disparity", scale=0.5, invalid=(0, 65535), sky_mask="_sky.png")
+    spec.to_json(tmp_path / "spec.json")
+    assert LabelledSpec.from_json(tmp_path / "spec.json") == spec
+    (tmp_path / "bad.json").write_text(json.dumps({"kind": "depth", "scael": 1}))
+    with pytest.raises(ValueError, match="scael"):
+        LabelledSpec.from_json(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="kind"):
+        LabelledSpec(kind="metric")
+
+
+def test_real_depth_files(shared_data: Path) -> None:
+    rgbd = shared_data / "rgbd"
+    cases = {
+        "TUM_depth.png": LabelledSpec(scale=1 / 5000),
+        "SUN_depth.png": LabelledSpec(scale=1 / 1000, bit_rotate=3),
+        "redwood/depth/00000.png": LabelledSpec(scale=1 / 1000),
+        # Kinect raw disparity, stored little-endian in a (big-endian) P5 PGM.
+        "NYU_depth.pgm": LabelledSpec(
+            kind="disparity", scale=-1 / 351.3, offset=1092.5 / 351.3, invalid=(2047,),
+            max_depth=10.0, bit_rotate=8,
+        ),
+    }
+    for name, spec in cases.items():
+        raw = read_raw_target(str(rgbd / name))
+        assert raw.shape == (480, 640) and raw.dtype == np.uint16, name
+        disparity, mask = load_target(str(rgbd / name), spec)
+        assert 0.3 < mask.mean() <= 1.0, name
+        assert disparity[mask].min() == 0.0 and disparity[mask].max() == 1.0, name
+        # Metric depth of real indoor scenes: metres, mostly 0.3..10.
+        if spec.kind == "depth":
+            r = raw
+            if spec.bit_rotate:
+                r = ((r >> 3) | (r << 13)).astype(np.uint16)
+            metres = r[mask] * spec.scale
+        else:
+            swapped = raw.byteswap()[mask].astype(np.float64)
+            metres = 351.3 / (1092.5 - swapped)
+        assert 0.2 < np.median(metres) < 10.0, (name, np.median(metres))
+    # Without the bit rotation SUN's values are not metric depth in millimetres.
+    raw = read_raw_target(str(rgbd / "SUN_depth.png"))
+    assert np.median(raw[raw > 0]) / 1000 > 10
+
+
+def _png(path: Path, h: int = 8, w: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path)
+
+
+def test_list_images_and_labelled_layouts(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for rel in ("a/1.png", "a/2.png", "b/3.png"):
+        _png(root / "images" / rel)
+        (root / "depth" / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save((root / "depth" / rel).with_suffix(".npy"), np.ones((8, 8), np.float32))
+    (root / "images" / "notes.txt").write_text("x")
+    LabelledSpec().to_json(root / "spec.json")
+    images = list_images(root / "images")
+    assert [Path(p).name for p in images] == ["1.png", "2.png", "3.png"]
+    assert list_images(str(root / "images" / "**" / "*.png")) == images
+    src = LabelledSource.from_path(root)
+    assert [Path(t).name for _, t in src.pairs] == ["1.npy", "2.npy", "3.npy"]
+
+    listing = root / "train.txt"
+    listing.write_text("# comment\nimages/a/1.png depth/a/1.npy\n\nimages/b/3.png,depth/b/3.npy\n")
+    assert list_images(listing) == [str(root / "images/a/1.png"), str(root / "images/b/3.png")]
+    assert len(LabelledSource.from_path(listing)) == 2
+
+    # webdataset shard: key.png + key.depth.npy
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key in ("s0", "s1"):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(buf, "PNG")
+            npy = io.BytesIO()
+            np.save(npy, np.ones((8, 8), np.float32))
+            for name, data in ((f"{key}.png", buf.getvalue()), (f"{key}.depth.npy", npy.getvalue())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert len(list_images(shard)) == 2
+    tsrc = LabelledSource.from_path(shard, LabelledSpec())
+    disparity, mask = load_target(tsrc.pairs[1][1], tsrc.spec)
+    assert mask.all() and tsrc.pairs[1][0].endswith("::s1.png")
+
+    # A missing ground truth names the image.
+    _png(root / "images" / "c" / "4.png")
+    with pytest.raises(FileNotFoundError, match="4.png"):
+        LabelledSource.from_path(root)
+    listing.write_text("images/a/1.png depth/a/missing.npy\n")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        LabelledSource.from_path(listing)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_images(tmp_path / "nowhere")
+
+
+def test_pseudo_label_manifest(tmp_path: Path) -> None:
+    _png(tmp_path / "img" / "x.png")
+    out = tmp_path / "pl"
+    out.mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(out / "x.png")
+    rec = {"image": str(tmp_path / "img" / "x.png"), "output": "x.png", "min": 0.1, "max": 2.0}
+    (out / "manifest.jsonl").write_text(json.dumps(rec) + "\n")
+    src = LabelledSource.from_path(out)
+    assert src.spec.kind == "disparity" and src.pairs == [(rec["image"], str(out / "x.png"))]
+    disparity, mask = load_target(src.pairs[0][1], src.spec)
+    assert mask.all() and disparity[0, 0] == 0 and disparity[-1, -1] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def test_crop_geometry_against_float64_oracle() -> None:
+    rng = _fresh_rng()
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(20, 300, 2))
+        crop = 14 * int(rng.integers(1, 5))
+        box = sample_crop(h, w, crop, rng)
+        nh, nw = lower_bound_size(h, w, crop)
+        assert min(nh, nw) >= crop and nh % 14 == 0 and nw % 14 == 0
+        assert 0 <= box.y0 < box.y1 <= h + 1e-9 and 0 <= box.x0 < box.x1 <= w + 1e-9
+        np.testing.assert_allclose((box.y1 - box.y0) * nh / h, crop)
+        rows, cols = nearest_indices(box, h, w)
+        # Oracle: nearest source pixel of each output pixel centre (resize then crop then flip).
+        # Exact integer arithmetic: floor((top + i + 1/2) * h / nh).
+        i = np.arange(crop)
+        top, left = round(box.y0 * nh / h), round(box.x0 * nw / w)
+        exp_rows = ((2 * (top + i) + 1) * h) // (2 * nh)
+        exp_cols = ((2 * (left + i) + 1) * w) // (2 * nw)
+        if box.flip:
+            exp_cols = exp_cols[::-1]
+        np.testing.assert_array_equal(rows, np.clip(exp_rows, 0, h - 1))
+        np.testing.assert_array_equal(cols, np.clip(exp_cols, 0, w - 1))
+        target = rng.random((2 * h, 2 * w))  # a target at twice the image resolution
+        assert crop_nearest(target, box, (h, w)).shape == (crop, crop)
+    flips = [sample_crop(50, 80, 28, sample_rng(1, 0, i)).flip for i in range(200)]
+    assert 60 < sum(flips) < 140
+    assert sample_crop(50, 80, 28, sample_rng(5, 2, 9)) == sample_crop(50, 80, 28, sample_rng(5, 2, 9))
+
+
+# ---------------------------------------------------------------------------------------------
+# CutMix
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])
+def test_cutmix_masks_and_partners(batch: int) -> None:
+    images = torch.randn(batch, 3, 17, 23, dtype=torch.float64)
+    mixed, box, partner = cutmix(images, p=1.0)
+    assert mixed.shape == images.shape and mixed.dtype == images.dtype
+    assert box.shape == (batch, 17, 23) and box.dtype == torch.bool and partner.dtype == torch.int64
+    rows = torch.arange(batch)
+    if batch > 1:
+        assert torch.all(partner != rows) and len(set(((partner - rows) % batch).tolist())) == 1
+    else:
+        assert torch.all(box)
+    for i in range(batch):
+        inside = ~box[i]
+        torch.testing.assert_close(mixed[i][:, box[i]], images[i][:, box[i]], rtol=0, atol=0)
+        torch.testing.assert_close(
+            mixed[i][:, inside], images[partner[i]][:, inside], rtol=0, atol=0
+        )
+        if inside.any():  # the pasted region is one axis-aligned rectangle
+            ys, xs = torch.nonzero(inside, as_tuple=True)
+            area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+            assert area == inside.sum()
+    unmixed, ubox, upartner = cutmix(images, p=0.0)
+    assert torch.equal(unmixed, images) and ubox.all() and torch.equal(upartner, rows)
+
+
+def test_cutmix_box_statistics_and_generator() -> None:
+    images = torch.randn(4000, 1, 20, 20)
+    _, box, _ = cutmix(images, p=0.5)
+    mixed_rows = ~box.view(4000, -1).all(dim=1)
+    assert 0.42 < mixed_rows.float().mean() < 0.58  # p = 0.5 (minus boxes too small to exist)
+    # lam ~ U(0,1), side sqrt(1-lam) before clipping: mean pasted fraction well under 0.5.
+    frac = (~box[mixed_rows]).float().mean()
+    assert 0.15 < frac < 0.45
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, b = cutmix(images[:8], generator=g1), cutmix(images[:8], generator=g2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        cutmix(torch.zeros(3, 4, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic scenes
+
+
+def test_render_scene_deterministic_and_plausible() -> None:
+    seed = int(_fresh_rng().integers(0, 2**31))
+    rgb, depth = render_scene(seed, (60, 80))
+    rgb2, depth2 = render_scene(seed, (60, 80))
+    assert np.array_equal(rgb, rgb2) and np.array_equal(depth, depth2)
+    assert rgb.shape == (60, 80, 3) and rgb.dtype == np.uint8 and depth.dtype == np.float32
+    assert not np.array_equal(render_scene(seed + 1, (60, 80))[1], depth)
+    lower_is_nearer = 0
+    for s in range(12):
+        rgb, depth = render_scene([seed, s], (60, 80))
+        valid = depth > 0
+        assert np.isfinite(depth).all() and depth.max() <= MAX_DEPTH
+        assert valid.mean() > 0.3 and rgb.std() > 10
+        # A camera looking down at a floor: the bottom rows are nearer than the upper rows.
+        top, bottom = depth[:20][valid[:20]], depth[-20:][valid[-20:]]
+        lower_is_nearer += int(top.size > 0 and np.median(bottom) < np.median(top))
+    assert lower_is_nearer >= 9
+
+
+def test_generate_dataset_roundtrip(tmp_path: Path) -> None:
+    layout = generate_dataset(tmp_path, n_labelled=3, n_unlabelled=2, n_val=1, size=(30, 40), seed=7)
+    src = LabelledSource.from_path(layout.labelled)
+    assert len(src) == 3 and src.spec.kind == "depth" and src.spec.scale == 0.001
+    assert len(LabelledSource.from_path(layout.val)) == 1
+    assert [Path(p).suffix for p in list_images(layout.unlabelled)] == [".jpg", ".jpg"]
+    with Image.open(src.pairs[0][1]) as img:
+        assert img.mode == "I;16" and img.size == (40, 30)
+    with Image.open(src.pairs[0][0]) as img:
+        assert img.size == (40, 30)
+    raw = read_raw_target(src.pairs[0][1])
+    _, depth = render_scene(np.random.SeedSequence([7, 0, 0]), (30, 40))
+    kept = raw > 0  # holes only remove pixels
+    assert kept.mean() > 0.3
+    np.testing.assert_allclose(raw[kept] / 1000.0, depth[kept], atol=5e-4 + 1e-6)
+    assert np.all(raw[depth == 0] == 0)
