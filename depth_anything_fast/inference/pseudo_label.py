@@ -415,21 +415,10 @@ def pseudo_label(
     pin = predictor.device.type == "cuda"
 
     def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
-        if pin:
+        if pin and batch["image"].device.type == "cpu":
             batch["image"] = batch["image"].pin_memory()
         return batch
 
-    loader = inference_loader(
-        [p for p, _ in todo],
-        batch_size=opts.batch_size,
-        input_size=opts.input_size,
-        resize=opts.resize,
-        shard_id=0,  # sharded above, before skipping finished items
-        num_shards=1,
-        backend=opts.backend,
-        num_threads=opts.num_workers,
-        on_error=lambda path, reason: errors.add(path, reason, "decode"),
-    )
     stop = _StopFlag(opts.handle_signals)
     progress = None
     if opts.progress:
@@ -437,30 +426,49 @@ def pseudo_label(
 
         progress = tqdm(total=len(todo), unit="img", dynamic_ncols=True, disable=rank != 0)
     start = time.perf_counter()
-    prefetcher = _Prefetcher(loader, opts.prefetch, pin_batch) if todo else None
+    prefetcher = None
     try:
+        if todo:
+            loader = inference_loader(
+                [p for p, _ in todo],
+                batch_size=opts.batch_size,
+                input_size=opts.input_size,
+                resize=opts.resize,
+                shard_id=0,  # sharded above, before skipping finished items
+                num_shards=1,
+                backend=opts.backend,
+                device=predictor.device,  # on CUDA, DALI decodes JPEGs on the GPU
+                num_threads=opts.num_workers,
+                prefetch=opts.prefetch,
+                on_error=lambda path, reason: errors.add(path, reason, "decode"),
+            )
+            # The loader's generator (reading, probing, submitting) would otherwise run on this
+            # thread between forward passes; on its own thread it overlaps with the model.
+            prefetcher = _Prefetcher(loader, opts.prefetch, pin_batch)
         for batch in prefetcher or ():
             if stop.is_set:
                 break
             disparity = predictor.predict_tensor(batch["image"])
-            for row, path in enumerate(batch["paths"]):
-                item = disparity[row]
-                if opts.original_size:
-                    item = resize_prediction(item[None], tuple(batch["sizes"][row]))[0]
-                ready = None
-                if pin:
-                    host = torch.empty(item.shape, dtype=torch.float32, pin_memory=True)
+            items = [
+                resize_prediction(disparity[row : row + 1], tuple(size))[0]
+                if opts.original_size
+                else disparity[row]
+                for row, size in enumerate(batch["sizes"])
+            ]
+            ready = None
+            if pin:
+                # Copies back into pinned memory are queued behind the forward pass; the writer
+                # threads wait on the event, so this thread goes on to launch the next batch.
+                hosts = [torch.empty(t.shape, dtype=torch.float32, pin_memory=True) for t in items]
+                for host, item in zip(hosts, items, strict=True):
                     host.copy_(item, non_blocking=True)
-                    ready = torch.cuda.Event()
-                    ready.record()
-                    item = host
-                else:
-                    item = item.detach()
+                ready = torch.cuda.Event()
+                ready.record()
+                items = hosts
+            for path, item in zip(batch["paths"], items, strict=True):
                 writer.submit(path, make_job(path, item, ready))
             if progress is not None:
                 progress.update(len(batch["paths"]))
-            if stop.is_set:
-                break
     finally:
         if prefetcher is not None:
             prefetcher.close()
