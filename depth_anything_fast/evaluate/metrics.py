@@ -52,7 +52,9 @@ ArrayLike = torch.Tensor | np.ndarray
 
 def _to_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        # read-only arrays (e.g. np.asarray of a PIL image) are copied: torch needs writable memory
+        return torch.from_numpy(x if x.flags.writeable else x.copy())
     if isinstance(x, torch.Tensor):
         return x
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")

@@ -131,7 +131,7 @@ class PredictionDirectory:
 
 def _resize(prediction: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a (h, w) prediction to `shape` (H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None]
+    x = torch.tensor(prediction, dtype=torch.float32)[None, None]
     out = torch.nn.functional.interpolate(x, size=shape, mode="bilinear", align_corners=False)
     return out[0, 0].numpy()
 
