@@ -13,7 +13,6 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 from . import stages
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
+from .data import BatchStream
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -42,51 +42,6 @@ EXIT_TERMINATED = 143
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the step and the batch's sources."""
-
-
-class BatchStream:
-    """Endless iteration over epochs of a loader, resumable at (epoch, batch index).
-
-    ``make_loader(epoch)`` returns one epoch's iterable; the epoch feeds the loader's seed so
-    each epoch is shuffled differently and reproducibly. Resuming re-creates the epoch and
-    skips the batches already consumed (exact, at the cost of decoding them again).
-    """
-
-    def __init__(self, make_loader: Callable[[int], Iterable[dict]], name: str) -> None:
-        self.make_loader = make_loader
-        self.name = name
-        self.epoch = 0
-        self.index = 0
-        self._iterator: Iterator[dict] | None = None
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._iterator = None
-
-    def _open(self) -> None:
-        self._iterator = iter(self.make_loader(self.epoch))
-        for _ in range(self.index):
-            if next(self._iterator, None) is None:
-                raise ValueError(f"{self.name}: cannot resume at batch {self.index} of epoch "
-                                 f"{self.epoch}: the data changed since the checkpoint")
-
-    def __next__(self) -> dict:
-        if self._iterator is None:
-            self._open()
-        assert self._iterator is not None
-        batch = next(self._iterator, None)
-        if batch is None:
-            if self.index == 0:
-                raise ValueError(f"{self.name}: the loader yielded no batch (is the data set "
-                                 f"smaller than one batch per rank?)")
-            self.epoch, self.index = self.epoch + 1, 0
-            self._open()
-            return next(self)
-        self.index += 1
-        return batch
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -167,30 +122,29 @@ class Trainer:
         self._terminate = False
 
     # ---------------------------------------------------------------- data
-    def _labelled_source(self, root: str, spec: dict | None):
+    def _streams(self, info: DistInfo) -> dict[str, BatchStream]:
+        """One BatchStream per data source of the stage, sharded over the ranks."""
+        from depth_anything_fast.data.loaders import LabelledLoader
         from depth_anything_fast.data.sources import LabelledSource, LabelledSpec
 
-        spec_obj = LabelledSpec(**spec) if spec is not None else None
-        return LabelledSource.from_path(root, spec_obj)
-
-    def _streams(self, info: DistInfo) -> dict[str, BatchStream]:
-        from depth_anything_fast.data import labelled_loader, pseudo_labelled_loader
+        from .data import MetricLabelledLoader, PseudoLabelledLoader
 
         cfg, d = self.cfg, self.cfg.data
         common = {"crop_size": d.crop_size, "shard_id": info.rank, "num_shards": info.world_size,
-                  "backend": d.backend, "num_threads": d.num_threads}
-        labelled = self._labelled_source(d.labelled, d.labelled_spec)
-        target = "depth" if cfg.stage == "finetune-metric" else "disparity"
+                  "backend": d.backend, "num_threads": d.num_threads, "shuffle": True,
+                  "drop_last": True, "pad_shards": True, "prefetch": 2, "device": None,
+                  "on_error": None}
+        spec = LabelledSpec(**d.labelled_spec) if d.labelled_spec is not None else None
+        labelled = LabelledSource.from_path(d.labelled, spec)
+        loader_cls = MetricLabelledLoader if cfg.stage == "finetune-metric" else LabelledLoader
         streams = {"labelled": BatchStream(
-            lambda epoch: labelled_loader(labelled, batch_size=d.batch_size,
-                                          seed=cfg.seed + 7919 * epoch, target=target, **common),
+            loader_cls(labelled, batch_size=d.batch_size, seed=cfg.seed, **common),
             "data.labelled")}
         if cfg.stage == "student":
-            pseudo_root = d.pseudo_labels
+            pseudo = LabelledSource.from_path(d.pseudo_labels)
             streams["pseudo"] = BatchStream(
-                lambda epoch: pseudo_labelled_loader(
-                    pseudo_root, batch_size=d.batch_size * d.unlabelled_ratio,
-                    seed=cfg.seed + 7919 * epoch + 1, **common),
+                PseudoLabelledLoader(pseudo, batch_size=d.batch_size * d.unlabelled_ratio,
+                                     seed=cfg.seed + 1, **common),
                 "data.pseudo_labels")
         return streams
 
