@@ -203,3 +203,15 @@ def test_bad_inputs_raise_clear_errors():
         relative_depth_metrics(np.zeros((4, 4)), np.ones((4, 4)), min_depth=5, max_depth=1)
     with pytest.raises(TypeError, match="Tensor"):
         relative_depth_metrics([[1.0]], np.ones((1, 1)))
+
+
+@pytest.mark.parametrize("n", [11, 12])
+def test_median_scaling_matches_numpy_median(n):
+    gt = np.random.default_rng().uniform(1.0, 5.0, (1, n))
+    pred = np.random.default_rng().uniform(0.5, 2.0, (1, n))
+    out = metric_depth_metrics(pred, gt, alignment="median")
+    assert out["scale"] == pytest.approx(np.median(gt) / np.median(pred), rel=1e-12)
+    lo, hi = gt.min(), gt.max()
+    ref = oracle_errors(np.clip(pred * out["scale"], lo, hi).ravel(), gt.ravel())
+    for name in METRIC_NAMES:
+        assert out[name] == pytest.approx(ref[name], rel=1e-9)

@@ -63,7 +63,7 @@ def _to_tensor(x: ArrayLike, name: str) -> torch.Tensor:
 def _batch(
     pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """(pred float64 (B,H,W), gt float64 (B,H,W), mask bool (B,H,W), batched)."""
+    """(pred (B,H,W), gt (B,H,W), mask bool (B,H,W), batched), all on gt's device."""
     pred_t, gt_t = _to_tensor(pred, "pred"), _to_tensor(gt, "target")
     if pred_t.shape != gt_t.shape:
         raise ValueError(
@@ -86,30 +86,21 @@ def _batch(
     batched = pred_t.ndim == 3
     if not batched:
         pred_t, gt_t, mask_t = pred_t[None], gt_t[None], mask_t[None]
-    return pred_t.to(device=device, dtype=torch.float64), gt_t.to(torch.float64), mask_t, batched
+    return pred_t.to(device), gt_t, mask_t, batched
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """Per-image mean of x over mask: (B,H,W) -> (B,); 0 where n == 0."""
-    return torch.where(mask, x, 0.0).sum(dim=(1, 2)) / n.clamp_min(1)
-
-
-def _least_squares(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image (scale, shift, pred_is_constant), all (B,), from centred float64 sums."""
-    n = mask.sum(dim=(1, 2)).to(torch.float64)
-    pred_mean = _masked_mean(pred, mask, n)
-    target_mean = _masked_mean(target, mask, n)
-    pc = torch.where(mask, pred - pred_mean[:, None, None], 0.0)
-    tc = torch.where(mask, target - target_mean[:, None, None], 0.0)
-    var = (pc * pc).sum(dim=(1, 2))
-    cov = (pc * tc).sum(dim=(1, 2))
-    magnitude = torch.where(mask, pred.abs(), 0.0).amax(dim=(1, 2))
-    constant = var <= (n * (_CONSTANT_RTOL * magnitude) ** 2)
-    scale = torch.where(constant, torch.nan, cov / torch.where(constant, 1.0, var))
-    shift = target_mean - scale * pred_mean
-    return scale, shift, constant
+def _fit(p: torch.Tensor, d: torch.Tensor) -> tuple[float, float] | None:
+    """Least-squares (scale, shift) of 1-D float64 p to d from centred sums; None if p is
+    constant (up to float rounding) or has fewer than 2 values."""
+    if p.numel() < 2:
+        return None
+    p_mean, d_mean = p.mean(), d.mean()
+    pc = p - p_mean
+    var = float(pc.dot(pc))
+    if var <= p.numel() * (_CONSTANT_RTOL * float(p.abs().max())) ** 2:
+        return None
+    scale = float(pc.dot(d - d_mean)) / var
+    return scale, float(d_mean) - scale * float(p_mean)
 
 
 def align_scale_shift(
@@ -131,91 +122,88 @@ def align_scale_shift(
     """
     pred_t, target_t, mask_t, batched = _batch(pred, target, mask)
     mask_t = mask_t & torch.isfinite(target_t) & torch.isfinite(pred_t)
-    scale, shift, constant = _least_squares(pred_t, target_t, mask_t)
-    too_few = mask_t.sum(dim=(1, 2)) < 2
-    scale = torch.where(too_few, torch.nan, scale)
-    shift = torch.where(too_few | constant, torch.nan, shift)
+    fits = [_fit(pred_t[b][mask_t[b]].double(), target_t[b][mask_t[b]].double())
+            for b in range(pred_t.shape[0])]
+    scale = [math.nan if f is None else f[0] for f in fits]
+    shift = [math.nan if f is None else f[1] for f in fits]
     if batched:
-        return scale, shift
-    return float(scale[0]), float(shift[0])
+        return torch.tensor(scale, dtype=torch.float64), torch.tensor(shift, dtype=torch.float64)
+    return scale[0], shift[0]
 
 
-def _valid_and_range(
-    gt_depth: torch.Tensor,
+def _valid_pixels(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
     mask: torch.Tensor,
     min_depth: float | None,
     max_depth: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(valid (B,H,W), lo (B,), hi (B,)): valid GT pixels and the per-image depth range."""
-    valid = mask & torch.isfinite(gt_depth) & (gt_depth > 0)
+) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """Float64 1-D (pred, gt depth) over one image's valid GT pixels, and why it is
+    degenerate (or None)."""
+    valid = mask & torch.isfinite(gt) & (gt > 0)
     if min_depth is not None:
-        valid &= gt_depth >= min_depth
+        valid &= gt >= min_depth
     if max_depth is not None:
-        valid &= gt_depth <= max_depth
-    if min_depth is not None and max_depth is not None and not 0 < min_depth < max_depth:
-        raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
-    inf = torch.tensor(math.inf, dtype=torch.float64, device=gt_depth.device)
-    gt_lo = torch.where(valid, gt_depth, inf).amin(dim=(1, 2))
-    gt_hi = torch.where(valid, gt_depth, -inf).amax(dim=(1, 2))
-    lo = torch.full_like(gt_lo, min_depth) if min_depth is not None else gt_lo
-    hi = torch.full_like(gt_hi, max_depth) if max_depth is not None else gt_hi
-    return valid, lo, hi
+        valid &= gt <= max_depth
+    p, z = pred[valid].double(), gt[valid].double()
+    if z.numel() < MIN_VALID_PIXELS:
+        return p, z, f"{z.numel()} valid pixels (< {MIN_VALID_PIXELS})"
+    if not bool(torch.isfinite(p).all()):
+        return p, z, "non-finite prediction on valid pixels"
+    return p, z, None
 
 
-def _errors(x_hat: torch.Tensor, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image metrics (B,) of positive x_hat against positive x over valid pixels."""
-    n = valid.sum(dim=(1, 2)).to(torch.float64)
-    # invalid pixels get harmless values so no inf/NaN is ever formed before masking
-    x_hat = torch.where(valid, x_hat, 1.0)
-    x = torch.where(valid, x, 1.0)
+def _median(x: torch.Tensor) -> float:
+    """Median of a 1-D tensor, averaging the two middle values for even sizes (as numpy);
+    `torch.quantile` is limited to 2**24 elements, ETH3D images have 24M pixels."""
+    n = x.numel()
+    lower = float(torch.kthvalue(x, (n + 1) // 2).values)
+    return lower if n % 2 else (lower + float(torch.kthvalue(x, n // 2 + 1).values)) / 2
+
+
+def _depth_range(
+    z: torch.Tensor, min_depth: float | None, max_depth: float | None
+) -> tuple[float, float]:
+    """[lo, hi] clipping range: the given bounds, else the valid GT's own extremes."""
+    lo = float(z.min()) if min_depth is None else min_depth
+    hi = float(z.max()) if max_depth is None else max_depth
+    return lo, hi
+
+
+def _errors(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    """Metrics of positive 1-D x_hat against positive 1-D x (float64)."""
     diff = x_hat - x
+    sq = diff * diff
     ratio = torch.maximum(x_hat / x, x / x_hat)
-    out = {
-        "abs_rel": _masked_mean(diff.abs() / x, valid, n),
-        "delta1": _masked_mean((ratio < 1.25).double(), valid, n),
-        "delta2": _masked_mean((ratio < 1.25**2).double(), valid, n),
-        "delta3": _masked_mean((ratio < 1.25**3).double(), valid, n),
-        "rmse": _masked_mean(diff * diff, valid, n).sqrt(),
-        "sq_rel": _masked_mean(diff * diff / x, valid, n),
-        "log10": _masked_mean((torch.log10(x_hat) - torch.log10(x)).abs(), valid, n),
+    return {
+        "abs_rel": float((diff.abs() / x).mean()),
+        "delta1": float((ratio < 1.25).double().mean()),
+        "delta2": float((ratio < 1.25**2).double().mean()),
+        "delta3": float((ratio < 1.25**3).double().mean()),
+        "rmse": math.sqrt(float(sq.mean())),
+        "sq_rel": float((sq / x).mean()),
+        "log10": float((torch.log10(x_hat) - torch.log10(x)).abs().mean()),
     }
+
+
+def _collect(rows: list[dict[str, Any]], batched: bool, space: str) -> dict[str, Any]:
+    """Per-image dicts -> one dict (floats for a single image, (B,) tensors for a batch)."""
+    if not batched:
+        return rows[0] | {"space": space}
+    out: dict[str, Any] = {
+        k: torch.tensor([r[k] for r in rows], dtype=torch.float64)
+        for k in (*METRIC_NAMES, "scale", "shift")
+        if k in rows[0]
+    }
+    out["n_valid"] = torch.tensor([r["n_valid"] for r in rows], dtype=torch.int64)
+    out["degenerate"] = [r["degenerate"] for r in rows]
+    out["space"] = space
     return out
 
 
-def _finish(
-    metrics: dict[str, torch.Tensor],
-    n_valid: torch.Tensor,
-    reasons: list[str | None],
-    batched: bool,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    bad = torch.tensor([r is not None for r in reasons], device=n_valid.device)
-    out: dict[str, Any] = {k: torch.where(bad, torch.nan, v) for k, v in metrics.items()}
-    out["n_valid"] = n_valid
-    if batched:
-        out["degenerate"] = reasons
-        out.update(extra)
-        return out
-    single: dict[str, Any] = {k: float(v[0]) for k, v in out.items() if k != "n_valid"}
-    single["n_valid"] = int(n_valid[0])
-    single["degenerate"] = reasons[0]
-    single.update(extra)
-    return single
-
-
-def _common_reasons(
-    pred: torch.Tensor, valid: torch.Tensor, n_valid: torch.Tensor
-) -> list[str | None]:
-    nonfinite = (valid & ~torch.isfinite(pred)).any(dim=(1, 2)).tolist()
-    reasons: list[str | None] = []
-    for n, bad_pred in zip(n_valid.tolist(), nonfinite):
-        if n < MIN_VALID_PIXELS:
-            reasons.append(f"{n} valid pixels (< {MIN_VALID_PIXELS})")
-        elif bad_pred:
-            reasons.append("non-finite prediction on valid pixels")
-        else:
-            reasons.append(None)
-    return reasons
+def _degenerate_row(n_valid: int, reason: str, **extra: float) -> dict[str, Any]:
+    return {**dict.fromkeys(METRIC_NAMES, math.nan), **extra, "n_valid": n_valid,
+            "degenerate": reason}
 
 
 def relative_depth_metrics(
@@ -245,30 +233,30 @@ def relative_depth_metrics(
     """
     if space not in ("disparity", "depth"):
         raise ValueError(f"space must be 'disparity' or 'depth', got {space!r}")
+    _check_range(min_depth, max_depth)
     pred, gt, mask_t, batched = _batch(pred_disparity, gt_depth, mask)
-    valid, lo, hi = _valid_and_range(gt, mask_t, min_depth, max_depth)
-    n_valid = valid.sum(dim=(1, 2))
-    reasons = _common_reasons(pred, valid, n_valid)
-    fit = valid & torch.isfinite(pred)
-    gt_disp = torch.where(valid, 1.0 / torch.where(valid, gt, 1.0), 0.0)
-    scale, shift, constant = _least_squares(torch.where(fit, pred, 0.0), gt_disp, fit)
-    reasons = [
-        r if r is not None or not c else "constant prediction"
-        for r, c in zip(reasons, constant.tolist())
-    ]
-    aligned = scale[:, None, None] * pred + shift[:, None, None]
-    disp_lo, disp_hi = (1.0 / hi)[:, None, None], (1.0 / lo)[:, None, None]
-    aligned = torch.minimum(torch.maximum(aligned, disp_lo), disp_hi)
-    if space == "disparity":
-        metrics = _errors(aligned, gt_disp, valid)
-    else:
-        metrics = _errors(1.0 / aligned, gt, valid)
-    extra: dict[str, Any] = {"space": space}
-    if batched:
-        extra.update(scale=scale, shift=shift)
-    else:
-        extra.update(scale=float(scale[0]), shift=float(shift[0]))
-    return _finish(metrics, n_valid, reasons, batched, extra)
+    rows = []
+    for b in range(pred.shape[0]):
+        p, z, reason = _valid_pixels(pred[b], gt[b], mask_t[b], min_depth, max_depth)
+        d = 1.0 / z
+        fit = _fit(p, d) if reason is None else None
+        if fit is None:
+            reason = reason or "constant prediction"
+            rows.append(_degenerate_row(z.numel(), reason, scale=math.nan, shift=math.nan))
+            continue
+        scale, shift = fit
+        lo, hi = _depth_range(z, min_depth, max_depth)
+        # clipping to the depth range keeps the aligned disparity positive
+        d_hat = (scale * p + shift).clamp(1.0 / hi, 1.0 / lo)
+        metrics = _errors(d_hat, d) if space == "disparity" else _errors(1.0 / d_hat, z)
+        rows.append(metrics | {"scale": scale, "shift": shift, "n_valid": z.numel(),
+                               "degenerate": None})
+    return _collect(rows, batched, space)
+
+
+def _check_range(min_depth: float | None, max_depth: float | None) -> None:
+    if min_depth is not None and max_depth is not None and not 0 < min_depth < max_depth:
+        raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
 
 
 def metric_depth_metrics(
@@ -292,25 +280,25 @@ def metric_depth_metrics(
     """
     if alignment not in ("median", "none"):
         raise ValueError(f"alignment must be 'median' or 'none', got {alignment!r}")
+    _check_range(min_depth, max_depth)
     pred, gt, mask_t, batched = _batch(pred_depth, gt_depth, mask)
-    valid, lo, hi = _valid_and_range(gt, mask_t, min_depth, max_depth)
-    n_valid = valid.sum(dim=(1, 2))
-    reasons = _common_reasons(pred, valid, n_valid)
-    scale = torch.ones(pred.shape[0], dtype=torch.float64, device=pred.device)
-    if alignment == "median":
-        for b in range(pred.shape[0]):
-            if reasons[b] is not None:
-                continue
-            pred_median = torch.quantile(pred[b][valid[b]], 0.5)
-            if not pred_median > 0:
-                reasons[b] = f"median predicted depth {float(pred_median):.3g} <= 0"
-                continue
-            scale[b] = torch.quantile(gt[b][valid[b]], 0.5) / pred_median
-    z_hat = scale[:, None, None] * pred
-    z_hat = torch.minimum(torch.maximum(z_hat, lo[:, None, None]), hi[:, None, None])
-    metrics = _errors(z_hat, gt, valid)
-    extra: dict[str, Any] = {"space": "depth", "scale": scale if batched else float(scale[0])}
-    return _finish(metrics, n_valid, reasons, batched, extra)
+    rows = []
+    for b in range(pred.shape[0]):
+        p, z, reason = _valid_pixels(pred[b], gt[b], mask_t[b], min_depth, max_depth)
+        scale = 1.0
+        if reason is None and alignment == "median":
+            pred_median = _median(p)
+            if pred_median > 0:
+                scale = _median(z) / pred_median
+            else:
+                reason = f"median predicted depth {pred_median:.3g} <= 0"
+        if reason is not None:
+            rows.append(_degenerate_row(z.numel(), reason, scale=math.nan))
+            continue
+        lo, hi = _depth_range(z, min_depth, max_depth)
+        metrics = _errors((scale * p).clamp(lo, hi), z)
+        rows.append(metrics | {"scale": scale, "n_valid": z.numel(), "degenerate": None})
+    return _collect(rows, batched, "depth")
 
 
 def mean_metrics(per_image: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
