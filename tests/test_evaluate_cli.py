@@ -33,7 +33,9 @@ def make_generic(root: Path, n: int = 3) -> list[np.ndarray]:
     for i in range(n):
         (root / "color").mkdir(parents=True, exist_ok=True)
         (root / "depth").mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "color" / f"{i:03d}.png")
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(
+            root / "color" / f"{i:03d}.png"
+        )
         mm = rng.integers(500, 9000, (H, W))
         mm[rng.random((H, W)) < 0.2] = 0
         Image.fromarray(mm.astype(np.uint16)).save(root / "depth" / f"{i:03d}.png")
@@ -61,19 +63,44 @@ def test_cli_scores_npy_and_png16_predictions(tmp_path, capsys):
     (preds / "sub").mkdir()
     (preds / "sub" / "001.png").write_bytes(encoded.data)
     with Manifest(preds / "manifest.jsonl") as manifest:
-        manifest.add(ManifestRecord(
-            input=str(data / "color" / "001.png"), output="sub/001.png", shape=list(encoded.shape),
-            min=encoded.min, max=encoded.max, checksum="", bytes=len(encoded.data), format="png16",
-        ))
+        manifest.add(
+            ManifestRecord(
+                input=str(data / "color" / "001.png"),
+                output="sub/001.png",
+                shape=list(encoded.shape),
+                min=encoded.min,
+                max=encoded.max,
+                checksum="",
+                bytes=len(encoded.data),
+                format="png16",
+            )
+        )
     out_json = tmp_path / "result.json"
-    code = run_cli(["--dataset", "generic", "--root", str(data), "--encoding", "mm",
-                    "--predictions", str(preds), "--output", str(out_json), "--no-progress"])
+    code = run_cli(
+        [
+            "--dataset",
+            "generic",
+            "--root",
+            str(data),
+            "--encoding",
+            "mm",
+            "--predictions",
+            str(preds),
+            "--output",
+            str(out_json),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "AbsRel" in printed and "ours" in printed and "1 without prediction" in printed
     result = json.loads(out_json.read_text())
     assert result["space"] == "disparity" and result["alignment"] == "scale_shift"
-    assert result["n_images"] == 3 and result["n_evaluated"] == 2 and result["missing"] == ["color/002"]
+    assert (
+        result["n_images"] == 3
+        and result["n_evaluated"] == 2
+        and result["missing"] == ["color/002"]
+    )
     by_name = {r["name"]: r for r in result["per_image"]}
     assert by_name["color/000"]["abs_rel"] < 1e-5  # float32 storage only
     assert by_name["color/001"]["abs_rel"] < 2e-4  # 16-bit quantisation of the disparity
@@ -90,8 +117,10 @@ def test_runner_resizes_and_depth_space(tmp_path):
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
         # half-resolution predictions of the right content: resized back before scoring
-        return [np.asarray(Image.fromarray(affine_disparity(depths[int(i)])).resize((W // 2, H // 2)))
-                for i in range(len(images))]
+        return [
+            np.asarray(Image.fromarray(affine_disparity(depths[int(i)])).resize((W // 2, H // 2)))
+            for i in range(len(images))
+        ]
 
     result = evaluate_predictions(reader, predict, space="depth", batch_size=2)
     assert result.n_evaluated == 2 and result.per_image[0]["resized_from"] == [H // 2, W // 2]
@@ -128,7 +157,9 @@ def test_cli_compare_paper_on_kitti_layout(tmp_path, capsys):
         depth_rel = f"2011_09_26_drive_0002_sync/proj_depth/groundtruth/image_02/{frame}.png"
         for rel in (image_rel, depth_rel):
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(tmp_path / image_rel)
+        Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(
+            tmp_path / image_rel
+        )
         raw = rng.integers(256, 70 * 256, (30, 60))
         Image.fromarray(raw.astype(np.uint16)).save(tmp_path / depth_rel)
         prediction = (256.0 / raw + 0.01 * rng.standard_normal(raw.shape)).astype(np.float32)
@@ -137,8 +168,20 @@ def test_cli_compare_paper_on_kitti_layout(tmp_path, capsys):
         np.save(pred_path, prediction)
         lines.append(f"{image_rel} {depth_rel} 721.5377")
     (tmp_path / "eigen_test_files_with_gt.txt").write_text("\n".join(lines))
-    code = run_cli(["--dataset", "kitti", "--root", str(tmp_path), "--predictions",
-                    str(tmp_path / "pred"), "--compare-paper", "--size", "vits", "--no-progress"])
+    code = run_cli(
+        [
+            "--dataset",
+            "kitti",
+            "--root",
+            str(tmp_path),
+            "--predictions",
+            str(tmp_path / "pred"),
+            "--compare-paper",
+            "--size",
+            "vits",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "paper Depth Anything ViT-S" in printed and "0.080" in printed and "0.936" in printed
@@ -151,8 +194,21 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert run_cli(["--dataset", "generic", "--root", str(tmp_path)]) == 2
     assert "--predictions" in capsys.readouterr().err
     make_generic(tmp_path / "d", n=1)
-    assert run_cli(["--dataset", "generic", "--root", str(tmp_path / "d"), "--split", "test",
-                    "--predictions", "x"]) == 2
+    assert (
+        run_cli(
+            [
+                "--dataset",
+                "generic",
+                "--root",
+                str(tmp_path / "d"),
+                "--split",
+                "test",
+                "--predictions",
+                "x",
+            ]
+        )
+        == 2
+    )
     assert "does not take that option" in capsys.readouterr().err
 
 
@@ -175,10 +231,31 @@ def test_cli_with_tiny_random_model(tmp_path):
     data = tmp_path / "data"
     make_generic(data, n=3)
     out_json = tmp_path / "r.json"
-    code = run_cli(["--dataset", "generic", "--root", str(data), "--encoding", "mm", "--weights",
-                    str(tmp_path / "model"), "--batch-size", "2", "--input-size", "28",
-                    "--precision", "fp32", "--device", "cpu", "--space", "depth",
-                    "--output", str(out_json), "--no-progress"])
+    code = run_cli(
+        [
+            "--dataset",
+            "generic",
+            "--root",
+            str(data),
+            "--encoding",
+            "mm",
+            "--weights",
+            str(tmp_path / "model"),
+            "--batch-size",
+            "2",
+            "--input-size",
+            "28",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--space",
+            "depth",
+            "--output",
+            str(out_json),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     result = json.loads(out_json.read_text())
     assert result["n_images"] == 3 and result["space"] == "depth"

@@ -54,13 +54,21 @@ def test_kitti_reader(tmp_path):
         raw = truth[sample.name]
         garg = np.zeros(raw.shape, bool)
         h, w = raw.shape
-        garg[int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)] = True
+        garg[
+            int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)
+        ] = True
         expected_mask = (raw > 0) & garg & (raw / 256.0 <= 80.0)
         np.testing.assert_array_equal(sample.mask, expected_mask)
         np.testing.assert_allclose(sample.depth[sample.mask], raw[expected_mask] / 256.0, rtol=1e-7)
         assert sample.image.shape == (h, w, 3) and sample.image.dtype == np.uint8
-    eigen = get_reader("kitti", tmp_path, image_root=tmp_path / "raw", depth_root=tmp_path / "gt",
-                       crop="eigen", load_images=False)
+    eigen = get_reader(
+        "kitti",
+        tmp_path,
+        image_root=tmp_path / "raw",
+        depth_root=tmp_path / "gt",
+        crop="eigen",
+        load_images=False,
+    )
     sample = next(iter(eigen))
     assert sample.image is None and sample.mask[int(0.35 * 30)].any()
 
@@ -83,11 +91,17 @@ def test_nyu_test_split_is_the_official_one():
 def test_nyu_reader_layout_logic(tmp_path, monkeypatch):
     # the .mat decoding needs h5py/scipy; the split, crop and range logic is checked on arrays
     (tmp_path / "nyu_depth_v2_labeled.mat").write_bytes(b"placeholder")
-    depths = {i: rng.uniform(0.5, 12.0, (480, 640)).astype(np.float32) for i in NYU_TEST_INDICES[:3]}
+    depths = {
+        i: rng.uniform(0.5, 12.0, (480, 640)).astype(np.float32) for i in NYU_TEST_INDICES[:3]
+    }
     monkeypatch.setattr(
-        datasets, "_open_nyu_mat",
-        lambda path, key: (lambda i: np.full((480, 640, 3), i % 256, np.uint8),
-                           lambda i: depths[i], 1449),
+        datasets,
+        "_open_nyu_mat",
+        lambda path, key: (
+            lambda i: np.full((480, 640, 3), i % 256, np.uint8),
+            lambda i: depths[i],
+            1449,
+        ),
     )
     reader = get_reader("nyuv2", tmp_path, limit=3)
     samples = list(reader)
@@ -178,8 +192,12 @@ def test_diode_reader_splits(tmp_path):
 # ---------------------------------------------------------------------------------------- ETH3D
 def test_eth3d_reader(tmp_path):
     h, w = 9, 14
-    image = write_rgb(tmp_path / "courtyard" / "images" / "dslr_images_undistorted" / "DSC_0286.JPG",
-                      h, w, fmt="JPEG")
+    image = write_rgb(
+        tmp_path / "courtyard" / "images" / "dslr_images_undistorted" / "DSC_0286.JPG",
+        h,
+        w,
+        fmt="JPEG",
+    )
     depth = rng.uniform(0.5, 30.0, (h, w)).astype(np.float32)
     depth[0, :5] = np.inf
     depth_path = tmp_path / "courtyard" / "ground_truth_depth" / "dslr_images" / "DSC_0286.JPG"
@@ -264,7 +282,9 @@ def test_generic_on_real_rgbd(shared_data):
         header = [f.readline() for _ in range(1)][0].split()
         w, h = int(header[1]), int(header[2])
         f.seek(-w * h * 2, 2)
-        kinect = np.frombuffer(f.read(), "<u2").reshape(h, w).astype(np.float64)  # toolbox swapbytes
+        kinect = (
+            np.frombuffer(f.read(), "<u2").reshape(h, w).astype(np.float64)
+        )  # toolbox swapbytes
     nyu_valid = kinect != 2047
     nyu = np.where(nyu_valid, 351.3 / (1092.5 - kinect), 0.0)
     nyu_valid &= (nyu > 0) & (nyu <= 10.0)
@@ -274,7 +294,9 @@ def test_generic_on_real_rgbd(shared_data):
         ("nyu_kinect", "NYU_color.ppm", "NYU_depth.pgm", nyu, nyu_valid),
     ]
     for encoding, image, depth, metres, valid in cases:
-        reader = get_reader("generic", rgbd, encoding=encoding, pairs=[(rgbd / image, rgbd / depth)])
+        reader = get_reader(
+            "generic", rgbd, encoding=encoding, pairs=[(rgbd / image, rgbd / depth)]
+        )
         (sample,) = list(reader)
         assert sample.image.shape == (480, 640, 3)
         np.testing.assert_array_equal(sample.mask, valid)

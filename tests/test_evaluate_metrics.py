@@ -64,8 +64,9 @@ def random_case(b=3, h=17, w=23, dtype=torch.float32):
 @pytest.mark.parametrize("depth_range", [(None, None), (1.0, 8.0)])
 def test_batched_matches_oracle(space, depth_range):
     pred, gt, mask = random_case()
-    out = relative_depth_metrics(pred, gt, mask, space=space, min_depth=depth_range[0],
-                                 max_depth=depth_range[1])
+    out = relative_depth_metrics(
+        pred, gt, mask, space=space, min_depth=depth_range[0], max_depth=depth_range[1]
+    )
     assert out["space"] == space and out["degenerate"] == [None, None, None]
     for b in range(pred.shape[0]):
         ref = oracle_relative(pred[b].numpy(), gt[b].numpy(), mask[b].numpy(), space, *depth_range)
@@ -134,7 +135,9 @@ def test_hand_computed_metric_depth():
     assert out["log10"] == pytest.approx(math.log10(1.1))
     # median scaling removes any global scale
     scaled = metric_depth_metrics(gt * 3.7, gt, alignment="median")
-    assert scaled["abs_rel"] == pytest.approx(0.0, abs=1e-12) and scaled["scale"] == pytest.approx(1 / 3.7)
+    assert scaled["abs_rel"] == pytest.approx(0.0, abs=1e-12) and scaled["scale"] == pytest.approx(
+        1 / 3.7
+    )
 
 
 def test_hand_computed_disparity_delta():
@@ -160,8 +163,14 @@ def test_degenerate_images_are_reported_and_excluded():
     assert "valid pixels" in reasons[0] and reasons[1] == "constant prediction"
     assert "non-finite" in reasons[2] and reasons[3] is None
     assert torch.isnan(out["abs_rel"][:3]).all() and torch.isfinite(out["abs_rel"][3])
-    rows = [{k: (v[b] if k == "degenerate" else float(v[b])) for k, v in out.items()
-             if k in (*METRIC_NAMES, "degenerate")} for b in range(4)]
+    rows = [
+        {
+            k: (v[b] if k == "degenerate" else float(v[b]))
+            for k, v in out.items()
+            if k in (*METRIC_NAMES, "degenerate")
+        }
+        for b in range(4)
+    ]
     summary = mean_metrics(rows)
     assert summary["n_images"] == 4 and summary["n_evaluated"] == 1 and summary["n_degenerate"] == 3
     assert summary["abs_rel"] == pytest.approx(out["abs_rel"][3].item())

@@ -54,10 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--input-size", type=int, default=518)
     p.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
-    p.add_argument("--space", choices=("disparity", "depth"), default=None,
-                   help="metric space (default: disparity; depth for metric alignments)")
-    p.add_argument("--alignment", choices=("scale_shift", "median", "none"), default=None,
-                   help="default: scale_shift, or median for a metric-depth model")
+    p.add_argument(
+        "--space",
+        choices=("disparity", "depth"),
+        default=None,
+        help="metric space (default: disparity; depth for metric alignments)",
+    )
+    p.add_argument(
+        "--alignment",
+        choices=("scale_shift", "median", "none"),
+        default=None,
+        help="default: scale_shift, or median for a metric-depth model",
+    )
     p.add_argument("--min-depth", type=float, default=None, help="default: the dataset's")
     p.add_argument("--max-depth", type=float, default=None, help="default: the dataset's")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -70,10 +78,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     g.add_argument("--pass-name", help="sintel: final|clean")
     g.add_argument("--encoding", help="generic: metres|mm|kitti|tum|redwood|sun3d|nyu_kinect")
     p.add_argument("--output", help="write the results (mean, per image, excluded) as JSON")
-    p.add_argument("--compare-paper", action="store_true",
-                   help="show Depth Anything Table 2 (AbsRel, δ1) beside ours")
-    p.add_argument("--size", choices=SIZES, help="model size for --compare-paper "
-                   "(default: the model's encoder)")
+    p.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="show Depth Anything Table 2 (AbsRel, δ1) beside ours",
+    )
+    p.add_argument(
+        "--size",
+        choices=SIZES,
+        help="model size for --compare-paper (default: the model's encoder)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_evaluate)
 
@@ -90,7 +104,9 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    )
 
 
 def format_table(rows: list[tuple[str, dict[str, float | None]]]) -> str:
@@ -99,8 +115,9 @@ def format_table(rows: list[tuple[str, dict[str, float | None]]]) -> str:
     header = "".ljust(label_width) + "".join(h.rjust(9) for _, h in COLUMNS)
     lines = [header]
     for label, metrics in rows:
-        lines.append(label.ljust(label_width)
-                     + "".join(_fmt(metrics.get(k)).rjust(9) for k, _ in COLUMNS))
+        lines.append(
+            label.ljust(label_width) + "".join(_fmt(metrics.get(k)).rjust(9) for k, _ in COLUMNS)
+        )
     return "\n".join(lines)
 
 
@@ -135,9 +152,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
         try:
             model = load_model(args.weights)
-            predictor = Predictor(model, batch_size=args.batch_size, precision=args.precision,
-                                  compile=args.compile, input_size=args.input_size,
-                                  resize=args.resize, device=args.device)
+            predictor = Predictor(
+                model,
+                batch_size=args.batch_size,
+                precision=args.precision,
+                compile=args.compile,
+                input_size=args.input_size,
+                resize=args.resize,
+                device=args.device,
+            )
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -153,8 +176,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(reader), unit="img", disable=args.no_progress, file=sys.stderr)
     try:
         result = evaluate_predictions(
-            reader, predictions, space=space, alignment=alignment,  # type: ignore[arg-type]
-            min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
+            reader,
+            predictions,
+            space=space,
+            alignment=alignment,  # type: ignore[arg-type]
+            min_depth=args.min_depth,
+            max_depth=args.max_depth,
+            batch_size=args.batch_size,
             on_image=lambda _: bar.update(1),
         )
     except (ValueError, FileNotFoundError) as exc:
@@ -164,16 +192,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         bar.close()
 
     depth_range = f"{result.min_depth or 'GT min'}..{result.max_depth or 'GT max'} m"
-    print(f"{result.dataset}: {result.n_evaluated} of {result.n_images} images evaluated "
-          f"({len(result.degenerate)} degenerate, {len(result.missing)} without prediction"
-          f"{f', {len(reader.skipped)} without ground truth' if reader.skipped else ''}); "
-          f"{alignment} alignment, {space} space, depth range {depth_range}")
+    print(
+        f"{result.dataset}: {result.n_evaluated} of {result.n_images} images evaluated "
+        f"({len(result.degenerate)} degenerate, {len(result.missing)} without prediction"
+        f"{f', {len(reader.skipped)} without ground truth' if reader.skipped else ''}); "
+        f"{alignment} alignment, {space} space, depth range {depth_range}"
+    )
     rows: list[tuple[str, dict[str, float | None]]] = [("ours", dict(result.mean))]
     paper: dict[str, Any] = {}
     if args.compare_paper:
         if size not in SIZES:
-            print("note: --compare-paper needs --size vits|vitb|vitl (model size unknown)",
-                  file=sys.stderr)
+            print(
+                "note: --compare-paper needs --size vits|vitb|vitl (model size unknown)",
+                file=sys.stderr,
+            )
         else:
             for model_key in ("midas_v3.1_beit_l_512", size):
                 numbers = paper_numbers(model_key, result.dataset)
@@ -183,14 +215,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             if not paper:
                 print(f"note: Table 2 has no {result.dataset} column", file=sys.stderr)
             if space != PAPER_SPACE or alignment != "scale_shift":
-                print(f"note: Table 2 is in {PAPER_SPACE} space with scale_shift alignment; "
-                      f"ours is {space} space with {alignment}", file=sys.stderr)
+                print(
+                    f"note: Table 2 is in {PAPER_SPACE} space with scale_shift alignment; "
+                    f"ours is {space} space with {alignment}",
+                    file=sys.stderr,
+                )
     print(format_table(rows))
 
     if args.output:
         out = result.to_dict()
-        out["source"] = {"weights": args.weights, "predictions": args.predictions,
-                         "root": str(args.root)}
+        out["source"] = {
+            "weights": args.weights,
+            "predictions": args.predictions,
+            "root": str(args.root),
+        }
         if paper:
             out["paper_table2"] = paper
         path = Path(args.output)

@@ -78,7 +78,9 @@ def _listing(path: Path, limit: int = 8) -> str:
     return f"{path} contains: {', '.join(names[:limit])}{more}"
 
 
-def _layout_error(reader: str, root: Path, expected: str, found: str | None = None) -> DatasetLayoutError:
+def _layout_error(
+    reader: str, root: Path, expected: str, found: str | None = None
+) -> DatasetLayoutError:
     return DatasetLayoutError(
         f"{reader}: expected {expected}; found: {found if found is not None else _listing(root)}"
     )
@@ -207,9 +209,13 @@ def crop_mask(shape: tuple[int, int], crop: str | None) -> np.ndarray | None:
     h, w = shape
     mask = np.zeros(shape, dtype=bool)
     if crop == "garg":
-        mask[int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)] = True
+        mask[
+            int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)
+        ] = True
     elif crop == "eigen":
-        mask[int(0.3324324 * h) : int(0.91351351 * h), int(0.03594771 * w) : int(0.96405229 * w)] = True
+        mask[
+            int(0.3324324 * h) : int(0.91351351 * h), int(0.03594771 * w) : int(0.96405229 * w)
+        ] = True
     elif crop == "eigen_nyu":
         if shape != (480, 640):
             raise ValueError(f"the NYUv2 Eigen crop is defined on 480x640 images, got {h}x{w}")
@@ -255,7 +261,8 @@ class KittiReader(DatasetReader):
             split_path = next((p for p in candidates if p.is_file()), None)
             if split_path is None:
                 raise _layout_error(
-                    "kitti", self.root,
+                    "kitti",
+                    self.root,
                     f"an Eigen test split file ({' or '.join(KITTI_SPLIT_FILES)}) in {self.root} "
                     "or split_file=",
                 )
@@ -272,20 +279,27 @@ class KittiReader(DatasetReader):
             if not parts:
                 continue
             if len(parts) < 2:
-                raise ValueError(f"{split_path}:{line_no}: expected 'image depth [focal]', got {line!r}")
+                raise ValueError(
+                    f"{split_path}:{line_no}: expected 'image depth [focal]', got {line!r}"
+                )
             image_rel, depth_rel = parts[0].lstrip("/"), parts[1].lstrip("/")
             if depth_rel == "None":
                 self.skipped.append(image_rel)
                 continue
             image_path = image_root / image_rel
-            depth_path = next((d / depth_rel for d in depth_dirs if (d / depth_rel).is_file()), None)
+            depth_path = next(
+                (d / depth_rel for d in depth_dirs if (d / depth_rel).is_file()), None
+            )
             if depth_path is None or not image_path.is_file():
-                missing.append(str(image_path if depth_path is not None else depth_root / depth_rel))
+                missing.append(
+                    str(image_path if depth_path is not None else depth_root / depth_rel)
+                )
                 continue
             self.entries.append((image_rel, image_path, depth_path))
         if missing:
             raise _layout_error(
-                "kitti", self.root,
+                "kitti",
+                self.root,
                 f"every file listed in {split_path.name} under image_root={image_root} and "
                 f"depth_root={depth_root}[/val|/train]",
                 f"{len(missing)} of {len(missing) + len(self.entries)} missing, e.g. {missing[0]}",
@@ -298,8 +312,12 @@ class KittiReader(DatasetReader):
             raise ValueError(f"{depth_path}: KITTI depth must be a 16-bit PNG, got {raw.dtype}")
         depth = raw.astype(np.float32) / 256.0
         return self._sample(
-            os.path.splitext(image_rel)[0], image_path, self._image(image_path), depth,
-            raw > 0, crop_mask(depth.shape, self.crop),
+            os.path.splitext(image_rel)[0],
+            image_path,
+            self._image(image_path),
+            depth,
+            raw > 0,
+            crop_mask(depth.shape, self.crop),
         )
 
 
@@ -308,7 +326,9 @@ NYU_MAT_NAME = "nyu_depth_v2_labeled.mat"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _open_nyu_mat(path: Path, depth_key: str) -> tuple[Callable[[int], np.ndarray], Callable[[int], np.ndarray], int]:
+def _open_nyu_mat(
+    path: Path, depth_key: str
+) -> tuple[Callable[[int], np.ndarray], Callable[[int], np.ndarray], int]:
     """(image(i) -> (480,640,3) uint8, depth(i) -> (480,640) float32, count) of the .mat.
 
     v7.3 files are HDF5 (read lazily with h5py, arrays stored transposed); older v5 files are
@@ -373,7 +393,9 @@ class NyuV2Reader(DatasetReader):
         super().__init__(root, **kwargs)
         self.mat_path = self.root if self.root.is_file() else self.root / NYU_MAT_NAME
         if not self.mat_path.is_file():
-            raise _layout_error("nyuv2", self.root, f"the labelled set {NYU_MAT_NAME} in {self.root}")
+            raise _layout_error(
+                "nyuv2", self.root, f"the labelled set {NYU_MAT_NAME} in {self.root}"
+            )
         if split not in ("test", "all"):
             raise ValueError(f"nyuv2 split must be 'test' or 'all', got {split!r}")
         self.split, self.depth_key, self.crop = split, depth_key, crop
@@ -381,7 +403,8 @@ class NyuV2Reader(DatasetReader):
         if split == "test":
             if count != NYU_NUM_LABELLED:
                 raise _layout_error(
-                    "nyuv2", self.root,
+                    "nyuv2",
+                    self.root,
                     f"the {NYU_NUM_LABELLED}-image labelled set for split='test'",
                     f"{self.mat_path} holds {count} images",
                 )
@@ -392,8 +415,9 @@ class NyuV2Reader(DatasetReader):
     def _load(self, index: int) -> Sample:
         depth = self._depth_at(index)
         image = self._image_at(index) if self.load_images else None
-        return self._sample(f"{index:05d}", None, image, depth, depth > 0,
-                            crop_mask(depth.shape, self.crop))
+        return self._sample(
+            f"{index:05d}", None, image, depth, depth > 0, crop_mask(depth.shape, self.crop)
+        )
 
 
 # ------------------------------------------------------------------------------------- Sintel
@@ -441,8 +465,12 @@ class SintelReader(DatasetReader):
             else:
                 missing.append(image_path)
         if missing:
-            raise _layout_error("sintel", image_dir, "an image for every .dpt file",
-                                f"{len(missing)} missing, e.g. {missing[0]}")
+            raise _layout_error(
+                "sintel",
+                image_dir,
+                "an image for every .dpt file",
+                f"{len(missing)} missing, e.g. {missing[0]}",
+            )
         if not self.entries:
             raise _layout_error("sintel", depth_dir, "<scene>/frame_NNNN.dpt files")
 
@@ -487,8 +515,9 @@ class DiodeReader(DatasetReader):
                 name = image_path.relative_to(base).with_suffix("").as_posix()
                 self.entries.append((name, image_path, depth_path, mask_path))
         if not self.entries:
-            raise _layout_error("diode", base, "scene_*/scan_*/*_depth.npy files under "
-                                f"{[d.name for d in dirs]}")
+            raise _layout_error(
+                "diode", base, f"scene_*/scan_*/*_depth.npy files under {[d.name for d in dirs]}"
+            )
 
     def _load(self, entry: tuple[str, Path, Path, Path]) -> Sample:
         name, image_path, depth_path, mask_path = entry
@@ -519,16 +548,20 @@ class Eth3dReader(DatasetReader):
         self.image_size = image_size
         depth_files = sorted(self.root.glob("*/ground_truth_depth/dslr_images/*"))
         if not depth_files:
-            raise _layout_error("eth3d", self.root,
-                                "<scene>/ground_truth_depth/dslr_images/<image> depth files")
+            raise _layout_error(
+                "eth3d", self.root, "<scene>/ground_truth_depth/dslr_images/<image> depth files"
+            )
         for depth_path in depth_files:
             scene_dir = depth_path.parents[2]
-            candidates = [scene_dir / "images" / d / depth_path.name
-                          for d in ("dslr_images_undistorted", "dslr_images")]
+            candidates = [
+                scene_dir / "images" / d / depth_path.name
+                for d in ("dslr_images_undistorted", "dslr_images")
+            ]
             image_path = next((p for p in candidates if p.is_file()), None)
             if image_path is None:
-                raise _layout_error("eth3d", scene_dir / "images",
-                                    f"{candidates[0]} (or {candidates[1]})")
+                raise _layout_error(
+                    "eth3d", scene_dir / "images", f"{candidates[0]} (or {candidates[1]})"
+                )
             name = f"{scene_dir.name}/{Path(depth_path.name).stem}"
             self.entries.append((name, image_path, depth_path))
 
@@ -543,8 +576,10 @@ class Eth3dReader(DatasetReader):
             h, w = _image_size(image_path)
         depth = np.fromfile(depth_path, dtype="<f4")
         if depth.size != h * w:
-            raise ValueError(f"{depth_path}: {depth.size} float32 values, expected {h}x{w} "
-                             f"(the size of {image_path.name})")
+            raise ValueError(
+                f"{depth_path}: {depth.size} float32 values, expected {h}x{w} "
+                f"(the size of {image_path.name})"
+            )
         depth = depth.reshape(h, w)
         return self._sample(name, image_path, image, depth, np.isfinite(depth))
 
@@ -568,20 +603,26 @@ class DdadReader(DatasetReader):
             stem = depth_path.name.rsplit("_depth.", 1)[0]
             image_path = _first_existing(depth_path.parent, stem + "_rgb")
             if image_path is None:
-                raise _layout_error("ddad", depth_path.parent, f"{stem}_rgb.png beside {depth_path.name}")
+                raise _layout_error(
+                    "ddad", depth_path.parent, f"{stem}_rgb.png beside {depth_path.name}"
+                )
             name = (depth_path.parent / stem).relative_to(self.root).as_posix()
             self.entries.append((name, image_path, depth_path))
         if not self.entries and (self.root / "depth").is_dir():
-            for depth_path in sorted(p for ext in ("npz", "npy")
-                                     for p in (self.root / "depth").rglob(f"*.{ext}")):
+            for depth_path in sorted(
+                p for ext in ("npz", "npy") for p in (self.root / "depth").rglob(f"*.{ext}")
+            ):
                 rel = depth_path.relative_to(self.root / "depth").with_suffix("")
                 image_path = _first_existing((self.root / "rgb" / rel).parent, rel.name)
                 if image_path is None:
-                    raise _layout_error("ddad", self.root / "rgb", f"rgb/{rel}.png for {depth_path}")
+                    raise _layout_error(
+                        "ddad", self.root / "rgb", f"rgb/{rel}.png for {depth_path}"
+                    )
                 self.entries.append((rel.as_posix(), image_path, depth_path))
         if not self.entries:
-            raise _layout_error("ddad", self.root,
-                                "X_rgb.png + X_depth.npz pairs, or rgb/X.png + depth/X.npz")
+            raise _layout_error(
+                "ddad", self.root, "X_rgb.png + X_depth.npz pairs, or rgb/X.png + depth/X.npz"
+            )
 
     def _load(self, entry: tuple[str, Path, Path]) -> Sample:
         name, image_path, depth_path = entry
@@ -617,8 +658,14 @@ DEPTH_ENCODINGS: dict[str, dict[str, Any]] = {
     # NYU raw Kinect PGM: little-endian (the toolbox swapbytes; PIL reads PGM big-endian, hence
     # the 8-bit rotation), raw disparity with depth = 351.3 / (1092.5 - raw), i.e. disparity
     # 1/z = (1092.5 - raw) / 351.3; 2047 = no reading; the toolbox caps depth at 10 m
-    "nyu_kinect": {"kind": "disparity", "scale": -1 / 351.3, "offset": 1092.5 / 351.3,
-                   "invalid": (2047,), "max_depth": 10.0, "bit_rotate": 8},
+    "nyu_kinect": {
+        "kind": "disparity",
+        "scale": -1 / 351.3,
+        "offset": 1092.5 / 351.3,
+        "invalid": (2047,),
+        "max_depth": 10.0,
+        "bit_rotate": 8,
+    },
 }
 
 
@@ -707,7 +754,8 @@ class GenericReader(DatasetReader):
                     out.append((path, files[stem[: -len(suffix)] + "_depth"]))
         if not out:
             raise _layout_error(
-                "generic", root,
+                "generic",
+                root,
                 "sub-directories color|rgb|image(s)/ and depth(s)/ with matching stems, or "
                 "X_color.* + X_depth.* pairs, or a list file",
             )
@@ -725,8 +773,15 @@ class GenericReader(DatasetReader):
 # ----------------------------------------------------------------------------------- registry
 READERS: dict[str, type[DatasetReader]] = {
     cls.name: cls
-    for cls in (KittiReader, NyuV2Reader, SintelReader, DiodeReader, Eth3dReader, DdadReader,
-                GenericReader)
+    for cls in (
+        KittiReader,
+        NyuV2Reader,
+        SintelReader,
+        DiodeReader,
+        Eth3dReader,
+        DdadReader,
+        GenericReader,
+    )
 }
 
 

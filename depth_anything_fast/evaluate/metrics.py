@@ -39,8 +39,6 @@ import numpy as np
 import torch
 
 METRIC_NAMES: tuple[str, ...] = ("abs_rel", "delta1", "delta2", "delta3", "rmse", "sq_rel", "log10")
-# lower is better for these; higher for delta*
-LOWER_IS_BETTER: frozenset[str] = frozenset({"abs_rel", "rmse", "sq_rel", "log10"})
 MIN_VALID_PIXELS = 10
 # A prediction whose spread over the valid pixels is below this fraction of its magnitude is
 # constant up to float rounding: least squares would divide by ~0.
@@ -72,16 +70,19 @@ def _batch(
     if pred_t.ndim not in (2, 3):
         raise ValueError(f"expected (H, W) or (B, H, W) arrays, got shape {tuple(pred_t.shape)}")
     if not (pred_t.is_floating_point() and gt_t.is_floating_point()):
-        raise TypeError(f"prediction and ground truth must be floating point, got "
-                        f"{pred_t.dtype} and {gt_t.dtype}")
+        raise TypeError(
+            f"prediction and ground truth must be floating point, got "
+            f"{pred_t.dtype} and {gt_t.dtype}"
+        )
     device = gt_t.device
     if mask is None:
         mask_t = torch.ones(gt_t.shape, dtype=torch.bool, device=device)
     else:
         mask_t = _to_tensor(mask, "mask")
         if mask_t.shape != gt_t.shape:
-            raise ValueError(f"mask shape {tuple(mask_t.shape)} != ground-truth shape "
-                             f"{tuple(gt_t.shape)}")
+            raise ValueError(
+                f"mask shape {tuple(mask_t.shape)} != ground-truth shape {tuple(gt_t.shape)}"
+            )
         mask_t = mask_t.to(device=device, dtype=torch.bool)
     batched = pred_t.ndim == 3
     if not batched:
@@ -122,8 +123,10 @@ def align_scale_shift(
     """
     pred_t, target_t, mask_t, batched = _batch(pred, target, mask)
     mask_t = mask_t & torch.isfinite(target_t) & torch.isfinite(pred_t)
-    fits = [_fit(pred_t[b][mask_t[b]].double(), target_t[b][mask_t[b]].double())
-            for b in range(pred_t.shape[0])]
+    fits = [
+        _fit(pred_t[b][mask_t[b]].double(), target_t[b][mask_t[b]].double())
+        for b in range(pred_t.shape[0])
+    ]
     scale = [math.nan if f is None else f[0] for f in fits]
     shift = [math.nan if f is None else f[1] for f in fits]
     if batched:
@@ -202,8 +205,12 @@ def _collect(rows: list[dict[str, Any]], batched: bool, space: str) -> dict[str,
 
 
 def _degenerate_row(n_valid: int, reason: str, **extra: float) -> dict[str, Any]:
-    return {**dict.fromkeys(METRIC_NAMES, math.nan), **extra, "n_valid": n_valid,
-            "degenerate": reason}
+    return {
+        **dict.fromkeys(METRIC_NAMES, math.nan),
+        **extra,
+        "n_valid": n_valid,
+        "degenerate": reason,
+    }
 
 
 def relative_depth_metrics(
@@ -249,8 +256,9 @@ def relative_depth_metrics(
         # clipping to the depth range keeps the aligned disparity positive
         d_hat = (scale * p + shift).clamp(1.0 / hi, 1.0 / lo)
         metrics = _errors(d_hat, d) if space == "disparity" else _errors(1.0 / d_hat, z)
-        rows.append(metrics | {"scale": scale, "shift": shift, "n_valid": z.numel(),
-                               "degenerate": None})
+        rows.append(
+            metrics | {"scale": scale, "shift": shift, "n_valid": z.numel(), "degenerate": None}
+        )
     return _collect(rows, batched, space)
 
 

@@ -79,8 +79,10 @@ class PredictionDirectory:
             indexed.add(path)
         for path in sorted(self.root.rglob("*.npy")):
             if path not in indexed:
-                self._add(path.relative_to(self.root).with_suffix("").as_posix(),
-                          _StoredPrediction(path, "npy"))
+                self._add(
+                    path.relative_to(self.root).with_suffix("").as_posix(),
+                    _StoredPrediction(path, "npy"),
+                )
         if not self._by_last:
             raise FileNotFoundError(
                 f"{self.root}: no predictions found (expected manifest*.jsonl from pseudo-label, "
@@ -159,6 +161,7 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (NaN metrics of degenerate images become null)."""
+
         def clean(value: Any) -> Any:
             if isinstance(value, float) and not np.isfinite(value):
                 return None
@@ -226,8 +229,10 @@ def evaluate_predictions(
     elif isinstance(predictions, (str, os.PathLike)):
         store = PredictionDirectory(predictions)
     elif not callable(predictions):
-        raise TypeError("predictions must be a callable or a predictions directory, got "
-                        f"{type(predictions).__name__}")
+        raise TypeError(
+            "predictions must be a callable or a predictions directory, got "
+            f"{type(predictions).__name__}"
+        )
 
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
@@ -238,13 +243,16 @@ def evaluate_predictions(
             images = []
             for s in batch:
                 if s.image is None:
-                    raise ValueError(f"sample {s.name} has no image (reader built with "
-                                     "load_images=False) but a model was given")
+                    raise ValueError(
+                        f"sample {s.name} has no image (reader built with "
+                        "load_images=False) but a model was given"
+                    )
                 images.append(s.image)
             outputs = list(predictions(images))  # type: ignore[operator]
             if len(outputs) != len(batch):
-                raise ValueError(f"predict function returned {len(outputs)} maps for "
-                                 f"{len(batch)} images")
+                raise ValueError(
+                    f"predict function returned {len(outputs)} maps for {len(batch)} images"
+                )
         for sample, prediction in zip(batch, outputs):
             if prediction is None:
                 missing.append(sample.name)
@@ -296,12 +304,23 @@ def _score(
         record["resized_from"] = list(prediction.shape)
         prediction = _resize(prediction, sample.depth.shape)
     if alignment == "scale_shift":
-        metrics = relative_depth_metrics(prediction, sample.depth, sample.mask, space=space,
-                                         min_depth=min_depth, max_depth=max_depth)
+        metrics = relative_depth_metrics(
+            prediction,
+            sample.depth,
+            sample.mask,
+            space=space,
+            min_depth=min_depth,
+            max_depth=max_depth,
+        )
     else:
-        metrics = metric_depth_metrics(prediction, sample.depth, sample.mask,
-                                       alignment=alignment,  # type: ignore[arg-type]
-                                       min_depth=min_depth, max_depth=max_depth)
+        metrics = metric_depth_metrics(
+            prediction,
+            sample.depth,
+            sample.mask,
+            alignment=alignment,  # type: ignore[arg-type]
+            min_depth=min_depth,
+            max_depth=max_depth,
+        )
     metrics.pop("space")
     record.update(metrics)
     return record
