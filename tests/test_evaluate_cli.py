@@ -262,3 +262,19 @@ def test_cli_with_tiny_random_model(tmp_path):
     assert result["source"]["weights"] == str(tmp_path / "model")
     assert result["n_evaluated"] == 3
     assert all(np.isfinite(row["abs_rel"]) for row in result["per_image"])
+
+
+def test_cli_depth_range_limits_valid_pixels(tmp_path):
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    (depth,) = make_generic(data, n=1)
+    preds.mkdir()
+    np.save(preds / "000.npy", affine_disparity(depth))
+    out_json = tmp_path / "r.json"
+    argv = ["--dataset", "generic", "--root", str(data), "--encoding", "mm", "--predictions",
+            str(preds), "--min-depth", "1.0", "--max-depth", "5.0", "--output", str(out_json),
+            "--no-progress"]  # fmt: skip
+    assert run_cli(argv) == 0
+    result = json.loads(out_json.read_text())
+    assert (result["min_depth"], result["max_depth"]) == (1.0, 5.0)
+    expected = int(((depth >= 1.0) & (depth <= 5.0)).sum())
+    assert result["per_image"][0]["n_valid"] == expected

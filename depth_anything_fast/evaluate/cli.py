@@ -94,7 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"limit": args.limit, "load_images": args.predictions is None}
-    for name in ("split", "split_file", "image_root", "depth_root", "pass_name", "encoding"):
+    names = ("split", "split_file", "image_root", "depth_root", "pass_name", "encoding")
+    # the depth range also limits the reader's validity mask (its default is the dataset's)
+    for name in ("min_depth", "max_depth", *names):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
