@@ -255,7 +255,8 @@ class KittiReader(DatasetReader):
     ) -> None:
         super().__init__(root, **kwargs)
         self.crop = crop
-        crop_mask((10, 10), crop)  # reject an unknown crop name now
+        if crop not in ("garg", "eigen", None):
+            raise ValueError(f"kitti crop must be 'garg', 'eigen' or None, got {crop!r}")
         if split_file is None:
             candidates = [self.root / n for n in KITTI_SPLIT_FILES]
             split_path = next((p for p in candidates if p.is_file()), None)
@@ -398,6 +399,8 @@ class NyuV2Reader(DatasetReader):
             )
         if split not in ("test", "all"):
             raise ValueError(f"nyuv2 split must be 'test' or 'all', got {split!r}")
+        if crop not in ("eigen_nyu", None):
+            raise ValueError(f"nyuv2 crop must be 'eigen_nyu' or None, got {crop!r}")
         self.split, self.depth_key, self.crop = split, depth_key, crop
         self._image_at, self._depth_at, count = _open_nyu_mat(self.mat_path, depth_key)
         if split == "test":
