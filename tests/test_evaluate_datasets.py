@@ -132,12 +132,30 @@ def test_nyu_missing_decoder_is_named(tmp_path):
 
 def test_nyu_v5_mat_file(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
-    images = rng.integers(0, 256, (480, 640, 3, 1449), dtype=np.uint8)
-    depths = rng.uniform(0.5, 9.0, (480, 640, 1449)).astype(np.float32)
+    images = rng.integers(0, 256, (480, 640, 3, 2), dtype=np.uint8)
+    depths = rng.uniform(0.5, 9.0, (480, 640, 2)).astype(np.float32)
     scipy_io.savemat(tmp_path / "nyu_depth_v2_labeled.mat", {"images": images, "depths": depths})
-    sample = next(iter(get_reader("nyuv2", tmp_path, limit=1)))
-    np.testing.assert_array_equal(sample.image, images[..., 0])
-    np.testing.assert_array_equal(sample.depth[sample.mask], depths[..., 0][sample.mask])
+    samples = list(get_reader("nyuv2", tmp_path, split="all"))
+    assert len(samples) == 2
+    np.testing.assert_array_equal(samples[1].image, images[..., 1])
+    np.testing.assert_array_equal(samples[1].depth[samples[1].mask], depths[..., 1][samples[1].mask])
+    with pytest.raises(DatasetLayoutError, match="1449"):
+        get_reader("nyuv2", tmp_path)  # split="test" needs the whole labelled set
+
+
+def test_nyu_v73_hdf5_mat_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    images = rng.integers(0, 256, (480, 640, 3, 2), dtype=np.uint8)
+    depths = rng.uniform(0.5, 9.0, (480, 640, 2)).astype(np.float32)
+    # MATLAB v7.3 = HDF5 behind a 512-byte header; MATLAB writes arrays transposed (N, C, W, H).
+    with h5py.File(tmp_path / "nyu_depth_v2_labeled.mat", "w", userblock_size=512) as f:
+        f["images"] = images.transpose(3, 2, 1, 0)
+        f["depths"] = depths.transpose(2, 1, 0)
+    samples = list(get_reader("nyuv2", tmp_path, split="all", crop=None))
+    assert len(samples) == 2
+    for i, sample in enumerate(samples):
+        np.testing.assert_array_equal(sample.image, images[..., i])
+        np.testing.assert_array_equal(sample.depth, depths[..., i])
 
 
 # --------------------------------------------------------------------------------------- Sintel
