@@ -73,8 +73,9 @@ def _affine_stats_kernel(
         offs = row + cols
         p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
         g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(g, mask_ptr, seg_ptr, offs, in_row, num_segments,
-                                   HAS_MASK, HAS_SEG)
+        valid, seg = load_validity(
+            g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        )
         group = b * num_segments + seg
         t_pred = tl.load(median_ptr + group, mask=valid, other=0.0)
         t_target = tl.load(median_ptr + num_groups + group, mask=valid, other=0.0)
@@ -115,8 +116,9 @@ def _affine_scale_kernel(
     tl.store(row_stats + 1, tl.load(median_ptr + groups, mask=live, other=0.0), mask=live)
     tl.store(row_stats + 2, tl.maximum(mean_abs_pred, SCALE_EPS), mask=live)
     tl.store(row_stats + 6, (mean_abs_pred > SCALE_EPS).to(tl.float32), mask=live)
-    tl.store(row_stats + 7, tl.load(median_ptr + num_groups + groups, mask=live, other=0.0),
-             mask=live)
+    tl.store(
+        row_stats + 7, tl.load(median_ptr + num_groups + groups, mask=live, other=0.0), mask=live
+    )
     tl.store(row_stats + 8, tl.maximum(mean_abs_target, SCALE_EPS), mask=live)
     index = tl.load(index_ptr + groups, mask=live, other=0)
     tl.store(median_index_ptr + groups, tl.where(count > 0, index.to(tl.int64), -1), mask=live)
@@ -162,8 +164,9 @@ def _affine_loss_kernel(
         offs = row + cols
         p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
         g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(g, mask_ptr, seg_ptr, offs, in_row, num_segments,
-                                   HAS_MASK, HAS_SEG)
+        valid, seg = load_validity(
+            g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        )
         row_stats = stats_ptr + (b * num_segments + seg) * 9
         p_hat, residual = _normalised_residual(p, g, row_stats, valid)
         r = _sign(residual)
@@ -183,8 +186,7 @@ def _affine_loss_kernel(
 def _image_count(stats_ptr, b, num_segments, SEG_POW2: tl.constexpr):
     """n_b = sum over segments of n_g (stats column 0) for image b."""
     segs = tl.arange(0, SEG_POW2)
-    counts = tl.load(stats_ptr + (b * num_segments + segs) * 9, mask=segs < num_segments,
-                     other=0.0)
+    counts = tl.load(stats_ptr + (b * num_segments + segs) * 9, mask=segs < num_segments, other=0.0)
     return tl.sum(counts, axis=0)
 
 
@@ -290,8 +292,9 @@ def _affine_backward_kernel(
         offs = row + cols
         p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
         g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(g, mask_ptr, seg_ptr, offs, in_row, num_segments,
-                                   HAS_MASK, HAS_SEG)
+        valid, seg = load_validity(
+            g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        )
         group = b * num_segments + seg
         row_stats = stats_ptr + group * 9
         p_hat, residual = _normalised_residual(p, g, row_stats, valid)
@@ -302,9 +305,7 @@ def _affine_backward_kernel(
         b_sum = tl.load(row_stats + 4, mask=valid, other=0.0)
         c_sum = tl.load(row_stats + 5, mask=valid, other=0.0)
         active = tl.load(row_stats + 6, mask=valid, other=0.0)
-        is_median = (cols == tl.load(median_index_ptr + group, mask=valid, other=-1)).to(
-            tl.float32
-        )
+        is_median = (cols == tl.load(median_index_ptr + group, mask=valid, other=-1)).to(tl.float32)
         # d/dp_k of sum_i |p^_i - g^_i|: direct term, the median's share through t, and the
         # scale's share through s = mean|p - t| (zero when s is clamped).
         grad = (

@@ -176,7 +176,9 @@ def feature_alignment_backward(
     _check_features(features, frozen)
     M, C = features.shape
     if cos.shape != (M,) or n_kept.numel() != 1:
-        raise ValueError(f"cos {tuple(cos.shape)} / n_kept {tuple(n_kept.shape)} do not match M={M}")
+        raise ValueError(
+            f"cos {tuple(cos.shape)} / n_kept {tuple(n_kept.shape)} do not match M={M}"
+        )
     grad = torch.empty_like(features)
     block_rows, block_c = _row_tiles(M, C, features.device)
     _feature_alignment_backward_kernel[(triton.cdiv(M, block_rows),)](

@@ -54,8 +54,9 @@ def key_to_float(key):
 
 
 @triton.jit
-def _digit_histogram(key, prefix_ptr, group, count_mask, PASS: tl.constexpr, SEG_BINS: tl.constexpr,
-                     seg):
+def _digit_histogram(
+    key, prefix_ptr, group, count_mask, PASS: tl.constexpr, SEG_BINS: tl.constexpr, seg
+):
     """Histogram [SEG_BINS] of (segment, digit) over pixels matching their group's prefix."""
     SHIFT: tl.constexpr = 32 - 8 * (PASS + 1)
     if PASS > 0:
@@ -98,16 +99,19 @@ def _radix_histogram_kernel(
         x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
         if HAS_Y:
             y = tl.load(y_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-            valid, seg = load_validity(y, mask_ptr, seg_ptr, offs, in_row, num_segments,
-                                       HAS_MASK, HAS_SEG)
+            valid, seg = load_validity(
+                y, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+            )
         else:
-            valid, seg = load_validity(x, mask_ptr, seg_ptr, offs, in_row, num_segments,
-                                       HAS_MASK, HAS_SEG)
+            valid, seg = load_validity(
+                x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+            )
         group = b * num_segments + seg
         hist_x += _digit_histogram(float_to_key(x), prefix_ptr, group, valid, PASS, SEG_BINS, seg)
         if HAS_Y:
-            hist_y += _digit_histogram(float_to_key(y), prefix_ptr, num_groups + group, valid,
-                                       PASS, SEG_BINS, seg)
+            hist_y += _digit_histogram(
+                float_to_key(y), prefix_ptr, num_groups + group, valid, PASS, SEG_BINS, seg
+            )
     bins = tl.arange(0, SEG_BINS)
     real = bins < num_segments * 256
     base = b.to(tl.int64) * num_segments * 256
@@ -249,8 +253,9 @@ def _median_index_kernel(
         in_row = cols < L
         offs = row + cols
         x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(x, mask_ptr, seg_ptr, offs, in_row, num_segments,
-                                   HAS_MASK, HAS_SEG)
+        valid, seg = load_validity(
+            x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        )
         median = tl.load(median_ptr + b * num_segments + seg, mask=valid, other=0.0)
         onehot = segment_onehot(seg, valid, SEG_POW2)
         best = tl.minimum(best, first_index_of(x, median, onehot, cols))

@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-
 from depth_anything_fast.kernels import segmented
 from depth_anything_fast.kernels.affine_invariant import (
     affine_invariant_backward,
@@ -270,7 +269,12 @@ def test_affine_invariant_forward_backward(
     )  # fmt: skip
     assert grad.dtype == dtype and grad.shape == pred.shape
     ref_grad = oracle["grad"]
-    scale = ref_grad.abs().max().item() + 1e-12
+    # Size of one pixel's direct term w_b / s: the gradient can cancel to ~0 exactly (e.g. a
+    # constant target makes the loss constant), leaving fp32 rounding noise of that size.
+    n_image = ref[..., 0].sum(1, keepdim=True).clamp_min(1)
+    unit_per_group = grad_loss.double()[:, None] / n_image / ref[..., 2]
+    unit = unit_per_group[ref[..., 0] > 0].max().item() if (ref[..., 0] > 0).any() else 0.0
+    scale = max(ref_grad.abs().max().item(), unit)
     rtol = 1e-4 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=rtol, atol=rtol * scale)
 
@@ -316,7 +320,7 @@ def test_feature_alignment(rows: int, channels: int, dtype: torch.dtype, kept: s
     for _ in range(20):
         frozen = torch.randn(rows, channels)
         # Mix of aligned rows (cos near 1) and unrelated rows (cos near 0).
-        noise = torch.rand(rows, 1) * (0.2 if kept == "none" else 3.0)
+        noise = torch.rand(rows, 1) * (0.05 if kept == "none" else 3.0)
         if kept == "all":
             noise = noise + 2.0
         features = frozen * torch.rand(rows, 1).add(0.5) + noise * torch.randn(rows, channels)
@@ -326,12 +330,10 @@ def test_feature_alignment(rows: int, channels: int, dtype: torch.dtype, kept: s
         features, frozen = features.to(dtype), frozen.to(dtype)
         grad_loss = torch.rand(()) + 0.5
         oracle = _feature_alignment_oracle(features, frozen, alpha, grad_loss.item())
-        if not oracle["ambiguous"]:
+        if not oracle["ambiguous"] and (kept != "none" or oracle["n_kept"] == 0):
             break
     else:
-        pytest.fail("could not draw features without cos near alpha")
-    if kept == "none":
-        assert oracle["n_kept"] == 0
+        pytest.fail(f"could not draw features with {kept} kept and no cos near alpha")
     loss, cos, n_kept = feature_alignment_forward(features.to(DEVICE), frozen.to(DEVICE), alpha)
     assert loss.shape == () and cos.shape == (rows,) and n_kept.shape == ()
     torch.testing.assert_close(cos.cpu().double(), oracle["cos"], rtol=1e-5, atol=1e-6)
