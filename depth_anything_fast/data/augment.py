@@ -82,5 +82,5 @@ def apply_strong(image: np.ndarray, params: StrongParams) -> np.ndarray:
     m = hsv_matrix(params.hue, params.saturation).astype(np.float32)
     x = _to_uint8(x.astype(np.float32) @ m.T)
     if params.sigma > NO_BLUR_SIGMA:
-        x = np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(params.sigma)))
+        x = np.array(Image.fromarray(x).filter(ImageFilter.GaussianBlur(params.sigma)))
     return x

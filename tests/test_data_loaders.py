@@ -1,0 +1,276 @@
+"""Loaders on both backends: geometry alignment, DALI vs PIL, bad files, sharding, inference."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from depth_anything_fast.data import (
+    LabelledSource,
+    LabelledSpec,
+    generate_dataset,
+    inference_loader,
+    labelled_loader,
+    unlabelled_loader,
+)
+from depth_anything_fast.data.augment import apply_strong
+from depth_anything_fast.data.dali_pipelines import dali_available
+from depth_anything_fast.data.geometry import lower_bound_size
+
+BACKENDS = [
+    "pil",
+    pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI")),
+]
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+SIZES = [(70, 100), (100, 70), (84, 84), (60, 130), (95, 61), (77, 77)]
+
+
+def _denormalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, h, w) normalised -> 0..255 float64."""
+    return (x.double() * STD.double() + MEAN.double()) * 255
+
+
+def _blocks(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) uint8 of large constant rectangles; the channels differ (not greyscale) and
+    every rectangle has its own red value, so red-channel edges are all the edges."""
+    colours = rng.integers(0, 256, (7, 3))
+    colours[:, 0] = rng.choice(256, 7, replace=False)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = colours[0]
+    for colour in colours[1:]:
+        y, x = rng.integers(0, h - 20), rng.integers(0, w - 20)
+        bh, bw = rng.integers(20, max(21, h // 2)), rng.integers(20, max(21, w // 2))
+        img[y : y + bh, x : x + bw] = colour
+    return img
+
+
+@pytest.fixture
+def blocks(tmp_path: Path) -> tuple[LabelledSource, dict[str, np.ndarray]]:
+    """Images of constant blocks; the target is the image's red channel (kind disparity)."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "depth").mkdir()
+    images = {}
+    for i, (h, w) in enumerate(SIZES):
+        img = _blocks(rng, h, w)
+        path = tmp_path / "images" / f"{i}.png"
+        Image.fromarray(img).save(path)
+        np.save(tmp_path / "depth" / f"{i}.npy", img[..., 0].astype(np.float32))
+        images[str(path)] = img
+    spec = LabelledSpec(kind="disparity", scale=1.0, invalid=())
+    return LabelledSource.from_path(tmp_path, spec), images
+
+
+def _interior(t: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Pixels whose (2r+1)^2 neighbourhood in `t` (h, w) is constant and inside the crop (the
+    resampling filter also reads source pixels just outside the crop box)."""
+    h, w = t.shape
+    pad = np.pad(t.astype(np.float64), radius, constant_values=np.nan)
+    same = np.ones((h, w), bool)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            same &= pad[dy : dy + h, dx : dx + w] == t
+    return same
+
+
+def _check_alignment(batch: dict, images: dict[str, np.ndarray]) -> float:
+    """Image red channel must match the (nearest-sampled) target away from block edges."""
+    red = _denormalise(batch["image"])[:, 0].numpy()
+    checked = 0
+    for k, path in enumerate(batch["paths"]):
+        source_red = images[path][..., 0].astype(np.float64)
+        lo, hi = source_red.min(), source_red.max()
+        t = batch["disparity"][k].numpy().astype(np.float64)
+        assert batch["mask"][k].all()
+        expected = t * (hi - lo) + lo if hi > lo else np.full_like(t, lo)
+        inner = _interior(t)
+        checked += inner.mean()
+        np.testing.assert_allclose(red[k][inner], expected[inner], atol=2.5)
+    return checked / len(batch["paths"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labelled_geometry_aligned(blocks, backend: str) -> None:
+    source, images = blocks
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    loader = labelled_loader(source, batch_size=3, crop_size=42, seed=seed, backend=backend)
+    assert len(loader) == 2
+    coverage = []
+    for _ in range(2):  # two epochs: new crops and flips
+        batches = list(loader)
+        assert len(batches) == 2
+        for batch in batches:
+            assert batch["image"].shape == (3, 3, 42, 42) and batch["image"].dtype == torch.float32
+            assert batch["disparity"].shape == (3, 42, 42) and batch["mask"].dtype == torch.bool
+            coverage.append(_check_alignment(batch, images))
+    assert np.mean(coverage) > 0.2  # enough block interiors were compared
+
+
+@pytest.mark.skipif(not dali_available(), reason="no DALI")
+def test_dali_and_pil_same_geometry(blocks) -> None:
+    source, _ = blocks
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    runs = {
+        b: list(labelled_loader(source, batch_size=2, crop_size=28, seed=seed, backend=b))
+        for b in ("dali", "pil")
+    }
+    for d, p in zip(runs["dali"], runs["pil"]):
+        assert d["paths"] == p["paths"]
+        assert torch.equal(d["disparity"], p["disparity"]) and torch.equal(d["mask"], p["mask"])
+        di, pi = _denormalise(d["image"]), _denormalise(p["image"])
+        for k in range(di.shape[0]):
+            inner = torch.from_numpy(_interior(d["disparity"][k].numpy()))
+            assert (di[k][:, inner] - pi[k][:, inner]).abs().max() <= 2.5
+        assert (di - pi).abs().mean() < 6.0  # edges: DALI does not antialias, PIL does
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unlabelled_views_share_geometry(blocks, backend: str) -> None:
+    source, images = blocks
+    paths = [p for p, _ in source.pairs]
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    loader = unlabelled_loader(paths, batch_size=3, crop_size=42, seed=seed, backend=backend)
+    n_perturbed = 0
+    for batch in loader:
+        clean = _denormalise(batch["clean"])
+        strong = _denormalise(batch["strong"])
+        for k, path in enumerate(batch["paths"]):
+            params = loader._prepare(paths.index(path), 0).job.strong
+            clean_u8 = np.clip(np.rint(clean[k].permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
+            expected = apply_strong(clean_u8, params).astype(np.float64)
+            got = strong[k].permute(1, 2, 0).numpy()
+            inner = _interior(clean_u8[..., 0]) & _interior(clean_u8[..., 1])
+            np.testing.assert_allclose(got[inner], expected[inner], atol=2.5)
+            if params.saturation == 0:  # greyscale view
+                assert np.ptp(got[inner], axis=-1).max() <= 2.5
+            n_perturbed += int(np.abs(got - clean[k].permute(1, 2, 0).numpy()).mean() > 1)
+    assert n_perturbed >= 1
+
+
+def _jpeg(rng: np.random.Generator, h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _write_bad_files(folder: Path, rng: np.random.Generator) -> set[str]:
+    good = _jpeg(rng, 40, 56)
+    scan = good.index(b"\xff\xda")
+    bad = {
+        "truncated.jpg": good[: len(good) // 2],
+        "empty.jpg": b"",
+        "text.jpg": b"this is not an image\n",
+        # Complete headers and an end marker but no scan: passes the cheap checks and fails in
+        # the decoder (DALI's failure path: rebuild, find the file with PIL, report it).
+        "noscan.jpg": good[:scan] + b"\xff\xd9",
+    }
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    return {str(folder / n) for n in bad}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_files_reported_and_skipped(tmp_path: Path, backend: str) -> None:
+    rng = np.random.default_rng(0)
+    good_paths = []
+    for i in range(5):
+        path = tmp_path / f"good{i}.jpg"
+        path.write_bytes(_jpeg(rng, 40 + 14 * (i % 2), 56))
+        good_paths.append(str(path))
+    bad = _write_bad_files(tmp_path, rng)
+    errors: list[tuple[str, str]] = []
+    batches = list(
+        inference_loader(
+            tmp_path, batch_size=2, input_size=28, backend=backend,
+            on_error=lambda p, r: errors.append((p, r)),
+        )
+    )
+    seen = [p for b in batches for p in b["paths"]]
+    assert sorted(seen) == sorted(good_paths)
+    assert {p for p, _ in errors} == bad and all(r for _, r in errors)
+    reasons = dict(errors)
+    assert "empty" in reasons[str(tmp_path / "empty.jpg")]
+    assert "truncated" in reasons[str(tmp_path / "truncated.jpg")]
+    assert "not an image" in reasons[str(tmp_path / "text.jpg")]
+
+    errors.clear()
+    got = [p for b in unlabelled_loader(tmp_path, batch_size=1, crop_size=28, backend=backend,
+                                        on_error=lambda p, r: errors.append((p, r)))
+           for p in b["paths"]]
+    assert sorted(got) == sorted(good_paths) and {p for p, _ in errors} == bad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labelled_bad_image_skipped_missing_target_raises(tmp_path: Path, backend: str) -> None:
+    layout = generate_dataset(tmp_path / "ds", n_labelled=4, n_unlabelled=0, n_val=0, size=(30, 40))
+    first = sorted((layout.labelled / "images").iterdir())[0]
+    first.write_bytes(b"")
+    errors = []
+    batches = list(labelled_loader(layout.labelled, batch_size=3, crop_size=28, backend=backend,
+                                   on_error=lambda p, r: errors.append(p)))
+    assert errors == [str(first)] and len(batches) == 1 and len(batches[0]["paths"]) == 3
+    source = LabelledSource.from_path(layout.labelled)
+    missing = source.pairs[2][1]
+    Path(missing).unlink()
+    with pytest.raises(FileNotFoundError, match=Path(missing).name):
+        list(labelled_loader(source, batch_size=2, crop_size=28, backend=backend))
+
+
+def test_sharding_disjoint_complete_and_deterministic(tmp_path: Path) -> None:
+    layout = generate_dataset(tmp_path, n_labelled=10, n_unlabelled=0, n_val=0, size=(24, 32))
+    source = LabelledSource.from_path(layout.labelled)
+    shards = [
+        labelled_loader(source, batch_size=2, crop_size=14, shard_id=r, num_shards=3, seed=5,
+                        backend="pil")
+        for r in range(3)
+    ]
+    for epoch in (0, 1):
+        index_sets = [set(s.shard_indices(epoch).tolist()) for s in shards]
+        assert set().union(*index_sets) == set(range(10))
+        assert sum(len(s.shard_indices(epoch)) for s in shards) == 12  # padded to 3 x 4
+        assert len({len(s) for s in shards}) == 1
+    assert not np.array_equal(shards[0].shard_indices(0), shards[0].shard_indices(1))
+    a = list(labelled_loader(source, batch_size=2, crop_size=14, seed=5, backend="pil"))
+    b = list(labelled_loader(source, batch_size=2, crop_size=14, seed=5, backend="pil"))
+    assert [x["paths"] for x in a] == [x["paths"] for x in b]
+    assert all(torch.equal(x["disparity"], y["disparity"]) for x, y in zip(a, b))
+
+    paths = [p for p, _ in source.pairs]
+    seen = []
+    for r in range(3):
+        for batch in inference_loader(paths, batch_size=3, input_size=14, shard_id=r,
+                                      num_shards=3, backend="pil"):
+            seen.extend(batch["paths"])
+    assert sorted(seen) == sorted(paths) and len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_buckets_and_preprocessing(shared_data: Path, backend: str) -> None:
+    from depth_anything_fast.models.transforms import preprocess
+
+    paths = [str(shared_data / "images" / f"demo0{i}.jpg") for i in (1, 2, 8)]
+    paths += [str(shared_data / "rgbd" / "NYU_color.ppm"), str(shared_data / "rgbd" / "TUM_color.png")]
+    for resize in ("keep-aspect", "square"):
+        batches = list(inference_loader(paths, batch_size=2, input_size=518, resize=resize,
+                                        backend=backend))
+        assert sorted(p for b in batches for p in b["paths"]) == sorted(paths)
+        for batch in batches:
+            assert batch["image"].dim() == 4 and batch["image"].shape[0] == len(batch["paths"])
+            for k, (path, (h, w)) in enumerate(zip(batch["paths"], batch["sizes"])):
+                with Image.open(path) as img:
+                    rgb = np.asarray(img.convert("RGB"))
+                assert (h, w) == rgb.shape[:2]
+                want = (518, 518) if resize == "square" else lower_bound_size(h, w, 518)
+                assert tuple(batch["image"].shape[-2:]) == want
+                if resize == "keep-aspect":
+                    ref = preprocess(rgb, input_size=518)[0]
+                    # Same geometry as the official preprocessing; DALI resamples uint8 with the
+                    # same filter, PIL antialiases.
+                    tol = 0.03 if backend == "dali" else 0.12
+                    assert (batch["image"][k] - ref).abs().mean() < tol
