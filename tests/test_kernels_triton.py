@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from depth_anything_fast.kernels import segmented
+from depth_anything_fast.kernels import feature_alignment, segmented
 from depth_anything_fast.kernels.affine_invariant import (
     affine_invariant_backward,
     affine_invariant_forward,
@@ -32,12 +32,14 @@ SCALE_EPS = 1e-6
 @pytest.fixture(params=["big-tiles", "small-tiles"])
 def geometry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Interpreter geometry: one tile per row, or 16-pixel tiles, 2 per program (several programs
-    per row meeting in the atomics, as GPU shapes do)."""
+    per row meeting in the atomics, as GPU shapes do) and 32-element feature tiles (a loop over
+    channel blocks)."""
     if request.param == "small-tiles":
         if ON_CUDA:
             pytest.skip("GPU shapes already take several tiles and programs per row")
         monkeypatch.setattr(segmented, "_INTERPRETER_BLOCK", 16)
         monkeypatch.setattr(segmented, "_INTERPRETER_TILES_PER_PROG", 2)
+        monkeypatch.setattr(feature_alignment, "_INTERPRETER_TILE", 32)
     return request.param
 
 
@@ -168,7 +170,7 @@ def _affine_oracle(
             median_index[b, s] = m
             # A sign that fp32 could see differently: the test draws new inputs.
             exact_zero = (pv.detach() == t_pred) & (gv == t_target)
-            ambiguous |= ((residual.detach().abs() < 1e-4) & ~exact_zero).any()
+            ambiguous |= ((residual.detach().abs() < 2e-5) & ~exact_zero).any()
         n_image = int(valid[b].sum())
         losses.append(total / n_image if n_image else total * 0)
     loss = torch.stack(losses)
@@ -259,8 +261,11 @@ def test_affine_invariant_forward_backward(
     # n_g, t, scale_active, sums of signs (A, C): exact; s and Bsum: fp32 sums.
     for column in (0, 1, 3, 5, 6, 7):
         assert torch.equal(got[..., column], ref[..., column]), f"stats column {column}"
-    for column in (2, 4, 8):
+    for column in (2, 8):
         torch.testing.assert_close(got[..., column], ref[..., column], rtol=2e-5, atol=1e-6)
+    # Bsum sums n_g terms of either sign: absolute error grows with n_g.
+    bsum_error = (got[..., 4] - ref[..., 4]).abs()
+    assert (bsum_error <= 2e-5 * ref[..., 4].abs() + 1e-6 * ref[..., 0].clamp_min(1)).all()
     assert torch.equal(median_index.cpu(), oracle["median_index"])
 
     grad = affine_invariant_backward(
@@ -314,7 +319,9 @@ def _feature_alignment_oracle(
      (20, 130, torch.float16, "some"), (9, 64, torch.bfloat16, "all"),
      (16, 40, torch.float32, "zero-rows")],
 )  # fmt: skip
-def test_feature_alignment(rows: int, channels: int, dtype: torch.dtype, kept: str) -> None:
+def test_feature_alignment(
+    geometry: str, rows: int, channels: int, dtype: torch.dtype, kept: str
+) -> None:
     rows *= GROW
     alpha = 0.85
     for _ in range(20):
