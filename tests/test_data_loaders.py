@@ -110,6 +110,15 @@ def test_labelled_geometry_aligned(blocks, backend: str) -> None:
             assert batch["disparity"].shape == (3, 42, 42) and batch["mask"].dtype == torch.bool
             coverage.append(_check_alignment(batch, images))
     assert np.mean(coverage) > 0.2  # enough block interiors were compared
+    # An abandoned epoch leaves batches in flight; the next epoch must not receive them.
+    partial = iter(loader)
+    next(partial)
+    del partial
+    fresh = list(loader)  # epoch 3
+    reference = labelled_loader(source, batch_size=3, crop_size=42, seed=seed, backend=backend)
+    reference.set_epoch(3)
+    for got, want in zip(fresh, list(reference), strict=True):
+        assert got["paths"] == want["paths"] and torch.equal(got["image"], want["image"])
 
 
 @pytest.mark.skipif(not dali_available(), reason="no DALI")
@@ -264,7 +273,7 @@ def test_inference_buckets_and_preprocessing(shared_data: Path, backend: str) ->
             assert batch["image"].dim() == 4 and batch["image"].shape[0] == len(batch["paths"])
             for k, (path, (h, w)) in enumerate(zip(batch["paths"], batch["sizes"])):
                 with Image.open(path) as img:
-                    rgb = np.asarray(img.convert("RGB"))
+                    rgb = np.array(img.convert("RGB"))
                 assert (h, w) == rgb.shape[:2]
                 want = (518, 518) if resize == "square" else lower_bound_size(h, w, 518)
                 assert tuple(batch["image"].shape[-2:]) == want

@@ -1,0 +1,68 @@
+"""Data pipeline throughput: DALI (CPU graph) vs the PIL fallback, 1 and 2 threads.
+
+Work per image (the student's unlabelled training input at 518): read the file, check it,
+decode, lower-bound resize to 518 + random 518x518 crop + horizontal flip (one resample),
+ImageNet normalisation of the clean view, and the strong view (brightness/contrast, hue/
+saturation, Gaussian blur) normalised too. One round = one epoch of `unlabelled_loader`
+(batch 4) over the 20 real photographs of ../shared/data/images (about 2048x1362 JPEGs), or
+over 20 synthetic 640x480 JPEGs when that folder is absent. Loader construction (the DALI graph
+build) happens once, outside the timing. Both backends draw the same crops and perturbations.
+
+Run: `.venv/bin/python -m pytest benchmarks/bench_data.py --benchmark-only
+--benchmark-json benchmarks/results/data_cpu.json`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from depth_anything_fast.data import list_images, unlabelled_loader
+from depth_anything_fast.data.dali_pipelines import dali_available
+
+SHARED_IMAGES = (
+    Path(os.environ.get("DAF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    / "images"
+)
+CROP = 518
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    if SHARED_IMAGES.is_dir():
+        return list_images(SHARED_IMAGES)
+    import numpy as np
+    from PIL import Image
+
+    from depth_anything_fast.data.synthetic import render_scene
+
+    folder = tmp_path_factory.mktemp("synthetic_jpegs")
+    for i in range(20):
+        rgb, _ = render_scene(i, (480, 640))
+        Image.fromarray(np.ascontiguousarray(rgb)).save(folder / f"{i:02d}.jpg", quality=92)
+    return list_images(folder)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "impl",
+    ["pil", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))],
+)
+def test_unlabelled_518(benchmark, image_paths: list[str], impl: str, threads: int) -> None:
+    loader = unlabelled_loader(
+        image_paths, batch_size=BATCH, crop_size=CROP, backend=impl, num_threads=threads,
+        drop_last=False,
+    )
+
+    def epoch() -> int:
+        return sum(len(batch["paths"]) for batch in loader)
+
+    assert epoch() == len(image_paths)  # warm-up (first decode, graph priming)
+    benchmark.group = f"unlabelled decode+resize+augment {CROP}, threads={threads}"
+    benchmark.extra_info["images"] = len(image_paths)
+    n = benchmark.pedantic(epoch, rounds=5, iterations=1)
+    assert n == len(image_paths)
+    benchmark.extra_info["images_per_s"] = len(image_paths) / benchmark.stats.stats.mean
