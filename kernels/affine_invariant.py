@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .radix_select import NO_INDEX, first_index_of, radix_select_lower_median
 from .segmented import (
@@ -242,22 +243,22 @@ def affine_invariant_forward(
     mask_arg = pred if mask is None else mask
     seg_arg = pred if segments is None else segments
     flags = {"HAS_MASK": mask is not None, "HAS_SEG": segments is not None}
-    _affine_stats_kernel[(B, plan.chunks)](
+    wrap_triton(_affine_stats_kernel)[(B, plan.chunks)](
         pred, target, mask_arg, seg_arg, medians, stats, first_index,
         L, num_segments, num_groups, plan.tiles_per_prog,
         **flags, BLOCK=plan.block, SEG_POW2=seg_pow2, num_warps=plan.num_warps,
     )  # fmt: skip
     group_block = min(triton.next_power_of_2(num_groups), 1024)
-    _affine_scale_kernel[(triton.cdiv(num_groups, group_block),)](
+    wrap_triton(_affine_scale_kernel)[(triton.cdiv(num_groups, group_block),)](
         medians, counts, stats, first_index, median_index, num_groups,
         SCALE_EPS=SCALE_EPS, GROUP_BLOCK=group_block,
     )  # fmt: skip
-    _affine_loss_kernel[(B, plan.chunks)](
+    wrap_triton(_affine_loss_kernel)[(B, plan.chunks)](
         pred, target, mask_arg, seg_arg, stats, loss,
         L, num_segments, plan.tiles_per_prog,
         **flags, BLOCK=plan.block, SEG_POW2=seg_pow2, num_warps=plan.num_warps,
     )  # fmt: skip
-    _affine_finalize_kernel[(B,)](
+    wrap_triton(_affine_finalize_kernel)[(B,)](
         stats, loss, num_segments, SEG_POW2=triton.next_power_of_2(num_segments)
     )
     return loss, stats, median_index
@@ -349,7 +350,7 @@ def affine_invariant_backward(
     grad_loss = grad_loss.to(torch.float32).contiguous()
     grad = torch.empty_like(pred)
     plan = tile_plan(B, L, pred.device)
-    _affine_backward_kernel[(B, plan.chunks)](
+    wrap_triton(_affine_backward_kernel)[(B, plan.chunks)](
         grad_loss, pred, target,
         pred if mask is None else mask,
         pred if segments is None else segments,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 COS_EPS = 1e-8
 # Elements of one [ROWS, BLOCK_C] tile: GPU registers vs interpreter (numpy) speed.
@@ -112,11 +113,11 @@ def feature_alignment_forward(
     loss = torch.zeros((), dtype=torch.float32, device=device)
     n_kept = torch.zeros((), dtype=torch.float32, device=device)
     block_rows, block_c = _row_tiles(M, C, device)
-    _feature_alignment_forward_kernel[(triton.cdiv(M, block_rows),)](
+    wrap_triton(_feature_alignment_forward_kernel)[(triton.cdiv(M, block_rows),)](
         features, frozen, cos, loss, n_kept, M, C, float(alpha),
         EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c,
     )  # fmt: skip
-    _feature_alignment_finalize_kernel[(1,)](loss, n_kept)
+    wrap_triton(_feature_alignment_finalize_kernel)[(1,)](loss, n_kept)
     return loss, cos, n_kept
 
 
@@ -181,7 +182,7 @@ def feature_alignment_backward(
         )
     grad = torch.empty_like(features)
     block_rows, block_c = _row_tiles(M, C, features.device)
-    _feature_alignment_backward_kernel[(triton.cdiv(M, block_rows),)](
+    wrap_triton(_feature_alignment_backward_kernel)[(triton.cdiv(M, block_rows),)](
         grad_loss.to(torch.float32).contiguous(), features, frozen, cos.contiguous(),
         n_kept.to(torch.float32).contiguous(), grad, M, C, float(alpha),
         EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .segmented import (
     check_images,
@@ -189,7 +190,7 @@ def radix_select_lower_median(
     medians = torch.empty(total_groups, dtype=torch.float32, device=device)
     group_block = min(triton.next_power_of_2(total_groups), 16)
     for radix_pass in range(NUM_PASSES):
-        _radix_histogram_kernel[(B, plan.chunks)](
+        wrap_triton(_radix_histogram_kernel)[(B, plan.chunks)](
             x,
             x if y is None else y,
             x if mask is None else mask,
@@ -208,7 +209,7 @@ def radix_select_lower_median(
             SEG_POW2=seg_pow2,
             num_warps=plan.num_warps,
         )
-        _radix_scan_kernel[(triton.cdiv(total_groups, group_block),)](
+        wrap_triton(_radix_scan_kernel)[(triton.cdiv(total_groups, group_block),)](
             hist[radix_pass],
             prefix,
             rank,
@@ -289,7 +290,7 @@ def lower_median(
     medians, counts = radix_select_lower_median(x, None, mask, segments, num_segments)
     plan = tile_plan(B, L, x.device)
     index = torch.full((B * num_segments,), NO_INDEX, dtype=torch.int32, device=x.device)
-    _median_index_kernel[(B, plan.chunks)](
+    wrap_triton(_median_index_kernel)[(B, plan.chunks)](
         x,
         x if mask is None else mask,
         x if segments is None else segments,

@@ -119,7 +119,7 @@ def load_validity(
     if HAS_MASK:
         valid = valid & (tl.load(mask_ptr + offs, mask=in_row, other=0) != 0)
     if HAS_SEG:
-        seg = tl.load(seg_ptr + offs, mask=in_row, other=-1).to(tl.int32)
+        seg = tl.load(seg_ptr + offs, mask=in_row, other=0).to(tl.int32)
         valid = valid & (seg >= 0) & (seg < num_segments)
         seg = tl.where(valid, seg, 0)
     else:

@@ -211,6 +211,7 @@ def _draw_case(
         pred = pred.round()  # a handful of distinct values: ties at the median
         target = target.round(decimals=1)
     elif case == "segments-negative":
+        segments = segments.long()  # int64 maps load as well as int32
         segments[:, ::4] = -3
         segments[0, :] = -1  # the whole first image ignored through segments
     return pred.to(dtype), target.to(dtype), mask, segments
