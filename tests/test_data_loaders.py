@@ -137,6 +137,15 @@ def test_dali_and_pil_same_geometry(blocks) -> None:
             inner = torch.from_numpy(_interior(d["disparity"][k].numpy()))
             assert (di[k][:, inner] - pi[k][:, inner]).abs().max() <= 2.5
         assert (di - pi).abs().mean() < 6.0  # edges: DALI does not antialias, PIL does
+    paths = [p for p, _ in source.pairs]
+    views = {
+        b: list(unlabelled_loader(paths, batch_size=3, crop_size=28, seed=seed, backend=b))
+        for b in ("dali", "pil")
+    }
+    for d, p in zip(views["dali"], views["pil"]):
+        assert d["paths"] == p["paths"]
+        for key in ("clean", "strong"):  # same colour ops and blur up to filter details
+            assert (_denormalise(d[key]) - _denormalise(p[key])).abs().mean() < 6.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

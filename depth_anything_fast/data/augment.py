@@ -5,7 +5,9 @@ with probability 0.8, greyscale with probability 0.2, Gaussian blur (sigma ~ U(0
 probability 0.5. Parameters are drawn on the host from the per-sample generator, so the DALI and
 PIL backends apply the same perturbation. The operations follow DALI's definitions:
 `brightness_contrast` (out = brightness * (128 + contrast * (in - 128))), then `hsv` (a hue
-rotation and saturation scale in YIQ space), then `gaussian_blur`; each rounds to uint8.
+rotation and saturation scale in YIQ space), each rounding to uint8, then a Gaussian blur (DALI:
+two 1-D `fn.filter` passes with `gaussian_kernel`, ~10x faster than `fn.gaussian_blur` on the
+CPU; PIL: `ImageFilter.GaussianBlur`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 CONTRAST_CENTER = 128.0
-# No blur: DALI's gaussian_blur with this sigma is a 1-tap (identity) window.
+# No blur: a Gaussian this narrow is the identity kernel.
 NO_BLUR_SIGMA = 1e-3
+# Blur kernel taps: 2 * ceil(3 * sigma) + 1 for the largest sigma drawn (2.0).
+BLUR_TAPS = 13
 _RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]], np.float64
 )
@@ -44,7 +48,9 @@ def sample_strong(
     strength: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25),
     sigma_range: tuple[float, float] = (0.1, 2.0),
 ) -> StrongParams:
-    """Draw a `StrongParams` (always the same number of draws, so streams stay aligned)."""
+    """Draw a `StrongParams` (always the same number of draws, so streams stay aligned).
+
+    sigma_range must stay within what `BLUR_TAPS` covers (sigma <= 2)."""
     b, c, s, h = strength
     draws = rng.random(3)
     factors = rng.uniform([1 - b, 1 - c, 1 - s, -h], [1 + b, 1 + c, 1 + s, h])
@@ -60,6 +66,13 @@ def sample_strong(
         hue=float(hue) * 360.0,
         sigma=sigma if draws[2] < blur_prob else NO_BLUR_SIGMA,
     )
+
+
+def gaussian_kernel(sigma: float, taps: int = BLUR_TAPS) -> np.ndarray:
+    """(taps,) float32 normalised Gaussian weights (a unit impulse for tiny sigma)."""
+    r = np.arange(taps, dtype=np.float64) - taps // 2
+    k = np.exp(-0.5 * (r / max(sigma, NO_BLUR_SIGMA)) ** 2)
+    return (k / k.sum()).astype(np.float32)
 
 
 def hsv_matrix(hue_degrees: float, saturation: float) -> np.ndarray:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .augment import CONTRAST_CENTER
+from .augment import CONTRAST_CENTER, gaussian_kernel
 from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .geometry import dali_roi
 from .jobs import ImageJob
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 _MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 _STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
-_STRONG_INPUTS = ("brightness", "contrast", "saturation", "hue", "sigma")
+_STRONG_INPUTS = ("brightness", "contrast", "saturation", "hue")
 
 
 def dali_available() -> bool:
@@ -46,7 +46,8 @@ def build_pipeline(
 
     External inputs per sample: "encoded" uint8 (n,), "roi_start"/"roi_end" float32 (2,) in
     source pixels (y, x) (a reversed x range mirrors), "size" float32 (2,) output (h, w), and for
-    `strong` the scalars of `StrongParams` (brightness, contrast, saturation, hue, sigma).
+    `strong` the scalars brightness, contrast, saturation, hue of `StrongParams` and the blur
+    kernels "blur_h" (1, taps) / "blur_v" (taps, 1) float32 from `gaussian_kernel(sigma)`.
     """
     from nvidia.dali import Pipeline, fn, types
 
@@ -78,7 +79,9 @@ def build_pipeline(
                 contrast_center=CONTRAST_CENTER, dtype=types.UINT8,
             )
             x = fn.hsv(x, hue=p["hue"], saturation=p["saturation"], dtype=types.UINT8)
-            x = fn.gaussian_blur(x, sigma=p["sigma"])
+            blur_h = fn.external_source(name="blur_h", dtype=types.FLOAT, ndim=2)
+            blur_v = fn.external_source(name="blur_v", dtype=types.FLOAT, ndim=2)
+            x = fn.filter(fn.filter(x, blur_h), blur_v)  # separable Gaussian, reflect-101 border
             outputs.append(_normalise(fn, types, x))
         pipe.set_outputs(*outputs)
     pipe.build()
@@ -156,6 +159,9 @@ class DaliRunner:
         if self.strong:
             for name in _STRONG_INPUTS:
                 feeds[name] = [np.float32(getattr(j.strong, name)) for j in jobs]
+            kernels = [gaussian_kernel(j.strong.sigma) for j in jobs]
+            feeds["blur_h"] = [k[None, :] for k in kernels]
+            feeds["blur_v"] = [k[:, None] for k in kernels]
         for name, values in feeds.items():
             self.pipe.feed_input(name, values)
         self.in_flight.append((jobs, discard))
