@@ -25,6 +25,7 @@ from torch.library import wrap_triton
 from .radix_select import NO_INDEX, first_index_of, radix_select_lower_median
 from .segmented import (
     check_images,
+    group_of,
     load_validity,
     segment_onehot,
     segment_pow2,
@@ -77,9 +78,9 @@ def _affine_stats_kernel(
         valid, seg = load_validity(
             g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
-        group = b * num_segments + seg
-        t_pred = tl.load(median_ptr + group, mask=valid, other=0.0)
-        t_target = tl.load(median_ptr + num_groups + group, mask=valid, other=0.0)
+        group = group_of(b, seg, num_segments, HAS_SEG)
+        t_pred = tl.load(median_ptr + group)
+        t_target = tl.load(median_ptr + num_groups + group)
         onehot = segment_onehot(seg, valid, SEG_POW2)
         abs_pred += segment_sum(tl.abs(p - t_pred), onehot)
         abs_target += segment_sum(tl.abs(g - t_target), onehot)
@@ -126,12 +127,12 @@ def _affine_scale_kernel(
 
 
 @triton.jit
-def _normalised_residual(p, g, row_stats, valid):
+def _normalised_residual(p, g, row_stats):
     """(p^, p^ - g^) with p^ = (p - t_pred)/s_pred, g^ = (g - t_target)/s_target."""
-    t_pred = tl.load(row_stats + 1, mask=valid, other=0.0)
-    s_pred = tl.load(row_stats + 2, mask=valid, other=1.0)
-    t_target = tl.load(row_stats + 7, mask=valid, other=0.0)
-    s_target = tl.load(row_stats + 8, mask=valid, other=1.0)
+    t_pred = tl.load(row_stats + 1)
+    s_pred = tl.load(row_stats + 2)
+    t_target = tl.load(row_stats + 7)
+    s_target = tl.load(row_stats + 8)
     p_hat = (p - t_pred) / s_pred
     g_hat = (g - t_target) / s_target
     return p_hat, p_hat - g_hat
@@ -168,8 +169,8 @@ def _affine_loss_kernel(
         valid, seg = load_validity(
             g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
-        row_stats = stats_ptr + (b * num_segments + seg) * 9
-        p_hat, residual = _normalised_residual(p, g, row_stats, valid)
+        row_stats = stats_ptr + group_of(b, seg, num_segments, HAS_SEG) * 9
+        p_hat, residual = _normalised_residual(p, g, row_stats)
         r = _sign(residual)
         onehot = segment_onehot(seg, valid, SEG_POW2)
         abs_residual += tl.where(valid, tl.abs(residual), 0.0)
@@ -296,17 +297,18 @@ def _affine_backward_kernel(
         valid, seg = load_validity(
             g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
-        group = b * num_segments + seg
+        group = group_of(b, seg, num_segments, HAS_SEG)
         row_stats = stats_ptr + group * 9
-        p_hat, residual = _normalised_residual(p, g, row_stats, valid)
-        n_group = tl.maximum(tl.load(row_stats + 0, mask=valid, other=1.0), 1.0)
-        t_pred = tl.load(row_stats + 1, mask=valid, other=0.0)
-        s_pred = tl.load(row_stats + 2, mask=valid, other=1.0)
-        a_sum = tl.load(row_stats + 3, mask=valid, other=0.0)
-        b_sum = tl.load(row_stats + 4, mask=valid, other=0.0)
-        c_sum = tl.load(row_stats + 5, mask=valid, other=0.0)
-        active = tl.load(row_stats + 6, mask=valid, other=0.0)
-        is_median = (cols == tl.load(median_index_ptr + group, mask=valid, other=-1)).to(tl.float32)
+        p_hat, residual = _normalised_residual(p, g, row_stats)
+        # s >= 1e-6 and n_g >= 1 keep invalid pixels (masked below) free of inf/NaN.
+        n_group = tl.maximum(tl.load(row_stats + 0), 1.0)
+        t_pred = tl.load(row_stats + 1)
+        s_pred = tl.load(row_stats + 2)
+        a_sum = tl.load(row_stats + 3)
+        b_sum = tl.load(row_stats + 4)
+        c_sum = tl.load(row_stats + 5)
+        active = tl.load(row_stats + 6)
+        is_median = (cols == tl.load(median_index_ptr + group)).to(tl.float32)
         # d/dp_k of sum_i |p^_i - g^_i|: direct term, the median's share through t, and the
         # scale's share through s = mean|p - t| (zero when s is clamped).
         grad = (

@@ -14,8 +14,10 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 COS_EPS = 1e-8
-# Elements of one [ROWS, BLOCK_C] tile: GPU registers vs interpreter (numpy) speed.
-_GPU_TILE = 4096
+# Elements of one [ROWS, BLOCK_C] tile: GPU registers (8 warps) vs interpreter (numpy) speed.
+# Big tiles also keep the forward's two same-address atomics per program few.
+_GPU_TILE = 8192
+_GPU_NUM_WARPS = 8
 _GPU_MAX_BLOCK_C = 1024
 _INTERPRETER_TILE = 1 << 16
 
@@ -115,7 +117,7 @@ def feature_alignment_forward(
     block_rows, block_c = _row_tiles(M, C, device)
     wrap_triton(_feature_alignment_forward_kernel)[(triton.cdiv(M, block_rows),)](
         features, frozen, cos, loss, n_kept, M, C, float(alpha),
-        EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c,
+        EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c, num_warps=_GPU_NUM_WARPS,
     )  # fmt: skip
     wrap_triton(_feature_alignment_finalize_kernel)[(1,)](loss, n_kept)
     return loss, cos, n_kept
@@ -185,6 +187,6 @@ def feature_alignment_backward(
     wrap_triton(_feature_alignment_backward_kernel)[(triton.cdiv(M, block_rows),)](
         grad_loss.to(torch.float32).contiguous(), features, frozen, cos.contiguous(),
         n_kept.to(torch.float32).contiguous(), grad, M, C, float(alpha),
-        EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c,
+        EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c, num_warps=_GPU_NUM_WARPS,
     )  # fmt: skip
     return grad

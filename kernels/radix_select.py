@@ -25,6 +25,7 @@ from torch.library import wrap_triton
 
 from .segmented import (
     check_images,
+    group_of,
     load_validity,
     segment_onehot,
     segment_pow2,
@@ -61,7 +62,7 @@ def _digit_histogram(
     """Histogram [SEG_BINS] of (segment, digit) over pixels matching their group's prefix."""
     SHIFT: tl.constexpr = 32 - 8 * (PASS + 1)
     if PASS > 0:
-        prefix = tl.load(prefix_ptr + group, mask=count_mask, other=0).to(tl.uint32, bitcast=True)
+        prefix = tl.load(prefix_ptr + group).to(tl.uint32, bitcast=True)
         count_mask = count_mask & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
     digit = ((key >> SHIFT) & 0xFF).to(tl.int32)
     return tl.histogram(seg * 256 + digit, SEG_BINS, mask=count_mask)
@@ -107,7 +108,7 @@ def _radix_histogram_kernel(
             valid, seg = load_validity(
                 x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
             )
-        group = b * num_segments + seg
+        group = group_of(b, seg, num_segments, HAS_SEG)
         hist_x += _digit_histogram(float_to_key(x), prefix_ptr, group, valid, PASS, SEG_BINS, seg)
         if HAS_Y:
             hist_y += _digit_histogram(
@@ -257,7 +258,7 @@ def _median_index_kernel(
         valid, seg = load_validity(
             x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
-        median = tl.load(median_ptr + b * num_segments + seg, mask=valid, other=0.0)
+        median = tl.load(median_ptr + group_of(b, seg, num_segments, HAS_SEG))
         onehot = segment_onehot(seg, valid, SEG_POW2)
         best = tl.minimum(best, first_index_of(x, median, onehot, cols))
     segs = tl.arange(0, SEG_POW2)

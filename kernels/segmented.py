@@ -48,7 +48,8 @@ def tile_plan(rows: int, length: int, device: torch.device) -> TilePlan:
     if device.type == "cuda":
         block = min(_GPU_BLOCK, max(triton.next_power_of_2(length), 128))
         tiles = triton.cdiv(length, block)
-        target_programs = _PROGRAMS_PER_SM * _sm_count(device.index or 0)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        target_programs = _PROGRAMS_PER_SM * _sm_count(index)
         chunks = max(1, min(tiles, triton.cdiv(target_programs, max(rows, 1))))
         num_warps = 8 if block >= 2048 else 4
     else:
@@ -112,8 +113,8 @@ def load_validity(
 ):
     """valid = in_row & mask & isfinite(ref) & 0 <= segment < S; returns (valid, segment int32).
 
-    Segment values outside [0, S) are treated as "ignore" so no atomic can land outside the
-    per-group buffers.
+    Segment values outside [0, S) are treated as "ignore"; invalid pixels get segment 0, so
+    per-group gathers need no mask and no atomic can land outside the per-group buffers.
     """
     valid = in_row & (tl.abs(ref) < float("inf"))
     if HAS_MASK:
@@ -125,6 +126,16 @@ def load_validity(
     else:
         seg = tl.zeros_like(offs).to(tl.int32)
     return valid, seg
+
+
+@triton.jit
+def group_of(b, seg, num_segments, HAS_SEG: tl.constexpr):
+    """Group index b * S + segment: per pixel, or one scalar per image without a segment map
+    (per-group values are then loaded once per program instead of gathered per pixel)."""
+    if HAS_SEG:
+        return b * num_segments + seg
+    else:
+        return b * num_segments
 
 
 @triton.jit
