@@ -183,8 +183,16 @@ def test_pseudo_label_png16_and_webdataset_network_size(
         step = (r.max - r.min) / 65535
         assert np.abs(got - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
         w = wds_records[r.output]
-        assert w.output.endswith(".tar") and w.checksum == r.checksum  # same bytes in the shard
+        assert w.file.endswith(".tar") and w.checksum == r.checksum  # same bytes in the shard
         assert read_output(tmp_path / "wds", w) == (tmp_path / "png" / r.output).read_bytes()
+    # both layouts are training data for the student (data.LabelledSource over the output)
+    from depth_anything_fast.data import LabelledSource, load_target
+
+    for folder in ("png", "wds"):
+        source = LabelledSource.from_path(tmp_path / folder)
+        assert len(source) == len(good) and source.spec.kind == "disparity"
+        disparity, mask = load_target(source.pairs[0][1], source.spec)
+        assert mask.all() and disparity.min() == 0 and disparity.max() == 1
 
 
 def _cli(*args: str) -> list[str]:

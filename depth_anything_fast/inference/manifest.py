@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depth_anything_fast.data.sources import TAR_SEP
+
 MANIFEST_GLOB = "manifest*.jsonl"
 
 
@@ -41,8 +43,8 @@ def checksum(data: bytes) -> str:
 class ManifestRecord:
     """One finished output.
 
-    `output` is relative to the output directory; for tar shards `member` names the entry inside
-    `output`. `shape` is the (H, W) of the stored disparity; `min`/`max` are the disparity values
+    `output` is relative to the output directory; an entry of a tar shard is written
+    `shard.tar::member` (the convention of `data.sources.read_bytes`). `shape` is the (H, W) of the stored disparity; `min`/`max` are the disparity values
     that 16-bit PNG codes 0 and 65535 stand for (for .npy they are informational). `checksum` and
     `bytes` describe the stored file (or tar member) bytes.
     """
@@ -55,13 +57,22 @@ class ManifestRecord:
     checksum: str
     bytes: int
     format: str
-    member: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """Identity of the output (same across reruns with the same input layout)."""
-        return self.output if self.member is None else f"{self.output}::{self.member}"
+        return self.output
+
+    @property
+    def file(self) -> str:
+        """The file holding the output (the shard for a tar entry), relative to the output dir."""
+        return self.output.split(TAR_SEP, 1)[0]
+
+    @property
+    def member(self) -> str | None:
+        """Entry name inside the tar shard, None for a plain file."""
+        return self.output.split(TAR_SEP, 1)[1] if TAR_SEP in self.output else None
 
 
 def _valid_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -146,8 +157,6 @@ class Manifest(JsonlAppender):
 
     def add(self, record: ManifestRecord) -> None:
         obj = asdict(record)
-        if record.member is None:
-            obj.pop("member")
         if not record.extra:
             obj.pop("extra")
         self.append(obj)

@@ -71,9 +71,16 @@ class Predictor:
         self.input_size = input_size
         self.resize = resize
         self.model = model.to(self.device).eval().requires_grad_(False)
-        self._forward: torch.nn.Module = (
-            torch.compile(self.model, dynamic=False) if compile else self.model  # type: ignore[assignment]
-        )
+        self._forward: torch.nn.Module = self.model
+        if compile:
+            import torch._dynamo
+
+            # One static graph per bucket shape; keep-aspect buckets of a varied collection
+            # exceed dynamo's default of 8 recompilations, after which it would fall back to eager.
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), 256))
+            self._forward = torch.compile(self.model, dynamic=False)  # type: ignore[assignment]
 
     @property
     def dtype(self) -> torch.dtype:

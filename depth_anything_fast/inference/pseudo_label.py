@@ -346,12 +346,10 @@ def pseudo_label(
     mine = list(zip(paths, names, strict=True))[rank::world]
 
     remove_stale_temporaries(output_dir, rank)
-    done = {
-        key.split("::", 1)[-1]
-        for key in valid_outputs(
-            output_dir, read_all_records(output_dir).values(), verify_checksum=opts.verify_checksum
-        )
-    }
+    records = read_all_records(output_dir)
+    valid = valid_outputs(output_dir, records.values(), verify_checksum=opts.verify_checksum)
+    # an output's name without its shard: the same item whatever tar shard holds it
+    done = {records[key].member or key for key in valid}
     todo = [(p, n) for p, n in mine if n not in done]
     skipped = len(mine) - len(todo)
     name_of = dict(todo)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depth_anything_fast.inference.manifest import ManifestRecord, checksum
+from depth_anything_fast.inference.manifest import TAR_SEP, ManifestRecord, checksum
 
 FORMATS = ("png16", "npy", "webdataset")
 _SUFFIX = {"png16": ".png", "npy": ".npy", "webdataset": ".png"}
@@ -195,7 +195,7 @@ class TarShardWriter:
         self._pending: list[ManifestRecord] = []
 
     def add(self, member: str, data: bytes, record: ManifestRecord) -> None:
-        """Append `data` as `member`; `record.output`/`member` are filled in here."""
+        """Append `data` as `member`; `record.output` becomes `<shard>.tar::<member>`."""
         if self._tar is None:
             self._final = self.output_dir / f"{self.prefix}-{self._next_index:06d}.tar"
             self._next_index += 1
@@ -207,8 +207,7 @@ class TarShardWriter:
         info.size = len(data)
         info.mtime = int(time.time())
         self._tar.addfile(info, io.BytesIO(data))
-        record.output = self._final.name
-        record.member = member
+        record.output = f"{self._final.name}{TAR_SEP}{member}"
         self._pending.append(record)
         if len(self._pending) >= self.max_members:
             self.flush()
@@ -234,7 +233,7 @@ def _shard_index(path: Path) -> int:
 
 def read_output(output_dir: Path, record: ManifestRecord) -> bytes:
     """Stored bytes of `record` (a file, or a member of a tar shard)."""
-    path = output_dir / record.output
+    path = output_dir / record.file
     if record.member is None:
         return path.read_bytes()
     with tarfile.open(path, "r") as tar:
@@ -255,7 +254,7 @@ def valid_outputs(
     by_shard: dict[str, list[ManifestRecord]] = {}
     for record in records:
         if record.member is not None:
-            by_shard.setdefault(record.output, []).append(record)
+            by_shard.setdefault(record.file, []).append(record)
             continue
         path = output_dir / record.output
         try:
