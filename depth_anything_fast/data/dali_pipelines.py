@@ -103,7 +103,7 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
         out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
-    return torch.from_numpy(np.array(tensor_list.as_array(), copy=True))
+    return torch.from_numpy(tensor_list.as_array())  # as_array() returns a fresh copy
 
 
 class DaliRunner:
