@@ -403,7 +403,9 @@ def test_forward_rejects_bad_input(x: torch.Tensor, error: type, message: str) -
         model(x)
 
 
-def test_bad_checkpoints(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_checkpoints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, official_vits: Path
+) -> None:
     model = random_ours()
     good = tmp_path / "good.safetensors"
     model.save_pretrained(good)
@@ -437,35 +439,42 @@ def test_bad_checkpoints(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     # wrong sizes: a different config, and a different requested encoder
     with pytest.raises(ValueError, match="wrong size"):
         DepthAnything.from_pretrained(good, config=tiny_config(features=16))
-    vits = DepthAnything("vits")
-    torch.save({"pretrained." + k[len("encoder."):] if k.startswith("encoder.") else
-                "depth_head." + k[len("head."):]: v for k, v in vits.state_dict().items()},
-               tmp_path / "depth_anything_v2_vits.pth")
     with pytest.raises(ValueError, match="holds a vits encoder .* encoder='vitb'"):
-        DepthAnything.from_pretrained(tmp_path / "depth_anything_v2_vits.pth", encoder="vitb")
+        DepthAnything.from_pretrained(official_vits, encoder="vitb")
     # a file that is no checkpoint of ours
     torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "foreign.pth")
     with pytest.raises(ValueError, match="unrecognised checkpoint layout"):
         DepthAnything.from_pretrained(tmp_path / "foreign.pth")
 
 
-def test_official_vits_name_detection_and_dinov2_backbone(tmp_path: Path) -> None:
-    vits = DepthAnything("vits", "v1")
-    official = {("pretrained." + k[8:]) if k.startswith("encoder.") else "depth_head." + k[5:]: v
-                for k, v in vits.state_dict().items()}
-    torch.save(official, tmp_path / "depth_anything_vits14.pth")
-    loaded = DepthAnything.from_pretrained(tmp_path / "depth_anything_vits14.pth")
+def official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {("pretrained." + k[8:]) if k.startswith("encoder.") else "depth_head." + k[5:]: v
+            for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def official_vits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A V1 vits checkpoint under its official file name."""
+    path = tmp_path_factory.mktemp("official") / "depth_anything_vits14.pth"
+    torch.save(official_names(DepthAnything("vits", "v1").state_dict()), path)
+    return path
+
+
+def test_official_detection_and_dinov2_backbone(official_vits: Path, tmp_path: Path) -> None:
+    loaded = DepthAnything.from_pretrained(official_vits)
     assert loaded.config.encoder == "vits" and loaded.config.version == "v1"
     assert loaded.config.intermediate_layers == (8, 9, 10, 11)
-    metric = DepthAnything.from_pretrained(tmp_path / "depth_anything_vits14.pth", version="v2",
-                                           metric=True, max_depth=80.0)
-    assert metric.config.metric and isinstance(metric.head.scratch.output_conv2[3],
-                                               torch.nn.Sigmoid)
+    # custom size (head_dim 64) with overrides: the tensors cannot tell metric from relative
+    small = random_ours(embed_dim=128, out_channels=(16, 32, 64, 128))
+    torch.save(official_names(small.state_dict()), tmp_path / "custom.pth")
+    metric = DepthAnything.from_pretrained(tmp_path / "custom.pth", metric=True, max_depth=80.0)
+    assert metric.config.metric and metric.config.max_depth == 80.0
+    assert isinstance(metric.head.scratch.output_conv2[3], torch.nn.Sigmoid)
     # a bare DINOv2 backbone initialises the encoder; the head stays random
-    backbone = {k[8:]: v for k, v in vits.state_dict().items() if k.startswith("encoder.")}
-    torch.save(backbone, tmp_path / "dinov2_vits14_pretrain.pth")
-    frozen = build_frozen_encoder(tmp_path / "dinov2_vits14_pretrain.pth")
-    assert torch.equal(frozen.blocks[3].attn.qkv.weight, vits.encoder.blocks[3].attn.qkv.weight)
+    backbone = {k[8:]: v for k, v in small.state_dict().items() if k.startswith("encoder.")}
+    torch.save(backbone, tmp_path / "dinov2_custom_pretrain.pth")
+    frozen = build_frozen_encoder(tmp_path / "dinov2_custom_pretrain.pth")
+    assert torch.equal(frozen.blocks[3].attn.qkv.weight, small.encoder.blocks[3].attn.qkv.weight)
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:

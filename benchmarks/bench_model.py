@@ -1,0 +1,149 @@
+"""Model forward throughput and peak memory: ours vs transformers, attention backends.
+
+Same weights (transformers' state dict loaded through our loader), same input, same precision.
+CPU: vits at 518x518, batch 1 and 4, fp32. Attention backends at ViT-L shapes (N=1370,
+16 heads of 64; batch 1 on CPU, 16 on GPU). GPU (skipped without CUDA): vits/vitl, batch
+1/16/64, fp32/bf16, eager/compiled. images/s and peak memory (MB) go to `extra_info`.
+
+    .venv/bin/python -m pytest benchmarks/bench_model.py --benchmark-only \
+        --benchmark-json benchmarks/results/model_cpu.json
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+from depth_anything_fast.models import checkpoints as ckpt
+from depth_anything_fast.models.layers.attention import attention, resolve_attention_backend
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+ROUNDS = 10 if CUDA else 3
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+@functools.cache
+def model_pair(encoder: str) -> tuple[torch.nn.Module, DepthAnything]:
+    """(transformers model, our model) with identical random weights, fp32, eval."""
+    import transformers
+
+    config = DepthAnythingConfig.preset(encoder, "v2", interpolate_offset=0.0)
+    backbone = transformers.Dinov2Config(
+        image_size=518,
+        patch_size=14,
+        hidden_size=config.embed_dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        out_indices=[i + 1 for i in config.intermediate_layers],
+        reshape_hidden_states=False,
+    )
+    hf_config = transformers.DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=config.embed_dim,
+        neck_hidden_sizes=list(config.out_channels),
+        fusion_hidden_size=config.features,
+    )
+    hf = transformers.DepthAnythingForDepthEstimation(hf_config).eval()
+    ours = DepthAnything(config=config).eval()
+    ckpt.load_into(ours, ckpt.to_ours(hf.state_dict()))
+    return hf.to(DEVICE), ours.to(DEVICE)
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> float:
+    """Peak memory of one call above the memory live before it, in MB (CUDA allocator on GPU;
+    the profiler's CPU allocation trace on CPU)."""
+    if CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # each allocation/free is attributed to the innermost op ("self"); replay them in order
+    events = sorted(
+        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
+    )
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def run_case(benchmark, fn: Callable[[], object], images: int) -> None:
+    def timed() -> None:
+        fn()
+        _sync()
+
+    benchmark.extra_info["peak_mem_mb"] = round(peak_memory_mb(timed), 1)
+    benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["images_per_s"] = round(images / benchmark.stats.stats.mean, 2)
+
+
+def forward_fn(impl: str, encoder: str, batch: int, dtype: torch.dtype, compiled: bool
+               ) -> Callable[[], object]:
+    hf, ours = model_pair(encoder)
+    model = ours if impl == "ours" else hf
+    if compiled:
+        model = torch.compile(model)
+    x = torch.randn(batch, 3, 518, 518, device=DEVICE)
+
+    @torch.no_grad()
+    def fn() -> object:
+        with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype != torch.float32):
+            return model(x) if impl == "ours" else model(pixel_values=x).predicted_depth
+
+    return fn
+
+
+@pytest.mark.parametrize("impl", ["ours", "transformers"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_forward_cpu(benchmark, impl: str, batch: int) -> None:
+    if CUDA:
+        pytest.skip("CPU case")
+    benchmark.group = f"forward vits 518x518 batch {batch} fp32 cpu"
+    run_case(benchmark, forward_fn(impl, "vits", batch, torch.float32, False), batch)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 16, 64])
+@pytest.mark.parametrize("encoder", ["vits", "vitl"])
+@pytest.mark.parametrize("impl", ["ours", "transformers"])
+def test_forward_gpu(benchmark, impl: str, encoder: str, batch: int, dtype: torch.dtype,
+                     compiled: bool) -> None:
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    benchmark.group = f"forward {encoder} 518x518 batch {batch} {name} {'compiled' if compiled else 'eager'}"
+    run_case(benchmark, forward_fn(impl, encoder, batch, dtype, compiled), batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("backend", ["sdpa", "math", "xformers"])
+def test_attention_backends(benchmark, backend: str, dtype: torch.dtype) -> None:
+    try:
+        resolve_attention_backend(backend)
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    if backend == "xformers" and not CUDA:
+        pytest.skip("xformers has no CPU attention")
+    if dtype == torch.bfloat16 and not CUDA:
+        pytest.skip("bf16 attention benchmarked on GPU only")
+    batch = 16 if CUDA else 1
+    q, k, v = (torch.randn(batch, 16, 1370, 64, device=DEVICE, dtype=dtype) for _ in range(3))
+    benchmark.group = f"attention ViT-L N=1370 heads 16x64 batch {batch} {str(dtype)[6:]}"
+    run_case(benchmark, lambda: attention(q, k, v, backend), batch)
