@@ -14,17 +14,19 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 COS_EPS = 1e-8
-# Elements of one [ROWS, BLOCK_C] tile: GPU registers (8 warps) vs interpreter (numpy) speed.
-# Big tiles also keep the forward's two same-address atomics per program few.
-_GPU_TILE = 8192
+# Elements of one [ROWS, BLOCK_C] tile: GPU registers (8 warps; the backward keeps both inputs
+# live, so half the tile) vs interpreter (numpy) speed. Big forward tiles also keep its two
+# same-address atomics per program few.
+_GPU_FORWARD_TILE = 8192
+_GPU_BACKWARD_TILE = 4096
 _GPU_NUM_WARPS = 8
 _GPU_MAX_BLOCK_C = 1024
 _INTERPRETER_TILE = 1 << 16
 
 
-def _row_tiles(rows: int, channels: int, device: torch.device) -> tuple[int, int]:
+def _row_tiles(rows: int, channels: int, device: torch.device, gpu_tile: int) -> tuple[int, int]:
     """(ROWS, BLOCK_C) for `rows` rows of `channels` channels."""
-    tile = _GPU_TILE if device.type == "cuda" else _INTERPRETER_TILE
+    tile = gpu_tile if device.type == "cuda" else _INTERPRETER_TILE
     block_c = triton.next_power_of_2(max(channels, 1))
     if device.type == "cuda":
         block_c = min(block_c, _GPU_MAX_BLOCK_C)
@@ -114,7 +116,7 @@ def feature_alignment_forward(
     cos = torch.empty((M,), dtype=torch.float32, device=device)
     loss = torch.zeros((), dtype=torch.float32, device=device)
     n_kept = torch.zeros((), dtype=torch.float32, device=device)
-    block_rows, block_c = _row_tiles(M, C, device)
+    block_rows, block_c = _row_tiles(M, C, device, _GPU_FORWARD_TILE)
     wrap_triton(_feature_alignment_forward_kernel)[(triton.cdiv(M, block_rows),)](
         features, frozen, cos, loss, n_kept, M, C, float(alpha),
         EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c, num_warps=_GPU_NUM_WARPS,
@@ -183,7 +185,7 @@ def feature_alignment_backward(
             f"cos {tuple(cos.shape)} / n_kept {tuple(n_kept.shape)} do not match M={M}"
         )
     grad = torch.empty_like(features)
-    block_rows, block_c = _row_tiles(M, C, features.device)
+    block_rows, block_c = _row_tiles(M, C, features.device, _GPU_BACKWARD_TILE)
     wrap_triton(_feature_alignment_backward_kernel)[(triton.cdiv(M, block_rows),)](
         grad_loss.to(torch.float32).contiguous(), features, frozen, cos.contiguous(),
         n_kept.to(torch.float32).contiguous(), grad, M, C, float(alpha),
