@@ -249,7 +249,7 @@ def affine_invariant_forward(
         L, num_segments, num_groups, plan.tiles_per_prog,
         **flags, BLOCK=plan.block, SEG_POW2=seg_pow2, num_warps=plan.num_warps,
     )  # fmt: skip
-    group_block = min(triton.next_power_of_2(num_groups), 1024)
+    group_block = min(triton.next_power_of_2(max(num_groups, 1)), 1024)
     wrap_triton(_affine_scale_kernel)[(triton.cdiv(num_groups, group_block),)](
         medians, counts, stats, first_index, median_index, num_groups,
         SCALE_EPS=SCALE_EPS, GROUP_BLOCK=group_block,

@@ -189,7 +189,7 @@ def radix_select_lower_median(
     rank = torch.empty(total_groups, dtype=torch.int32, device=device)
     counts = torch.empty(num_groups, dtype=torch.int32, device=device)
     medians = torch.empty(total_groups, dtype=torch.float32, device=device)
-    group_block = min(triton.next_power_of_2(total_groups), 16)
+    group_block = min(triton.next_power_of_2(max(total_groups, 1)), 16)
     for radix_pass in range(NUM_PASSES):
         wrap_triton(_radix_histogram_kernel)[(B, plan.chunks)](
             x,

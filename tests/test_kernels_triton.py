@@ -289,6 +289,20 @@ def test_affine_invariant_forward_backward(
     torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=rtol, atol=rtol * scale)
 
 
+@pytest.mark.parametrize(("batch", "length"), [(0, 5), (2, 0)])
+def test_affine_invariant_empty_inputs(batch: int, length: int) -> None:
+    pred = torch.randn(batch, length, device=DEVICE)
+    loss, stats, median_index = affine_invariant_forward(pred, pred, None, None, 1)
+    assert loss.shape == (batch,) and not loss.any()
+    assert stats.shape == (batch, 1, 9) and torch.equal(
+        median_index, -torch.ones_like(median_index)
+    )
+    grad = affine_invariant_backward(
+        torch.ones(batch, device=DEVICE), pred, pred, None, None, 1, stats, median_index
+    )
+    assert grad.shape == pred.shape
+
+
 def test_affine_invariant_rejects_mismatched_shapes() -> None:
     pred = torch.randn(2, 10, device=DEVICE)
     with pytest.raises(ValueError, match="segments shape"):
