@@ -292,3 +292,70 @@ def test_inference_buckets_and_preprocessing(shared_data: Path, backend: str) ->
                     # same filter, PIL antialiases.
                     tol = 0.03 if backend == "dali" else 0.12
                     assert (batch["image"][k] - ref).abs().mean() < tol
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_image_formats_decode_alike(tmp_path: Path, backend: str) -> None:
+    from depth_anything_fast.data.decode import decode_rgb
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    smooth = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    base = Image.fromarray(smooth)
+    files = {
+        "rgb.png": _encode(base, "PNG"),
+        "grey.png": _encode(base.convert("L"), "PNG"),
+        "rgba.png": _encode(base.convert("RGBA"), "PNG"),
+        "grey16.png": _encode(Image.fromarray(smooth[..., 0].astype(np.uint16) * 257), "PNG"),
+        # No dithering: dither noise would measure aliasing (DALI's resize), not decoding.
+        "palette.png": _encode(base.quantize(256, dither=Image.Dither.NONE), "PNG"),
+        "rgb.webp": _encode(base, "WEBP"),
+        "rgb.bmp": _encode(base, "BMP"),
+        "rgb.tiff": _encode(base, "TIFF"),
+        "rgb.ppm": _encode(base, "PPM"),
+        "cmyk.jpg": _encode(base.convert("CMYK"), "JPEG"),
+        "animated.png": _encode(base.convert("P"), "GIF"),  # a GIF under a .png name
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    errors = []
+    batches = list(inference_loader(tmp_path, batch_size=4, input_size=28, resize="square",
+                                    backend=backend, on_error=lambda p, r: errors.append((p, r))))
+    assert [Path(p).name for p, _ in errors] == ["animated.png"] and "gif" in errors[0][1]
+    for batch in batches:
+        for k, path in enumerate(batch["paths"]):
+            ref = decode_rgb(Path(path).read_bytes(), path)
+            ref = np.asarray(Image.fromarray(ref).resize((28, 28), Image.Resampling.BICUBIC))
+            got = _denormalise(batch["image"][k : k + 1])[0].permute(1, 2, 0).numpy()
+            assert np.abs(got - ref).mean() < 4.0, path
+
+
+@pytest.mark.skipif(not dali_available(), reason="no DALI")
+def test_dali_recovers_from_files_only_pil_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from depth_anything_fast.data import dali_pipelines
+    from depth_anything_fast.data.dali_pipelines import DaliRunner
+    from depth_anything_fast.data.geometry import full_box
+    from depth_anything_fast.data.jobs import ImageJob
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    good = [ImageJob(f"good{i}.png", _encode(img, "PNG"), full_box(20, 30, 14, 28)) for i in range(3)]
+    gif = ImageJob("x.gif", _encode(img.convert("P"), "GIF"), full_box(20, 30, 14, 28))
+    # Host checks reject GIFs; pretend they passed, so that only DALI's decoder fails on it.
+    monkeypatch.setattr(dali_pipelines, "_pil_reason", lambda job: None)
+    errors = []
+    runner = DaliRunner(batch_size=2, num_threads=1, device=torch.device("cpu"), strong=False,
+                        on_error=lambda p, r: errors.append((p, r)))
+    runner.submit([good[0], gif])
+    runner.submit(good[1:])
+    views_a, jobs_a = runner.collect()
+    views_b, jobs_b = runner.collect()
+    assert [j.path for j in jobs_a + jobs_b] == ["good0.png", "good1.png", "good2.png"]
+    assert views_a[0].shape == (1, 3, 14, 28) and views_b[0].shape == (2, 3, 14, 28)
+    assert [p for p, _ in errors] == ["x.gif"] and "DALI decoder failed" in errors[0][1]
+    assert runner.collect() is None

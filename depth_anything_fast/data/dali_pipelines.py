@@ -129,6 +129,7 @@ class DaliRunner:
             batch_size=batch_size, num_threads=num_threads, device_id=device_id, strong=strong,
             prefetch=prefetch,
         )
+        self.device_id = device_id
         self.pipe = self._build()
         self.primed = False
         self.prefetch = prefetch
@@ -197,17 +198,56 @@ class DaliRunner:
         self.in_flight.clear()
         self.pipe = self._build()
         self.primed = False
+        checker = None
         dropped = 0
         for jobs in pending:
             good = []
             for j in jobs:
-                try:
-                    decode_rgb(j.encoded, j.path)
+                reason = _pil_reason(j)
+                if reason is None:  # PIL decodes it: ask DALI's decoder alone, file by file
+                    checker = checker or _build_decoder(self.device_id)
+                    reason = _dali_reason(checker, j)
+                    if reason is not None:
+                        checker = None  # a failed pipeline cannot be reused
+                if reason is None:
                     good.append(j)
-                except DecodeError as err:
-                    report_error(err.path, err.reason, self.on_error)
+                else:
+                    report_error(j.path, reason, self.on_error)
                     dropped += 1
             if good:
                 self.submit(good)
         if dropped == 0:
-            raise RuntimeError("DALI failed on files that decode with PIL") from exc
+            raise RuntimeError("DALI failed on a batch whose files all decode") from exc
+
+
+def _pil_reason(job: ImageJob) -> str | None:
+    try:
+        decode_rgb(job.encoded, job.path)
+    except DecodeError as err:
+        return err.reason
+    return None
+
+
+def _build_decoder(device_id: int | None):
+    """One-sample decode-only pipeline used to find files that DALI alone cannot decode."""
+    from nvidia.dali import Pipeline, fn, types
+
+    pipe = Pipeline(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1,
+                    exec_async=False, exec_pipelined=False)
+    with pipe:
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        pipe.set_outputs(fn.decoders.image(
+            encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB
+        ))
+    pipe.build()
+    return pipe
+
+
+def _dali_reason(pipe, job: ImageJob) -> str | None:
+    pipe.feed_input("encoded", [np.frombuffer(job.encoded, np.uint8)])
+    try:
+        pipe.run()
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        return f"DALI decoder failed ({detail[-1] if detail else type(exc).__name__})"
+    return None

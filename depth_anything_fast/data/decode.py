@@ -20,6 +20,8 @@ ErrorCallback = Callable[[str, str], None]
 # EXIF orientations 5..8 transpose the image: stored width and height swap once applied.
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
+# Formats both backends decode (DALI's CPU decoder has no GIF).
+SUPPORTED_FORMATS = ("jpeg", "png", "webp", "bmp", "pnm", "tiff")
 
 
 class DecodeError(ValueError):
@@ -39,7 +41,8 @@ def report_error(path: str, reason: str, on_error: ErrorCallback | None) -> None
 
 
 def sniff_format(data: bytes) -> str | None:
-    """Image format from magic bytes: "jpeg", "png", "webp", "bmp", "pnm", "tiff" or None."""
+    """Image format from magic bytes: "jpeg", "png", "webp", "bmp", "pnm", "tiff", "gif" or
+    None."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -52,6 +55,8 @@ def sniff_format(data: bytes) -> str | None:
         return "pnm"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
     return None
 
 
@@ -62,6 +67,8 @@ def check_encoded(data: bytes) -> str | None:
     fmt = sniff_format(data)
     if fmt is None:
         return "not an image (unrecognised content)"
+    if fmt not in SUPPORTED_FORMATS:
+        return f"unsupported image format ({fmt})"
     # Trailing padding after the end marker is legal and common; look at the last bytes only.
     if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
         return "truncated JPEG (no end-of-image marker)"
@@ -98,19 +105,30 @@ def probe(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"unreadable header ({type(exc).__name__}: {exc})"
 
 
+def to_rgb(img):
+    """PIL image -> oriented RGB PIL image; 16-bit greyscale maps to 8 bits as DALI does
+    (round(v / 257)), where PIL's own conversion would clip."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255)
+        img = Image.fromarray(grey.astype(np.uint8))
+    return img.convert("RGB")
+
+
 def decode_rgb(data: bytes, path: str = "<bytes>") -> np.ndarray:
     """Decode to (H, W, 3) uint8 RGB with EXIF orientation applied (PIL).
 
     Greyscale, palette and alpha images are converted to RGB. Raises `DecodeError`.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     reason = check_encoded(data)
     if reason is not None:
         raise DecodeError(path, reason)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(to_rgb(img))
     except Exception as exc:
         raise DecodeError(path, f"decode failed ({type(exc).__name__}: {exc})") from exc

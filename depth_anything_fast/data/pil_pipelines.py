@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .augment import apply_strong
-from .decode import DecodeError, ErrorCallback, check_encoded, report_error
+from .decode import DecodeError, ErrorCallback, check_encoded, report_error, to_rgb
 from .jobs import ImageJob
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
@@ -26,7 +26,7 @@ _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
 
 def resample(job: ImageJob) -> np.ndarray:
     """Decode `job.encoded` and resample `job.box` -> (out_h, out_w, 3) uint8. Raises DecodeError."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     reason = check_encoded(job.encoded)
     if reason is not None:
@@ -34,8 +34,7 @@ def resample(job: ImageJob) -> np.ndarray:
     box = job.box
     try:
         with Image.open(io.BytesIO(job.encoded)) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            out = img.resize(
+            out = to_rgb(img).resize(
                 (box.out_w, box.out_h), Image.Resampling.BICUBIC,
                 box=(box.x0, box.y0, box.x1, box.y1),
             )
