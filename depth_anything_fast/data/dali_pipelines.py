@@ -113,8 +113,9 @@ class DaliRunner:
     `schedule_run` of a pipelined executor runs `prefetch` iterations at once, so the first
     batches are fed before it; an epoch shorter than that is padded with copies whose outputs are
     discarded. When DALI fails on a batch (a file that passed the host checks but does not
-    decode), the pipeline is rebuilt, the culprit files are found with a PIL decode, reported and
-    dropped, and the in-flight batches are resubmitted.
+    decode), the pipeline is rebuilt, the culprit files are found (a PIL decode, then DALI's
+    decoder on each remaining file alone), reported and dropped, and the in-flight batches are
+    resubmitted. A failure that no file explains is raised.
     """
 
     def __init__(

@@ -218,8 +218,7 @@ class LabelledSource:
                 pairs = [p for m in manifests for p in _manifest_pairs(Path(m))]
                 return cls(pairs, spec or _spec_from_folder(s, PSEUDO_LABEL_SPEC))
             return cls(_folder_pairs(s), spec or _spec_from_folder(s, None))
-        low = s.lower()
-        if os.path.isfile(s) and low.endswith(".tar") or glob.has_magic(s):
+        if s.lower().endswith(".tar"):  # one shard or a glob of shards
             shards = sorted(glob.glob(s)) if glob.has_magic(s) else [s]
             if not shards:
                 raise FileNotFoundError(f"no tar shards match {s}")
