@@ -87,8 +87,11 @@ def _radix_histogram_kernel(
     BLOCK: tl.constexpr,
     SEG_POW2: tl.constexpr,
 ):
-    # grid (B, chunks); hist is [K * G, 256] int32 for this pass.
+    # grid (B, chunks); hist is [NUM_PASSES, K * G, 256] int32 (one allocation: no views are
+    # handed to the kernels, which keeps torch.compile's mutation tracking simple).
     SEG_BINS: tl.constexpr = SEG_POW2 * 256
+    ARRAYS: tl.constexpr = 2 if HAS_Y else 1
+    hist_ptr += PASS * ARRAYS * num_groups * 256
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     row = b.to(tl.int64) * L
@@ -139,6 +142,7 @@ def _radix_scan_kernel(
     groups = tl.program_id(0) * GROUP_BLOCK + tl.arange(0, GROUP_BLOCK)
     live = groups < total_groups
     bins = tl.arange(0, 256)
+    hist_ptr += PASS * total_groups * 256
     hist = tl.load(hist_ptr + groups[:, None] * 256 + bins[None, :], mask=live[:, None], other=0)
     if PASS == 0:
         count = tl.sum(hist, axis=1)
@@ -197,7 +201,7 @@ def radix_select_lower_median(
             x if mask is None else mask,
             x if segments is None else segments,
             prefix,
-            hist[radix_pass],
+            hist,
             L,
             num_segments,
             num_groups,
@@ -211,7 +215,7 @@ def radix_select_lower_median(
             num_warps=plan.num_warps,
         )
         wrap_triton(_radix_scan_kernel)[(triton.cdiv(total_groups, group_block),)](
-            hist[radix_pass],
+            hist,
             prefix,
             rank,
             counts,

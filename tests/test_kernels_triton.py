@@ -402,7 +402,11 @@ def _compile_all_for_sm90() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    def compile_kernel(kernel, signature: dict, constexprs: dict, num_warps: int = 8) -> None:
+    def compile_kernel(
+        kernel, signature: dict, constexprs: dict, num_warps: int = 8, ones: tuple = ()
+    ) -> None:
+        # Launches turn integer arguments equal to 1 into constants: compile that case too.
+        constexprs = {**constexprs, **{k: 1 for k in ones if k in kernel.arg_names}}
         signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
         positions = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
         source = ASTSource(fn=kernel, signature=signature, constexprs=positions)
@@ -410,14 +414,15 @@ def _compile_all_for_sm90() -> None:
 
     f32, i32 = "*fp32", "*i32"
     images = {"mask_ptr": "*i1", "seg_ptr": "*i32"}
-    for has_seg, seg_pow2 in ((False, 1), (True, 2)):
+    single = ("num_segments", "num_groups", "total_groups", "tiles_per_prog")
+    for has_seg, seg_pow2, ones in ((False, 1, single), (True, 2, ())):
         for radix_pass in (0, 3):
             compile_kernel(
                 rs._radix_histogram_kernel,
                 {"x_ptr": "*bf16", "y_ptr": "*fp16", **images, "prefix_ptr": i32, "hist_ptr": i32,
                  "L": "i32", "num_segments": "i32", "num_groups": "i32", "tiles_per_prog": "i32"},
                 {"HAS_Y": True, "HAS_MASK": True, "HAS_SEG": has_seg, "PASS": radix_pass,
-                 "BLOCK": 2048, "SEG_POW2": seg_pow2},
+                 "BLOCK": 2048, "SEG_POW2": seg_pow2}, ones=ones,
             )  # fmt: skip
         rows = {"L": "i32", "num_segments": "i32", "tiles_per_prog": "i32"}
         flags = {"HAS_MASK": True, "HAS_SEG": has_seg, "BLOCK": 2048}
@@ -426,26 +431,26 @@ def _compile_all_for_sm90() -> None:
             {"pred_ptr": "*bf16", "target_ptr": f32, **images, "median_ptr": f32,
              "stats_ptr": f32, "index_ptr": i32, "L": "i32", "num_segments": "i32",
              "num_groups": "i32", "tiles_per_prog": "i32"},
-            {**flags, "SEG_POW2": seg_pow2},
+            {**flags, "SEG_POW2": seg_pow2}, ones=ones,
         )  # fmt: skip
         compile_kernel(
             ai._affine_loss_kernel,
             {"pred_ptr": "*fp16", "target_ptr": f32, **images, "stats_ptr": f32,
              "loss_ptr": f32, **rows},
-            {**flags, "SEG_POW2": seg_pow2},
+            {**flags, "SEG_POW2": seg_pow2}, ones=ones,
         )  # fmt: skip
         compile_kernel(
             ai._affine_backward_kernel,
             {"grad_loss_ptr": f32, "pred_ptr": "*bf16", "target_ptr": f32, **images,
              "stats_ptr": f32, "median_index_ptr": "*i64", "grad_ptr": "*bf16", **rows},
-            {**flags, "ALL_SEG_POW2": seg_pow2},
+            {**flags, "ALL_SEG_POW2": seg_pow2}, ones=ones,
         )  # fmt: skip
-    for radix_pass in (0, 1, 3):
+    for radix_pass, ones in ((0, ()), (1, single), (3, ())):
         compile_kernel(
             rs._radix_scan_kernel,
             {"hist_ptr": i32, "prefix_ptr": i32, "rank_ptr": i32, "count_ptr": i32,
              "median_ptr": f32, "total_groups": "i32", "num_groups": "i32"},
-            {"PASS": radix_pass, "GROUP_BLOCK": 16}, num_warps=4,
+            {"PASS": radix_pass, "GROUP_BLOCK": 16}, num_warps=4, ones=ones,
         )  # fmt: skip
     compile_kernel(
         rs._median_index_kernel,
