@@ -1,4 +1,4 @@
-"""Fused feature-alignment loss (Depth Anything, REFERENCE §1.3).
+"""Fused feature-alignment loss (Depth Anything, arXiv 2401.10891, semantic-assisted perception).
 
 cos_i = f_i . z_i / sqrt(max(|f_i|^2 |z_i|^2, eps^2)) (torch.nn.functional.cosine_similarity,
 eps = 1e-8); kept = cos <= alpha; loss = sum_kept (1 - cos) / n_kept, 0 when nothing is kept.

@@ -2,7 +2,8 @@
 
 Without CUDA the kernels run under the Triton interpreter (conftest sets TRITON_INTERPRET=1):
 small shapes there, larger ones on a GPU. The oracles are written here from the definitions
-(REFERENCE §1, CONTRACTS kernel interface), independent of the kernels.
+(lower median, s = max(mean|x - t|, 1e-6), gradient through the lowest median element; the
+stats columns of the kernel interface shared with the C++ backend), independent of the kernels.
 """
 
 from __future__ import annotations
