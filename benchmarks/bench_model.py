@@ -93,8 +93,9 @@ def run_case(benchmark, fn: Callable[[], object], images: int) -> None:
     benchmark.extra_info["images_per_s"] = round(images / benchmark.stats.stats.mean, 2)
 
 
-def forward_fn(impl: str, encoder: str, batch: int, dtype: torch.dtype, compiled: bool
-               ) -> Callable[[], object]:
+def forward_fn(
+    impl: str, encoder: str, batch: int, dtype: torch.dtype, compiled: bool
+) -> Callable[[], object]:
     hf, ours = model_pair(encoder)
     model = ours if impl == "ours" else hf
     if compiled:
@@ -125,10 +126,13 @@ def test_forward_cpu(benchmark, impl: str, batch: int) -> None:
 @pytest.mark.parametrize("batch", [1, 16, 64])
 @pytest.mark.parametrize("encoder", ["vits", "vitl"])
 @pytest.mark.parametrize("impl", ["ours", "transformers"])
-def test_forward_gpu(benchmark, impl: str, encoder: str, batch: int, dtype: torch.dtype,
-                     compiled: bool) -> None:
+def test_forward_gpu(
+    benchmark, impl: str, encoder: str, batch: int, dtype: torch.dtype, compiled: bool
+) -> None:
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    benchmark.group = f"forward {encoder} 518x518 batch {batch} {name} {'compiled' if compiled else 'eager'}"
+    benchmark.group = (
+        f"forward {encoder} 518x518 batch {batch} {name} {'compiled' if compiled else 'eager'}"
+    )
     run_case(benchmark, forward_fn(impl, encoder, batch, dtype, compiled), batch)
 
 

@@ -88,9 +88,13 @@ def to_old_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers 5 in-memory names -> the names transformers writes on disk."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        key = re.sub(r"\.attention\.([qkv])_proj\.",
-                     lambda m: ".attention.attention." + {"q": "query", "k": "key", "v": "value"}[m.group(1)] + ".",
-                     key)
+        key = re.sub(
+            r"\.attention\.([qkv])_proj\.",
+            lambda m: (
+                ".attention.attention." + {"q": "query", "k": "key", "v": "value"}[m.group(1)] + "."
+            ),
+            key,
+        )
         key = key.replace(".attention.o_proj.", ".attention.output.dense.")
         key = key.replace(".mlp.down_proj.", ".mlp.weights_out.")
         out[key] = value
@@ -111,10 +115,14 @@ def hf_to_official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             k = k.replace("backbone.embeddings.position_embeddings", "pretrained.pos_embed")
             k = k.replace("backbone.embeddings.cls_token", "pretrained.cls_token")
             k = k.replace("backbone.embeddings.mask_token", "pretrained.mask_token")
-            k = k.replace("backbone.embeddings.patch_embeddings.projection", "pretrained.patch_embed.proj")
+            k = k.replace(
+                "backbone.embeddings.patch_embeddings.projection", "pretrained.patch_embed.proj"
+            )
             k = k.replace("backbone.layernorm", "pretrained.norm")
             k = k.replace("backbone.encoder.layer.", "pretrained.blocks.")
-            k = k.replace("layer_scale1.lambda1", "ls1.gamma").replace("layer_scale2.lambda1", "ls2.gamma")
+            k = k.replace("layer_scale1.lambda1", "ls1.gamma").replace(
+                "layer_scale2.lambda1", "ls2.gamma"
+            )
             k = k.replace("attention.o_proj", "attn.proj")
             m = re.match(r"(pretrained\.blocks\.\d+)\.attention\.([qkv])_proj\.(\w+)$", k)
             if m:
@@ -153,13 +161,25 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-TINY = {"dim": 64, "depth": 4, "heads": 2, "layers": (0, 1, 2, 3), "features": 32,
-        "out_channels": (8, 16, 32, 64)}
+TINY = {
+    "dim": 64,
+    "depth": 4,
+    "heads": 2,
+    "layers": (0, 1, 2, 3),
+    "features": 32,
+    "out_channels": (8, 16, 32, 64),
+}
 
 
 def tiny_config(**overrides) -> DepthAnythingConfig:
-    values = dict(embed_dim=64, depth=4, num_heads=2, intermediate_layers=(0, 1, 2, 3),
-                  features=32, out_channels=(8, 16, 32, 64))
+    values = dict(
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        intermediate_layers=(0, 1, 2, 3),
+        features=32,
+        out_channels=(8, 16, 32, 64),
+    )
     values.update(overrides)
     return DepthAnythingConfig.preset("custom", "v2", **values)
 
@@ -257,10 +277,12 @@ def test_official_format_matches_transformers(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- encoder pieces
-def bicubic_oracle(grid: torch.Tensor, out_h: int, out_w: int, scale_h: float, scale_w: float
-                   ) -> torch.Tensor:
+def bicubic_oracle(
+    grid: torch.Tensor, out_h: int, out_w: int, scale_h: float, scale_w: float
+) -> torch.Tensor:
     """float64 separable bicubic (a = -0.75, half-pixel centres, clamped borders):
     source = (dst + 0.5) * scale - 0.5 with scale = input / output step."""
+
     def weights(n_in: int, n_out: int, scale: float) -> torch.Tensor:
         w = torch.zeros(n_out, n_in, dtype=torch.float64)
         for o in range(n_out):
@@ -426,8 +448,9 @@ def test_bad_checkpoints(
     with pytest.raises(ValueError, match=r"1 unexpected keys \['encoder.blocks.0.extra.weight'\]"):
         DepthAnything.from_pretrained(tmp_path / "extra.pth", config=model.config)
     with caplog.at_level(logging.WARNING):
-        loaded = DepthAnything.from_pretrained(tmp_path / "extra.pth", config=model.config,
-                                               strict=False)
+        loaded = DepthAnything.from_pretrained(
+            tmp_path / "extra.pth", config=model.config, strict=False
+        )
     assert "unexpected" in caplog.text
     assert torch.equal(loaded.encoder.pos_embed, model.encoder.pos_embed)
     # a missing tensor
@@ -448,8 +471,10 @@ def test_bad_checkpoints(
 
 
 def official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {("pretrained." + k[8:]) if k.startswith("encoder.") else "depth_head." + k[5:]: v
-            for k, v in state.items()}
+    return {
+        ("pretrained." + k[8:]) if k.startswith("encoder.") else "depth_head." + k[5:]: v
+        for k, v in state.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -497,8 +522,17 @@ def test_convert_cli(tmp_path: Path) -> None:
     hf.save_pretrained(tmp_path / "hf")
     parser = argparse.ArgumentParser()
     convert.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["convert", str(tmp_path / "hf"), str(tmp_path / "ours"),
-                              "--version", "v1", "--interpolate-offset", "0"])
+    args = parser.parse_args(
+        [
+            "convert",
+            str(tmp_path / "hf"),
+            str(tmp_path / "ours"),
+            "--version",
+            "v1",
+            "--interpolate-offset",
+            "0",
+        ]
+    )
     assert args.func(args) == 0
     loaded = DepthAnything.from_pretrained(tmp_path / "ours")
     assert loaded.config.version == "v1" and loaded.config.interpolate_offset == 0.0
@@ -544,7 +578,8 @@ def test_infer_image_on_real_images(shared_data: Path) -> None:
 def test_infer_image_matches_manual_pipeline_and_channel_variants() -> None:
     model = random_ours()
     rgb = np.random.default_rng(int(torch.randint(0, 2**31, ()))).integers(
-        0, 256, (45, 60, 3), dtype=np.uint8)
+        0, 256, (45, 60, 3), dtype=np.uint8
+    )
     depth = model.infer_image(rgb, input_size=56)
     # manual pipeline: lower bound 56 -> (56, 70): resize bicubic, normalise, forward, resize back
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].double() / 255

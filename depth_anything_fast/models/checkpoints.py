@@ -87,7 +87,9 @@ def _read_safetensors(
             metadata = handle.metadata()
             state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"cannot read safetensors checkpoint {path} (truncated or corrupt?): {err}") from err
+        raise ValueError(
+            f"cannot read safetensors checkpoint {path} (truncated or corrupt?): {err}"
+        ) from err
     return state, metadata
 
 
@@ -111,13 +113,13 @@ def _unwrap(state: Any, path: Path) -> StateDict:
     if not state:
         raise ValueError(f"{path} holds no tensors")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
 # ----------------------------------------------------------------------------- format detection
 def detect_format(state: StateDict) -> str:
-    """"official" | "hf" | "dinov2" | "ours" from the key names; ValueError if none fits."""
+    """ "official" | "hf" | "dinov2" | "ours" from the key names; ValueError if none fits."""
     keys = state.keys()
     if any(k.startswith("pretrained.") for k in keys):
         return "official"
@@ -135,7 +137,7 @@ def detect_format(state: StateDict) -> str:
 
 
 def hf_style(state: StateDict) -> str:
-    """"old" (attention.attention.query, on disk) or "new" (q_proj, transformers 5 memory)."""
+    """ "old" (attention.attention.query, on disk) or "new" (q_proj, transformers 5 memory)."""
     return "new" if any(".attention.q_proj." in k for k in state) else "old"
 
 
@@ -145,9 +147,9 @@ def official_to_ours(state: StateDict) -> StateDict:
     out = {}
     for key, value in state.items():
         if key.startswith("pretrained."):
-            out["encoder." + key[len("pretrained."):]] = value
+            out["encoder." + key[len("pretrained.") :]] = value
         elif key.startswith("depth_head."):
-            out["head." + key[len("depth_head."):]] = value
+            out["head." + key[len("depth_head.") :]] = value
         else:
             out[key] = value  # reported as unexpected by the loader
     return out
@@ -190,7 +192,9 @@ def hf_backbone_to_dinov2(state: StateDict) -> StateDict:
         match = _HF_GATE_UP.match(key)
         if match:
             layer, which, kind = match.groups()
-            fused.setdefault(f"blocks.{layer}.mlp.w12.{kind}", {})[0 if which == "gate" else 1] = value
+            fused.setdefault(f"blocks.{layer}.mlp.w12.{kind}", {})[0 if which == "gate" else 1] = (
+                value
+            )
             continue
         for pattern, replacement in _HF_BACKBONE_RENAMES:
             new_key, count = re.subn(pattern, replacement, key)
@@ -222,7 +226,7 @@ _HF_FUSION = re.compile(
 
 def hf_to_ours(state: StateDict) -> StateDict:
     """transformers DepthAnythingForDepthEstimation names (either style) -> ours."""
-    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     out = {"encoder." + k: v for k, v in hf_backbone_to_dinov2(backbone).items()}
     for key, value in state.items():
         if key.startswith("backbone."):
@@ -360,9 +364,16 @@ def infer_config(
         )
     if "head.scratch.layer1_rn.weight" in state:
         overrides["features"] = state["head.scratch.layer1_rn.weight"].shape[0]
-        overrides["out_channels"] = tuple(state[f"head.projects.{i}.weight"].shape[0] for i in range(4))
+        overrides["out_channels"] = tuple(
+            state[f"head.projects.{i}.weight"].shape[0] for i in range(4)
+        )
     return DepthAnythingConfig.preset(
-        encoder or "custom", version, embed_dim=embed_dim, depth=depth, num_heads=heads, ffn=ffn,
+        encoder or "custom",
+        version,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        ffn=ffn,
         **overrides,
     )
 
@@ -388,7 +399,11 @@ def load_into(
             f"{len(wrong)} tensors have the wrong size (different model size or config?):\n  "
             + "\n  ".join(wrong[:20])
         )
-    missing = [k for k in expected if k not in state and not (allow_missing and k.startswith(allow_missing))]
+    missing = [
+        k
+        for k in expected
+        if k not in state and not (allow_missing and k.startswith(allow_missing))
+    ]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         report = (

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.interpolate_offset is not None:
         model.config = dataclasses.replace(model.config, interpolate_offset=args.interpolate_offset)
+        model.encoder.interpolate_offset = args.interpolate_offset
     weights = model.save_pretrained(args.dst)
     config = model.config
     params = sum(p.numel() for p in model.parameters())

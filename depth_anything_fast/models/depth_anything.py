@@ -163,11 +163,25 @@ class DepthAnything(nn.Module):
                     metric=metric,
                     max_depth=max_depth,
                 )
-        model = cls(config=config, attn_backend=attn_backend)
+        # built without initialisation (meta tensors): vitg has 1.3B parameters to fill
+        with torch.device("meta"):
+            model = cls(config=config, attn_backend=attn_backend)
+        model.to_empty(device=map_location)
+        expected = model.state_dict().keys()
+        if any(key not in state for key in expected):
+            model.reset_parameters()  # what the checkpoint does not cover stays initialised
         checkpoints.load_into(
             model, state, strict=strict, allow_missing="head." if fmt == "dinov2" else ""
         )
-        return model.to(map_location)
+        return model
+
+    def reset_parameters(self) -> None:
+        """Fresh initialisation: PyTorch defaults for convolutions and norms, DINOv2's for
+        the encoder (trunc-normal linears and position embeddings, LayerScale 1)."""
+        for module in self.modules():
+            if module not in (self, self.encoder) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.encoder.reset_parameters()
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write safetensors + JSON config.

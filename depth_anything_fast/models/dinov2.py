@@ -79,8 +79,11 @@ class DinoVisionTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """DINOv2 initialisation: trunc-normal(0.02) linears and embeddings, zero biases."""
+        if self.pos_embed.is_meta:
+            return  # built without storage (from_pretrained): the checkpoint fills it
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.zeros_(self.mask_token)
         for module in self.blocks.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -116,7 +119,9 @@ class DinoVisionTransformer(nn.Module):
                 (grid_h + self.interpolate_offset) / side,
                 (grid_w + self.interpolate_offset) / side,
             )
-            patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", antialias=False)
+            patch_pos = F.interpolate(
+                patch_pos, scale_factor=scale, mode="bicubic", antialias=False
+            )
         else:
             patch_pos = F.interpolate(
                 patch_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False

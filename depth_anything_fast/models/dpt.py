@@ -78,7 +78,9 @@ class DPTHead(nn.Module):
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.projects = nn.ModuleList(nn.Conv2d(in_channels, c, kernel_size=1) for c in out_channels)
+        self.projects = nn.ModuleList(
+            nn.Conv2d(in_channels, c, kernel_size=1) for c in out_channels
+        )
         c0, c1, _, c3 = out_channels
         self.resize_layers = nn.ModuleList(
             [

@@ -103,7 +103,9 @@ def preprocess(
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
-    size = lower_bound_size(h, w, input_size) if resize == "keep-aspect" else square_size(input_size)
+    size = (
+        lower_bound_size(h, w, input_size) if resize == "keep-aspect" else square_size(input_size)
+    )
     x = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).to(device=device)
     x = x.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
     if size != (h, w):

@@ -11,7 +11,11 @@ class LayerScale(nn.Module):
 
     def __init__(self, dim: int, init_value: float = 1.0) -> None:
         super().__init__()
+        self.init_value = init_value
         self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.gamma, self.init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
