@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import stages
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .data import BatchStream
 from .distributed import (
@@ -226,9 +226,9 @@ class Trainer:
                     sources = [p for b in batches.values() for p in b.get("paths", [])]
                     raise NonFiniteLossError(
                         f"non-finite loss ({float(loss.detach())} on rank {info.rank}) at step "
-                        f"{step}; batch sources: {sources}; parts: "
-                        f"{ {k: float(v) for k, v in parts.items()} }; checkpoint saved in "
-                        f"{self.ckpt_dir} (the state before this step)")
+                        f"{step + 1}; batch sources: {sources}; parts: "
+                        f"{ {k: float(v) for k, v in parts.items()} }; the state before this "
+                        f"step is saved in {self.ckpt_dir / checkpoint_name(step)}")
                 loss.backward()
                 grad_norm = clip_gradients(model, cfg.optim.grad_clip)
                 optimizer.step()

@@ -1,0 +1,106 @@
+"""Training-step throughput: fused losses vs reference losses in the same step, with and
+without per-block torch.compile.
+
+One step = forward, loss, backward, gradient clipping, AdamW (what the trainer does per batch,
+without data loading: batches are fixed tensors). `extra_info` records images/s and the peak
+memory: CUDA max allocated, or on the CPU the process's peak RSS (a high-water mark over the
+whole run, so only its growth between cases is meaningful).
+
+    pytest benchmarks/bench_train.py --benchmark-only --benchmark-json benchmarks/results/train_cpu.json
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import pytest
+import torch
+
+from depth_anything_fast.train import stages
+from depth_anything_fast.train.config import load_config
+from depth_anything_fast.train.distributed import DistInfo, wrap_model
+from depth_anything_fast.train.optim import build_optimizer, clip_gradients
+from depth_anything_fast.train.trainer import build_model
+
+# name -> (device, model overrides, crop, labelled batch)
+SIZES = {
+    "tiny-cpu": ("cpu", ["model.encoder=tiny", "model.embed_dim=64", "model.depth=4",
+                         "model.num_heads=2", "model.features=32"], 112, 8),
+    "vits-cpu": ("cpu", ["model.encoder=vits"], 126, 2),
+    "vits-cuda": ("cuda", ["model.encoder=vits"], 518, 16),
+    "vitl-cuda": ("cuda", ["model.encoder=vitl"], 518, 4),
+}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _make_step(stage: str, size: str, impl: str, compiled: bool):
+    device_type, model_overrides, crop, batch = SIZES[size]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = torch.device(device_type)
+    backend = "reference" if impl == "reference" else "auto"
+    cfg = load_config(None, [
+        f"stage={stage}", *model_overrides, f"data.crop_size={crop}",
+        f"loss.backend={backend}", f"dist.compile={str(compiled).lower()}",
+        "dist.precision=" + ("bf16" if device_type == "cuda" else "fp32"),
+    ])
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    model = wrap_model(build_model(cfg).to(device), cfg.dist, info)
+    optimizer = build_optimizer(model, cfg.optim)
+    g = torch.Generator().manual_seed(0)
+
+    def labelled(n: int) -> dict:
+        image = torch.randn(n, 3, crop, crop, generator=g)
+        disparity = torch.rand(n, crop, crop, generator=g)
+        return {"image": image.to(device), "disparity": disparity.to(device),
+                "mask": (disparity > 0.05).to(device)}
+
+    lab = labelled(batch)
+    images = batch
+    if stage == "student":
+        pseudo = labelled(2 * batch)
+        pseudo["strong"] = pseudo.pop("image")
+        frozen = build_model(cfg).encoder.to(device).eval().requires_grad_(False)
+        images = 3 * batch
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+
+    def step() -> None:
+        with autocast:
+            if stage == "teacher":
+                loss, _ = stages.teacher_loss(model, lab, cfg.loss)
+            else:
+                loss, _ = stages.student_loss(model, lab, pseudo, frozen, cfg.loss,
+                                              torch.Generator().manual_seed(1))
+        loss.backward()
+        clip_gradients(model, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    return step, images, device
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_train_step(benchmark, stage: str, size: str, impl: str, compiled: bool) -> None:
+    if compiled and size == "vits-cpu":
+        pytest.skip("inductor compile of ViT-S on CPU takes minutes; tiny covers CPU compile")
+    step, images, device = _make_step(stage, size, impl, compiled)
+    start = time.perf_counter()
+    step()  # warm-up (and compilation)
+    warmup_s = time.perf_counter() - start
+    benchmark.group = f"{stage} {size}"
+    benchmark.pedantic(step, rounds=5 if device.type == "cpu" else 20, warmup_rounds=1)
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info.update(images_per_step=images, images_per_s=images / mean,
+                                first_step_s=warmup_s,
+                                peak_memory_mb=_peak_memory_mb(device))

@@ -1,0 +1,260 @@
+"""Trainer tests: config errors, schedule, every stage end to end on a tiny synthetic set,
+loss decrease on a fixed batch, NaN stop, kill/resume equality and 2-process FSDP2 equality.
+
+Models are tiny (embed 32, depth 4, 56 px crops) so that the whole file stays well under a
+minute of CPU on 2 cores; the subprocess tests pay for interpreter start-up only a few times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from depth_anything_fast.train import stages
+from depth_anything_fast.train.__main__ import main as train_main
+from depth_anything_fast.train.config import ConfigError, load_config
+from depth_anything_fast.train.optim import build_optimizer, lr_factor, param_groups
+from depth_anything_fast.train.trainer import NonFiniteLossError, Trainer, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.encoder=tiny", "model.embed_dim=32", "model.depth=4", "model.num_heads=2",
+    "model.features=16", "data.crop_size=56", "data.batch_size=4", "data.backend=pil",
+    "data.num_threads=1", "dist.precision=fp32", "progress=false", "log_every=1",
+    "tensorboard=false", "optim.lr=1e-3", "optim.warmup_steps=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic RGB-D set, a random tiny teacher checkpoint and its pseudo-labels."""
+    from depth_anything_fast.data.synthetic import generate_dataset
+    from depth_anything_fast.inference.pseudo_label import pseudo_label
+
+    root = tmp_path_factory.mktemp("train_data")
+    layout = generate_dataset(root / "data", n_labelled=12, n_unlabelled=16, n_val=4,
+                              size=(60, 80), seed=3)
+    cfg = load_config(None, [*TINY, "stage=teacher"])
+    torch.manual_seed(0)
+    teacher = root / "teacher"
+    build_model(cfg).save_pretrained(teacher)
+    summary = pseudo_label(teacher, layout.unlabelled / "images", root / "pseudo", batch_size=16,
+                           precision="fp32", input_size=56, original_size=True, device="cpu",
+                           handle_signals=False)
+    assert summary.failed == 0
+    return {"labelled": layout.labelled, "val": layout.val, "pseudo": root / "pseudo",
+            "teacher": teacher}
+
+
+def _overrides(stage: str, data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    items = [*TINY, f"stage={stage}", f"out_dir={out}", f"data.labelled={data['labelled']}"]
+    if stage == "student":
+        items += [f"data.pseudo_labels={data['pseudo']}", f"model.frozen_encoder={data['teacher']}",
+                  "data.batch_size=2"]
+    if stage == "finetune-metric":
+        items += ["model.max_depth=40", f"model.init={data['teacher']}"]
+    return items + list(extra)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """step -> loss from metrics.jsonl (the last record of a step wins: a killed run may have
+    logged steps after its last checkpoint, which the resumed run computes again)."""
+    losses = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+# ------------------------------------------------------------------------------------ config
+def test_config_overrides_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: student\noptim:\n  lr: 5e-6\n  betas: [0.9, 0.99]\n")
+    cfg = load_config(path, ["optim.lr=1e-4", "data.batch_size=3", "model.init=null"])
+    assert cfg.stage == "student" and cfg.optim.lr == 1e-4 and cfg.data.batch_size == 3
+    assert cfg.optim.betas == [0.9, 0.99] and cfg.model.init is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.lrr=1", "optim.lrr: unknown field"),
+    ("optim.lr=fast", "optim.lr: expected float"),
+    ("data.batch_size=2.5", "data.batch_size: expected int"),
+    ("dist.precision=fp8", "dist.precision: expected one of"),
+    ("data.crop_size=100", "data.crop_size: must be a multiple of 14"),
+    ("model=3", "model: expected a mapping"),
+    ("optim.lr", "expected FIELD=VALUE"),
+])
+def test_bad_config_names_the_field(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_cli_bad_config_and_missing_path(tmp_path: Path, capsys) -> None:
+    assert train_main(["--set", "optim.momentum=0.9"]) == 2
+    assert "optim.momentum: unknown field" in capsys.readouterr().err
+    assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    missing = tmp_path / "no_such_data"
+    assert train_main(["--set", f"data.labelled={missing}", "--set", f"out_dir={tmp_path}/o"]) == 2
+    err = capsys.readouterr().err
+    assert "data.labelled" in err and str(missing) in err
+    # failed before any model work: nothing was written
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_frozen_encoder_path(tiny_data, tmp_path: Path) -> None:
+    cfg = load_config(None, _overrides("student", tiny_data, tmp_path / "o",
+                                       f"model.frozen_encoder={tmp_path / 'gone.safetensors'}"))
+    with pytest.raises(FileNotFoundError, match="model.frozen_encoder"):
+        Trainer(cfg).run()
+
+
+# ------------------------------------------------------------------------------------ optimiser
+def test_lr_schedule_warmup_then_poly() -> None:
+    total, warmup, power = 100, 10, 0.9
+    assert lr_factor(0, total, warmup, power) == pytest.approx(0.1)
+    assert lr_factor(9, total, warmup, power) == pytest.approx(1.0)
+    for step in (10, 37, 99):
+        expected = (1 - (step - warmup) / (total - warmup)) ** power
+        assert lr_factor(step, total, warmup, power) == pytest.approx(expected, rel=1e-12)
+    assert lr_factor(total, total, warmup, power) == 0.0
+
+
+def test_param_groups_encoder_decoder_lr() -> None:
+    cfg = load_config(None, [*TINY, "optim.lr=2e-6", "optim.decoder_lr_mult=10"])
+    model = build_model(cfg)
+    groups = param_groups(model, cfg.optim)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        encoder = group["name"].startswith("encoder")
+        assert group["lr"] == pytest.approx(2e-6 if encoder else 2e-5)
+        for p in group["params"]:
+            assert names[id(p)].startswith("encoder.") == encoder
+            if group["weight_decay"] > 0:
+                assert p.ndim >= 2
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+# ------------------------------------------------------------------------------------ stages
+@pytest.mark.parametrize("stage", ["teacher", "student", "finetune-metric"])
+def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
+    from depth_anything_fast.models import DepthAnything
+
+    cfg = load_config(None, _overrides(stage, tiny_data, tmp_path, "steps=2"))
+    result = Trainer(cfg).run()
+    assert result["status"] == "done" and result["step"] == 2
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    expected_parts = {"teacher": {"affine"}, "student": {"labelled", "unlabelled", "feature"},
+                      "finetune-metric": {"silog"}}[stage]
+    assert expected_parts <= set(record) and record["images_per_s"] > 0
+    if stage == "student":  # total = mean of the three losses
+        parts = sum(record[k] for k in expected_parts) / 3
+        assert record["loss"] == pytest.approx(parts, rel=1e-5)
+    exported = DepthAnything.from_pretrained(result["export"])
+    assert exported.config.metric == (stage == "finetune-metric")
+    x = torch.randn(1, 3, 56, 56)
+    assert torch.isfinite(exported(x)).all()
+
+
+def test_loss_decreases_on_fixed_batch(tiny_data) -> None:
+    from depth_anything_fast.data.loaders import labelled_loader
+
+    cfg = load_config(None, [*TINY, "optim.lr=1e-3", "optim.decoder_lr_mult=2"])
+    batch = next(iter(labelled_loader(tiny_data["labelled"], batch_size=4, crop_size=56,
+                                      backend="pil", num_threads=1)))
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    losses = []
+    for _ in range(15):
+        loss, _ = stages.teacher_loss(model, batch, cfg.loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert min(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_nan_loss_stops_naming_step_and_sources(tiny_data, tmp_path: Path, monkeypatch) -> None:
+    real = stages.teacher_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, cfg):
+        loss, parts = real(model, batch, cfg)
+        calls["n"] += 1
+        return (loss * math.nan if calls["n"] == 2 else loss), parts
+
+    monkeypatch.setattr(stages, "teacher_loss", poisoned)
+    cfg = load_config(None, _overrides("teacher", tiny_data, tmp_path, "steps=4"))
+    with pytest.raises(NonFiniteLossError, match=r"at step 2; batch sources: \[.*\.png") as err:
+        Trainer(cfg).run()
+    assert str(tiny_data["labelled"]) in str(err.value)
+    assert (tmp_path / "checkpoints" / "step_00000001").is_dir()
+
+
+# ------------------------------------------------------------------------------------ processes
+def _run(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _train_args(overrides: list[str], *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "depth_anything_fast.train"]
+    for item in overrides:
+        args += ["--set", item]
+    return args + list(extra)
+
+
+def test_sigterm_and_resume_match_uninterrupted_run(tiny_data, tmp_path: Path) -> None:
+    common = ["steps=6", "checkpoint_every=2", "data.batch_size=2"]
+    full = _run(_train_args(_overrides("teacher", tiny_data, tmp_path / "full", *common)))
+    out = tmp_path / "cut"
+    cut = _run(_train_args(_overrides("teacher", tiny_data, out, *common)))
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "latest").exists():
+        assert cut.poll() is None, cut.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cut.send_signal(signal.SIGTERM)
+    log = cut.communicate(timeout=120)[0]
+    assert cut.returncode in (0, 143), log  # 0 if it had already finished all steps
+    resumed = _run(_train_args(_overrides("teacher", tiny_data, out, *common), "--resume"))
+    log = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0, log
+    assert full.wait(timeout=120) == 0, full.communicate()[0]
+    expected, got = _losses(tmp_path / "full"), _losses(out)
+    assert sorted(got) == list(range(1, 7))
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), (step, expected, got)
+
+
+def test_two_process_fsdp_matches_one_process(tiny_data, tmp_path: Path) -> None:
+    common = ["steps=3", "checkpoint_every=0", "export=false"]
+    one = _run(_train_args(_overrides("teacher", tiny_data, tmp_path / "one", *common,
+                                      "data.batch_size=4")))
+    two_args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2", "-m", "depth_anything_fast.train"]
+    for item in _overrides("teacher", tiny_data, tmp_path / "two", *common, "data.batch_size=2",
+                           "dist.fsdp=true"):
+        two_args += ["--set", item]
+    two = _run(two_args)
+    log_two = two.communicate(timeout=180)[0]
+    log_one = one.communicate(timeout=180)[0]
+    assert one.returncode == 0, log_one
+    assert two.returncode == 0, log_two
+    expected, got = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(got) == [1, 2, 3]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), (expected, got)
