@@ -1,4 +1,18 @@
-"""Data: sources and target readers, DALI/PIL loaders, CutMix, synthetic RGB-D generator."""
+"""Data: sources and target readers, DALI/PIL loaders, CutMix, synthetic RGB-D generator.
+
+    layout = generate_dataset("data", n_labelled=300, n_unlabelled=300, n_val=40, size=(120, 160))
+    labelled = labelled_loader(layout.labelled, batch_size=8, crop_size=112)
+    unlabelled = unlabelled_loader(layout.unlabelled, batch_size=16, crop_size=112)
+    for batch in labelled:          # one epoch; {"image", "disparity", "mask", "paths"}
+        ...
+    views = next(iter(unlabelled))  # {"clean", "strong", "paths"}
+    mixed, box, partner = cutmix(views["strong"].cuda(), p=0.5)
+
+Backends: DALI when installed (GPU decode with `device="cuda"`), else PIL; both apply the same
+geometry and perturbations (see `geometry`, `augment`). Modules: `sources` (listing, pairs,
+`LabelledSpec`, target readers), `decode` (checks, reasons), `geometry`, `augment`,
+`dali_pipelines`, `pil_pipelines`, `loaders`, `cutmix`, `synthetic`.
+"""
 
 from .cutmix import cutmix
 from .decode import DecodeError
