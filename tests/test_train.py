@@ -241,7 +241,10 @@ def test_sigterm_and_resume_match_uninterrupted_run(tiny_data, tmp_path: Path) -
 
 
 def test_two_process_fsdp_matches_one_process(tiny_data, tmp_path: Path) -> None:
-    common = ["steps=3", "checkpoint_every=0", "export=false"]
+    """Same global batch (4 images: 1 x 4 vs 2 ranks x 2, same sampler order and crops):
+    step 1 (identical weights) must agree to float rounding, later steps within 1e-3 (Adam
+    turns rounding-level gradient differences into parameter differences)."""
+    common = ["steps=3", "checkpoint_every=0", "export=false", "optim.lr=1e-4"]
     one = _run(_train_args(_overrides("teacher", tiny_data, tmp_path / "one", *common,
                                       "data.batch_size=4")))
     two_args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -254,7 +257,14 @@ def test_two_process_fsdp_matches_one_process(tiny_data, tmp_path: Path) -> None
     log_one = one.communicate(timeout=180)[0]
     assert one.returncode == 0, log_one
     assert two.returncode == 0, log_two
-    expected, got = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(got) == [1, 2, 3]
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=1e-4), (expected, got)
+    records = {}
+    for name in ("one", "two"):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        records[name] = {r["step"]: r for r in map(json.loads, lines)}
+    assert sorted(records["two"]) == [1, 2, 3]
+    first_one, first_two = records["one"][1], records["two"][1]
+    assert first_two["loss"] == pytest.approx(first_one["loss"], rel=1e-5)
+    assert first_two["grad_norm"] == pytest.approx(first_one["grad_norm"], rel=1e-4)
+    for step in (2, 3):
+        assert records["two"][step]["loss"] == pytest.approx(records["one"][step]["loss"],
+                                                             rel=1e-3), (records, step)
