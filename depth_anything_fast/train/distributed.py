@@ -42,7 +42,17 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    if world_size > 1 and cfg.fsdp is False:
+        raise ValueError(f"dist.fsdp: false with {world_size} processes would train unsynchronised "
+                         "replicas; leave it unset (FSDP2) or run one process")
+    if (world_size > 1 or cfg.fsdp) and not dist.is_initialized():
+        if world_size == 1:
+            # FSDP2 asked for in a single process (e.g. to measure it on one GPU): a one-rank
+            # group on a free local port.
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
         dist.init_process_group(
             backend=backend,
@@ -50,6 +60,14 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
             device_id=device if backend == "nccl" else None,
         )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def shutdown_distributed() -> None:

@@ -72,8 +72,9 @@ def student_loss(
     inputs = torch.cat([labelled["image"], mixed])
     pred, tokens = model(inputs, return_features=True)
     pred = pred.float()
+    frozen_dtype = next(frozen_encoder.parameters()).dtype
     with torch.no_grad():
-        frozen_tokens = frozen_encoder.patch_tokens(inputs)
+        frozen_tokens = frozen_encoder.patch_tokens(inputs.to(frozen_dtype))
 
     loss_l = affine_invariant_loss(
         pred[:n_labelled], labelled["disparity"], labelled["mask"], backend=cfg.backend

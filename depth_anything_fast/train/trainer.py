@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .distributed import (
     any_rank,
     autocast_context,
     init_distributed,
+    resolve_param_dtype,
     use_fsdp,
     wrap_model,
 )
@@ -169,8 +171,9 @@ class Trainer:
             from depth_anything_fast.models import build_frozen_encoder
 
             # Replicated on every rank: it is inference-only and smaller than the student.
+            # In the training parameter dtype (bf16 on GPU): it only runs forward passes.
             frozen = build_frozen_encoder(cfg.model.frozen_encoder or cfg.model.init)
-            frozen = frozen.to(info.device)
+            frozen = frozen.to(info.device, dtype=resolve_param_dtype(cfg.dist, info.device))
         fsdp = use_fsdp(cfg.dist, info)
         model = wrap_model(model, cfg.dist, info)
         optimizer = build_optimizer(model, cfg.optim)
@@ -204,7 +207,9 @@ class Trainer:
         metrics_file = (self.out_dir / "metrics.jsonl").open("a") if info.is_main else None
         writer = self._tensorboard() if info.is_main else None
         bar = self._progress(step, info)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Signal handlers can only be installed from the main thread.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
         images_per_step = info.world_size * cfg.data.batch_size * (
             1 + cfg.data.unlabelled_ratio if cfg.stage == "student" else 1)
         last_loss = math.nan
@@ -259,7 +264,8 @@ class Trainer:
                 if cfg.export:
                     export = self._export(model, info)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
             if bar is not None:
                 bar.close()
             if metrics_file is not None:
