@@ -102,28 +102,28 @@ class DPTHead(nn.Module):
         self.scratch.output_conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
         self.scratch.output_conv2 = nn.Sequential(
             nn.Conv2d(features // 2, 32, kernel_size=3, stride=1, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # as officially; saves a full-resolution tensor
             nn.Conv2d(32, 1, kernel_size=1, stride=1, padding=0),
-            nn.Sigmoid() if metric else nn.ReLU(),
+            nn.Sigmoid() if metric else nn.ReLU(inplace=True),
         )
 
     def forward(self, tokens: list[torch.Tensor], patch_h: int, patch_w: int) -> torch.Tensor:
-        maps = []
+        s = self.scratch
+        layers = []
         for i, x in enumerate(tokens):
             x = x.permute(0, 2, 1).reshape(x.shape[0], x.shape[-1], patch_h, patch_w)
-            maps.append(self.resize_layers[i](self.projects[i](x)))
-        s = self.scratch
-        layer1, layer2, layer3, layer4 = (
-            s.layer1_rn(maps[0]),
-            s.layer2_rn(maps[1]),
-            s.layer3_rn(maps[2]),
-            s.layer4_rn(maps[3]),
-        )
-        path4 = s.refinenet4(layer4, size=layer3.shape[2:])
-        path3 = s.refinenet3(path4, layer3, size=layer2.shape[2:])
-        path2 = s.refinenet2(path3, layer2, size=layer1.shape[2:])
-        path1 = s.refinenet1(path2, layer1)
-        out = s.output_conv1(path1)
+            x = self.resize_layers[i](self.projects[i](x))
+            layers.append(getattr(s, f"layer{i + 1}_rn")(x))
+        # rebinding `path`/`out` frees each full-resolution intermediate as soon as it is used
+        path = s.refinenet4(layers[3], size=layers[2].shape[2:])
+        path = s.refinenet3(path, layers[2], size=layers[1].shape[2:])
+        path = s.refinenet2(path, layers[1], size=layers[0].shape[2:])
+        path = s.refinenet1(path, layers[0])
+        del layers
+        out = s.output_conv1(path)
+        del path
         size = (patch_h * self.patch_size, patch_w * self.patch_size)
         out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
-        return s.output_conv2(out)
+        for layer in s.output_conv2:
+            out = layer(out)
+        return out
