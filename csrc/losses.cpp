@@ -6,7 +6,7 @@
 // preallocated by the caller and written in place, so no torch headers are needed.
 //
 // Affine-invariant loss: per group g = (image, segment) the lower median t (rank (n-1)/2,
-// std::nth_element on a gathered copy) and s = max(mean|x - t|, 1e-6) of pred and of target,
+// radix select on a gathered copy) and s = max(mean|x - t|, 1e-6) of pred and of target,
 // then one fused pass for the loss and the per-group sums the backward needs.
 
 #include <pybind11/numpy.h>
@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -38,7 +39,20 @@ constexpr int kStatCols = 9;  // n, t_pred, s_pred, A, Bsum, C, scale_active, t_
 template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
 
-inline float sign(float x) { return static_cast<float>((x > 0.0f) - (x < 0.0f)); }
+constexpr int64_t kBlock = 512;  // float partial sums per block, double across blocks
+
+// Branch-free (comparisons as 0/1) so that the loops using it vectorise.
+inline float sign(float x) { return static_cast<float>(x > 0.0f) - static_cast<float>(x < 0.0f); }
+
+// isfinite on the exponent bits (vectorises, unlike std::isfinite or a float comparison).
+inline bool is_finite(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return (bits & 0x7F800000u) != 0x7F800000u;
+}
+
+// 1 for finite x, 0 for inf/NaN (x - x is NaN then), as float arithmetic so that it vectorises.
+inline float finite_weight(float x) { return static_cast<float>((x - x) == 0.0f); }
 
 template <typename T>
 T* data_2d(Array<T>& a, const char* name, int64_t rows, int64_t cols) {
@@ -71,7 +85,7 @@ struct ImageBatch {
   // Group of pixel i of image b, or -1 when the pixel is invalid.
   inline int group(int64_t b, int64_t i) const {
     const int64_t k = b * length + i;
-    if (!std::isfinite(target[k]) || (mask != nullptr && !mask[k])) return -1;
+    if (!is_finite(target[k]) || (mask != nullptr && !mask[k])) return -1;
     if (segments == nullptr) return 0;
     const int32_t s = segments[k];
     return (s >= 0 && s < num_segments) ? s : -1;
@@ -93,47 +107,164 @@ ImageBatch make_batch(Array<float>& pred, Array<float>& target, std::optional<Ar
   return x;
 }
 
-// Lower median of values[0, n) (reordered in place) and max(mean|x - t|, eps) as double.
+// Order-preserving map float -> uint32 (negatives: flip all bits; others: flip the sign bit).
+inline uint32_t order_key(float x) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, x);
+  // Arithmetic shift of the sign bit: all ones for negatives, zero otherwise (branch-free).
+  return bits ^ (static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u);
+}
+
+inline float key_value(uint32_t key) {
+  const uint32_t bits = key ^ ((key & 0x80000000u) ? 0x80000000u : 0xFFFFFFFFu);
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+
+// Element of rank k of values[0, n) by radix select on order keys: digits of 11, 11 and 10 bits,
+// most significant first; each level histograms the candidates, keeps the bin holding rank k
+// (compacted into `candidates`, length >= n) and descends. Two histogram passes over the data in
+// the common case, against the several branchy partition passes of std::nth_element.
+float radix_select(const float* values, int64_t n, int64_t k, std::vector<float>& candidates) {
+  constexpr int kShifts[3] = {21, 10, 0};
+  constexpr uint32_t kMasks[3] = {0x7FFu, 0x7FFu, 0x3FFu};
+  uint32_t hist[2048];
+  const float* cand = values;
+  int64_t m = n;
+  uint32_t key = 0;
+  for (int level = 0; level < 3; ++level) {
+    const int shift = kShifts[level];
+    const uint32_t mask = kMasks[level];
+    std::fill(hist, hist + mask + 1, 0u);
+    for (int64_t i = 0; i < m; ++i) ++hist[(order_key(cand[i]) >> shift) & mask];
+    uint32_t bin = 0;
+    for (int64_t before = 0;; ++bin) {
+      if (before + static_cast<int64_t>(hist[bin]) > k) {
+        k -= before;
+        break;
+      }
+      before += hist[bin];
+    }
+    key |= bin << shift;
+    if (level == 2 || hist[bin] == m) {  // done, or every candidate shares this digit
+      if (level == 2) break;
+      continue;
+    }
+    float* out = candidates.data();
+    int64_t j = 0;
+    for (int64_t i = 0; i < m; ++i) {  // branchless compaction (out may alias cand: j <= i)
+      const float x = cand[i];
+      out[j] = x;
+      j += ((order_key(x) >> shift) & mask) == bin;
+    }
+    cand = out;
+    m = j;
+  }
+  return key_value(key);
+}
+
+// Lower median of values[0, n) and mean|x - t| (in double).
 struct Location {
   float t;
   double mean_abs_dev;
 };
 
-Location lower_median_and_deviation(float* values, int64_t n) {
-  float* kth = values + (n - 1) / 2;
-  std::nth_element(values, kth, values + n);
-  const float t = *kth;
+Location lower_median_and_deviation(const float* values, int64_t n,
+                                    std::vector<float>& candidates) {
+  const float t = radix_select(values, n, (n - 1) / 2, candidates);
   double dev = 0.0;
-#pragma omp simd reduction(+ : dev)
-  for (int64_t i = 0; i < n; ++i) dev += std::fabs(static_cast<double>(values[i]) - t);
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+    for (int64_t i = i0; i < i1; ++i) part += std::fabs(values[i] - t);
+    dev += part;
+  }
   return {t, dev / static_cast<double>(n)};
+}
+
+struct GroupSums {
+  double loss, r, rp, sign;
+};
+
+// Fused pass of one group (S == 1): sum|p^ - g^|, A = sum r, Bsum = sum r p^, C = sum sign(p - t),
+// float partial sums per block. A separate function with restrict pointers so that it vectorises.
+GroupSums fused_single_group(const float* __restrict p, const float* __restrict g,
+                             const int32_t* __restrict gid, int64_t n, float tp, float inv_sp,
+                             float tg, float inv_sg) {
+  GroupSums sums{0.0, 0.0, 0.0, 0.0};
+  const uint32_t* p_bits = reinterpret_cast<const uint32_t*>(p);
+  const uint32_t* g_bits = reinterpret_cast<const uint32_t*>(g);
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    float l = 0.0f, a = 0.0f, bs = 0.0f, c = 0.0f;
+#pragma omp simd reduction(+ : l, a, bs, c)
+    for (int64_t i = i0; i < i1; ++i) {
+      // No branches and no float selects (GCC keeps those as branches, ~10x slower): invalid
+      // pixels, whose target may be NaN/inf, are zeroed bitwise, then weighted by w = 0.
+      const uint32_t keep = ~static_cast<uint32_t>(gid[i] >> 31);  // all ones iff gid >= 0
+      const float w = static_cast<float>(gid[i] >= 0);
+      const float ph = (__builtin_bit_cast(float, p_bits[i] & keep) - tp) * inv_sp;
+      const float gh = (__builtin_bit_cast(float, g_bits[i] & keep) - tg) * inv_sg;
+      const float d = w * (ph - gh);
+      const float r = sign(d);
+      l += std::fabs(d);
+      a += r;
+      bs += r * ph;
+      c += w * sign(ph);
+    }
+    sums.loss += l, sums.r += a, sums.rp += bs, sums.sign += c;
+  }
+  return sums;
 }
 
 // Forward for one image; gid/pred_buf/target_buf are per-thread scratch of length L.
 void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
-                   std::vector<float>& pred_buf, std::vector<float>& target_buf, float* loss_out,
+                   std::vector<float>& pred_buf, std::vector<float>& target_buf,
+                   std::vector<float>& candidates, float* loss_out,
                    float* stats, int64_t* median_index) {
   const int S = x.num_segments;
   const int64_t L = x.length;
   const float* p = x.pred + b * L;
   const float* g = x.target + b * L;
   std::vector<int64_t> count(S, 0), offset(S, 0);
-  for (int64_t i = 0; i < L; ++i) {
-    const int grp = x.group(b, i);
-    gid[i] = grp;
-    if (grp >= 0) ++count[grp];
-  }
-  for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
-  std::vector<int64_t> fill(offset);
-  const float inf = std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < L; ++i) {
-    const int grp = gid[i];
-    if (grp < 0) continue;
-    const int64_t k = fill[grp]++;
-    // NaN would break nth_element's strict weak ordering; +inf keeps it well defined (the
-    // NaN still propagates into the loss through the fused pass).
-    pred_buf[k] = std::isnan(p[i]) ? inf : p[i];
-    target_buf[k] = g[i];
+  // NaN predictions need no special case: their order keys rank them beyond +-inf, and the NaN
+  // propagates into the loss through the fused pass.
+  if (S == 1) {  // one group: vectorised validity, branchless gather
+    const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
+    const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) gid[i] = is_finite(g[i]) ? 0 : -1;
+    if (m != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) gid[i] |= static_cast<int32_t>(m[i]) - 1;  // -1 if masked
+    }
+    if (seg != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) gid[i] = seg[i] == 0 ? gid[i] : -1;
+    }
+    int64_t k = 0;
+    for (int64_t i = 0; i < L; ++i) {
+      pred_buf[k] = p[i];
+      target_buf[k] = g[i];
+      k += gid[i] >= 0;
+    }
+    count[0] = k;
+  } else {
+    for (int64_t i = 0; i < L; ++i) {
+      const int grp = x.group(b, i);
+      gid[i] = grp;
+      if (grp >= 0) ++count[grp];
+    }
+    for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
+    std::vector<int64_t> fill(offset);
+    for (int64_t i = 0; i < L; ++i) {
+      const int grp = gid[i];
+      if (grp < 0) continue;
+      const int64_t k = fill[grp]++;
+      pred_buf[k] = p[i];
+      target_buf[k] = g[i];
+    }
   }
 
   std::vector<float> t_p(S, 0.f), s_p(S, 1.f), t_g(S, 0.f), s_g(S, 1.f);
@@ -146,8 +277,10 @@ void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
       st[2] = st[8] = kScaleEps;
       continue;
     }
-    const Location lp = lower_median_and_deviation(pred_buf.data() + offset[s], count[s]);
-    const Location lg = lower_median_and_deviation(target_buf.data() + offset[s], count[s]);
+    const Location lp =
+        lower_median_and_deviation(pred_buf.data() + offset[s], count[s], candidates);
+    const Location lg =
+        lower_median_and_deviation(target_buf.data() + offset[s], count[s], candidates);
     t_p[s] = lp.t;
     s_p[s] = std::max(static_cast<float>(lp.mean_abs_dev), kScaleEps);
     t_g[s] = lg.t;
@@ -161,30 +294,17 @@ void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
 
   // Fused pass: loss and the sums A = sum r, Bsum = sum r * p^, C = sum sign(p - t).
   std::vector<double> loss(S, 0.0), sum_r(S, 0.0), sum_rp(S, 0.0), sum_sign(S, 0.0);
+  // p^ = (p - t) * (1 / s): the backward recomputes r = sign(p^ - g^) with the same formula.
   if (S == 1) {
-    double l = 0.0, a = 0.0, bs = 0.0, c = 0.0;
-    const float tp = t_p[0], sp = s_p[0], tg = t_g[0], sg = s_g[0];
-    const int32_t* gi = gid.data();
-#pragma omp simd reduction(+ : l, a, bs, c)
-    for (int64_t i = 0; i < L; ++i) {
-      if (gi[i] >= 0) {
-        const float ph = (p[i] - tp) / sp;
-        const float gh = (g[i] - tg) / sg;
-        const float d = ph - gh;
-        const float r = sign(d);
-        l += std::fabs(d);
-        a += r;
-        bs += r * ph;
-        c += sign(p[i] - tp);
-      }
-    }
-    loss[0] = l, sum_r[0] = a, sum_rp[0] = bs, sum_sign[0] = c;
+    const GroupSums sums = fused_single_group(p, g, gid.data(), L, t_p[0], 1.0f / s_p[0], t_g[0],
+                                              1.0f / s_g[0]);
+    loss[0] = sums.loss, sum_r[0] = sums.r, sum_rp[0] = sums.rp, sum_sign[0] = sums.sign;
   } else {
     for (int64_t i = 0; i < L; ++i) {
       const int s = gid[i];
       if (s < 0) continue;
-      const float ph = (p[i] - t_p[s]) / s_p[s];
-      const float gh = (g[i] - t_g[s]) / s_g[s];
+      const float ph = (p[i] - t_p[s]) * (1.0f / s_p[s]);
+      const float gh = (g[i] - t_g[s]) * (1.0f / s_g[s]);
       const float d = ph - gh;
       const float r = sign(d);
       loss[s] += std::fabs(d);
@@ -228,13 +348,36 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
   py::gil_scoped_release release;
 #pragma omp parallel
   {
-    std::vector<int32_t> gid(x.length);
-    std::vector<float> pred_buf(x.length), target_buf(x.length);
+    // Per-thread scratch kept across calls: fresh multi-MiB buffers would be page-faulted in
+    // (zeroed by the kernel) on every call, which cost as much as the selection itself.
+    thread_local std::vector<int32_t> gid;
+    thread_local std::vector<float> pred_buf, target_buf, candidates;
+    if (gid.size() < static_cast<size_t>(x.length)) {
+      gid.resize(x.length);
+      pred_buf.resize(x.length);
+      target_buf.resize(x.length);
+      candidates.resize(x.length);
+    }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < x.batch; ++b) {
-      forward_image(x, b, gid, pred_buf, target_buf, loss_out + b,
+      forward_image(x, b, gid, pred_buf, target_buf, candidates, loss_out + b,
                     stats_out + b * num_segments * kStatCols, index_out + b * num_segments);
     }
+  }
+}
+
+// One image, one group, no mask: grad = c_r * sign(p^ - g^) - c_sign * sign(p - t), 0 where the
+// target is not finite. A separate function with restrict pointers so that it vectorises.
+void backward_single_group(const float* __restrict p, const float* __restrict g, int64_t n,
+                           float tp, float inv_sp, float tg, float inv_sg, float c_r,
+                           float c_sign, float* __restrict out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float ph = (p[i] - tp) * inv_sp;
+    const float gh = (g[i] - tg) * inv_sg;
+    // sign() is finite even for inf/NaN arguments, so a 0/1 factor (not a select) can zero
+    // invalid pixels; GCC does not if-convert the select under -ftrapping-math.
+    out[i] = finite_weight(g[i]) * (c_r * sign(ph - gh) - c_sign * sign(ph));
   }
 }
 
@@ -275,15 +418,14 @@ void affine_invariant_backward(Array<float> grad_loss, Array<float> pred, Array<
       c_sign[s] = gs[0] > 0 ? w * gs[6] * gs[4] / (s_p[s] * gs[0]) : 0.0f;
     }
     if (S == 1 && x.segments == nullptr) {
-      const float tp = t_p[0], sp = s_p[0], tg = t_g[0], sg = s_g[0], cr = c_r[0], cs = c_sign[0];
-      const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
+      const float tp = t_p[0], inv_sp = 1.0f / s_p[0], tg = t_g[0], inv_sg = 1.0f / s_g[0];
+      const float cr = c_r[0];
+      backward_single_group(p, g, L, tp, inv_sp, tg, inv_sg, cr, c_sign[0], out);
+      if (x.mask != nullptr) {
+        // bool has no vector type: read the mask as bytes (0/1)
+        const uint8_t* m = reinterpret_cast<const uint8_t*>(x.mask + b * L);
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) {
-        const bool valid = std::isfinite(g[i]) && (m == nullptr || m[i]);
-        const float ph = (p[i] - tp) / sp;
-        const float gh = (g[i] - tg) / sg;
-        const float grad = cr * sign(ph - gh) - cs * sign(p[i] - tp);
-        out[i] = valid ? grad : 0.0f;
+        for (int64_t i = 0; i < L; ++i) out[i] *= static_cast<float>(m[i]);
       }
     } else {
       for (int64_t i = 0; i < L; ++i) {
@@ -292,8 +434,8 @@ void affine_invariant_backward(Array<float> grad_loss, Array<float> pred, Array<
           out[i] = 0.0f;
           continue;
         }
-        const float ph = (p[i] - t_p[s]) / s_p[s];
-        const float gh = (g[i] - t_g[s]) / s_g[s];
+        const float ph = (p[i] - t_p[s]) * (1.0f / s_p[s]);
+        const float gh = (g[i] - t_g[s]) * (1.0f / s_g[s]);
         out[i] = c_r[s] * sign(ph - gh) - c_sign[s] * sign(p[i] - t_p[s]);
       }
     }
