@@ -75,7 +75,7 @@ def official_loop(model: DepthAnything, paths: list[Path], out: Path) -> None:
         atomic_write(out / (path.stem + ".png"), encode_png16(depth).data)
 
 
-def ours(model: DepthAnything, src: Path, out: Path, device: str) -> None:
+def ours(model: DepthAnything, src: Path, out: Path, device: str, original_size: bool) -> None:
     batch = 16 if device == "cuda" else 4
     summary = pseudo_label(
         model,
@@ -85,6 +85,7 @@ def ours(model: DepthAnything, src: Path, out: Path, device: str) -> None:
         input_size=INPUT_SIZE,
         device=device,
         num_workers=4 if device == "cuda" else 2,
+        original_size=original_size,
         handle_signals=False,
     )
     assert summary.failed == 0 and summary.succeeded > 0
