@@ -1,0 +1,102 @@
+"""Dispatch of the public losses to the Triton kernels (triton_op wrappers, autograd, opcheck).
+
+On a CPU-only machine this runs through Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1), so shapes stay tiny. The kernels themselves are tested in depth in
+test_kernels_triton.py; this checks the ops layer end to end against float64 references.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
+from depth_anything_fast.losses.reference import (
+    affine_invariant_loss_reference,
+    feature_alignment_loss_reference,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None
+    or (DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1"),
+    reason="needs triton with CUDA or TRITON_INTERPRET=1",
+)
+
+
+def test_affine_invariant_triton_values_and_grads():
+    batch, h, w, segments_n = 3, 9, 13, 2
+    pred = torch.randn(batch, h, w, device=DEVICE)
+    target = torch.rand(batch, h, w, device=DEVICE)
+    mask = torch.rand(batch, h, w, device=DEVICE) > 0.3
+    mask[1] = False  # an empty image
+    target[0, 0, :3] = float("nan")
+    segments = torch.randint(0, segments_n, (batch, h, w), device=DEVICE)
+    weights = torch.rand(batch, dtype=torch.float64, device=DEVICE) + 0.5
+    p64 = pred.double().requires_grad_()
+    expected, _ = affine_invariant_loss_reference(
+        p64.reshape(batch, -1),
+        target.double().reshape(batch, -1),
+        mask.reshape(batch, -1),
+        segments.reshape(batch, -1),
+        segments_n,
+    )
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), p64)
+    p = pred.clone().requires_grad_()
+    loss = affine_invariant_loss(
+        p, target, mask, segments, num_segments=segments_n, reduction="none", backend="triton"
+    )
+    (loss * weights.float()).sum().backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
+    scale = expected_grad.abs().max().item()
+    torch.testing.assert_close(p.grad.double(), expected_grad, atol=2e-5 * scale, rtol=0)
+
+
+def test_cutmix_and_feature_alignment_triton():
+    pred, target_a, target_b = (torch.rand(2, 8, 10, device=DEVICE) for _ in range(3))
+    box = torch.zeros(2, 8, 10, dtype=torch.bool, device=DEVICE)
+    box[:, 2:6, 3:8] = True
+    expected = cutmix_loss(
+        pred.double(), target_a.double(), target_b.double(), box, backend="reference"
+    )
+    got = cutmix_loss(pred, target_a, target_b, box, backend="triton")
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+
+    features = torch.randn(2, 6, 32, device=DEVICE)
+    frozen = features + torch.rand(2, 6, 1, device=DEVICE) * torch.randn(2, 6, 32, device=DEVICE)
+    f64 = features.double().requires_grad_()
+    expected = feature_alignment_loss_reference(f64, frozen.double(), 0.85)
+    (expected_grad,) = torch.autograd.grad(expected, f64)
+    f = features.clone().requires_grad_()
+    loss = feature_alignment_loss(f, frozen, 0.85, backend="triton")
+    loss.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
+    scale = expected_grad.abs().max().item() or 1.0
+    torch.testing.assert_close(f.grad.double(), expected_grad, atol=2e-5 * scale, rtol=0)
+
+
+def test_opcheck_triton_ops():
+    """Full opcheck on CUDA; the interpreter runs kernels on FakeTensors, so not the fake test."""
+    from depth_anything_fast.ops import triton as triton_ops
+
+    checks = ("test_schema", "test_autograd_registration")
+    if DEVICE == "cuda":
+        checks = (*checks, "test_faketensor", "test_aot_dispatch_dynamic")
+
+    pred = torch.randn(2, 40, device=DEVICE, requires_grad=True)
+    target = torch.rand(2, 40, device=DEVICE)
+    mask = torch.rand(2, 40, device=DEVICE) > 0.2
+    torch.library.opcheck(
+        triton_ops.affine_invariant_triton,
+        (pred, target, mask, None, 1),
+        test_utils=checks,
+    )
+    features = torch.randn(5, 16, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(
+        triton_ops.feature_alignment_triton,
+        (features, torch.randn(5, 16, device=DEVICE), 0.85),
+        test_utils=checks,
+    )
