@@ -135,6 +135,26 @@ def test_edge_cases_all_invalid_single_pixel_constant_nonfinite():
     assert loss[0] == 0 and loss[1] == 0
 
 
+def test_nan_prediction_gives_nan_for_its_image_only():
+    """A diverged model must show up as NaN, not crash the selection or leak into other images."""
+    pred, target, _, segments = make_inputs(3, 10, 11, 2, torch.float32)
+    pred[1, 4, 5] = float("nan")
+    loss = affine_invariant_loss(
+        pred, target, None, segments, num_segments=2, reduction="none", backend="cpu"
+    )
+    expected = affine_invariant_loss(
+        pred.double(),
+        target.double(),
+        None,
+        segments,
+        num_segments=2,
+        reduction="none",
+        backend="reference",
+    )
+    assert torch.isnan(loss[1]) and torch.isnan(expected[1])
+    torch.testing.assert_close(loss[[0, 2]].double(), expected[[0, 2]], rtol=2e-5, atol=2e-5)
+
+
 def test_all_empty_batch_gives_zero_and_zero_grad():
     pred = torch.randn(3, 8, 9, requires_grad=True)
     target = torch.full((3, 8, 9), float("nan"))
