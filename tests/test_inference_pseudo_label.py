@@ -312,10 +312,12 @@ def test_predict_cli(tiny: tuple[DepthAnything, Path], tmp_path: Path) -> None:
         str(INPUT_SIZE),
     ]
     assert main([*argv, "--save-npy"]) == 0
-    assert np.asarray(Image.open(out / "x.png")).shape == (48, 64 + 50 + 64, 3)
+    combined = np.asarray(Image.open(out / "x.png"))
+    assert combined.shape == (48, 64 + 50 + 64, 3) and (combined[:, :64] == image).all()
     assert (out / "sub" / "y.png").exists()
     _assert_close(np.load(out / "x.npy"), model.infer_image(image, INPUT_SIZE), 1e-4)
-    assert main([*argv, "--pred-only", "--grayscale"]) == 0
+    (tmp_path / "in" / "bad.jpg").write_bytes(b"")
+    assert main([*argv, "--pred-only", "--grayscale"]) == 1  # one input failed, others written
     pred = np.asarray(Image.open(out / "x.png"))
     assert pred.shape == (48, 64, 3) and (pred[..., 0] == pred[..., 1]).all()
 

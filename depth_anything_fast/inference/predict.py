@@ -104,12 +104,20 @@ def predict_files(
 
     written: list[Path] = []
     failed: list[tuple[str, str]] = []
-    # Enough images per chunk for shape buckets to fill batches; decoded one chunk ahead.
-    chunk = 4 * batch_size
+
+    def drain(jobs: list[tuple[str, Future[Path]]]) -> None:
+        for path, job in jobs:
+            try:
+                written.append(job.result())
+            except (OSError, ValueError) as exc:
+                failed.append((path, f"{type(exc).__name__}: {exc}"))
+
+    # Enough images per chunk for shape buckets to fill batches; the next chunk decodes while
+    # this one runs, and the previous chunk's PNGs are written meanwhile (memory stays bounded).
+    chunks = list(_chunks(items, 4 * batch_size))
     with ThreadPoolExecutor(num_threads) as decoders, ThreadPoolExecutor(num_threads) as writers:
-        pending: list[tuple[str, Path, Future[Path]]] = []
-        chunks = list(_chunks(items, chunk))
-        decoded = [decoders.submit(_decode, p) for p, _ in chunks[0]] if chunks else []
+        decoded = [decoders.submit(_decode, p) for p, _ in chunks[0]]
+        writing: list[tuple[str, Future[Path]]] = []
         for index, part in enumerate(chunks):
             current = decoded
             if index + 1 < len(chunks):
@@ -122,16 +130,16 @@ def predict_files(
                     kept.append((path, name))
                 except (OSError, ValueError) as exc:
                     failed.append((path, str(getattr(exc, "reason", exc))))
-            for (path, name), image, disparity in zip(
-                kept, images, predictor.predict(images), strict=True
-            ):
-                job = writers.submit(
-                    _save, out_root / name, image, disparity, grayscale, pred_only, save_npy
+            disparities = predictor.predict(images)
+            drain(writing)
+            writing = [
+                (
+                    path,
+                    writers.submit(
+                        _save, out_root / name, image, d, grayscale, pred_only, save_npy
+                    ),
                 )
-                pending.append((path, out_root / name, job))
-        for path, _, job in pending:
-            try:
-                written.append(job.result())
-            except (OSError, ValueError) as exc:
-                failed.append((path, f"{type(exc).__name__}: {exc}"))
+                for (path, name), image, d in zip(kept, images, disparities, strict=True)
+            ]
+        drain(writing)
     return written, failed
