@@ -38,6 +38,10 @@ def _train(config: Path, overrides: list[str], label: str) -> Path:
     cfg = load_config(config, overrides)
     start = time.perf_counter()
     result = Trainer(cfg).run()
+    if result["status"] == "terminated":
+        print(f"[demo] {label} stopped by SIGTERM at step {result['step']} (checkpoint saved); "
+              "run the demo again to start over", flush=True)
+        sys.exit(143)
     if result["status"] != "done" or result["export"] is None:
         raise RuntimeError(f"{label} training did not finish: {result}")
     print(f"[demo] {label}: {result['step']} steps in {time.perf_counter() - start:.0f}s, "

@@ -12,8 +12,11 @@ process killed mid-save never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,15 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from .distributed import DistInfo, barrier
 
 LATEST = "latest"
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every call without a process group that it assumes a single process,
+    which is exactly the intent of a plain ``python -m`` run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,7 +96,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True, exist_ok=True)
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+    with _single_process_quiet():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
     torch.save(
         {**trainer_state, "step": step, "world_size": info.world_size, "rng": rng_state()},
         tmp / f"rank{info.rank}.pt",
@@ -118,13 +131,15 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} was written by {state['world_size']} processes, "
                          f"this run has {info.world_size}: resume with the same world size")
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.load({"model": model_state}, checkpoint_id=str(path))
+    with _single_process_quiet():
+        dcp.load({"model": model_state}, checkpoint_id=str(path))
     # Partial for the optimiser only: parameters that never received a gradient (e.g. the
     # DPT head's unused refinenet4.resConfUnit1) have no AdamW state in the file, while
     # get_state_dict creates one for every parameter; those keep their fresh (unused) state.
     optim_wrapped = {"optim": optim_state}
-    dcp.load(optim_wrapped, checkpoint_id=str(path),
-             planner=DefaultLoadPlanner(allow_partial_load=True))
+    with _single_process_quiet():
+        dcp.load(optim_wrapped, checkpoint_id=str(path),
+                 planner=DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(model, optimizer, model_state_dict=model_state,
                    optim_state_dict=optim_wrapped["optim"])
     set_rng_state(state.pop("rng"))
