@@ -187,31 +187,25 @@ struct GroupSums {
   double loss, r, rp, sign;
 };
 
-// Fused pass of one group (S == 1): sum|p^ - g^|, A = sum r, Bsum = sum r p^, C = sum sign(p - t),
-// float partial sums per block. A separate function with restrict pointers so that it vectorises.
-GroupSums fused_single_group(const float* __restrict p, const float* __restrict g,
-                             const int32_t* __restrict gid, int64_t n, float tp, float inv_sp,
-                             float tg, float inv_sg) {
+// Fused pass over one group's gathered (pred, target) pairs, all valid: sum|p^ - g^|,
+// A = sum r, Bsum = sum r p^, C = sum sign(p - t), with float partial sums per block.
+// p^ = (p - t) * (1 / s): the backward recomputes r = sign(p^ - g^) with the same formula.
+GroupSums fused_group(const float* __restrict p, const float* __restrict g, int64_t n, float tp,
+                      float inv_sp, float tg, float inv_sg) {
   GroupSums sums{0.0, 0.0, 0.0, 0.0};
-  const uint32_t* p_bits = reinterpret_cast<const uint32_t*>(p);
-  const uint32_t* g_bits = reinterpret_cast<const uint32_t*>(g);
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     const int64_t i1 = std::min(n, i0 + kBlock);
     float l = 0.0f, a = 0.0f, bs = 0.0f, c = 0.0f;
 #pragma omp simd reduction(+ : l, a, bs, c)
     for (int64_t i = i0; i < i1; ++i) {
-      // No branches and no float selects (GCC keeps those as branches, ~10x slower): invalid
-      // pixels, whose target may be NaN/inf, are zeroed bitwise, then weighted by w = 0.
-      const uint32_t keep = ~static_cast<uint32_t>(gid[i] >> 31);  // all ones iff gid >= 0
-      const float w = static_cast<float>(gid[i] >= 0);
-      const float ph = (__builtin_bit_cast(float, p_bits[i] & keep) - tp) * inv_sp;
-      const float gh = (__builtin_bit_cast(float, g_bits[i] & keep) - tg) * inv_sg;
-      const float d = w * (ph - gh);
+      const float ph = (p[i] - tp) * inv_sp;
+      const float gh = (g[i] - tg) * inv_sg;
+      const float d = ph - gh;
       const float r = sign(d);
       l += std::fabs(d);
       a += r;
       bs += r * ph;
-      c += w * sign(ph);
+      c += sign(ph);
     }
     sums.loss += l, sums.r += a, sums.rp += bs, sums.sign += c;
   }
@@ -292,26 +286,13 @@ void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
     st[8] = s_g[s];
   }
 
-  // Fused pass: loss and the sums A = sum r, Bsum = sum r * p^, C = sum sign(p - t).
+  // Fused pass on the gathered pairs (radix select left pred_buf/target_buf in gather order).
   std::vector<double> loss(S, 0.0), sum_r(S, 0.0), sum_rp(S, 0.0), sum_sign(S, 0.0);
-  // p^ = (p - t) * (1 / s): the backward recomputes r = sign(p^ - g^) with the same formula.
-  if (S == 1) {
-    const GroupSums sums = fused_single_group(p, g, gid.data(), L, t_p[0], 1.0f / s_p[0], t_g[0],
-                                              1.0f / s_g[0]);
-    loss[0] = sums.loss, sum_r[0] = sums.r, sum_rp[0] = sums.rp, sum_sign[0] = sums.sign;
-  } else {
-    for (int64_t i = 0; i < L; ++i) {
-      const int s = gid[i];
-      if (s < 0) continue;
-      const float ph = (p[i] - t_p[s]) * (1.0f / s_p[s]);
-      const float gh = (g[i] - t_g[s]) * (1.0f / s_g[s]);
-      const float d = ph - gh;
-      const float r = sign(d);
-      loss[s] += std::fabs(d);
-      sum_r[s] += r;
-      sum_rp[s] += r * ph;
-      sum_sign[s] += sign(p[i] - t_p[s]);
-    }
+  for (int s = 0; s < S; ++s) {
+    if (count[s] == 0) continue;
+    const GroupSums sums = fused_group(pred_buf.data() + offset[s], target_buf.data() + offset[s],
+                                       count[s], t_p[s], 1.0f / s_p[s], t_g[s], 1.0f / s_g[s]);
+    loss[s] = sums.loss, sum_r[s] = sums.r, sum_rp[s] = sums.rp, sum_sign[s] = sums.sign;
   }
   // Median index: the lowest valid index holding the median value (early exit once all found).
   int missing = 0;
