@@ -154,6 +154,8 @@ class DepthAnything(nn.Module):
                 config = DepthAnythingConfig.from_dict(values)
             else:
                 hf_config = file_config if fmt == "hf" else None
+                if fmt == "dinov2" and version is None:
+                    version = "v2"  # a bare backbone: the version only picks the head's layers
                 config = checkpoints.infer_config(
                     state,
                     source_name=str(path),
