@@ -89,7 +89,7 @@ def _run(
 
     step()  # warm-up: compilation, first-touch allocations
     benchmark.extra_info["peak_MiB"] = round(_peak_mib(step, device), 2)
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info["bytes"] = bytes_moved
     benchmark.extra_info["GB/s"] = round(bytes_moved / benchmark.stats.stats.mean / 1e9, 3)
 
