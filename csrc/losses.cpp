@@ -15,8 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -44,11 +42,9 @@ constexpr int64_t kBlock = 512;  // float partial sums per block, double across 
 // Branch-free (comparisons as 0/1) so that the loops using it vectorise.
 inline float sign(float x) { return static_cast<float>(x > 0.0f) - static_cast<float>(x < 0.0f); }
 
-// isfinite on the exponent bits (vectorises, unlike std::isfinite or a float comparison).
+// isfinite on the exponent bits (all ones for inf and NaN).
 inline bool is_finite(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return (bits & 0x7F800000u) != 0x7F800000u;
+  return (__builtin_bit_cast(uint32_t, x) & 0x7F800000u) != 0x7F800000u;
 }
 
 // 1 for finite x, 0 for inf/NaN (x - x is NaN then), as float arithmetic so that it vectorises.
@@ -115,10 +111,7 @@ inline uint32_t order_key(float x) {
 }
 
 inline float key_value(uint32_t key) {
-  const uint32_t bits = key ^ ((key & 0x80000000u) ? 0x80000000u : 0xFFFFFFFFu);
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
+  return __builtin_bit_cast(float, key ^ ((key & 0x80000000u) ? 0x80000000u : 0xFFFFFFFFu));
 }
 
 // Element of rank k of values[0, n) by radix select on order keys: digits of 11, 11 and 10 bits,

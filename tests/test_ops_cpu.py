@@ -115,6 +115,15 @@ def test_affine_invariant_matches_oracle(shape, num_segments, masked, dtype):
     check_against_oracle(*make_inputs(*shape, num_segments, dtype, masked=masked), num_segments)
 
 
+def test_ignored_and_out_of_range_segments():
+    """Negative segment values and values >= num_segments mark ignored pixels."""
+    pred, target, mask, _ = make_inputs(3, 11, 12, 1, torch.float32)
+    segments = torch.randint(-1, 2, (3, 11, 12))  # -1 ignored, 1 out of range for S = 1
+    check_against_oracle(pred, target, mask, segments, 1)
+    segments = torch.randint(-1, 4, (3, 11, 12))  # 3 out of range for S = 3
+    check_against_oracle(pred, target, mask, segments, 3)
+
+
 @pytest.mark.parametrize("num_segments", [1, 3])
 def test_ties_at_median(num_segments):
     pred, target, mask, segments = make_inputs(3, 15, 16, num_segments, torch.float32, tied=True)

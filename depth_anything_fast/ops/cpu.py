@@ -8,6 +8,7 @@ and writes into outputs allocated here; float16/bfloat16 inputs are converted to
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -16,6 +17,9 @@ from depth_anything_fast.ops.autograd import (
     register_affine_invariant_autograd,
     register_feature_alignment_autograd,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STAT_COLUMNS = 9
 
@@ -43,7 +47,7 @@ def _f32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def _optional(t: Tensor | None, dtype: torch.dtype):  # -> numpy array or None
+def _optional(t: Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
     return None if t is None else t.detach().to(dtype).contiguous().numpy()
 
 
