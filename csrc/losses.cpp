@@ -77,15 +77,6 @@ struct ImageBatch {
   int64_t batch;
   int64_t length;
   int num_segments;
-
-  // Group of pixel i of image b, or -1 when the pixel is invalid.
-  inline int group(int64_t b, int64_t i) const {
-    const int64_t k = b * length + i;
-    if (!is_finite(target[k]) || (mask != nullptr && !mask[k])) return -1;
-    if (segments == nullptr) return 0;
-    const int32_t s = segments[k];
-    return (s >= 0 && s < num_segments) ? s : -1;
-  }
 };
 
 ImageBatch make_batch(Array<float>& pred, Array<float>& target, std::optional<Array<bool>>& mask,
@@ -205,7 +196,7 @@ GroupSums fused_group(const float* __restrict p, const float* __restrict g, int6
   return sums;
 }
 
-// Forward for one image; gid/pred_buf/target_buf are per-thread scratch of length L.
+// Forward for one image; per-thread scratch: gid (L), pred_buf/target_buf (L + 1), candidates (L).
 void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
                    std::vector<float>& pred_buf, std::vector<float>& target_buf,
                    std::vector<float>& candidates, float* loss_out,
@@ -217,31 +208,39 @@ void forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
   std::vector<int64_t> count(S, 0), offset(S, 0);
   // NaN predictions need no special case: their order keys rank them beyond +-inf, and the NaN
   // propagates into the loss through the fused pass.
-  if (S == 1) {  // one group: vectorised validity, branchless gather
-    const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
-    const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
+  // Group id per pixel (-1: invalid), vectorised: finite target, then mask, then segment range.
+  const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
+  const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
 #pragma omp simd
-    for (int64_t i = 0; i < L; ++i) gid[i] = is_finite(g[i]) ? 0 : -1;
-    if (m != nullptr) {
+  for (int64_t i = 0; i < L; ++i) gid[i] = is_finite(g[i]) ? 0 : -1;
+  if (m != nullptr) {
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) gid[i] |= static_cast<int32_t>(m[i]) - 1;  // -1 if masked
+    for (int64_t i = 0; i < L; ++i) gid[i] |= static_cast<int32_t>(m[i]) - 1;  // -1 if masked
+  }
+  if (seg != nullptr) {
+    const uint32_t num = static_cast<uint32_t>(S);
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) {  // unsigned compare: negative segments are out of range
+      gid[i] = static_cast<uint32_t>(seg[i]) < num ? (gid[i] | seg[i]) : -1;
     }
-    if (seg != nullptr) {
-#pragma omp simd
-      for (int64_t i = 0; i < L; ++i) gid[i] = seg[i] == 0 ? gid[i] : -1;
-    }
+  }
+  // Gather each group's (pred, target) pairs contiguously, in pixel order. Few groups: one
+  // branchless compaction pass per group; many: one counting pass and one scatter pass.
+  constexpr int kMaxCompactionPasses = 8;
+  if (S <= kMaxCompactionPasses) {
     int64_t k = 0;
-    for (int64_t i = 0; i < L; ++i) {
-      pred_buf[k] = p[i];
-      target_buf[k] = g[i];
-      k += gid[i] >= 0;
+    for (int s = 0; s < S; ++s) {
+      offset[s] = k;
+      for (int64_t i = 0; i < L; ++i) {
+        pred_buf[k] = p[i];
+        target_buf[k] = g[i];
+        k += gid[i] == s;
+      }
+      count[s] = k - offset[s];
     }
-    count[0] = k;
   } else {
     for (int64_t i = 0; i < L; ++i) {
-      const int grp = x.group(b, i);
-      gid[i] = grp;
-      if (grp >= 0) ++count[grp];
+      if (gid[i] >= 0) ++count[gid[i]];
     }
     for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
     std::vector<int64_t> fill(offset);
@@ -328,8 +327,9 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
     thread_local std::vector<float> pred_buf, target_buf, candidates;
     if (gid.size() < static_cast<size_t>(x.length)) {
       gid.resize(x.length);
-      pred_buf.resize(x.length);
-      target_buf.resize(x.length);
+      // +1: the branchless compaction writes one slot past the last kept element
+      pred_buf.resize(x.length + 1);
+      target_buf.resize(x.length + 1);
       candidates.resize(x.length);
     }
 #pragma omp for schedule(dynamic, 1)
@@ -340,18 +340,20 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
   }
 }
 
-// One image, one group, no mask: grad = c_r * sign(p^ - g^) - c_sign * sign(p - t), 0 where the
-// target is not finite. A separate function with restrict pointers so that it vectorises.
-void backward_single_group(const float* __restrict p, const float* __restrict g, int64_t n,
+// Adds the gradient of the pixels of one group: grad = c_r sign(p^ - g^) - c_sign sign(p - t),
+// for pixels with a finite target and (when `segments` is given) segments[i] == segment.
+// sign() is finite even for inf/NaN arguments, so 0/1 factors (not selects, which GCC keeps as
+// branches under -ftrapping-math) zero the other pixels and the loop vectorises.
+void accumulate_group_grad(const float* __restrict p, const float* __restrict g,
+                           const int32_t* __restrict segments, int32_t segment, int64_t n,
                            float tp, float inv_sp, float tg, float inv_sg, float c_r,
                            float c_sign, float* __restrict out) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float ph = (p[i] - tp) * inv_sp;
     const float gh = (g[i] - tg) * inv_sg;
-    // sign() is finite even for inf/NaN arguments, so a 0/1 factor (not a select) can zero
-    // invalid pixels; GCC does not if-convert the select under -ftrapping-math.
-    out[i] = finite_weight(g[i]) * (c_r * sign(ph - gh) - c_sign * sign(ph));
+    const float in_group = segments != nullptr ? static_cast<float>(segments[i] == segment) : 1.0f;
+    out[i] += in_group * finite_weight(g[i]) * (c_r * sign(ph - gh) - c_sign * sign(ph));
   }
 }
 
@@ -391,27 +393,19 @@ void affine_invariant_backward(Array<float> grad_loss, Array<float> pred, Array<
       c_r[s] = w / s_p[s];
       c_sign[s] = gs[0] > 0 ? w * gs[6] * gs[4] / (s_p[s] * gs[0]) : 0.0f;
     }
-    if (S == 1 && x.segments == nullptr) {
-      const float tp = t_p[0], inv_sp = 1.0f / s_p[0], tg = t_g[0], inv_sg = 1.0f / s_g[0];
-      const float cr = c_r[0];
-      backward_single_group(p, g, L, tp, inv_sp, tg, inv_sg, cr, c_sign[0], out);
-      if (x.mask != nullptr) {
-        // bool has no vector type: read the mask as bytes (0/1)
-        const uint8_t* m = reinterpret_cast<const uint8_t*>(x.mask + b * L);
+    // One vectorised pass per segment (S is small: 1, or 2 for CutMix), then the mask.
+    std::fill(out, out + L, 0.0f);
+    const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
+    for (int s = 0; s < (seg != nullptr ? S : 1); ++s) {
+      if (st[s * kStatCols] == 0.0f) continue;
+      accumulate_group_grad(p, g, seg, s, L, t_p[s], 1.0f / s_p[s], t_g[s], 1.0f / s_g[s], c_r[s],
+                            c_sign[s], out);
+    }
+    if (x.mask != nullptr) {
+      // bool has no vector type: read the mask as bytes (0/1)
+      const uint8_t* m = reinterpret_cast<const uint8_t*>(x.mask + b * L);
 #pragma omp simd
-        for (int64_t i = 0; i < L; ++i) out[i] *= static_cast<float>(m[i]);
-      }
-    } else {
-      for (int64_t i = 0; i < L; ++i) {
-        const int s = x.group(b, i);
-        if (s < 0) {
-          out[i] = 0.0f;
-          continue;
-        }
-        const float ph = (p[i] - t_p[s]) * (1.0f / s_p[s]);
-        const float gh = (g[i] - t_g[s]) * (1.0f / s_g[s]);
-        out[i] = c_r[s] * sign(ph - gh) - c_sign[s] * sign(p[i] - t_p[s]);
-      }
+      for (int64_t i = 0; i < L; ++i) out[i] *= static_cast<float>(m[i]);
     }
     for (int s = 0; s < S; ++s) {
       const int64_t m = idx[s];
