@@ -130,7 +130,7 @@ def test_affine_invariant(benchmark, impl: str, pass_: str, device: str, batch: 
 
     _run(benchmark, loss_fn, pred, device, training, bytes_moved)
     benchmark.extra_info["scratch_MiB"] = (
-        round(torch.get_num_threads() * 12 * size * size / 2**20, 2)
+        round(torch.get_num_threads() * 16 * size * size / 2**20, 2)
         if impl == "fused" and device == "cpu"
         else 0.0
     )
