@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -211,17 +212,87 @@ def test_list_images_and_labelled_layouts(tmp_path: Path) -> None:
         list_images(tmp_path / "nowhere")
 
 
+def _pseudo_label(out: Path, image: str, name: str, disparity: np.ndarray) -> dict:
+    """Write `disparity` as the pseudo-label CLI does (16-bit PNG + manifest record fields)."""
+    from depth_anything_fast.inference.manifest import ManifestRecord, checksum
+    from depth_anything_fast.inference.writers import encode
+
+    encoded = encode(disparity, "png16")
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_bytes(encoded.data)
+    record = ManifestRecord(
+        input=image, output=name, shape=list(encoded.shape), min=encoded.min, max=encoded.max,
+        checksum=checksum(encoded.data), bytes=len(encoded.data), format="png16",
+    )
+    return {k: v for k, v in record.__dict__.items() if k != "extra"}
+
+
+def _write_manifest(path: Path, records: list[dict], tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+
+
 def test_pseudo_label_manifest(tmp_path: Path) -> None:
-    _png(tmp_path / "img" / "x.png")
+    out = tmp_path / "pl"
+    disparity = np.arange(64, dtype=np.float32).reshape(8, 8)
+    rec = _pseudo_label(out, str(tmp_path / "img" / "x.png"), "x.png", disparity)
+    _write_manifest(out / "manifest.jsonl", [rec])
+    src = LabelledSource.from_path(out)
+    assert src.spec.kind == "disparity" and src.pairs == [(rec["input"], str(out / "x.png"))]
+    target, mask = load_target(src.pairs[0][1], src.spec)
+    assert mask.all()
+    np.testing.assert_allclose(target, disparity / 63, rtol=0, atol=1e-4)  # 16-bit codes
+
+
+def test_pseudo_label_manifest_killed_redone_and_deleted(tmp_path: Path, caplog) -> None:
+    """The data reader is the pseudo-label resume reader: a half-written last line (kill) is
+    ignored, a record whose output is gone is dropped (warned), a redone item is listed once
+    with its newest record, also across rank files (newest file wins)."""
+    out = tmp_path / "pl"
+    rng = _fresh_rng()
+    maps = {n: rng.random((6, 9)).astype(np.float32) for n in ("a", "b", "c", "d")}
+    recs = {n: _pseudo_label(out, f"in/{n}.jpg", f"sub/{n}.png", m) for n, m in maps.items()}
+    old_a = dict(recs["a"], input="old/a.jpg")  # the same output, written by an earlier run
+    _write_manifest(out / "manifest.rank1.jsonl", [dict(recs["d"], input="old/d.jpg")])
+    _write_manifest(
+        out / "manifest.jsonl",
+        [old_a, recs["b"], recs["c"], recs["a"], recs["d"]],
+        tail=json.dumps(recs["b"])[:25],  # killed while appending
+    )
+    # manifest.jsonl sorts first by name but was appended to last: its record of d is newer
+    os.utime(out / "manifest.rank1.jsonl", ns=(1, 10**18))
+    os.utime(out / "manifest.jsonl", ns=(1, 2 * 10**18))
+    (out / "sub" / "c.png").unlink()
+    with caplog.at_level("WARNING"):
+        src = LabelledSource.from_path(out)
+    assert src.pairs == [
+        ("in/a.jpg", str(out / "sub" / "a.png")),
+        ("in/b.jpg", str(out / "sub" / "b.png")),
+        ("in/d.jpg", str(out / "sub" / "d.png")),
+    ]
+    assert "1 of 4 manifest records" in caplog.text and "sub/c.png" in caplog.text
+    for (_, target), name in zip(src.pairs, "abd", strict=True):
+        m = maps[name].astype(np.float64)
+        got, mask = load_target(target, src.spec)
+        assert mask.all()
+        np.testing.assert_allclose(got, (m - m.min()) / (m.max() - m.min()), rtol=0, atol=1e-4)
+    for name in "abd":
+        (out / "sub" / f"{name}.png").unlink()
+    with pytest.raises(FileNotFoundError, match="no output left"):
+        LabelledSource.from_path(out)
+
+
+def test_pseudo_label_manifest_tar_outputs(tmp_path: Path) -> None:
     out = tmp_path / "pl"
     out.mkdir()
-    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(out / "x.png")
-    rec = {"image": str(tmp_path / "img" / "x.png"), "output": "x.png", "min": 0.1, "max": 2.0}
-    (out / "manifest.jsonl").write_text(json.dumps(rec) + "\n")
+    rec = _pseudo_label(tmp_path / "tmp", "in/x.jpg", "x.png", np.eye(5, dtype=np.float32))
+    with tarfile.open(out / "shard-r0-000000.tar", "w") as tar:
+        tar.add(tmp_path / "tmp" / "x.png", arcname="x.png")
+    rec["output"] = "shard-r0-000000.tar::x.png"
+    _write_manifest(out / "manifest.jsonl", [rec])
     src = LabelledSource.from_path(out)
-    assert src.spec.kind == "disparity" and src.pairs == [(rec["image"], str(out / "x.png"))]
-    disparity, mask = load_target(src.pairs[0][1], src.spec)
-    assert mask.all() and disparity[0, 0] == 0 and disparity[-1, -1] == 1
+    assert src.pairs == [("in/x.jpg", str(out / "shard-r0-000000.tar") + "::x.png")]
+    target, mask = load_target(src.pairs[0][1], src.spec)
+    assert mask.all() and (target == np.eye(5)).all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from depth_anything_fast.inference.manifest import (
     checksum,
     read_all_records,
     read_records,
+    valid_outputs,
 )
 from depth_anything_fast.inference.pseudo_label import Summary, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side, to_uint8
@@ -28,7 +29,6 @@ from depth_anything_fast.inference.writers import (
     encode,
     remove_stale_temporaries,
     temp_path,
-    valid_outputs,
 )
 
 
@@ -195,3 +195,16 @@ def test_summary_exit_codes() -> None:
     assert ok.exit_code == 0 and "2 succeeded, 1 skipped" in ok.line()
     assert Summary(3, 1, 1, 1, False, 1.0).exit_code == 1
     assert Summary(3, 1, 0, 0, True, 1.0).exit_code == 130
+
+
+def test_manifest_corrupt_middle_line_is_skipped_not_cut(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "manifest.jsonl"
+    with Manifest(path) as m:
+        m.add(_record("x.png", b"1"))
+    with open(path, "a") as f:
+        f.write('{"not": "a record"}\n{garbage\n')
+    with Manifest(path) as m:  # complete lines are kept: only a truncated tail is cut
+        m.add(_record("y.png", b"22"))
+    with caplog.at_level("WARNING"):
+        assert [r.output for r in read_records(path)] == ["x.png", "y.png"]
+    assert "manifest.jsonl:2: skipped" in caplog.text and "manifest.jsonl:3: skipped" in caplog.text

@@ -203,8 +203,10 @@ class LabelledSource:
         Folder layouts: `root/images/<rel>.<img>` with `root/{depth,disparity,...}/<rel>.<ext>`
         (ext one of .png .npy .pfm .tif .tiff .pgm) and `root/spec.json` when `spec` is None;
         or a pseudo-label output folder `root/manifest*.jsonl` (spec defaults to kind
-        "disparity", all values valid). Raises `FileNotFoundError` naming the image whose ground
-        truth is missing.
+        "disparity", all values valid; the items are those of
+        `inference.manifest.finished_records`: the newest record of each output whose file is
+        intact, sorted by output name). Raises `FileNotFoundError` naming the image whose ground
+        truth is missing, or the pseudo-label folder without any intact output.
         """
         if isinstance(root, (list, tuple)):
             parts = [cls.from_path(r, spec) for r in root]
@@ -215,8 +217,7 @@ class LabelledSource:
         if os.path.isdir(s):
             manifests = sorted(glob.glob(os.path.join(s, "manifest*.jsonl")))
             if manifests and not os.path.isdir(os.path.join(s, "images")):
-                pairs = [p for m in manifests for p in _manifest_pairs(Path(m))]
-                return cls(pairs, spec or _spec_from_folder(s, PSEUDO_LABEL_SPEC))
+                return cls(_pseudo_label_pairs(s), spec or _spec_from_folder(s, PSEUDO_LABEL_SPEC))
             return cls(_folder_pairs(s), spec or _spec_from_folder(s, None))
         if s.lower().endswith(".tar"):  # one shard or a glob of shards
             shards = sorted(glob.glob(s)) if glob.has_magic(s) else [s]
@@ -290,28 +291,15 @@ def _tar_pairs(tar_path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-_MANIFEST_IMAGE_KEYS = ("image", "input", "source", "src")
-_MANIFEST_LABEL_KEYS = ("output", "label", "target", "dst")
+def _pseudo_label_pairs(folder: str) -> list[tuple[str, str]]:
+    """(input image, output path) of the finished outputs of a pseudo-label output folder."""
+    # imported here: inference.manifest imports this module (TAR_SEP)
+    from depth_anything_fast.inference.manifest import finished_records
 
-
-def _manifest_pairs(manifest: Path) -> list[tuple[str, str]]:
-    pairs = []
-    for n, line in enumerate(manifest.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        image = next((rec[k] for k in _MANIFEST_IMAGE_KEYS if k in rec), None)
-        label = next((rec[k] for k in _MANIFEST_LABEL_KEYS if k in rec), None)
-        if image is None or label is None:
-            raise ValueError(
-                f"{manifest}:{n}: record needs an image key {_MANIFEST_IMAGE_KEYS} and a label "
-                f"key {_MANIFEST_LABEL_KEYS}, got {sorted(rec)}"
-            )
-        label = label if os.path.isabs(label) else str(manifest.parent / label)
-        if not _exists(label):
-            raise FileNotFoundError(f"ground truth {label} for image {image} not found")
-        pairs.append((image, label))
-    return pairs
+    records = finished_records(folder)
+    if not records:
+        raise FileNotFoundError(f"pseudo-label folder {folder} has no output left on disk")
+    return [(records[key].input, os.path.join(folder, key)) for key in sorted(records)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 A manifest line is written only after its output file has been renamed into place, so a line
 always describes a complete file. A process killed while appending leaves at most one truncated
-last line: readers ignore it and writers cut it off before appending again.
+last line: readers ignore it and writers cut it off before appending again. A complete line that
+is not a record (corruption) is skipped with a warning naming the file and line.
+
+`finished_records` is the one reader of a pseudo-label output directory: the resume logic of
+`pseudo_label` and the training data (`data.sources.LabelledSource`) both use it.
 
 One file per rank (`manifest.rank{r}.jsonl`, `errors.rank{r}.jsonl`) when running under several
 ranks, so no two processes ever append to the same file.
@@ -12,14 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depth_anything_fast.data.sources import TAR_SEP
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_GLOB = "manifest*.jsonl"
 
@@ -75,41 +83,119 @@ class ManifestRecord:
         return self.output.split(TAR_SEP, 1)[1] if TAR_SEP in self.output else None
 
 
-def _valid_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(end offset, parsed object) of every complete JSON line of `path`."""
+def _complete_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, end offset, bytes) of every newline-terminated line of `path`; a last
+    line without its newline (truncated by a kill while appending) is not yielded."""
     offset = 0
     with open(path, "rb") as f:
-        for raw in f:
+        for number, raw in enumerate(f, 1):
             offset += len(raw)
-            if not raw.endswith(b"\n"):
-                return  # truncated by a kill while appending
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError:
-                return
-            if isinstance(obj, dict):
-                yield offset, obj
+            if raw.endswith(b"\n"):
+                yield number, offset, raw
+
+
+_RECORD_FIELDS = frozenset(ManifestRecord.__dataclass_fields__)
+_REQUIRED_FIELDS = frozenset(_RECORD_FIELDS - {"extra"})
 
 
 def read_records(path: str | os.PathLike[str]) -> list[ManifestRecord]:
-    """All complete records of one manifest file (a truncated last line is ignored)."""
+    """All complete records of one manifest file, in file order (a truncated last line is
+    ignored; a complete line that is not a record is skipped with a warning)."""
     path = Path(path)
     if not path.exists():
         return []
-    names = {f for f in ManifestRecord.__dataclass_fields__}
-    return [
-        ManifestRecord(**{k: v for k, v in obj.items() if k in names})
-        for _, obj in _valid_lines(path)
-    ]
+    records = []
+    for number, _, raw in _complete_lines(path):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            logger.warning("%s:%d: skipped, not valid JSON (%s)", path, number, exc)
+            continue
+        if not isinstance(obj, dict) or not obj.keys() >= _REQUIRED_FIELDS:
+            logger.warning(
+                "%s:%d: skipped, not a manifest record (needs fields %s)",
+                path, number, sorted(_REQUIRED_FIELDS),
+            )
+            continue
+        records.append(ManifestRecord(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
+    return records
 
 
 def read_all_records(output_dir: str | os.PathLike[str]) -> dict[str, ManifestRecord]:
-    """Records of every manifest in `output_dir` (all ranks, all runs), last one per key wins."""
+    """Records of every manifest in `output_dir` (all ranks, all runs), the newest per key.
+
+    Newest = last in file order, files taken oldest modified first: a file appended to later
+    (e.g. `manifest.jsonl` of a single-process rerun after a multi-rank run) wins.
+    """
+    paths = sorted(
+        Path(output_dir).glob(MANIFEST_GLOB), key=lambda p: (p.stat().st_mtime_ns, p.name)
+    )
     records: dict[str, ManifestRecord] = {}
-    for path in sorted(Path(output_dir).glob(MANIFEST_GLOB)):
+    for path in paths:
         for record in read_records(path):
+            records.pop(record.key, None)  # re-insert: dict order is then oldest to newest
             records[record.key] = record
     return records
+
+
+def valid_outputs(
+    output_dir: Path, records: Iterable[ManifestRecord], *, verify_checksum: bool = False
+) -> set[str]:
+    """Keys of the `records` whose output exists with the recorded size (and checksum if asked).
+
+    Each tar shard is opened once.
+    """
+    valid: set[str] = set()
+    by_shard: dict[str, list[ManifestRecord]] = {}
+    for record in records:
+        if record.member is not None:
+            by_shard.setdefault(record.file, []).append(record)
+            continue
+        path = output_dir / record.output
+        try:
+            if verify_checksum:
+                ok = checksum(path.read_bytes()) == record.checksum
+            else:
+                ok = path.stat().st_size == record.bytes
+        except OSError:
+            ok = False
+        if ok:
+            valid.add(record.key)
+    for shard, shard_records in by_shard.items():
+        try:
+            with tarfile.open(output_dir / shard, "r") as tar:
+                members = {m.name: m for m in tar.getmembers()}
+                for record in shard_records:
+                    info = members.get(record.member or "")
+                    if info is None or info.size != record.bytes:
+                        continue
+                    if verify_checksum:
+                        f = tar.extractfile(info)
+                        if f is None or checksum(f.read()) != record.checksum:
+                            continue
+                    valid.add(record.key)
+        except (OSError, tarfile.TarError):
+            continue
+    return valid
+
+
+def finished_records(
+    output_dir: str | os.PathLike[str], *, verify_checksum: bool = False
+) -> dict[str, ManifestRecord]:
+    """key -> newest record of every output of `output_dir` still intact on disk.
+
+    Records whose output is missing or has another size (another checksum with
+    `verify_checksum`) are dropped with a warning giving their count and the first one.
+    """
+    records = read_all_records(output_dir)
+    valid = valid_outputs(Path(output_dir), records.values(), verify_checksum=verify_checksum)
+    if len(valid) < len(records):
+        first = next(k for k in records if k not in valid)
+        logger.warning(
+            "%s: %d of %d manifest records name an output that is missing or changed on disk "
+            "(first: %s); ignored", output_dir, len(records) - len(valid), len(records), first,
+        )
+    return {key: record for key, record in records.items() if key in valid}
 
 
 class JsonlAppender:
@@ -127,7 +213,7 @@ class JsonlAppender:
         if truncate or not self.path.exists():
             self.path.write_bytes(b"")
         else:
-            good_end = max((end for end, _ in _valid_lines(self.path)), default=0)
+            good_end = max((end for _, end, _ in _complete_lines(self.path)), default=0)
             if good_end != self.path.stat().st_size:
                 os.truncate(self.path, good_end)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()

@@ -42,8 +42,8 @@ from depth_anything_fast.inference.manifest import (
     ManifestRecord,
     checksum,
     errors_name,
+    finished_records,
     manifest_name,
-    read_all_records,
 )
 from depth_anything_fast.inference.predictor import Predictor, load_model
 from depth_anything_fast.inference.writers import (
@@ -54,7 +54,6 @@ from depth_anything_fast.inference.writers import (
     encode,
     output_suffix,
     remove_stale_temporaries,
-    valid_outputs,
 )
 
 logger = logging.getLogger(__name__)
@@ -346,10 +345,9 @@ def pseudo_label(
     mine = list(zip(paths, names, strict=True))[rank::world]
 
     remove_stale_temporaries(output_dir, rank)
-    records = read_all_records(output_dir)
-    valid = valid_outputs(output_dir, records.values(), verify_checksum=opts.verify_checksum)
+    finished = finished_records(output_dir, verify_checksum=opts.verify_checksum)
     # an output's name without its shard: the same item whatever tar shard holds it
-    done = {records[key].member or key for key in valid}
+    done = {record.member or key for key, record in finished.items()}
     todo = [(p, n) for p, n in mine if n not in done]
     skipped = len(mine) - len(todo)
     name_of = dict(todo)

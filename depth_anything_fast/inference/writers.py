@@ -14,14 +14,14 @@ import os
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from depth_anything_fast.inference.manifest import TAR_SEP, ManifestRecord, checksum
+from depth_anything_fast.inference.manifest import TAR_SEP, ManifestRecord
 
 FORMATS = ("png16", "npy", "webdataset")
 _SUFFIX = {"png16": ".png", "npy": ".npy", "webdataset": ".png"}
@@ -241,44 +241,3 @@ def read_output(output_dir: Path, record: ManifestRecord) -> bytes:
         if f is None:
             raise FileNotFoundError(f"{record.member} not found in {path}")
         return f.read()
-
-
-def valid_outputs(
-    output_dir: Path, records: Iterable[ManifestRecord], *, verify_checksum: bool = False
-) -> set[str]:
-    """Keys of the `records` whose output exists with the recorded size (and checksum if asked).
-
-    Each tar shard is opened once.
-    """
-    valid: set[str] = set()
-    by_shard: dict[str, list[ManifestRecord]] = {}
-    for record in records:
-        if record.member is not None:
-            by_shard.setdefault(record.file, []).append(record)
-            continue
-        path = output_dir / record.output
-        try:
-            if verify_checksum:
-                ok = checksum(path.read_bytes()) == record.checksum
-            else:
-                ok = path.stat().st_size == record.bytes
-        except OSError:
-            ok = False
-        if ok:
-            valid.add(record.key)
-    for shard, shard_records in by_shard.items():
-        try:
-            with tarfile.open(output_dir / shard, "r") as tar:
-                members = {m.name: m for m in tar.getmembers()}
-                for record in shard_records:
-                    info = members.get(record.member or "")
-                    if info is None or info.size != record.bytes:
-                        continue
-                    if verify_checksum:
-                        f = tar.extractfile(info)
-                        if f is None or checksum(f.read()) != record.checksum:
-                            continue
-                    valid.add(record.key)
-        except (OSError, tarfile.TarError):
-            continue
-    return valid
