@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from depth_anything_fast.models.transforms import (
     IMAGENET_STD,
     lower_bound_size,
     preprocess,
+    resample_bicubic,
     resize_prediction,
     square_size,
     to_rgb,
@@ -100,3 +102,66 @@ def test_resize_prediction_is_bilinear_align_corners() -> None:
     torch.testing.assert_close(out[:, -1, -1], pred[:, -1, -1])
     assert resize_prediction(pred, (14, 28)) is pred
     assert math.isclose(out[0, 0, 56].item(), pred[0, 0, 27].item(), rel_tol=1e-6)
+
+
+def _keys_cubic(d: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution kernel at distances d (float64)."""
+    d = np.abs(d)
+    near = (a + 2) * d**3 - (a + 3) * d**2 + 1
+    far = a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def _resample_matrix(start: float, end: float, n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) float64 weights of the bicubic samples of [start, end), border replicated."""
+    centres = start + (np.arange(n_out) + 0.5) * (end - start) / n_out - 0.5
+    m = np.zeros((n_out, n_in))
+    for i, c in enumerate(centres):
+        for j in range(int(np.floor(c)) - 1, int(np.floor(c)) + 3):
+            m[i, min(max(j, 0), n_in - 1)] += _keys_cubic(np.array(c - j))
+    return m
+
+
+def test_resample_bicubic_box_and_flip_match_float64_oracle() -> None:
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    for _ in range(8):
+        h, w = (int(v) for v in rng.integers(5, 80, 2))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        y0, x0 = rng.uniform(-2, h / 2), rng.uniform(-2, w / 2)
+        y1, x1 = y0 + rng.uniform(1, h), x0 + rng.uniform(1, w)
+        out_h, out_w = (int(v) for v in rng.integers(1, 90, 2))  # up- and downsampling
+        flip = bool(rng.random() < 0.5)
+        got = resample_bicubic(torch.from_numpy(img), (out_h, out_w), (y0, x0, y1, x1), flip=flip)
+        assert got.shape == (out_h, out_w, 3) and got.dtype == torch.float32
+        wy, wx = _resample_matrix(y0, y1, out_h, h), _resample_matrix(x0, x1, out_w, w)
+        ref = np.einsum("ih,hwc,jw->ijc", wy, img.astype(np.float64), wx)
+        if flip:
+            ref = ref[:, ::-1]
+        # float32 sums of 16 products of values <= 255 with weights <= 1.3: error < 1e-3
+        np.testing.assert_allclose(got.double().numpy(), ref, rtol=0, atol=1e-3)
+    grey = torch.from_numpy(rng.random((9, 13)))
+    assert resample_bicubic(grey, (4, 6)).shape == (4, 6)
+    with pytest.raises(ValueError, match="empty"):
+        resample_bicubic(grey, (4, 6), (2.0, 0.0, 2.0, 5.0))
+    with pytest.raises(ValueError, match="positive"):
+        resample_bicubic(grey, (0, 6))
+
+
+def test_resample_bicubic_whole_image_is_torch_bicubic() -> None:
+    for h, w, out in [(37, 50, (70, 98)), (300, 410, (98, 126)), (64, 64, (64, 64))]:
+        img = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8)
+        ref = F.interpolate(img.permute(2, 0, 1)[None].double(), size=out, mode="bicubic",
+                            align_corners=False, antialias=False)[0].permute(1, 2, 0)
+        torch.testing.assert_close(resample_bicubic(img, out).double(), ref, rtol=0, atol=1e-3)
+
+
+def test_preprocess_reads_read_only_arrays_without_warning() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    want = preprocess(rgb, input_size=28)
+    frozen = rgb.copy()
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy warns on read-only arrays
+        torch.testing.assert_close(preprocess(frozen, input_size=28), want, rtol=0, atol=0)
+        preprocess(np.broadcast_to(rgb[:1], rgb.shape), input_size=28)
+    assert want.is_contiguous()

@@ -3,8 +3,9 @@
 Every spatial transform of a sample is described by one `CropBox`: a rectangle in the source
 image's pixel coordinates (continuous, pixel centres at +0.5) that is resampled to an
 `out_h x out_w` output, optionally mirrored. Resize-then-crop equals resampling the crop's
-pre-image, so DALI (`fn.resize` with `roi_start`/`roi_end`; a reversed ROI mirrors) and PIL
-(`Image.resize(box=...)`) apply the very same mapping, and targets use it with nearest sampling.
+pre-image, so DALI (`fn.resize` with `roi_start`/`roi_end`; a reversed ROI mirrors) and the PIL
+backend (`models.transforms.resample_bicubic`, the official preprocessing's resampler) apply the
+very same mapping, and targets use it with nearest sampling.
 All random choices come from `sample_rng(seed, epoch, index)`: independent of backend, batch
 composition and sharding.
 """
@@ -15,16 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The one implementation of the official resize rule (640x480 -> 686x518).
-from ..models.transforms import lower_bound_size
+# The one implementation of the official resize rule (640x480 -> 686x518) and of the inference
+# input size ("keep-aspect" or "square"): each batch of the inference loader is one such size.
+from ..models.transforms import lower_bound_size, network_size
 
 __all__ = [
     "CropBox",
-    "aspect_bucket",
     "crop_nearest",
     "dali_roi",
     "full_box",
     "lower_bound_size",
+    "network_size",
     "nearest_indices",
     "sample_crop",
     "sample_rng",
@@ -115,12 +117,3 @@ def dali_roi(box: CropBox) -> tuple[np.ndarray, np.ndarray]:
     if box.flip:
         return (np.array([box.y0, box.x1], np.float32), np.array([box.y1, box.x0], np.float32))
     return np.array([box.y0, box.x0], np.float32), np.array([box.y1, box.x1], np.float32)
-
-
-def aspect_bucket(h: int, w: int, input_size: int, resize: str) -> tuple[int, int]:
-    """Network input size for inference: lower-bound size, or input_size^2 for "square"."""
-    if resize == "square":
-        return input_size, input_size
-    if resize == "keep-aspect":
-        return lower_bound_size(h, w, input_size)
-    raise ValueError(f"resize must be 'keep-aspect' or 'square', got {resize!r}")

@@ -28,7 +28,7 @@ import torch
 
 from .augment import sample_strong
 from .decode import ErrorCallback, probe, report_error
-from .geometry import aspect_bucket, crop_nearest, full_box, sample_crop, sample_rng
+from .geometry import crop_nearest, full_box, network_size, sample_crop, sample_rng
 from .jobs import ImageJob
 from .sources import LabelledSource, Source, list_images, load_target, read_bytes
 
@@ -274,7 +274,7 @@ class InferenceLoader(_Loader):
     def __init__(
         self, paths: Sequence[str], *, input_size: int, resize: str, **kwargs: Any
     ) -> None:
-        aspect_bucket(input_size, input_size, input_size, resize)  # validates `resize`
+        network_size(input_size, input_size, input_size, resize)  # validates `resize`
         super().__init__(n_items=len(paths), **kwargs)
         self.paths = list(paths)
         self.input_size = input_size
@@ -289,7 +289,7 @@ class InferenceLoader(_Loader):
         if read is None:
             return None
         data, (h, w) = read
-        box = full_box(h, w, *aspect_bucket(h, w, self.input_size, self.resize))
+        box = full_box(h, w, *network_size(h, w, self.input_size, self.resize))
         return _Prepared(ImageJob(path, data, box), {"size": (h, w)})
 
     def _batches(self, prepared: Iterator[_Prepared]) -> Iterator[list[_Prepared]]:
@@ -391,7 +391,8 @@ def inference_loader(
     """Whole images resized for the network, batched so that every batch has one shape.
 
     resize="keep-aspect": the official lower-bound size (sides multiples of 14, the shorter one
-    `input_size`); "square": input_size x input_size. Batches: {"image": (B, 3, h, w) float32
+    `input_size`); "square": input_size raised to a multiple of 14, squared (both
+    `models.transforms.network_size`, as `preprocess`). Batches: {"image": (B, 3, h, w) float32
     ImageNet-normalised, "paths": list[str], "sizes": list[(H0, W0)] original sizes}. Every
     readable file of this shard appears exactly once; the others go to `on_error`.
     """

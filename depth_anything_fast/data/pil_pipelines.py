@@ -1,54 +1,40 @@
 """PIL fallback backend (no DALI, e.g. macOS): the same jobs, geometry and perturbations.
 
-Resampling uses `Image.resize(box=...)` with the box from `geometry`, i.e. exactly the mapping
-DALI applies; PIL's bicubic filter antialiases when downscaling (DALI's does not), so pixel
-values differ slightly while positions are identical. Work runs in a thread pool: PIL releases
+PIL only decodes. Resampling is `models.transforms.resample_bicubic`, the resampler of the
+official preprocessing (`preprocess`), applied to the box from `geometry`: the mapping DALI
+applies, with the same bicubic filter without antialiasing, so an inference batch equals
+`preprocess` of each image to float rounding. Work runs in a thread pool: PIL and torch release
 the GIL while decoding and resampling.
 """
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import torch
 
+from ..models.transforms import as_tensor, normalize, resample_bicubic
 from .augment import apply_strong
-from .decode import DecodeError, ErrorCallback, check_encoded, report_error, to_rgb
+from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .jobs import ImageJob
 
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
 
-
-def resample(job: ImageJob) -> np.ndarray:
-    """Decode `job.encoded` and resample `job.box` -> (out_h, out_w, 3) uint8. Raises DecodeError."""
-    from PIL import Image
-
-    reason = check_encoded(job.encoded)
-    if reason is not None:
-        raise DecodeError(job.path, reason)
+def resample(job: ImageJob) -> torch.Tensor:
+    """Decode `job.encoded` and resample `job.box` -> (out_h, out_w, 3) float32 in 0..255
+    units (not rounded or clamped). Raises DecodeError."""
     box = job.box
-    try:
-        with Image.open(io.BytesIO(job.encoded)) as img:
-            out = to_rgb(img).resize(
-                (box.out_w, box.out_h), Image.Resampling.BICUBIC,
-                box=(box.x0, box.y0, box.x1, box.y1),
-            )
-    except Exception as exc:
-        raise DecodeError(job.path, f"decode failed ({type(exc).__name__}: {exc})") from exc
-    if box.flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.array(out)  # writable, for torch.from_numpy
+    rgb = as_tensor(decode_rgb(job.encoded, job.path))
+    return resample_bicubic(
+        rgb, (box.out_h, box.out_w), (box.y0, box.x0, box.y1, box.x1), flip=box.flip
+    )
 
 
-def normalise(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
-    return x.sub_(_MEAN).div_(_STD)
+def normalise(rgb: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) values in 0..255 (any dtype) -> (3, H, W) float32 ImageNet-normalised."""
+    x = rgb.to(torch.float32) / 255.0
+    return normalize(x.permute(2, 0, 1).contiguous().unsqueeze(0))[0]
 
 
 def process(job: ImageJob) -> list[torch.Tensor]:
@@ -56,7 +42,9 @@ def process(job: ImageJob) -> list[torch.Tensor]:
     rgb = resample(job)
     views = [normalise(rgb)]
     if job.strong is not None:
-        views.append(normalise(apply_strong(rgb, job.strong)))
+        # the perturbation works on uint8, as DALI's does on its uint8 resize output
+        rgb8 = rgb.round_().clamp_(0, 255).to(torch.uint8).numpy()
+        views.append(normalise(torch.from_numpy(apply_strong(rgb8, job.strong))))
     return views
 
 
