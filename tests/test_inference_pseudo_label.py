@@ -347,3 +347,20 @@ def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_pa
         assert tuple(r.shape) == lower_bound_size(h, w, INPUT_SIZE)
         with Image.open(tmp_path / "out" / r.output) as out:
             assert out.size == (r.shape[1], r.shape[0]) and np.asarray(out).dtype == np.uint16
+
+
+def test_relative_input_manifest_readable_from_elsewhere(tiny, tmp_path, monkeypatch):
+    """A run given a relative input directory records absolute inputs, so the output reads back
+    as a labelled source (pseudo-labelled data) from any working directory."""
+    from depth_anything_fast.data.sources import LabelledSource, LabelledSpec
+
+    _, weights = tiny
+    src, good = _source(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    pseudo_label(weights, "src", "labels", input_size=INPUT_SIZE, batch_size=2)
+    monkeypatch.chdir(REPO)
+    source = LabelledSource.from_path(tmp_path / "labels", LabelledSpec(kind="disparity"))
+    assert len(source.pairs) == len(good)
+    for image, target in source.pairs:
+        assert os.path.isabs(image) and os.path.isfile(image)
+        assert os.path.isfile(target)

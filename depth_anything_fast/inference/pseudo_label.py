@@ -390,7 +390,8 @@ def pseudo_label(
                 ready.synchronize()
             encoded = encode(disparity.numpy(), opts.format)
             record = ManifestRecord(
-                input=path,
+                # absolute: the manifest is read back (data.sources) from any working directory
+                input=os.path.abspath(path),
                 output=name_of[path],
                 shape=list(encoded.shape),
                 min=encoded.min,
