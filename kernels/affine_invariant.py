@@ -32,6 +32,7 @@ from .segmented import (
     segment_onehot,
     segment_pow2,
     segment_sum,
+    tile_columns,
     tile_plan,
 )
 
@@ -44,6 +45,25 @@ SCALE_EPS = 1e-6
 @triton.jit
 def _sign(x):
     return (x > 0).to(tl.float32) - (x < 0).to(tl.float32)
+
+
+@triton.jit
+def _load_pred_target(
+    pred_ptr,
+    target_ptr,
+    mask_ptr,
+    seg_ptr,
+    offs,
+    in_row,
+    num_segments,
+    HAS_MASK: tl.constexpr,
+    HAS_SEG: tl.constexpr,
+):
+    """One tile of pred and target as fp32 with the validity (taken from the target) and segment."""
+    p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
+    g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
+    valid, seg = load_validity(g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG)
+    return p, g, valid, seg
 
 
 @triton.jit
@@ -66,19 +86,14 @@ def _affine_stats_kernel(
 ):
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    row = b.to(tl.int64) * L
     abs_pred = tl.zeros([SEG_POW2], dtype=tl.float32)
     abs_target = tl.zeros([SEG_POW2], dtype=tl.float32)
     sign_pred = tl.zeros([SEG_POW2], dtype=tl.float32)
     first = tl.full([SEG_POW2], 2147483647, dtype=tl.int32)
     for t in range(tiles_per_prog):
-        cols = (chunk * tiles_per_prog + t) * BLOCK + tl.arange(0, BLOCK)
-        in_row = cols < L
-        offs = row + cols
-        p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(
-            g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
+        p, g, valid, seg = _load_pred_target(
+            pred_ptr, target_ptr, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
         group = group_of(b, seg, num_segments, HAS_SEG)
         t_pred = tl.load(median_ptr + group)
@@ -158,18 +173,13 @@ def _affine_loss_kernel(
 ):
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    row = b.to(tl.int64) * L
     abs_residual = tl.zeros([BLOCK], dtype=tl.float32)
     a_sum = tl.zeros([SEG_POW2], dtype=tl.float32)
     b_sum = tl.zeros([SEG_POW2], dtype=tl.float32)
     for t in range(tiles_per_prog):
-        cols = (chunk * tiles_per_prog + t) * BLOCK + tl.arange(0, BLOCK)
-        in_row = cols < L
-        offs = row + cols
-        p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(
-            g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
+        p, g, valid, seg = _load_pred_target(
+            pred_ptr, target_ptr, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
         row_stats = stats_ptr + group_of(b, seg, num_segments, HAS_SEG) * 9
         p_hat, residual = _normalised_residual(p, g, row_stats)
@@ -287,17 +297,12 @@ def _affine_backward_kernel(
 ):
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    row = b.to(tl.int64) * L
     n_image = _image_count(stats_ptr, b, num_segments, ALL_SEG_POW2)
     weight = tl.where(n_image > 0, tl.load(grad_loss_ptr + b) / tl.maximum(n_image, 1.0), 0.0)
     for t in range(tiles_per_prog):
-        cols = (chunk * tiles_per_prog + t) * BLOCK + tl.arange(0, BLOCK)
-        in_row = cols < L
-        offs = row + cols
-        p = tl.load(pred_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        g = tl.load(target_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(
-            g, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
+        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
+        p, g, valid, seg = _load_pred_target(
+            pred_ptr, target_ptr, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
         )
         group = group_of(b, seg, num_segments, HAS_SEG)
         row_stats = stats_ptr + group * 9

@@ -36,6 +36,18 @@ def _row_tiles(rows: int, channels: int, device: torch.device, gpu_tile: int) ->
 
 
 @triton.jit
+def _load_channels(f_ptr, z_ptr, base, live, c0, C, BLOCK_C: tl.constexpr):
+    """Channels [c0, c0 + BLOCK_C) of the rows at `base` [ROWS, 1]: f and z [ROWS, BLOCK_C] as
+    fp32, their offsets and the in-bounds mask."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    inside = live[:, None] & (cols < C)[None, :]
+    offs = base + cols[None, :]
+    f = tl.load(f_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    return f, z, offs, inside
+
+
+@triton.jit
 def _row_products(f_ptr, z_ptr, rows, live, C, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
     """(f.z, |f|^2, |z|^2) per row [ROWS], fp32."""
     dot = tl.zeros([ROWS], dtype=tl.float32)
@@ -43,10 +55,7 @@ def _row_products(f_ptr, z_ptr, rows, live, C, ROWS: tl.constexpr, BLOCK_C: tl.c
     z_sq = tl.zeros([ROWS], dtype=tl.float32)
     base = rows.to(tl.int64)[:, None] * C
     for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        inside = live[:, None] & (cols < C)[None, :]
-        f = tl.load(f_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        f, z, _, _ = _load_channels(f_ptr, z_ptr, base, live, c0, C, BLOCK_C)
         dot += tl.sum(f * z, axis=1)
         f_sq += tl.sum(f * f, axis=1)
         z_sq += tl.sum(z * z, axis=1)
@@ -153,12 +162,9 @@ def _feature_alignment_backward_kernel(
     coef_f = tl.where(kept & (norm_sq > EPS_SQ), weight * cos / tl.maximum(f_sq, 1e-30), 0.0)
     base = rows.to(tl.int64)[:, None] * C
     for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        inside = live[:, None] & (cols < C)[None, :]
-        f = tl.load(f_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        f, z, offs, inside = _load_channels(f_ptr, z_ptr, base, live, c0, C, BLOCK_C)
         grad = coef_z[:, None] * z + coef_f[:, None] * f
-        tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=inside)
+        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=inside)
 
 
 def feature_alignment_backward(

@@ -29,6 +29,7 @@ from .segmented import (
     load_validity,
     segment_onehot,
     segment_pow2,
+    tile_columns,
     tile_plan,
 )
 
@@ -94,13 +95,10 @@ def _radix_histogram_kernel(
     hist_ptr += PASS * ARRAYS * num_groups * 256
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    row = b.to(tl.int64) * L
     hist_x = tl.zeros([SEG_BINS], dtype=tl.int32)
     hist_y = tl.zeros([SEG_BINS], dtype=tl.int32)
     for t in range(tiles_per_prog):
-        cols = (chunk * tiles_per_prog + t) * BLOCK + tl.arange(0, BLOCK)
-        in_row = cols < L
-        offs = row + cols
+        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
         x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
         if HAS_Y:
             y = tl.load(y_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
@@ -253,12 +251,9 @@ def _median_index_kernel(
 ):
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    row = b.to(tl.int64) * L
     best = tl.full([SEG_POW2], 2147483647, dtype=tl.int32)
     for t in range(tiles_per_prog):
-        cols = (chunk * tiles_per_prog + t) * BLOCK + tl.arange(0, BLOCK)
-        in_row = cols < L
-        offs = row + cols
+        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
         x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
         valid, seg = load_validity(
             x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG

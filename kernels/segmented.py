@@ -101,6 +101,14 @@ def check_images(
 
 
 @triton.jit
+def tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK: tl.constexpr):
+    """Tile `t` of program (b, chunk): columns [BLOCK], which of them are inside the row, and
+    their flat offsets (int64: B * L may exceed 2**31)."""
+    cols = (chunk * tiles_per_prog + t) * BLOCK + tl.arange(0, BLOCK)
+    return cols, cols < L, b.to(tl.int64) * L + cols
+
+
+@triton.jit
 def load_validity(
     ref,
     mask_ptr,
