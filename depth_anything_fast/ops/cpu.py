@@ -7,8 +7,9 @@ and writes into outputs allocated here; float16/bfloat16 inputs are converted to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -137,14 +138,19 @@ def feature_alignment_backward(
     return grad_features.to(features.dtype)
 
 
-# Custom ops. Python type hints are the schema, so they use typing that torch.library accepts.
-@torch.library.custom_op(
-    "depth_anything_fast::affine_invariant_cpu", mutates_args=(), device_types="cpu"
+# Custom ops over the implementations above: their type hints are the op schemas.
+def _cpu_op(name: str, implementation: Callable[..., Any]) -> torch.library.CustomOpDef:
+    return torch.library.custom_op(
+        f"depth_anything_fast::{name}", implementation, mutates_args=(), device_types="cpu"
+    )
+
+
+affine_invariant_cpu = _cpu_op("affine_invariant_cpu", affine_invariant_forward)
+affine_invariant_backward_cpu = _cpu_op("affine_invariant_backward_cpu", affine_invariant_backward)
+feature_alignment_cpu = _cpu_op("feature_alignment_cpu", feature_alignment_forward)
+feature_alignment_backward_cpu = _cpu_op(
+    "feature_alignment_backward_cpu", feature_alignment_backward
 )
-def affine_invariant_cpu(
-    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    return affine_invariant_forward(pred, target, mask, segments, num_segments)
 
 
 @affine_invariant_cpu.register_fake
@@ -159,45 +165,9 @@ def _affine_invariant_fake(
     )
 
 
-@torch.library.custom_op(
-    "depth_anything_fast::affine_invariant_backward_cpu", mutates_args=(), device_types="cpu"
-)
-def affine_invariant_backward_cpu(
-    grad_loss: Tensor,
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor | None,
-    segments: Tensor | None,
-    num_segments: int,
-    stats: Tensor,
-    median_index: Tensor,
-) -> Tensor:
-    return affine_invariant_backward(
-        grad_loss, pred, target, mask, segments, num_segments, stats, median_index
-    )
-
-
 @affine_invariant_backward_cpu.register_fake
-def _affine_invariant_backward_fake(
-    grad_loss: Tensor,
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor | None,
-    segments: Tensor | None,
-    num_segments: int,
-    stats: Tensor,
-    median_index: Tensor,
-) -> Tensor:
+def _affine_invariant_backward_fake(grad_loss: Tensor, pred: Tensor, *_: object) -> Tensor:
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op(
-    "depth_anything_fast::feature_alignment_cpu", mutates_args=(), device_types="cpu"
-)
-def feature_alignment_cpu(
-    features: Tensor, frozen: Tensor, alpha: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return feature_alignment_forward(features, frozen, alpha)
 
 
 @feature_alignment_cpu.register_fake
@@ -211,19 +181,8 @@ def _feature_alignment_fake(
     )
 
 
-@torch.library.custom_op(
-    "depth_anything_fast::feature_alignment_backward_cpu", mutates_args=(), device_types="cpu"
-)
-def feature_alignment_backward_cpu(
-    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
-) -> Tensor:
-    return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
-
-
 @feature_alignment_backward_cpu.register_fake
-def _feature_alignment_backward_fake(
-    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
-) -> Tensor:
+def _feature_alignment_backward_fake(grad_loss: Tensor, features: Tensor, *_: object) -> Tensor:
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 
