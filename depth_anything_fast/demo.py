@@ -143,7 +143,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     print(f"[demo] synthetic data in {layout.root} ({time.perf_counter() - start:.0f}s)",
           flush=True)
 
-    steps = [] if scale >= 1 else [f"steps={max(int(300 * scale), 2)}"]
+    steps = [] if scale >= 1 else [f"steps={max(int(600 * scale), 2)}"]
     common = [*steps, "progress=" + str(sys.stderr.isatty()).lower(), f"seed={seed}"]
     teacher = _train(CONFIG_DIR / "demo_teacher.yaml",
                      [*common, f"out_dir={out / 'teacher'}", f"data.labelled={layout.labelled}"],
