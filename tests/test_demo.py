@@ -11,7 +11,7 @@ from depth_anything_fast.demo import run_demo
 
 
 def test_demo_pipeline_writes_results(tmp_path: Path) -> None:
-    report = run_demo(tmp_path, scale=0.02)
+    report = run_demo(tmp_path, scale=0.01)
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results) == ["teacher", "student", "baseline_constant", "baseline_row_prior"]
     for name, metrics in results.items():
