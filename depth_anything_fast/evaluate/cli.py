@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from depth_anything_fast.inference.cli import add_predictor_options, predictor_options
+
 DATASETS = ("kitti", "nyuv2", "sintel", "diode", "eth3d", "ddad", "generic")
 SIZES = ("vits", "vitb", "vitl")
 COLUMNS = (  # (metric key, header) in the order of the paper's tables; arrows: better direction
@@ -48,12 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     source = p.add_mutually_exclusive_group()
     source.add_argument("--weights", help="model checkpoint (official .pth or converted)")
     source.add_argument("--predictions", help="directory of saved disparities (no model run)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--input-size", type=int, default=518)
-    p.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
-    p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+    add_predictor_options(p, batch_size=8)
     p.add_argument(
         "--space",
         choices=("disparity", "depth"),
@@ -154,15 +151,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
         try:
             model = load_model(args.weights)
-            predictor = Predictor(
-                model,
-                batch_size=args.batch_size,
-                precision=args.precision,
-                compile=args.compile,
-                input_size=args.input_size,
-                resize=args.resize,
-                device=args.device,
-            )
+            predictor = Predictor(model, **predictor_options(args))
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

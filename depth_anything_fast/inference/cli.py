@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 PSEUDO_LABEL_EPILOG = """\
 Outputs: DST/<input path relative to SRC, extension replaced>.png (16-bit; code 0..65535 maps
@@ -17,17 +18,31 @@ Exit status: 0 all done, 1 some inputs failed (see the errors file), 2 usage err
 130 interrupted."""
 
 
-def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    parser.add_argument(
-        "--weights",
-        help="checkpoint: an official Depth Anything V1/V2 .pth or a converted checkpoint",
-    )
+# The Predictor's options, as CLI flags; `evaluate` takes the same ones.
+PREDICTOR_OPTIONS = ("batch_size", "precision", "compile", "input_size", "resize", "device")
+
+
+def add_predictor_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """Add the `Predictor` flags (`PREDICTOR_OPTIONS`) with `batch_size` as the default batch."""
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--input-size", type=int, default=518)
     parser.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
     parser.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+
+
+def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed `add_predictor_options` flags as keyword arguments of `Predictor`."""
+    return {name: getattr(args, name) for name in PREDICTOR_OPTIONS}
+
+
+def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument(
+        "--weights",
+        help="checkpoint: an official Depth Anything V1/V2 .pth or a converted checkpoint",
+    )
+    add_predictor_options(parser, batch_size=batch_size)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -88,17 +103,12 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
             args.weights,
             args.input,
             args.output,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            compile=args.compile,
-            input_size=args.input_size,
-            resize=args.resize,
+            **predictor_options(args),
             format=args.format,
             original_size=args.original_size,
             num_workers=args.num_workers,
             writer_threads=args.writer_threads,
             backend=args.backend,
-            device=args.device,
             verify_checksum=args.verify_checksum,
             progress=not args.no_progress,
         )
@@ -145,12 +155,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             args.weights,
             args.inputs,
             args.outdir,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            compile=args.compile,
-            input_size=args.input_size,
-            resize=args.resize,
-            device=args.device,
+            **predictor_options(args),
             grayscale=args.grayscale,
             pred_only=args.pred_only,
             save_npy=args.save_npy,
