@@ -28,6 +28,7 @@ from .radix_select import NO_INDEX, first_index_of, radix_select_lower_median
 from .segmented import (
     check_images,
     group_of,
+    image_groups,
     load_validity,
     segment_onehot,
     segment_pow2,
@@ -103,9 +104,7 @@ def _affine_stats_kernel(
         abs_target += segment_sum(tl.abs(g - t_target), onehot)
         sign_pred += segment_sum(_sign(p - t_pred), onehot)
         first = tl.minimum(first, first_index_of(p, t_pred, onehot, cols))
-    segs = tl.arange(0, SEG_POW2)
-    real = segs < num_segments
-    groups = b * num_segments + segs
+    groups, real = image_groups(b, num_segments, SEG_POW2)
     row_stats = stats_ptr + groups * 9
     tl.atomic_add(row_stats + 2, abs_pred, mask=real)
     tl.atomic_add(row_stats + 5, sign_pred, mask=real)
@@ -189,9 +188,8 @@ def _affine_loss_kernel(
         a_sum += segment_sum(r, onehot)
         b_sum += segment_sum(r * p_hat, onehot)
     tl.atomic_add(loss_ptr + b, tl.sum(abs_residual, axis=0))
-    segs = tl.arange(0, SEG_POW2)
-    row_stats = stats_ptr + (b * num_segments + segs) * 9
-    real = segs < num_segments
+    groups, real = image_groups(b, num_segments, SEG_POW2)
+    row_stats = stats_ptr + groups * 9
     tl.atomic_add(row_stats + 3, a_sum, mask=real)
     tl.atomic_add(row_stats + 4, b_sum, mask=real)
 
@@ -199,8 +197,8 @@ def _affine_loss_kernel(
 @triton.jit
 def _image_count(stats_ptr, b, num_segments, SEG_POW2: tl.constexpr):
     """n_b = sum over segments of n_g (stats column 0) for image b."""
-    segs = tl.arange(0, SEG_POW2)
-    counts = tl.load(stats_ptr + (b * num_segments + segs) * 9, mask=segs < num_segments, other=0.0)
+    groups, real = image_groups(b, num_segments, SEG_POW2)
+    counts = tl.load(stats_ptr + groups * 9, mask=real, other=0.0)
     return tl.sum(counts, axis=0)
 
 

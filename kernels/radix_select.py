@@ -26,6 +26,7 @@ from torch.library import wrap_triton
 from .segmented import (
     check_images,
     group_of,
+    image_groups,
     load_validity,
     segment_onehot,
     segment_pow2,
@@ -261,8 +262,8 @@ def _median_index_kernel(
         median = tl.load(median_ptr + group_of(b, seg, num_segments, HAS_SEG))
         onehot = segment_onehot(seg, valid, SEG_POW2)
         best = tl.minimum(best, first_index_of(x, median, onehot, cols))
-    segs = tl.arange(0, SEG_POW2)
-    tl.atomic_min(index_ptr + b * num_segments + segs, best, mask=segs < num_segments)
+    groups, real = image_groups(b, num_segments, SEG_POW2)
+    tl.atomic_min(index_ptr + groups, best, mask=real)
 
 
 def lower_median(

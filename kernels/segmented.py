@@ -109,6 +109,13 @@ def tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def image_groups(b, num_segments, SEG_POW2: tl.constexpr):
+    """Groups [SEG_POW2] b * S + j of image b's segment columns j, and which are real (j < S)."""
+    segs = tl.arange(0, SEG_POW2)
+    return b * num_segments + segs, segs < num_segments
+
+
+@triton.jit
 def load_validity(
     ref,
     mask_ptr,
