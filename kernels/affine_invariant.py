@@ -35,6 +35,7 @@ from .segmented import (
     segment_sum,
     tile_columns,
     tile_plan,
+    validity_args,
 )
 
 # Columns of the (B, S, 9) stats tensor.
@@ -251,9 +252,7 @@ def affine_invariant_forward(
     loss = torch.zeros((B,), dtype=torch.float32, device=device)
     plan = tile_plan(B, L, device)
     seg_pow2 = segment_pow2(segments, num_segments)
-    mask_arg = pred if mask is None else mask
-    seg_arg = pred if segments is None else segments
-    flags = {"HAS_MASK": mask is not None, "HAS_SEG": segments is not None}
+    mask_arg, seg_arg, flags = validity_args(pred, mask, segments)
     wrap_triton(_affine_stats_kernel)[(B, plan.chunks)](
         pred, target, mask_arg, seg_arg, medians, stats, first_index,
         L, num_segments, num_groups, plan.tiles_per_prog,
@@ -357,13 +356,11 @@ def affine_invariant_backward(
     grad_loss = grad_loss.to(torch.float32).contiguous()
     grad = torch.empty_like(pred)
     plan = tile_plan(B, L, pred.device)
+    mask_arg, seg_arg, flags = validity_args(pred, mask, segments)
     wrap_triton(_affine_backward_kernel)[(B, plan.chunks)](
-        grad_loss, pred, target,
-        pred if mask is None else mask,
-        pred if segments is None else segments,
+        grad_loss, pred, target, mask_arg, seg_arg,
         stats.contiguous(), median_index.contiguous(), grad,
-        L, num_segments, plan.tiles_per_prog,
-        HAS_MASK=mask is not None, HAS_SEG=segments is not None, BLOCK=plan.block,
+        L, num_segments, plan.tiles_per_prog, **flags, BLOCK=plan.block,
         ALL_SEG_POW2=triton.next_power_of_2(num_segments), num_warps=plan.num_warps,
     )  # fmt: skip
     return grad

@@ -32,6 +32,7 @@ from .segmented import (
     segment_pow2,
     tile_columns,
     tile_plan,
+    validity_args,
 )
 
 # 8-bit digits: the kernels hard-code 256 bins, SHIFT = 24 - 8 * PASS and PASS 3 as the last.
@@ -193,13 +194,13 @@ def radix_select_lower_median(
     counts = torch.empty(num_groups, dtype=torch.int32, device=device)
     medians = torch.empty(total_groups, dtype=torch.float32, device=device)
     group_block = min(triton.next_power_of_2(max(total_groups, 1)), 16)
+    mask_arg, seg_arg, flags = validity_args(x, mask, segments)
     for radix_pass in range(NUM_PASSES):
-        # Absent optional inputs get `x` as a placeholder pointer, never read (constexpr flags).
         wrap_triton(_radix_histogram_kernel)[(B, plan.chunks)](
             x,
-            x if y is None else y,
-            x if mask is None else mask,
-            x if segments is None else segments,
+            x if y is None else y,  # a placeholder pointer, never read without HAS_Y
+            mask_arg,
+            seg_arg,
             prefix,
             hist,
             L,
@@ -207,8 +208,7 @@ def radix_select_lower_median(
             num_groups,
             plan.tiles_per_prog,
             HAS_Y=y is not None,
-            HAS_MASK=mask is not None,
-            HAS_SEG=segments is not None,
+            **flags,
             PASS=radix_pass,
             BLOCK=plan.block,
             SEG_POW2=seg_pow2,
@@ -292,17 +292,17 @@ def lower_median(
     medians, counts = radix_select_lower_median(x, None, mask, segments, num_segments)
     plan = tile_plan(B, L, x.device)
     index = torch.full((B * num_segments,), NO_INDEX, dtype=torch.int32, device=x.device)
+    mask_arg, seg_arg, flags = validity_args(x, mask, segments)
     wrap_triton(_median_index_kernel)[(B, plan.chunks)](
         x,
-        x if mask is None else mask,
-        x if segments is None else segments,
+        mask_arg,
+        seg_arg,
         medians,
         index,
         L,
         num_segments,
         plan.tiles_per_prog,
-        HAS_MASK=mask is not None,
-        HAS_SEG=segments is not None,
+        **flags,
         BLOCK=plan.block,
         SEG_POW2=segment_pow2(segments, num_segments),
         num_warps=plan.num_warps,

@@ -67,6 +67,18 @@ def segment_pow2(segments: torch.Tensor | None, num_segments: int) -> int:
     return 1 if segments is None else triton.next_power_of_2(num_segments)
 
 
+def validity_args(
+    x: torch.Tensor, mask: torch.Tensor | None, segments: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, bool]]:
+    """Kernel arguments for the optional mask and segments of `load_validity`.
+
+    Returns (mask pointer, segments pointer, {"HAS_MASK", "HAS_SEG"}): an absent input is passed
+    as `x`, a placeholder pointer the kernel never reads (its constexpr flag is False).
+    """
+    flags = {"HAS_MASK": mask is not None, "HAS_SEG": segments is not None}
+    return (x if mask is None else mask), (x if segments is None else segments), flags
+
+
 def check_images(
     name: str,
     x: torch.Tensor,
