@@ -16,20 +16,15 @@ Run: `.venv/bin/python -m pytest benchmarks/bench_data.py --benchmark-only
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import SHARED_IMAGES
 
 from depth_anything_fast.data import list_images, unlabelled_loader
 from depth_anything_fast.data.dali_pipelines import dali_available
 
-SHARED_IMAGES = (
-    Path(os.environ.get("DAF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    / "images"
-)
 CROP = 518
 BATCH = 4
 

@@ -21,7 +21,6 @@ Run: `.venv/bin/python -m pytest benchmarks/bench_inference.py --benchmark-only
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -31,15 +30,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import SHARED_IMAGES
 
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.inference.writers import atomic_write, encode_png16
 from depth_anything_fast.models import DepthAnything
 
-SHARED_IMAGES = (
-    Path(os.environ.get("DAF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    / "images"
-)
 INPUT_SIZE = 518
 
 CASES = [

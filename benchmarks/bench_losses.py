@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
+from support import peak_memory_mib
 
 from depth_anything_fast.losses import affine_invariant_loss, feature_alignment_loss
 from depth_anything_fast.losses.reference import (
@@ -50,28 +50,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_mib(fn: Callable[[], None], device: str) -> float:
-    """Peak bytes allocated during fn() above the memory live before it, in MiB."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage),
-        key=lambda e: e.time_range.start,
-    )
-    live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak / 2**20
-
-
 def _run(
     benchmark,
     loss_fn: Callable[[], torch.Tensor],
@@ -88,7 +66,7 @@ def _run(
         _sync(device)
 
     step()  # warm-up: compilation, first-touch allocations
-    benchmark.extra_info["peak_MiB"] = round(_peak_mib(step, device), 2)
+    benchmark.extra_info["peak_MiB"] = round(peak_memory_mib(step, device), 2)
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info["bytes"] = bytes_moved
     benchmark.extra_info["GB/s"] = round(bytes_moved / benchmark.stats.stats.mean / 1e9, 3)

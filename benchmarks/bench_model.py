@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from support import peak_memory_mib
 
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
 from depth_anything_fast.models import checkpoints as ckpt
@@ -58,37 +59,12 @@ def model_pair(encoder: str) -> tuple[torch.nn.Module, DepthAnything]:
     return hf.to(DEVICE), ours.to(DEVICE)
 
 
-def peak_memory_mb(fn: Callable[[], object]) -> float:
-    """Peak memory of one call above the memory live before it, in MB (CUDA allocator on GPU;
-    the profiler's CPU allocation trace on CPU)."""
-    if CUDA:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # each allocation/free is attributed to the innermost op ("self"); replay them in order
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
-    )
-    live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak / 2**20
-
-
 def run_case(benchmark, fn: Callable[[], object], images: int) -> None:
     def timed() -> None:
         fn()
         _sync()
 
-    benchmark.extra_info["peak_mem_mb"] = round(peak_memory_mb(timed), 1)
+    benchmark.extra_info["peak_mem_mb"] = round(peak_memory_mib(timed, DEVICE), 1)
     benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     benchmark.extra_info["images_per_s"] = round(images / benchmark.stats.stats.mean, 2)
 
