@@ -388,3 +388,98 @@ def test_dali_recovers_from_files_only_pil_decodes(monkeypatch: pytest.MonkeyPat
     assert views_a[0].shape == (1, 3, 14, 28) and views_b[0].shape == (2, 3, 14, 28)
     assert [p for p, _ in errors] == ["x.gif"] and "DALI decoder failed" in errors[0][1]
     assert runner.collect() is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labelled_strong_view(blocks, backend: str) -> None:
+    """strong_view=True adds the perturbed view of the same crop; crops, targets and the clean
+    view are those of the plain loader with the same seed."""
+    source, images = blocks
+    paths = [p for p, _ in source.pairs]
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    loader = labelled_loader(source, batch_size=3, crop_size=42, seed=seed, backend=backend,
+                             strong_view=True)
+    plain = list(labelled_loader(source, batch_size=3, crop_size=42, seed=seed, backend=backend))
+    batches = list(loader)
+    assert len(batches) == len(plain) == 2
+    n_perturbed = 0
+    for batch, ref in zip(batches, plain, strict=True):
+        assert list(batch) == ["image", "strong", "disparity", "mask", "paths"]
+        assert batch["strong"].shape == (3, 3, 42, 42) and batch["strong"].dtype == torch.float32
+        assert batch["paths"] == ref["paths"]
+        for key in ("image", "disparity", "mask"):
+            assert torch.equal(batch[key], ref[key]), key
+        _check_alignment(batch, images)
+        clean, strong = _denormalise(batch["image"]), _denormalise(batch["strong"])
+        for k, path in enumerate(batch["paths"]):
+            params = loader._prepare(paths.index(path), 0).job.strong
+            clean_u8 = np.clip(np.rint(clean[k].permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
+            expected = apply_strong(clean_u8, params).astype(np.float64)
+            got = strong[k].permute(1, 2, 0).numpy()
+            # Away from edges of both the image and the target: the strong view is aligned.
+            inner = (_interior(clean_u8[..., 0]) & _interior(clean_u8[..., 1])
+                     & _interior(batch["disparity"][k].numpy()))
+            np.testing.assert_allclose(got[inner], expected[inner], atol=2.5)
+            n_perturbed += int(np.abs(got - clean[k].permute(1, 2, 0).numpy()).mean() > 1)
+    assert n_perturbed >= 1
+
+
+@pytest.fixture
+def metric_blocks(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Block images with 16-bit millimetre depth 1000 + 20 * red, 0 (invalid) in one rectangle
+    per image; spec.json: kind depth, scale 0.001, invalid [0]. Returns root, path -> raw depth."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+    root = tmp_path / "metric"
+    (root / "images").mkdir(parents=True)
+    (root / "depth").mkdir()
+    raw = {}
+    for i, (h, w) in enumerate(SIZES):
+        img = _blocks(rng, h, w)
+        depth_mm = 1000 + 20 * img[..., 0].astype(np.uint16)
+        y, x = rng.integers(0, h - 15), rng.integers(0, w - 15)
+        depth_mm[y : y + 15, x : x + 15] = 0
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(depth_mm).save(root / "depth" / f"{i}.png")
+        raw[str(root / "images" / f"{i}.png")] = depth_mm
+    LabelledSpec(kind="depth", scale=0.001, invalid=(0,)).to_json(root / "spec.json")
+    return root, raw
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labelled_metric_depth(metric_blocks, backend: str) -> None:
+    from depth_anything_fast.data.geometry import crop_nearest
+
+    root, raw = metric_blocks
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    loader = labelled_loader(root, batch_size=3, crop_size=42, seed=seed, backend=backend,
+                             target="depth", strong_view=True)
+    plain = list(labelled_loader(root, batch_size=3, crop_size=42, seed=seed, backend=backend))
+    paths = [p for p, _ in loader.source.pairs]
+    n_valid = 0
+    for batch, ref in zip(loader, plain, strict=True):
+        assert list(batch) == ["image", "strong", "depth", "mask", "paths"]
+        assert batch["depth"].shape == (3, 42, 42) and batch["depth"].dtype == torch.float32
+        assert batch["paths"] == ref["paths"] and torch.equal(batch["image"], ref["image"])
+        assert torch.equal(batch["mask"], ref["mask"])
+        red = _denormalise(batch["image"])[:, 0].numpy()
+        for k, path in enumerate(batch["paths"]):
+            depth, mask = batch["depth"][k].numpy(), batch["mask"][k].numpy()
+            # Oracle: the file's millimetres in float64, at the loader's sampled pixels.
+            box = loader._prepare(paths.index(path), 0).job.box
+            want = crop_nearest(raw[path].astype(np.float64) * 0.001, box, raw[path].shape)
+            assert np.array_equal(mask, want > 0)
+            np.testing.assert_allclose(depth[mask], want[mask], rtol=1e-7, atol=0)
+            assert (depth[~mask] == 0).all()
+            # Geometry independent of the oracle: the image's red channel encodes the depth.
+            inner = _interior(np.where(mask, depth, -1.0)) & mask
+            np.testing.assert_allclose(red[k][inner], (depth[inner] - 1.0) / 0.02, atol=2.5)
+            n_valid += int(inner.sum())
+    assert n_valid > 0
+
+
+def test_labelled_target_option_errors(blocks, metric_blocks) -> None:
+    source, _ = blocks  # kind "disparity": no metric depth
+    with pytest.raises(ValueError, match="kind 'depth'"):
+        labelled_loader(source, batch_size=2, crop_size=14, target="depth")
+    with pytest.raises(ValueError, match="target must be one of"):
+        labelled_loader(metric_blocks[0], batch_size=2, crop_size=14, target="metres")

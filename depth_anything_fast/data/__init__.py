@@ -7,6 +7,9 @@
         ...
     views = next(iter(unlabelled))  # {"clean", "strong", "paths"}
     mixed, box, partner = cutmix(views["strong"].cuda(), p=0.5)
+    # pseudo-labelled batches add "strong"; metric batches have "depth" (metres) for "disparity"
+    pseudo = labelled_loader("pseudo_labels", batch_size=16, crop_size=112, strong_view=True)
+    metric = labelled_loader(layout.labelled, batch_size=8, crop_size=112, target="depth")
 
 Backends: DALI when installed (GPU decode with `device="cuda"`), else PIL; both apply the same
 geometry and perturbations (see `geometry`, `augment`). Modules: `sources` (listing, pairs,

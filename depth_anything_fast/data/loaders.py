@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import sample_strong
+from .augment import StrongParams, sample_strong
 from .decode import ErrorCallback, probe, report_error
-from .geometry import crop_nearest, full_box, network_size, sample_crop, sample_rng
+from .geometry import CropBox, crop_nearest, full_box, network_size, sample_crop, sample_rng
 from .jobs import ImageJob
-from .sources import LabelledSource, Source, list_images, load_target, read_bytes
+from .sources import LabelledSource, Source, list_images, load_depth, load_target, read_bytes
 
 BACKENDS = ("auto", "dali", "pil")
+TARGETS = ("disparity", "depth")
 
 
 @dataclass
@@ -73,14 +74,17 @@ def _ordered_map(
 
 
 class _Loader:
-    """Shared machinery; subclasses define the items, `_prepare`, `_assemble` and batching."""
+    """Shared machinery; subclasses define the items, `_prepare`, `_assemble` and batching.
 
-    strong = False
+    `strong`: every job carries a `StrongParams`, and the backend returns the strongly
+    perturbed view as views[1].
+    """
 
     def __init__(
         self, *, n_items: int, batch_size: int, shard_id: int, num_shards: int, seed: int,
         backend: str, device: str | torch.device | None, num_threads: int, shuffle: bool,
         drop_last: bool, pad_shards: bool, prefetch: int, on_error: ErrorCallback | None,
+        strong: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -103,6 +107,7 @@ class _Loader:
         self.pad_shards = pad_shards
         self.prefetch = prefetch
         self.on_error = on_error
+        self.strong = strong
         self.epoch = 0
         self._runner = None
 
@@ -155,6 +160,16 @@ class _Loader:
             self._skip(path, reason)
             return None
         return data, size
+
+    def _sample_geometry(
+        self, h: int, w: int, crop_size: int, index: int, epoch: int
+    ) -> tuple[CropBox, StrongParams | None]:
+        """Crop box of an (h, w) image and, for loaders with a strong view, its perturbation,
+        both from `sample_rng(seed, epoch, index)` (crop first, so the strong view never
+        changes the crop)."""
+        rng = sample_rng(self.seed, epoch, index)
+        box = sample_crop(h, w, crop_size, rng)
+        return box, sample_strong(rng) if self.strong else None
 
     def _prepare(self, index: int, epoch: int) -> _Prepared | None:
         raise NotImplementedError
@@ -209,10 +224,19 @@ class _Loader:
 class LabelledLoader(_Loader):
     """Training batches from a `LabelledSource`; see `labelled_loader`."""
 
-    def __init__(self, source: LabelledSource, *, crop_size: int, **kwargs: Any) -> None:
+    def __init__(
+        self, source: LabelledSource, *, crop_size: int, target: str = "disparity",
+        **kwargs: Any,
+    ) -> None:
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if target == "depth" and source.spec.kind != "depth":
+            raise ValueError(f"target='depth' needs metric ground truth (LabelledSpec kind "
+                             f"'depth'), the source's spec has kind {source.spec.kind!r}")
         super().__init__(n_items=len(source), **kwargs)
         self.source = source
         self.crop_size = crop_size
+        self.target = target
 
     def _prepare(self, index: int, epoch: int) -> _Prepared | None:
         path, target_path = self.source.pairs[index]
@@ -220,37 +244,37 @@ class LabelledLoader(_Loader):
         if read is None:
             return None
         data, (h, w) = read
+        load = load_depth if self.target == "depth" else load_target
         try:
-            disparity, mask = load_target(target_path, self.source.spec)
+            values, mask = load(target_path, self.source.spec)
         except FileNotFoundError:
             raise
         except (OSError, ValueError, TypeError) as exc:
             self._skip(path, f"ground truth {target_path}: {exc}")
             return None
-        box = sample_crop(h, w, self.crop_size, sample_rng(self.seed, epoch, index))
+        box, strong = self._sample_geometry(h, w, self.crop_size, index, epoch)
         return _Prepared(
-            ImageJob(path, data, box),
-            {"disparity": crop_nearest(disparity, box, (h, w)), "mask": crop_nearest(mask, box, (h, w))},
+            ImageJob(path, data, box, strong),
+            {self.target: crop_nearest(values, box, (h, w)), "mask": crop_nearest(mask, box, (h, w))},
         )
 
     def _assemble(self, views: list[torch.Tensor], batch: list[_Prepared]) -> dict[str, Any]:
-        disparity = torch.from_numpy(np.stack([p.extra["disparity"] for p in batch]))
+        values = torch.from_numpy(np.stack([p.extra[self.target] for p in batch]))
         mask = torch.from_numpy(np.stack([p.extra["mask"] for p in batch]))
-        return {
-            "image": views[0],
-            "disparity": disparity.to(self.device),
-            "mask": mask.to(self.device),
-            "paths": [p.job.path for p in batch],
-        }
+        out: dict[str, Any] = {"image": views[0]}
+        if self.strong:
+            out["strong"] = views[1]
+        out[self.target] = values.to(self.device)
+        out["mask"] = mask.to(self.device)
+        out["paths"] = [p.job.path for p in batch]
+        return out
 
 
 class UnlabelledLoader(_Loader):
     """Clean + strongly perturbed views; see `unlabelled_loader`."""
 
-    strong = True
-
     def __init__(self, paths: Sequence[str], *, crop_size: int, **kwargs: Any) -> None:
-        super().__init__(n_items=len(paths), **kwargs)
+        super().__init__(n_items=len(paths), strong=True, **kwargs)
         self.paths = list(paths)
         self.crop_size = crop_size
 
@@ -260,9 +284,8 @@ class UnlabelledLoader(_Loader):
         if read is None:
             return None
         data, (h, w) = read
-        rng = sample_rng(self.seed, epoch, index)
-        box = sample_crop(h, w, self.crop_size, rng)
-        return _Prepared(ImageJob(path, data, box, sample_strong(rng)))
+        return _Prepared(ImageJob(path, data, *self._sample_geometry(h, w, self.crop_size,
+                                                                     index, epoch)))
 
     def _assemble(self, views: list[torch.Tensor], batch: list[_Prepared]) -> dict[str, Any]:
         return {"clean": views[0], "strong": views[1], "paths": [p.job.path for p in batch]}
@@ -326,6 +349,8 @@ def labelled_loader(
     drop_last: bool = True,
     prefetch: int = 2,
     on_error: ErrorCallback | None = None,
+    strong_view: bool = False,
+    target: str = "disparity",
 ) -> LabelledLoader:
     """Labelled training batches: lower-bound resize to `crop_size`, random crop, h-flip.
 
@@ -333,6 +358,12 @@ def labelled_loader(
     {"image": (B, 3, c, c) float32 ImageNet-normalised, "disparity": (B, c, c) float32 in 0..1,
     "mask": (B, c, c) bool, "paths": list[str]} on `device` (CPU when None; a CUDA device makes
     DALI decode on the GPU). `crop_size` should be a multiple of 14.
+
+    `strong_view=True` (pseudo-labelled batches) adds "strong": (B, 3, c, c) float32, the same
+    crop as "image" colour-jittered/greyscaled/blurred as in `unlabelled_loader`; the crops
+    do not depend on this option. `target="depth"` (metric fine-tuning) replaces "disparity"
+    with "depth": (B, c, c) float32 metric depth in metres, 0 where "mask" is False; it needs
+    a spec of kind "depth" (`ValueError` otherwise).
     """
     if not isinstance(source, LabelledSource):
         source = LabelledSource.from_path(source)
@@ -340,7 +371,7 @@ def labelled_loader(
         source, crop_size=crop_size, batch_size=batch_size, shard_id=shard_id,
         num_shards=num_shards, seed=seed, backend=backend, device=device,
         num_threads=num_threads, shuffle=shuffle, drop_last=drop_last, pad_shards=True,
-        prefetch=prefetch, on_error=on_error,
+        prefetch=prefetch, on_error=on_error, strong=strong_view, target=target,
     )
 
 

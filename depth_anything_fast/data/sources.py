@@ -200,13 +200,13 @@ class LabelledSource:
         """Pairs from a dataset folder, a list file ("image target" per line), tar shard(s) or a
         pseudo-label output folder.
 
-        Folder layouts: `root/images/<rel>.<img>` with `root/{depth,disparity,...}/<rel>.<ext>`
-        (ext one of .png .npy .pfm .tif .tiff .pgm) and `root/spec.json` when `spec` is None;
-        or a pseudo-label output folder `root/manifest*.jsonl` (spec defaults to kind
-        "disparity", all values valid; the items are those of
-        `inference.manifest.finished_records`: the newest record of each output whose file is
-        intact, sorted by output name). Raises `FileNotFoundError` naming the image whose ground
-        truth is missing, or the pseudo-label folder without any intact output.
+        Folder layouts: a pseudo-label output folder, recognised by `root/manifest*.jsonl`
+        whatever else it holds (spec defaults to kind "disparity", all values valid; the items
+        are those of `inference.manifest.finished_records`: the newest record of each output
+        whose file is intact, sorted by output name); otherwise `root/images/<rel>.<img>` with
+        `root/{depth,disparity,...}/<rel>.<ext>` (ext one of .png .npy .pfm .tif .tiff .pgm) and
+        `root/spec.json` when `spec` is None. Raises `FileNotFoundError` naming the image whose
+        ground truth is missing, or the pseudo-label folder without any intact output.
         """
         if isinstance(root, (list, tuple)):
             parts = [cls.from_path(r, spec) for r in root]
@@ -216,7 +216,9 @@ class LabelledSource:
         s = os.fspath(root)
         if os.path.isdir(s):
             manifests = sorted(glob.glob(os.path.join(s, "manifest*.jsonl")))
-            if manifests and not os.path.isdir(os.path.join(s, "images")):
+            # A manifest decides, even when the outputs themselves lie under images/ (the
+            # pseudo-labels of root/unlabelled/ keep the inputs' relative paths).
+            if manifests:
                 return cls(_pseudo_label_pairs(s), spec or _spec_from_folder(s, PSEUDO_LABEL_SPEC))
             return cls(_folder_pairs(s), spec or _spec_from_folder(s, None))
         if s.lower().endswith(".tar"):  # one shard or a glob of shards
@@ -355,11 +357,9 @@ def read_raw_target(path: str) -> np.ndarray:
     return arr
 
 
-def target_to_disparity(raw: np.ndarray, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Raw stored values (H, W) -> (disparity float32 (H, W), valid bool (H, W)), not normalised.
-
-    Invalid pixels get disparity 0.
-    """
+def _checked_values(raw: np.ndarray, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Raw stored values (H, W) -> (value = raw * scale + offset, float64 (H, W); valid bool
+    (H, W)) with every check of `spec` applied (invalid values, sign, depth range)."""
     if spec.bit_rotate:
         if raw.dtype != np.uint16:
             raise TypeError(f"bit_rotate needs 16-bit ground truth, got {raw.dtype}")
@@ -370,22 +370,44 @@ def target_to_disparity(raw: np.ndarray, spec: LabelledSpec) -> tuple[np.ndarray
     for v in spec.invalid:
         valid &= raw64 != v
     value = np.where(valid, raw64 * spec.scale + spec.offset, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):
         if spec.kind == "depth":
             valid &= value > 0
             if spec.min_depth is not None:
                 valid &= value >= spec.min_depth
             if spec.max_depth is not None:
                 valid &= value <= spec.max_depth
-            disparity = 1.0 / value
         else:
-            disparity = value
             if spec.max_depth is not None:
-                valid &= disparity >= 1.0 / spec.max_depth
+                valid &= value >= 1.0 / spec.max_depth
             if spec.min_depth is not None:
-                valid &= disparity <= 1.0 / spec.min_depth
-        valid &= np.isfinite(disparity)
+                valid &= value <= 1.0 / spec.min_depth
+    return value, valid
+
+
+def target_to_disparity(raw: np.ndarray, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Raw stored values (H, W) -> (disparity float32 (H, W), valid bool (H, W)), not normalised.
+
+    Invalid pixels get disparity 0.
+    """
+    value, valid = _checked_values(raw, spec)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        disparity = 1.0 / value if spec.kind == "depth" else value
+    valid &= np.isfinite(disparity)
     return np.where(valid, disparity, 0.0).astype(np.float32), valid
+
+
+def target_to_depth(raw: np.ndarray, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Raw stored values (H, W) -> (metric depth float32 (H, W) in metres, valid bool (H, W)).
+
+    Needs `spec.kind == "depth"` (disparity ground truth is only known up to scale and shift);
+    invalid pixels get depth 0. Raises `ValueError` otherwise.
+    """
+    if spec.kind != "depth":
+        raise ValueError(f"metric depth needs a LabelledSpec of kind 'depth', got {spec.kind!r}")
+    value, valid = _checked_values(raw, spec)
+    valid &= np.isfinite(value)
+    return np.where(valid, value, 0.0).astype(np.float32), valid
 
 
 def normalise_disparity(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -422,3 +444,14 @@ def load_target(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
     out = normalise_disparity(disparity, ground)
     out[sky] = 0.0
     return out, ground | sky
+
+
+def load_depth(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth file -> (metric depth float32 (H, W) in metres, 0 where invalid; mask bool
+    (H, W)), for metric fine-tuning. `spec.sky_mask` is not read: sky has no metric depth, so
+    only the stored values decide validity. Raises `FileNotFoundError` for a missing file, `ValueError` for a spec that is not
+    of kind "depth" or unreadable content, `TypeError` for a non-numeric file.
+    """
+    if not _exists(path):
+        raise FileNotFoundError(f"ground truth not found: {path}")
+    return target_to_depth(read_raw_target(path), spec)

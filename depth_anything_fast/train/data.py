@@ -1,79 +1,14 @@
-"""Training batches per stage, on top of ``depth_anything_fast.data`` loaders.
+"""Training batch streams: ``BatchStream`` iterates a ``depth_anything_fast.data`` loader over
+epochs and can resume at (epoch, batch).
 
-Two stage-specific variants of the labelled loader extend it without changing its sampling,
-geometry or backends:
-
-* ``PseudoLabelledLoader``: pseudo-labelled images (a pseudo-label CLI output folder) with the
-  clean view, the pseudo-label cropped like it, and the strongly perturbed view of the same
-  crop (``"strong"``), for the student's unlabelled loss.
-* ``MetricLabelledLoader``: labelled images with metric depth in metres (``"depth"``) instead of
-  the per-image normalised disparity, for metric fine-tuning.
-
-``BatchStream`` iterates such a loader over epochs and can resume at (epoch, batch).
+The stage-specific batches are options of ``data.labelled_loader``: ``strong_view=True`` for the
+pseudo-labelled batches of the student stage, ``target="depth"`` for metric fine-tuning.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
-
-import numpy as np
-import torch
-
-from depth_anything_fast.data.augment import sample_strong
-from depth_anything_fast.data.decode import probe
-from depth_anything_fast.data.geometry import crop_nearest, sample_rng
-from depth_anything_fast.data.loaders import LabelledLoader
-from depth_anything_fast.data.sources import read_raw_target, target_to_disparity
-
-# Mixed into the per-sample seed so the strong perturbation is drawn independently of the crop.
-_STRONG_STREAM = 0x5EED
-
-
-class PseudoLabelledLoader(LabelledLoader):
-    """Batches {"image", "strong", "disparity", "mask", "paths"}: "strong" (B,3,c,c) float32 is
-    the colour-perturbed view (jitter, greyscale, blur) of the same crop as "image"."""
-
-    strong = True
-
-    def _prepare(self, index: int, epoch: int):
-        prepared = super()._prepare(index, epoch)
-        if prepared is None:
-            return None
-        params = sample_strong(sample_rng(self.seed ^ _STRONG_STREAM, epoch, index))
-        prepared.job = dataclasses.replace(prepared.job, strong=params)
-        return prepared
-
-    def _assemble(self, views: list[torch.Tensor], batch: list) -> dict[str, Any]:
-        out = super()._assemble(views, batch)
-        out["strong"] = views[1]
-        return out
-
-
-class MetricLabelledLoader(LabelledLoader):
-    """Batches {"image", "depth" (B,c,c) float32 metres (0 where invalid), "mask", "paths"}."""
-
-    def _prepare(self, index: int, epoch: int):
-        prepared = super()._prepare(index, epoch)
-        if prepared is None:
-            return None
-        _, target_path = self.source.pairs[index]
-        disparity, valid = target_to_disparity(read_raw_target(target_path), self.source.spec)
-        depth = np.where(valid, 1.0 / np.where(valid, disparity, 1.0), 0.0).astype(np.float32)
-        image_hw, _ = probe(prepared.job.encoded)
-        box = prepared.job.box
-        prepared.extra = {"depth": crop_nearest(depth, box, image_hw),
-                          "mask": crop_nearest(valid, box, image_hw)}
-        return prepared
-
-    def _assemble(self, views: list[torch.Tensor], batch: list) -> dict[str, Any]:
-        return {
-            "image": views[0],
-            "depth": torch.from_numpy(np.stack([p.extra["depth"] for p in batch])).to(self.device),
-            "mask": torch.from_numpy(np.stack([p.extra["mask"] for p in batch])).to(self.device),
-            "paths": [p.job.path for p in batch],
-        }
 
 
 class BatchStream:

@@ -126,27 +126,24 @@ class Trainer:
     # ---------------------------------------------------------------- data
     def _streams(self, info: DistInfo) -> dict[str, BatchStream]:
         """One BatchStream per data source of the stage, sharded over the ranks."""
-        from depth_anything_fast.data.loaders import LabelledLoader
-        from depth_anything_fast.data.sources import LabelledSource, LabelledSpec
-
-        from .data import MetricLabelledLoader, PseudoLabelledLoader
+        from depth_anything_fast.data import LabelledSource, LabelledSpec, labelled_loader
 
         cfg, d = self.cfg, self.cfg.data
         common = {"crop_size": d.crop_size, "shard_id": info.rank, "num_shards": info.world_size,
                   "backend": d.backend, "num_threads": d.num_threads, "shuffle": True,
-                  "drop_last": True, "pad_shards": True, "prefetch": 2, "device": None,
-                  "on_error": None}
+                  "drop_last": True}
         spec = LabelledSpec(**d.labelled_spec) if d.labelled_spec is not None else None
         labelled = LabelledSource.from_path(d.labelled, spec)
-        loader_cls = MetricLabelledLoader if cfg.stage == "finetune-metric" else LabelledLoader
+        target = "depth" if cfg.stage == "finetune-metric" else "disparity"
         streams = {"labelled": BatchStream(
-            loader_cls(labelled, batch_size=d.batch_size, seed=cfg.seed, **common),
+            labelled_loader(labelled, batch_size=d.batch_size, seed=cfg.seed, target=target,
+                            **common),
             "data.labelled")}
         if cfg.stage == "student":
             pseudo = LabelledSource.from_path(d.pseudo_labels)
             streams["pseudo"] = BatchStream(
-                PseudoLabelledLoader(pseudo, batch_size=d.batch_size * d.unlabelled_ratio,
-                                     seed=cfg.seed + 1, **common),
+                labelled_loader(pseudo, batch_size=d.batch_size * d.unlabelled_ratio,
+                                seed=cfg.seed + 1, strong_view=True, **common),
                 "data.pseudo_labels")
         return streams
 
