@@ -150,9 +150,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
                      "teacher")
 
     t = time.perf_counter()
-    # The images/ folder itself, so that the outputs sit at the top of pseudo_labels/ (an
-    # output folder with an images/ sub-folder reads as a labelled dataset layout).
-    summary = pseudo_label(teacher, layout.unlabelled / "images", out / "pseudo_labels",
+    summary = pseudo_label(teacher, layout.unlabelled, out / "pseudo_labels",
                            batch_size=32, precision="fp32", input_size=EVAL_INPUT_SIZE,
                            original_size=True, device="cpu", handle_signals=False)
     if summary.failed:

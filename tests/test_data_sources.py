@@ -243,6 +243,25 @@ def test_pseudo_label_manifest(tmp_path: Path) -> None:
     np.testing.assert_allclose(target, disparity / 63, rtol=0, atol=1e-4)  # 16-bit codes
 
 
+def test_pseudo_label_manifest_outputs_under_images(tmp_path: Path) -> None:
+    """Pseudo-labels of root/unlabelled/ keep the inputs' images/ prefix: the folder then has
+    images/ (and here even depth/) like a labelled layout, but its manifest decides."""
+    out = tmp_path / "pl"
+    rng = _fresh_rng()
+    maps = {n: rng.random((5, 7)).astype(np.float32) for n in ("a", "b")}
+    recs = [_pseudo_label(out, f"in/images/{n}.jpg", f"images/{n}.png", m) for n, m in maps.items()]
+    (out / "depth").mkdir()
+    _write_manifest(out / "manifest.jsonl", recs)
+    src = LabelledSource.from_path(out)
+    assert src.spec.kind == "disparity"
+    assert src.pairs == [(f"in/images/{n}.jpg", str(out / "images" / f"{n}.png")) for n in "ab"]
+    for (_, target), m in zip(src.pairs, maps.values(), strict=True):
+        got, mask = load_target(target, src.spec)
+        m64 = m.astype(np.float64)
+        assert mask.all()
+        np.testing.assert_allclose(got, (m64 - m64.min()) / np.ptp(m64), rtol=0, atol=1e-4)
+
+
 def test_pseudo_label_manifest_killed_redone_and_deleted(tmp_path: Path, caplog) -> None:
     """The data reader is the pseudo-label resume reader: a half-written last line (kill) is
     ignored, a record whose output is gone is dropped (warned), a redone item is listed once

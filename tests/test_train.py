@@ -47,7 +47,8 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     teacher = root / "teacher"
     build_model(cfg).save_pretrained(teacher)
-    summary = pseudo_label(teacher, layout.unlabelled / "images", root / "pseudo", batch_size=16,
+    # The whole unlabelled folder: outputs under pseudo/images/, read through the manifest.
+    summary = pseudo_label(teacher, layout.unlabelled, root / "pseudo", batch_size=16,
                            precision="fp32", input_size=56, original_size=True, device="cpu",
                            handle_signals=False)
     assert summary.failed == 0
