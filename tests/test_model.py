@@ -515,7 +515,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
             assert torch.equal(loaded(x), expected)
 
 
-def test_convert_cli(tmp_path: Path) -> None:
+def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from depth_anything_fast.models import convert
 
     hf = make_hf_model(**TINY)
@@ -540,7 +540,9 @@ def test_convert_cli(tmp_path: Path) -> None:
     with torch.no_grad():
         assert max_rel_diff(loaded(x), hf_predict(hf, x)) <= TOL
     args = parser.parse_args(["convert", str(tmp_path / "missing"), str(tmp_path / "o2")])
+    capsys.readouterr()
     assert args.func(args) == 1
+    assert "missing" in capsys.readouterr().err
 
 
 def test_presets() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from .config import ENCODERS, VERSIONS
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             strict=not args.non_strict,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"convert: {err}")
+        print(f"convert: {err}", file=sys.stderr)
         return 1
     if args.interpolate_offset is not None:
         model.config = dataclasses.replace(model.config, interpolate_offset=args.interpolate_offset)
