@@ -278,3 +278,27 @@ def test_cli_depth_range_limits_valid_pixels(tmp_path):
     assert (result["min_depth"], result["max_depth"]) == (1.0, 5.0)
     expected = int(((depth >= 1.0) & (depth <= 5.0)).sum())
     assert result["per_image"][0]["n_valid"] == expected
+
+
+def test_runner_resizes_like_the_predictor(tmp_path):
+    # A map stored at network size (pseudo-label's default) must score exactly like the same map
+    # resized back by `Predictor.predict` (bilinear, align_corners=True).
+    from depth_anything_fast.evaluate.datasets import get_reader
+    from depth_anything_fast.models.transforms import resize_prediction
+
+    data = tmp_path / "data"
+    make_generic(data, n=2)
+    reader = get_reader("generic", data, encoding="mm")
+    small = [rng.random((H // 2 + 1, W // 2 + 3)).astype(np.float32) + 0.1 for _ in range(2)]
+
+    def at_network_size(images: list[np.ndarray]) -> list[np.ndarray]:
+        return small[: len(images)]
+
+    def like_predictor(images: list[np.ndarray]) -> list[np.ndarray]:
+        return [resize_prediction(torch.from_numpy(s)[None], (H, W))[0].numpy() for s in small]
+
+    resized = evaluate_predictions(reader, at_network_size, batch_size=2)
+    direct = evaluate_predictions(reader, like_predictor, batch_size=2)
+    for a, b in zip(resized.per_image, direct.per_image, strict=True):
+        for name in ("abs_rel", "delta1", "rmse", "scale", "shift"):
+            assert a[name] == pytest.approx(b[name], rel=1e-6, abs=1e-12), name

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from depth_anything_fast.evaluate.datasets import Sample
 from depth_anything_fast.evaluate.metrics import (
@@ -131,13 +130,6 @@ class PredictionDirectory:
         return decode_png16(str(stored.path), stored.lo, stored.hi)
 
 
-def _resize(prediction: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a (h, w) prediction to `shape` (H, W)."""
-    x = torch.tensor(prediction, dtype=torch.float32)[None, None]
-    out = torch.nn.functional.interpolate(x, size=shape, mode="bilinear", align_corners=False)
-    return out[0, 0].numpy()
-
-
 @dataclass
 class EvaluationResult:
     """Per-image and mean metrics of one evaluation run.
@@ -205,7 +197,7 @@ def evaluate_predictions(
         predictions: a function `list of (H, W, 3) uint8 -> list of (h, w) arrays` called with
             `batch_size` images at a time (e.g. `Predictor.predict`), or a directory of saved
             predictions (see `PredictionDirectory`). Predictions of another size are resized
-            bilinearly to the ground truth.
+            to the ground truth as `Predictor.predict` does (bilinear, align_corners=True).
         space: "disparity" (paper) or "depth"; only for alignment "scale_shift".
         alignment: "scale_shift" (relative disparity, least squares), or "median" / "none"
             (metric depth predictions, compared in depth space).
@@ -301,8 +293,13 @@ def _score(
         raise ValueError(f"{sample.name}: prediction must be (H, W), got shape {prediction.shape}")
     record: dict[str, Any] = {"name": sample.name}
     if prediction.shape != sample.depth.shape:
+        from depth_anything_fast.models.transforms import as_tensor, resize_prediction
+
+        # the Predictor's own resize back to the input size: a map stored at network size
+        # (pseudo-label's default) scores exactly as the same model run in-process
         record["resized_from"] = list(prediction.shape)
-        prediction = _resize(prediction, sample.depth.shape)
+        resized = resize_prediction(as_tensor(prediction)[None], sample.depth.shape)
+        prediction = resized[0].numpy()
     if alignment == "scale_shift":
         metrics = relative_depth_metrics(
             prediction,
