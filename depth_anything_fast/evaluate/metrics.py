@@ -38,6 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from depth_anything_fast.models.transforms import as_tensor
+
 METRIC_NAMES: tuple[str, ...] = ("abs_rel", "delta1", "delta2", "delta3", "rmse", "sq_rel", "log10")
 MIN_VALID_PIXELS = 10
 # A prediction whose spread over the valid pixels is below this fraction of its magnitude is
@@ -50,9 +52,7 @@ ArrayLike = torch.Tensor | np.ndarray
 
 def _to_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = np.ascontiguousarray(x)
-        # read-only arrays (e.g. np.asarray of a PIL image) are copied: torch needs writable memory
-        return torch.from_numpy(x if x.flags.writeable else x.copy())
+        return as_tensor(np.ascontiguousarray(x))  # contiguous: negative strides are copied
     if isinstance(x, torch.Tensor):
         return x
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
