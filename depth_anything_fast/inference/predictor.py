@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from depth_anything_fast.models.transforms import RESIZE_MODES, preprocess, resize_prediction
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -63,8 +65,8 @@ class Predictor:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if resize not in ("keep-aspect", "square"):
-            raise ValueError(f"resize must be 'keep-aspect' or 'square', got {resize!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
@@ -115,8 +117,6 @@ class Predictor:
         batch has one shape and no padding), run `batch_size` at a time, and resized back with
         `models.transforms.resize_prediction` (bilinear, align_corners=True). Output order matches input order.
         """
-        from depth_anything_fast.models.transforms import preprocess, resize_prediction
-
         inputs = [preprocess(np.asarray(im), self.input_size, resize=self.resize) for im in images]
         buckets: dict[tuple[int, int], list[int]] = {}
         for index, x in enumerate(inputs):
