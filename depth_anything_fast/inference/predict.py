@@ -18,7 +18,7 @@ import torch
 from depth_anything_fast.inference.predictor import Predictor, load_model
 from depth_anything_fast.inference.pseudo_label import output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
-from depth_anything_fast.inference.writers import atomic_write
+from depth_anything_fast.inference.writers import atomic_write, encode_npy
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ def _save(
     target = out_stem.with_name(out_stem.name + ".png")
     atomic_write(target, buf.getvalue())
     if save_npy:
-        npy = io.BytesIO()
-        np.save(npy, disparity.astype(np.float32))
-        atomic_write(out_stem.with_name(out_stem.name + ".npy"), npy.getvalue())
+        atomic_write(out_stem.with_name(out_stem.name + ".npy"), encode_npy(disparity).data)
     return target
 
 
