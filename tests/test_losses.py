@@ -6,6 +6,8 @@ float64 gradcheck; the public functions for input validation, reductions and dty
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -25,7 +27,15 @@ from depth_anything_fast.losses.reference import (
     affine_invariant_loss_reference,
     masked_lower_median,
 )
-from depth_anything_fast.ops import cpu_available
+from depth_anything_fast.ops import cpu_available, triton_available
+
+
+def fused_backends() -> list[str]:
+    """The fused backends that can run CPU tensors here (triton only under its interpreter)."""
+    backends = ["cpu"] if cpu_available() else []
+    if triton_available() and os.environ.get("TRITON_INTERPRET") == "1":
+        backends.append("triton")
+    return backends
 
 
 def naive_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +125,17 @@ def test_public_api_shapes_reductions_and_dtypes(backend):
     torch.testing.assert_close(loss, per_image[:2].mean())
     empty = affine_invariant_loss(pred, target, torch.zeros_like(mask), backend=backend)
     assert empty.item() == 0.0
+
+
+@pytest.mark.parametrize("backend", ["reference", *fused_backends()])
+def test_empty_batch_gives_zero_loss_and_empty_grad(backend):
+    pred = torch.randn(0, 1, 6, 7, requires_grad=True)
+    target, mask = torch.rand(0, 6, 7), torch.ones(0, 6, 7, dtype=torch.bool)
+    loss = affine_invariant_loss(pred, target, mask, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and pred.grad.shape == pred.shape
+    per_image = affine_invariant_loss(pred, target, reduction="none", backend=backend)
+    assert per_image.shape == (0,)
 
 
 def test_input_validation_errors():

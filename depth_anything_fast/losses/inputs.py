@@ -60,5 +60,5 @@ def image_inputs(
 
 
 def flat(x: Tensor | None) -> Tensor | None:
-    """`(B, H, W)` -> `(B, H*W)` (a view where possible)."""
-    return None if x is None else x.reshape(x.shape[0], -1)
+    """`(B, H, W)` -> `(B, H*W)` (a view where possible; B = 0 gives `(0, H*W)`)."""
+    return None if x is None else x.flatten(1)
