@@ -86,6 +86,13 @@ def test_config_overrides_and_types(tmp_path: Path) -> None:
     assert cfg.optim.betas == [0.9, 0.99] and cfg.model.init is None
 
 
+def test_override_inside_a_null_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  labelled_spec: null\n")
+    cfg = load_config(path, ["data.labelled_spec.scale=0.001"])
+    assert cfg.data.labelled_spec == {"scale": 0.001}
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("optim.lrr=1", "optim.lrr: unknown field"),
     ("optim.lr=fast", "optim.lr: expected float"),
@@ -94,6 +101,8 @@ def test_config_overrides_and_types(tmp_path: Path) -> None:
     ("data.crop_size=100", "data.crop_size: must be a multiple of 14"),
     ("model=3", "model: expected a mapping"),
     ("optim.lr", "expected FIELD=VALUE"),
+    ("optim.lr=.nan", "optim.lr: expected a finite float"),
+    ("model.max_depth=inf", "model.max_depth: expected a finite float"),
 ])
 def test_bad_config_names_the_field(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

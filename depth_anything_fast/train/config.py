@@ -7,6 +7,7 @@ str 'abc'``), so a typo in a YAML file or on the command line never reaches the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -175,13 +176,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected float, got bool {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
+        number = value
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
+                number = None
+        if isinstance(number, (int, float)):
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}: expected a finite float, got {value!r}")
+            return float(number)
         raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -225,7 +229,9 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         parts = key.strip().split(".")
         node = values
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or `null` in the YAML (e.g. data.labelled_spec)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: {part!r} is not a section")
             node = child
