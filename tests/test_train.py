@@ -22,6 +22,7 @@ import torch
 from depth_anything_fast.train import stages
 from depth_anything_fast.train.__main__ import main as train_main
 from depth_anything_fast.train.config import ConfigError, load_config
+from depth_anything_fast.train.distributed import mean_and_any_nonfinite
 from depth_anything_fast.train.optim import build_optimizer, lr_factor, param_groups
 from depth_anything_fast.train.trainer import NonFiniteLossError, Trainer, build_model
 
@@ -211,6 +212,12 @@ def test_nan_loss_stops_naming_step_and_sources(tiny_data, tmp_path: Path, monke
         Trainer(cfg).run()
     assert str(tiny_data["labelled"]) in str(err.value)
     assert (tmp_path / "checkpoints" / "step_00000001").is_dir()
+
+
+def test_mean_and_any_nonfinite_single_process() -> None:
+    assert mean_and_any_nonfinite(torch.tensor(2.5)) == (2.5, False)
+    for bad in (math.nan, math.inf, -math.inf):
+        assert mean_and_any_nonfinite(torch.tensor(bad, dtype=torch.bfloat16))[1]
 
 
 # ------------------------------------------------------------------------------------ processes

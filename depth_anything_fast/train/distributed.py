@@ -89,6 +89,18 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def mean_and_any_nonfinite(loss: torch.Tensor) -> tuple[float, bool]:
+    """``(mean of the scalar `loss` over ranks, whether it is NaN/inf on any rank)`` with one
+    collective and one host sync (the per-step check of the training loop)."""
+    local = loss.detach().float().reshape(1)
+    packed = torch.cat([local, (~torch.isfinite(local)).float()])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        packed[0] /= dist.get_world_size()
+    mean, nonfinite = packed.tolist()
+    return mean, nonfinite > 0
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (keeps collectives in step when
     one rank, e.g., received SIGTERM first)."""

@@ -30,6 +30,7 @@ from .distributed import (
     any_rank,
     autocast_context,
     init_distributed,
+    mean_and_any_nonfinite,
     resolve_param_dtype,
     use_fsdp,
     wrap_model,
@@ -222,8 +223,8 @@ class Trainer:
                 batches = {k: _to_device(next(s), info.device) for k, s in streams.items()}
                 with autocast_context(cfg.dist, info, fsdp):
                     loss, parts = self._stage_loss(model, batches, frozen, info, step)
-                mean_loss = float(all_reduce_mean(loss.detach().float()).item())
-                if any_rank(not math.isfinite(float(loss.detach())), info.device):
+                mean_loss, nonfinite = mean_and_any_nonfinite(loss)
+                if nonfinite:
                     checkpoint(step)
                     sources = [p for b in batches.values() for p in b.get("paths", [])]
                     raise NonFiniteLossError(
