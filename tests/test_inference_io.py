@@ -190,6 +190,27 @@ def test_output_names(tmp_path: Path) -> None:
     ]
 
 
+def test_output_names_stay_inside_the_output_directory(tmp_path: Path) -> None:
+    # a list file (or single image) whose name looks like a glob is not read as one, and a glob
+    # matching list files names images by their own folder: no name climbs out with ".."
+    images = tmp_path / "data" / "imgs"
+    images.mkdir(parents=True)
+    paths = [str(images / "a.jpg"), str(images / "sub" / "b.jpg")]
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    list_file = lists / "train[v1].txt"
+    list_file.write_text("\n".join(paths) + "\n")
+    assert output_names(str(list_file), paths, ".png") == ["a.png", "sub/b.png"]
+    assert output_names(str(lists / "*.txt"), paths, ".png") == ["a.png", "sub/b.png"]
+    photo = images / "[2024] beach.jpg"
+    photo.touch()
+    assert output_names(str(photo), [str(photo)], ".png") == ["[2024] beach.png"]
+    with pytest.raises(ValueError, match="leaves the output directory"):
+        output_names("shard.tar", ["shard.tar::../evil.jpg"], ".png")
+    with pytest.raises(ValueError, match="leaves the output directory"):
+        output_names("shard.tar", ["shard.tar::/etc/evil.jpg"], ".png")
+
+
 def test_summary_exit_codes() -> None:
     ok = Summary(total=3, succeeded=2, skipped=1, failed=0, interrupted=False, elapsed_s=1.0)
     assert ok.exit_code == 0 and "2 succeeded, 1 skipped" in ok.line()

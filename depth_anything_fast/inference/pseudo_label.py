@@ -154,18 +154,25 @@ def combine_summaries(summary: Summary) -> Summary:
 
 
 def _listing_root(src: str, paths: list[str]) -> str:
-    """Directory that output names are made relative to."""
+    """Absolute directory that output names are made relative to: `src` itself for a directory;
+    for a glob its fixed leading folders (names keep the folders the pattern walked), when every
+    match lies under them; else the deepest folder holding all `paths`. An existing file (list
+    file, image) is never read as a glob, even with `[`, `*` or `?` in its name."""
     if os.path.isdir(src):
-        return src
-    if glob.has_magic(src):
+        return os.path.abspath(src)
+    dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    common = os.path.commonpath(dirs) if dirs else os.path.abspath(".")
+    if glob.has_magic(src) and not os.path.exists(src):
         static = []
         for part in Path(src).parts:
             if glob.has_magic(part):
                 break
             static.append(part)
-        return str(Path(*static)) if static else "."
-    dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
-    return os.path.commonpath(dirs) if dirs else "."
+        prefix = os.path.abspath(os.path.join(*static) if static else ".")
+        # a pattern matching list files or shards names images elsewhere
+        if os.path.commonpath([prefix, common]) == prefix:
+            return prefix
+    return common
 
 
 def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
@@ -174,18 +181,23 @@ def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
 
     Inputs whose names would collide (a.jpg and a.png in one folder) keep their extension:
     `a.jpg.png`, `a.png.png`. Raises ValueError if names still collide (same member in two
-    shards).
+    shards) or a name would leave the output directory (a tar member `../x.jpg`).
     """
     from depth_anything_fast.data.sources import TAR_SEP
 
     files = [p for p in paths if TAR_SEP not in p]
-    root = os.path.abspath(_listing_root(src, files)) if files else ""
+    root = _listing_root(src, files) if files else ""
     rel = [
         p.split(TAR_SEP, 1)[1]
         if TAR_SEP in p
         else Path(os.path.relpath(os.path.abspath(p), root)).as_posix()
         for p in paths
     ]
+    for path, name in zip(paths, rel, strict=True):
+        parts = Path(name).parts
+        # a tar member named "../x.jpg" or "/x.jpg" would be written outside the output directory
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise ValueError(f"{path}: its output name {name!r} leaves the output directory")
     stems = [os.path.splitext(r)[0] for r in rel]
     counts = Counter(stems)
     names = [
