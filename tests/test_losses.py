@@ -138,6 +138,30 @@ def test_empty_batch_gives_zero_loss_and_empty_grad(backend):
     assert per_image.shape == (0,)
 
 
+@pytest.mark.parametrize("backend", fused_backends())
+def test_fused_backends_take_strided_inputs_and_wide_int64_segments(backend):
+    """Every other image of a batch (strided views) and int64 segment ids beyond int32's range,
+    which mark ignored pixels and must not wrap into a valid segment when narrowed to int32."""
+    pred = torch.randn(6, 9, 11)
+    target = torch.rand(6, 9, 11)
+    mask = torch.rand(6, 9, 11) > 0.2
+    segments = torch.randint(0, 2, (6, 9, 11))
+    segments[:, :2] = 2**32  # int32(2**32) == 0
+    segments[:, -2:] = -(2**32)
+    pred, target, mask, segments = pred[::2], target[::2], mask[::2], segments[::2]
+    p64 = pred.double().requires_grad_()
+    expected = affine_invariant_loss(
+        p64, target.double(), mask, segments, num_segments=2, backend="reference"
+    )
+    (expected_grad,) = torch.autograd.grad(expected, p64)
+    p = pred.clone().requires_grad_()
+    loss = affine_invariant_loss(p, target, mask, segments, num_segments=2, backend=backend)
+    loss.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
+    scale = expected_grad.abs().max().item()
+    torch.testing.assert_close(p.grad.double(), expected_grad, atol=2e-5 * scale, rtol=0)
+
+
 def test_input_validation_errors():
     pred, target = torch.randn(2, 8, 9), torch.randn(2, 8, 9)
     with pytest.raises(ValueError, match="mask shape"):

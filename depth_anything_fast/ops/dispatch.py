@@ -122,10 +122,23 @@ def affine_invariant(
 
         return affine_invariant_loss_reference(pred, target, mask, segments, num_segments)
     op = cpu.affine_invariant_cpu if resolved == "cpu" else _triton_ops().affine_invariant_triton
+    if mask is not None:
+        mask = mask.contiguous()
     if segments is not None:
-        segments = segments.to(torch.int32)
+        segments = _int32_segments(segments, num_segments)
     loss, stats, _ = op(pred.contiguous(), target.contiguous(), mask, segments, num_segments)
     return loss, stats[..., 0].sum(-1)
+
+
+def _int32_segments(segments: Tensor, num_segments: int) -> Tensor:
+    """Contiguous int32 segment ids for the kernels, out-of-range values still out of range.
+
+    int64 values are clamped to [-1, S] first: the narrowing cast alone would wrap e.g. 2**32
+    to segment 0 instead of leaving the pixel ignored.
+    """
+    if segments.dtype == torch.int64:
+        segments = segments.clamp(-1, num_segments)
+    return segments.to(torch.int32).contiguous()
 
 
 def feature_alignment(
