@@ -143,12 +143,9 @@ class BackgroundWriter:
         self._slots = threading.BoundedSemaphore(max_pending or 4 * num_threads)
         self._on_done = on_done
         self._on_error = on_error
-        self.wait_s = 0.0  # producer time spent blocked on a full backlog
 
     def submit(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> Future[None]:
-        start = time.perf_counter()
         self._slots.acquire()
-        self.wait_s += time.perf_counter() - start
         return self._pool.submit(self._run, input_path, job)
 
     def _run(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> None:
