@@ -265,3 +265,7 @@ def test_backend_selection_and_errors(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises((ValueError, RuntimeError), match="triton"):
         affine_invariant_loss(x, x, backend="triton")
+    monkeypatch.setattr(cpu, "extension", lambda: None)  # as if _C had not been built
+    assert resolve_backend("auto", "affine_invariant", x) == "reference"
+    with pytest.raises(RuntimeError, match="not built"):
+        resolve_backend("cpu", "affine_invariant", x)

@@ -34,7 +34,8 @@ def extension() -> ModuleType | None:
     return _C
 
 
-def _require_extension() -> ModuleType:
+def require_extension() -> ModuleType:
+    """The compiled `depth_anything_fast._C` module; RuntimeError saying how to build it if absent."""
     ext = extension()
     if ext is None:
         raise RuntimeError(
@@ -56,7 +57,7 @@ def affine_invariant_forward(
     pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Kernel interface: (B, L) inputs -> loss (B,), stats (B, S, 9), median_index (B, S)."""
-    ext = _require_extension()
+    ext = require_extension()
     batch = pred.shape[0]
     loss = torch.empty(batch, dtype=torch.float32)
     stats = torch.empty(batch, num_segments, STAT_COLUMNS, dtype=torch.float32)
@@ -85,7 +86,7 @@ def affine_invariant_backward(
     median_index: Tensor,
 ) -> Tensor:
     """Kernel interface: gradient of the per-image losses w.r.t. pred, (B, L) in pred.dtype."""
-    ext = _require_extension()
+    ext = require_extension()
     grad_pred = torch.empty(pred.shape, dtype=torch.float32)
     ext.affine_invariant_backward(
         _f32(grad_loss).numpy(),
@@ -105,7 +106,7 @@ def feature_alignment_forward(
     features: Tensor, frozen: Tensor, alpha: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Kernel interface: (M, C) inputs -> loss (), cos (M,), n_kept () (all float32)."""
-    ext = _require_extension()
+    ext = require_extension()
     loss = torch.empty((), dtype=torch.float32)
     cos = torch.empty(features.shape[0], dtype=torch.float32)
     n_kept = torch.empty((), dtype=torch.float32)
@@ -124,7 +125,7 @@ def feature_alignment_backward(
     grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
 ) -> Tensor:
     """Kernel interface: gradient w.r.t. features, (M, C) in features.dtype."""
-    ext = _require_extension()
+    ext = require_extension()
     grad_features = torch.empty(features.shape, dtype=torch.float32)
     ext.feature_alignment_backward(
         _f32(grad_loss).reshape(1).numpy(),

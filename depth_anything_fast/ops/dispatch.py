@@ -84,12 +84,7 @@ def resolve_backend(backend: str, kernel_module: str, *tensors: Tensor) -> str:
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' runs on CPU tensors, got tensors on {device}")
-        if not cpu_available():
-            raise RuntimeError(
-                "backend='cpu' needs the C++ extension depth_anything_fast._C, which is not "
-                "built: reinstall with a C++ compiler and pybind11 "
-                "(pip install --no-build-isolation -e .)"
-            )
+        cpu.require_extension()
         return backend
     if not triton_available():
         raise RuntimeError("backend='triton' needs the triton package, which is not installed")
