@@ -220,6 +220,41 @@ def test_mean_and_any_nonfinite_single_process() -> None:
         assert mean_and_any_nonfinite(torch.tensor(bad, dtype=torch.bfloat16))[1]
 
 
+def test_batch_stream_resume_is_exact_without_decoding_consumed_batches(
+    tiny_data, monkeypatch
+) -> None:
+    from depth_anything_fast.data import labelled_loader, pil_pipelines
+    from depth_anything_fast.train.data import BatchStream
+
+    def stream() -> BatchStream:
+        return BatchStream(labelled_loader(tiny_data["labelled"], batch_size=1, crop_size=56,
+                                           seed=5, backend="pil", num_threads=1, prefetch=1),
+                           "data.labelled")
+
+    per_epoch = len(stream().loader)
+    assert per_epoch == 12
+    full = stream()
+    expected = [next(full) for _ in range(per_epoch + 3)]  # into the second epoch
+    cut_at = per_epoch - 2
+    first = stream()
+    for _ in range(cut_at):
+        next(first)
+    state = first.state_dict()
+
+    decoded: list[str] = []
+    real = pil_pipelines.process
+    monkeypatch.setattr(pil_pipelines, "process", lambda job: decoded.append(job.path) or real(job))
+    resumed = stream()
+    resumed.load_state_dict(state)
+    got = [next(resumed) for _ in range(len(expected) - cut_at)]
+    # only the batches after the cut (plus prefetch), not the cut_at consumed ones again
+    assert len(decoded) <= len(got) + 2, decoded
+    for want, have in zip(expected[cut_at:], got, strict=True):
+        assert have["paths"] == want["paths"]
+        assert torch.equal(have["image"], want["image"])
+        assert torch.equal(have["disparity"], want["disparity"])
+
+
 # ------------------------------------------------------------------------------------ processes
 def _run(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

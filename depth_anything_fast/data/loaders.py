@@ -11,7 +11,9 @@ logging; a missing ground-truth file raises `FileNotFoundError` naming it.
 Sharding: training loaders shuffle with a generator shared by all ranks, pad the permutation to a
 multiple of `num_shards` (repeating a few samples, as `DistributedSampler` does) and take every
 `num_shards`-th index, so ranks see disjoint index positions and the same number of batches;
-`inference_loader` takes `paths[shard_id::num_shards]` without padding.
+`inference_loader` takes `paths[shard_id::num_shards]` without padding. After each batch,
+`position` says how far into the shard's order the batches went; `set_epoch(epoch, position)`
+resumes there (training resume) without decoding anything before it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ TARGETS = ("disparity", "depth")
 class _Prepared:
     job: ImageJob
     extra: dict[str, Any] = field(default_factory=dict)
+    # Position in the epoch's shard order, and the position just after its batch.
+    position: int = -1
+    batch_end: int = -1
 
 
 def resolve_backend(backend: str) -> str:
@@ -109,11 +114,19 @@ class _Loader:
         self.on_error = on_error
         self.strong = strong
         self.epoch = 0
+        self._start = 0
+        self.position = 0
         self._runner = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used by the next iteration (reshuffles and redraws the augmentations)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch used by the next iteration (reshuffles and redraws the augmentations), begun at
+        shard position `start`: a `position` read after a batch of that epoch resumes right
+        after it, with the same batches as an uninterrupted epoch and without decoding the
+        earlier ones."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         self.epoch = epoch
+        self._start = start
 
     def shard_indices(self, epoch: int) -> np.ndarray:
         """Dataset indices (int64) this shard visits in `epoch`, in order."""
@@ -188,8 +201,22 @@ class _Loader:
             yield batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.epoch
-        self.epoch += 1
+        """One epoch of batches. `position` (int) is, after each batch, the number of shard
+        positions of this epoch (`shard_indices`) that the batches so far have consumed."""
+        epoch, start = self.epoch, self._start
+        self.epoch, self._start = epoch + 1, 0
+        self.position = start
+        order = self.shard_indices(epoch)
+        if start > len(order):
+            raise ValueError(f"cannot start epoch {epoch} at position {start}: this shard has "
+                             f"{len(order)} samples (did the data change?)")
+
+        def prepare(position: int) -> _Prepared | None:
+            prepared = self._prepare(int(order[position]), epoch)
+            if prepared is not None:
+                prepared.position = position
+            return prepared
+
         if self._runner is None:
             self._runner = self._make_runner()
         runner = self._runner
@@ -199,13 +226,17 @@ class _Loader:
         pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="daf-prepare")
         try:
             prepared = _ordered_map(
-                pool, lambda i: self._prepare(int(i), epoch), self.shard_indices(epoch),
+                pool, prepare, range(start, len(order)),
                 window=self.batch_size * (self.prefetch + 1),
             )
             for batch in self._batches(prepared):
                 if runner.free_slots == 0:
                     yield from self._collect(runner, by_job)
+                # Items are consumed in order, so the batch ends after its last item (later
+                # inference batches may hold earlier items: take the maximum).
+                end = max(p.position for p in batch) + 1
                 for p in batch:
+                    p.batch_end = end
                     by_job[id(p.job)] = p
                 runner.submit([p.job for p in batch])
             while runner.in_flight:
@@ -218,7 +249,9 @@ class _Loader:
         if result is None:
             return
         views, jobs = result
-        yield self._assemble(views, [by_job.pop(id(j)) for j in jobs])
+        batch = [by_job.pop(id(j)) for j in jobs]
+        self.position = max(self.position, batch[0].batch_end)
+        yield self._assemble(views, batch)
 
 
 class LabelledLoader(_Loader):
