@@ -67,18 +67,15 @@ def affine_invariant_loss_reference(
     target: Tensor,
     mask: Tensor | None = None,
     segments: Tensor | None = None,
-    num_segments: int | None = None,
+    num_segments: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Per-image affine-invariant loss with per-(image, segment) median/MAD statistics.
 
     pred, target: `(B, L)` float; mask: `(B, L)` bool or None; segments: `(B, L)` int or None
-    (values outside [0, num_segments) are ignored; num_segments defaults to max + 1).
+    (values outside [0, num_segments) are ignored, as in the fused kernels).
     Returns (loss `(B,)` in the compute dtype, n_valid `(B,)` int64); loss is 0 where n_valid is 0.
     Every valid pixel of an image is weighted 1/n_valid, whatever its segment.
     """
-    if segments is not None and num_segments is None:
-        num_segments = int(segments.max()) + 1 if segments.numel() else 1
-    num_segments = num_segments or 1
     dtype = compute_dtype(pred)
     valid = valid_pixels(target, mask, segments, num_segments)
     # Invalid pixels are zeroed first so that NaN/inf never reaches an autograd formula.
