@@ -103,11 +103,18 @@ def test_override_inside_a_null_section(tmp_path: Path) -> None:
     ("model=3", "model: expected a mapping"),
     ("optim.lr", "expected FIELD=VALUE"),
     ("optim.lr=.nan", "optim.lr: expected a finite float"),
+    ("keep_checkpoints=0", "^keep_checkpoints: must be > 0"),
     ("model.max_depth=inf", "model.max_depth: expected a finite float"),
 ])
 def test_bad_config_names_the_field(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_student_needs_pseudo_labelled_images() -> None:
+    with pytest.raises(ConfigError, match=r"data\.unlabelled_ratio: the student stage"):
+        load_config(None, ["stage=student", "data.unlabelled_ratio=0"])
+    assert load_config(None, ["data.unlabelled_ratio=0"]).data.unlabelled_ratio == 0  # teacher
 
 
 def test_cli_bad_config_and_missing_path(tmp_path: Path, capsys) -> None:

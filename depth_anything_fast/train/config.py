@@ -246,7 +246,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "data.batch_size": cfg.data.batch_size,
         "data.crop_size": cfg.data.crop_size,
         "data.num_threads": cfg.data.num_threads,
-        "train.keep_checkpoints": cfg.keep_checkpoints,
+        "keep_checkpoints": cfg.keep_checkpoints,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -259,6 +259,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "data.unlabelled_ratio": cfg.data.unlabelled_ratio}.items():
         if value < 0:
             raise ConfigError(f"{name}: must be >= 0, got {value}")
+    if cfg.stage == "student" and cfg.data.unlabelled_ratio == 0:
+        raise ConfigError("data.unlabelled_ratio: the student stage needs >= 1 pseudo-labelled "
+                          "image per labelled one, got 0")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
