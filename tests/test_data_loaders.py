@@ -121,6 +121,30 @@ def test_labelled_geometry_aligned(blocks, backend: str) -> None:
         assert got["paths"] == want["paths"] and torch.equal(got["image"], want["image"])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_at_position_gives_the_remaining_batches(blocks, backend: str) -> None:
+    source, _ = blocks
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+
+    def loader():
+        return labelled_loader(source, batch_size=2, crop_size=28, seed=seed, backend=backend)
+
+    epoch = list(loader())
+    assert len(epoch) == 3
+    first = loader()
+    batches = iter(first)
+    next(batches)
+    position = first.position
+    assert position == 2
+    resumed = loader()
+    resumed.set_epoch(0, position)
+    for got, want in zip(resumed, epoch[1:], strict=True):
+        assert got["paths"] == want["paths"] and torch.equal(got["image"], want["image"])
+    resumed.set_epoch(0, 7)  # past the 6 samples of the shard
+    with pytest.raises(ValueError, match="cannot start epoch 0 at position 7"):
+        next(iter(resumed))
+
+
 @pytest.mark.skipif(not dali_available(), reason="no DALI")
 def test_dali_and_pil_same_geometry(blocks) -> None:
     source, _ = blocks
