@@ -18,6 +18,7 @@ def as_images(x: Tensor, name: str) -> Tensor:
 
 
 def check_float(x: Tensor, name: str) -> None:
+    """Raise TypeError naming `name` unless `x` (any shape) has a floating-point dtype."""
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
