@@ -104,7 +104,7 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
     model, _ = tiny
     images = [
         (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
-        for h, w in [(48, 64), (75, 40), (48, 64), (30, 90), (48, 64)]
+        for h, w in [(48, 64), (75, 40), (48, 64), (30, 90), (96, 128), (48, 64)]
     ]
     predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE)
     assert predictor.precision == "fp32" and predictor.device.type == "cpu"

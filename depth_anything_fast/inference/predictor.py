@@ -117,7 +117,8 @@ class Predictor:
         batch has one shape and no padding), run `batch_size` at a time, and resized back with
         `models.transforms.resize_prediction` (bilinear, align_corners=True). Output order matches input order.
         """
-        inputs = [preprocess(np.asarray(im), self.input_size, resize=self.resize) for im in images]
+        arrays = [np.asarray(im) for im in images]
+        inputs = [preprocess(a, self.input_size, resize=self.resize) for a in arrays]
         buckets: dict[tuple[int, int], list[int]] = {}
         for index, x in enumerate(inputs):
             buckets.setdefault((int(x.shape[-2]), int(x.shape[-1])), []).append(index)
@@ -126,9 +127,15 @@ class Predictor:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 out = self.predict_tensor(torch.cat([inputs[i] for i in chunk]))
+                # one resize and one device->host copy (a sync on CUDA) per original size in
+                # the batch, not per image
+                rows_of_size: dict[tuple[int, int], list[int]] = {}
                 for row, i in enumerate(chunk):
-                    h, w = np.asarray(images[i]).shape[:2]
-                    results[i] = resize_prediction(out[row : row + 1], (h, w))[0].cpu().numpy()
+                    rows_of_size.setdefault(arrays[i].shape[:2], []).append(row)
+                for size, rows in rows_of_size.items():
+                    maps = resize_prediction(out[rows], size).cpu().numpy()
+                    for row, disparity in zip(rows, maps, strict=True):
+                        results[chunk[row]] = disparity
         return [r for r in results if r is not None]
 
 
