@@ -139,8 +139,10 @@ def _affine_scale_kernel(
         row_stats + 7, tl.load(median_ptr + num_groups + groups, mask=live, other=0.0), mask=live
     )
     tl.store(row_stats + 8, tl.maximum(mean_abs_target, SCALE_EPS), mask=live)
+    # No element matched: an empty group, or a NaN pred median (NaN equals nothing).
     index = tl.load(index_ptr + groups, mask=live, other=0)
-    tl.store(median_index_ptr + groups, tl.where(count > 0, index.to(tl.int64), -1), mask=live)
+    matched = index != 2147483647
+    tl.store(median_index_ptr + groups, tl.where(matched, index.to(tl.int64), -1), mask=live)
 
 
 @triton.jit
@@ -233,7 +235,8 @@ def affine_invariant_forward(
         loss `(B,)` float32 (0 for an image without valid pixels);
         stats `(B, S, 9)` float32, columns n_g, t_pred, s_pred, A, Bsum, C, scale_active,
         t_target, s_target (an empty group has n_g = 0, t = 0, s = 1e-6, scale_active = 0);
-        median_index `(B, S)` int64, lowest column holding the pred median, -1 for empty groups.
+        median_index `(B, S)` int64, lowest column holding the pred median, -1 for empty groups
+        (and for a NaN median, which no element equals).
     """
     check_images("pred", pred, mask, segments, num_segments)
     check_images("target", target, mask, segments, num_segments)

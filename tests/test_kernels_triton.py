@@ -304,6 +304,16 @@ def test_affine_invariant_empty_inputs(batch: int, length: int) -> None:
     assert grad.shape == pred.shape
 
 
+def test_affine_invariant_nan_pred_median_has_no_index() -> None:
+    """A NaN pred median equals no element: median_index is -1 (as on the C++ backend), never
+    the atomic_min identity 2**31 - 1, which lies outside [0, L)."""
+    pred, target = torch.randn(2, 7, device=DEVICE), torch.rand(2, 7, device=DEVICE)
+    pred[0, :5] = float("nan")
+    loss, _, median_index = affine_invariant_forward(pred, target, None, None, 1)
+    assert loss[0].isnan() and loss[1].isfinite()
+    assert median_index[0, 0] == -1 and 0 <= median_index[1, 0] < 7
+
+
 def test_affine_invariant_rejects_mismatched_shapes() -> None:
     pred = torch.randn(2, 10, device=DEVICE)
     with pytest.raises(ValueError, match="segments shape"):
