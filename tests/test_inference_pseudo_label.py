@@ -296,7 +296,9 @@ def test_torchrun_two_ranks_disjoint(tiny: tuple[DepthAnything, Path], tmp_path:
     assert not (dst / "manifest.jsonl").exists()
 
 
-def test_predict_cli(tiny: tuple[DepthAnything, Path], tmp_path: Path) -> None:
+def test_predict_cli(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, weights = tiny
     image = _write_image(tmp_path / "in" / "x.png", 48, 64)
     _write_image(tmp_path / "in" / "sub" / "y.png", 30, 90)
@@ -320,6 +322,11 @@ def test_predict_cli(tiny: tuple[DepthAnything, Path], tmp_path: Path) -> None:
     assert main([*argv, "--pred-only", "--grayscale"]) == 1  # one input failed, others written
     pred = np.asarray(Image.open(out / "x.png"))
     assert pred.shape == (48, 64, 3) and (pred[..., 0] == pred[..., 1]).all()
+    # the same name from two INPUTs would overwrite one output with the other
+    _write_image(tmp_path / "other" / "x.png", 30, 90)
+    assert main([*argv[:4], str(tmp_path / "other"), *argv[4:]]) == 2
+    assert "several inputs map to the output names ['x']" in capsys.readouterr().err
+    assert (np.asarray(Image.open(out / "x.png")) == pred).all()
 
 
 def test_no_weights_refuses_with_instructions(

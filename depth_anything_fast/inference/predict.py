@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from depth_anything_fast.inference.predictor import Predictor, load_model
-from depth_anything_fast.inference.pseudo_label import output_names
+from depth_anything_fast.inference.pseudo_label import check_unique_names, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
 from depth_anything_fast.inference.writers import atomic_write, encode_npy
 
@@ -78,7 +78,8 @@ def predict_files(
 
     `<name>` is the image's path relative to its INPUT argument without extension (the file name
     for a single image, as in the official script). Returns (written PNG paths, [(input, reason)]
-    for inputs that could not be read or written).
+    for inputs that could not be read or written). Raises ValueError if two inputs get the same
+    name (x.jpg in two INPUT folders), as one output would overwrite the other.
     """
     from depth_anything_fast.data.sources import list_images
 
@@ -99,6 +100,7 @@ def predict_files(
         items += zip(paths, output_names(source, paths, ""), strict=True)
     if not items:
         raise FileNotFoundError(f"no images found in {list(inputs)}")
+    check_unique_names([name for _, name in items])  # x.jpg in two INPUTs: both named x
 
     written: list[Path] = []
     failed: list[tuple[str, str]] = []

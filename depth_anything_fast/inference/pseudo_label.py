@@ -203,10 +203,16 @@ def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
     names = [
         (stem if counts[stem] == 1 else r) + suffix for stem, r in zip(stems, rel, strict=True)
     ]
+    check_unique_names(names)
+    return names
+
+
+def check_unique_names(names: list[str]) -> None:
+    """Raise ValueError naming the output names that several inputs map to (one would
+    silently overwrite the other)."""
     duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
     if duplicates:
         raise ValueError(f"several inputs map to the output names {duplicates[:5]}; rename them")
-    return names
 
 
 def _check_run_config(output_dir: Path, config: dict[str, Any]) -> None:
