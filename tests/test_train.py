@@ -104,6 +104,8 @@ def test_override_inside_a_null_section(tmp_path: Path) -> None:
     ("optim.lr", "expected FIELD=VALUE"),
     ("optim.lr=.nan", "optim.lr: expected a finite float"),
     ("keep_checkpoints=0", "^keep_checkpoints: must be > 0"),
+    ("data.labelled_spec.kind=dpeth", "data.labelled_spec: LabelledSpec.kind must be"),
+    ("data.val_spec.scal=0.001", "data.val_spec: "),
     ("model.max_depth=inf", "model.max_depth: expected a finite float"),
 ])
 def test_bad_config_names_the_field(override: str, message: str) -> None:

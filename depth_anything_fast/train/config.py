@@ -272,6 +272,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"loss.alpha: must be in [-1, 1], got {cfg.loss.alpha}")
     if cfg.model.max_depth <= 0:
         raise ConfigError(f"model.max_depth: must be > 0, got {cfg.model.max_depth}")
+    for name, spec in {"data.labelled_spec": cfg.data.labelled_spec,
+                       "data.val_spec": cfg.data.val_spec}.items():
+        if spec is not None:
+            from depth_anything_fast.data.sources import LabelledSpec
+
+            try:
+                LabelledSpec(**spec)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{name}: {exc}") from exc
     return cfg
 
 
