@@ -449,8 +449,9 @@ def load_target(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
 def load_depth(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth file -> (metric depth float32 (H, W) in metres, 0 where invalid; mask bool
     (H, W)), for metric fine-tuning. `spec.sky_mask` is not read: sky has no metric depth, so
-    only the stored values decide validity. Raises `FileNotFoundError` for a missing file, `ValueError` for a spec that is not
-    of kind "depth" or unreadable content, `TypeError` for a non-numeric file.
+    only the stored values decide validity. Raises `FileNotFoundError` for a missing file,
+    `ValueError` for a spec that is not of kind "depth" or unreadable content, `TypeError` for
+    a non-numeric file.
     """
     if not _exists(path):
         raise FileNotFoundError(f"ground truth not found: {path}")
