@@ -22,7 +22,7 @@ import torch
 from depth_anything_fast.train import stages
 from depth_anything_fast.train.__main__ import main as train_main
 from depth_anything_fast.train.config import ConfigError, load_config
-from depth_anything_fast.train.distributed import mean_and_any_nonfinite
+from depth_anything_fast.train.distributed import reduce_step
 from depth_anything_fast.train.optim import build_optimizer, lr_factor, param_groups
 from depth_anything_fast.train.trainer import NonFiniteLossError, Trainer, build_model
 
@@ -223,10 +223,11 @@ def test_nan_loss_stops_naming_step_and_sources(tiny_data, tmp_path: Path, monke
     assert (tmp_path / "checkpoints" / "step_00000001").is_dir()
 
 
-def test_mean_and_any_nonfinite_single_process() -> None:
-    assert mean_and_any_nonfinite(torch.tensor(2.5)) == (2.5, False)
+def test_reduce_step_single_process() -> None:
+    assert reduce_step(torch.tensor(2.5), False) == (2.5, False, False)
+    assert reduce_step(torch.tensor(2.5), True) == (2.5, False, True)
     for bad in (math.nan, math.inf, -math.inf):
-        assert mean_and_any_nonfinite(torch.tensor(bad, dtype=torch.bfloat16))[1]
+        assert reduce_step(torch.tensor(bad, dtype=torch.bfloat16), False)[1:] == (True, False)
 
 
 def test_batch_stream_resume_is_exact_without_decoding_consumed_batches(

@@ -89,26 +89,19 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def mean_and_any_nonfinite(loss: torch.Tensor) -> tuple[float, bool]:
-    """``(mean of the scalar `loss` over ranks, whether it is NaN/inf on any rank)`` with one
-    collective and one host sync (the per-step check of the training loop)."""
+def reduce_step(loss: torch.Tensor, terminate: bool) -> tuple[float, bool, bool]:
+    """``(mean of the scalar `loss` over ranks, whether it is NaN/inf on any rank, whether
+    `terminate` is true on any rank)`` with one collective and one host sync: the training
+    loop's only per-step synchronisation. Every rank gets the same answers, so all of them stop
+    at the same step when one rank received SIGTERM first."""
     local = loss.detach().float().reshape(1)
-    packed = torch.cat([local, (~torch.isfinite(local)).float()])
+    packed = torch.cat([local, (~torch.isfinite(local)).float(),
+                        local.new_tensor([1.0 if terminate else 0.0])])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
         packed[0] /= dist.get_world_size()
-    mean, nonfinite = packed.tolist()
-    return mean, nonfinite > 0
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any rank (keeps collectives in step when
-    one rank, e.g., received SIGTERM first)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    mean, nonfinite, terminated = packed.tolist()
+    return mean, nonfinite > 0, terminated > 0
 
 
 def resolve_param_dtype(cfg: DistConfig, device: torch.device) -> torch.dtype:

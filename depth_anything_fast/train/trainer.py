@@ -27,10 +27,9 @@ from .data import BatchStream
 from .distributed import (
     DistInfo,
     all_reduce_mean,
-    any_rank,
     autocast_context,
     init_distributed,
-    mean_and_any_nonfinite,
+    reduce_step,
     resolve_param_dtype,
     use_fsdp,
     wrap_model,
@@ -216,14 +215,11 @@ class Trainer:
         try:
             model.train()
             while step < cfg.steps:
-                if any_rank(self._terminate, info.device):
-                    checkpoint(step)
-                    status = "terminated"
-                    break
                 batches = {k: _to_device(next(s), info.device) for k, s in streams.items()}
                 with autocast_context(cfg.dist, info, fsdp):
                     loss, parts = self._stage_loss(model, batches, frozen, info, step)
-                mean_loss, nonfinite = mean_and_any_nonfinite(loss)
+                # SIGTERM (on any rank) is acted on after this step: checkpoint and stop.
+                mean_loss, nonfinite, terminate = reduce_step(loss, self._terminate)
                 if nonfinite:
                     checkpoint(step)
                     sources = [p for b in batches.values() for p in b.get("paths", [])]
@@ -254,6 +250,10 @@ class Trainer:
                     self._log(record, metrics_file, writer)
                 if cfg.val_every and step % cfg.val_every == 0:
                     self._log({"step": step, **self._validate(model, info)}, metrics_file, writer)
+                if terminate and step < cfg.steps:
+                    checkpoint(step)
+                    status = "terminated"
+                    break
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     checkpoint(step)
             export = None
