@@ -401,17 +401,21 @@ def test_render_scene_deterministic_and_plausible() -> None:
     assert np.array_equal(rgb, rgb2) and np.array_equal(depth, depth2)
     assert rgb.shape == (60, 80, 3) and rgb.dtype == np.uint8 and depth.dtype == np.float32
     assert not np.array_equal(render_scene(seed + 1, (60, 80))[1], depth)
-    lower_is_nearer = 0
+    lower_is_nearer, contrast = 0, []
     for s in range(40):
         rgb, depth = render_scene([seed, s], (48, 64))
         valid = depth > 0
         assert np.isfinite(depth).all() and depth.max() <= MAX_DEPTH
-        assert valid.mean() > 0.3 and rgb.std() > 10
+        # Per scene only "not flat": over 15000 seeds the lowest RGB std was 5.5 (dim noise
+        # textures), the median 42; a broken shader gives ~0.
+        assert valid.mean() > 0.3 and rgb.std() > 3
+        contrast.append(rgb.std())
         # A camera looking down at a floor: the bottom rows are nearer than the upper rows.
         top, bottom = depth[:16][valid[:16]], depth[-16:][valid[-16:]]
         lower_is_nearer += int(top.size > 0 and np.median(bottom) < np.median(top))
     # ~82% of scenes over many seeds; 24/40 is 3.6 standard deviations below.
     assert lower_is_nearer >= 24
+    assert np.median(contrast) > 25  # 1% of single scenes are below 15
 
 
 def test_generate_dataset_roundtrip(tmp_path: Path) -> None:
