@@ -188,6 +188,51 @@ def test_cli_compare_paper_on_kitti_layout(tmp_path, capsys):
     assert "paper MiDaS v3.1 BEiT-L-512" in printed
 
 
+def test_cli_scores_metric_predictions_as_depth(tmp_path):
+    """A metric model's pseudo-label output (spec.json kind "depth", fixed-scale 16-bit PNG) is
+    scored as metric depth with median alignment, not taken for disparity."""
+    from depth_anything_fast.inference.manifest import Manifest, ManifestRecord
+    from depth_anything_fast.inference.writers import encode_png16, stored_spec
+
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    depths = make_generic(data)
+    preds.mkdir()
+    stored_spec("png16", 20.0).to_json(preds / "spec.json")
+    with Manifest(preds / "manifest.jsonl") as manifest:
+        for i, depth in enumerate(depths):
+            # metric prediction: the true depth times 1.25 (holes filled with 1 m)
+            encoded = encode_png16(
+                (1.25 * np.where(depth > 0, depth, 1.0)).astype(np.float32), 20.0
+            )
+            (preds / f"{i:03d}.png").write_bytes(encoded.data)
+            manifest.add(
+                ManifestRecord(
+                    input=str(data / "color" / f"{i:03d}.png"),
+                    output=f"{i:03d}.png",
+                    shape=list(encoded.shape),
+                    min=encoded.min,
+                    max=encoded.max,
+                    checksum="",
+                    bytes=len(encoded.data),
+                    format="png16",
+                )
+            )
+    assert PredictionDirectory(preds).metric
+    out_json = tmp_path / "result.json"
+    args = ["--dataset", "generic", "--root", str(data), "--encoding", "mm"]
+    args += ["--predictions", str(preds), "--output", str(out_json), "--no-progress"]
+    assert run_cli(args) == 0
+    result = json.loads(out_json.read_text())
+    assert result["space"] == "depth" and result["alignment"] == "median"
+    assert result["n_evaluated"] == 3
+    for row in result["per_image"]:
+        assert row["scale"] == pytest.approx(1 / 1.25, rel=1e-3)
+        assert row["abs_rel"] < 2e-4  # 16-bit steps of 20 m / 65535
+    assert run_cli([*args, "--alignment", "none"]) == 0
+    # unaligned: 25% too far, less where the prediction is clipped to the GT depth range
+    assert 0.15 < json.loads(out_json.read_text())["mean"]["abs_rel"] <= 0.25 + 1e-3
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert run_cli(["--dataset", "sintel", "--root", str(tmp_path), "--predictions", "x"]) == 2
     assert "expected directories depth/ and final/" in capsys.readouterr().err

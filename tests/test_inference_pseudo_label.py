@@ -31,8 +31,10 @@ INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tiny_model() -> DepthAnything:
-    config = DepthAnythingConfig.preset("vits", embed_dim=32, depth=4, num_heads=2, features=16)
+def _tiny_model(**metric: object) -> DepthAnything:
+    config = DepthAnythingConfig.preset(
+        "vits", embed_dim=32, depth=4, num_heads=2, features=16, **metric
+    )
     model = DepthAnything(config=config).eval()
     # Default init gives an all-zero disparity after the final ReLU; scaled normal weights and
     # positive biases give a varied map, so comparisons are not vacuous.
@@ -193,6 +195,41 @@ def test_pseudo_label_png16_and_webdataset_network_size(
         assert len(source) == len(good) and source.spec.kind == "disparity"
         disparity, mask = load_target(source.pairs[0][1], source.spec)
         assert mask.all() and disparity.min() == 0 and disparity.max() == 1
+
+
+def test_metric_model_pseudo_labels_read_back_as_metric_depth(tmp_path: Path) -> None:
+    """A metric teacher's outputs are depth in metres: png16 uses one fixed scale (0..max_depth)
+    and spec.json tells LabelledSource they are depth, so training reads 1/depth as disparity
+    and `load_depth` gets metres back (not min-max normalised values taken for disparity)."""
+    from depth_anything_fast.data import LabelledSource, load_target
+    from depth_anything_fast.data.sources import load_depth
+
+    max_depth = 20.0
+    model = _tiny_model(metric=True, max_depth=max_depth)
+    weights = model.save_pretrained(tmp_path / "metric.safetensors")
+    src, good = _source(tmp_path)
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    for fmt, tol in (("png16", 0.5 * max_depth / 65535), ("npy", 0.0)):
+        out = tmp_path / fmt
+        summary = pseudo_label(weights, src, out, format=fmt, **opts)
+        assert summary.succeeded == len(good)
+        records = {r.input: r for r in read_records(out / "manifest.jsonl")}
+        singles = _one_by_one(model, list(records), "pil")
+        source = LabelledSource.from_path(out)
+        assert source.spec.kind == "depth" and len(source) == len(good)
+        for image, target in source.pairs:
+            expected = singles[image].astype(np.float64)  # metres, in (0, max_depth)
+            assert expected.min() > 0 and expected.max() < max_depth and expected.std() > 0
+            depth, valid = load_depth(target, source.spec)
+            assert valid.all()
+            assert np.abs(depth - expected).max() <= tol + 1e-5 * max_depth
+            if fmt == "png16":
+                assert (records[image].min, records[image].max) == (0.0, max_depth)
+            # relative training target: 1/depth min-max normalised, as for any depth dataset
+            disparity, _ = load_target(target, source.spec)
+            inv = 1.0 / expected
+            oracle = (inv - inv.min()) / (inv.max() - inv.min())
+            assert np.abs(disparity - oracle).max() < 1e-2
 
 
 def _cli(*args: str) -> list[str]:

@@ -34,7 +34,8 @@ disparity (clipped to the depth range) and compares depth. Metric-depth models (
 --alignment median|none) are compared in depth space. Images with < 10 valid pixels or a
 constant prediction are excluded and listed.
 Predictions (--predictions DIR): the pseudo-label output (<rel>.png 16-bit + manifest.jsonl, or
-<rel>.npy), matched to the dataset's images by input path or relative name."""
+<rel>.npy), matched to the dataset's images by input path or relative name; a metric model's
+output (its spec.json says kind "depth") is scored as metric depth."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -125,7 +126,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from depth_anything_fast.evaluate.datasets import get_reader
     from depth_anything_fast.evaluate.paper import MODEL_LABELS, PAPER_SPACE, paper_numbers
-    from depth_anything_fast.evaluate.runner import evaluate_predictions
+    from depth_anything_fast.evaluate.runner import PredictionDirectory, evaluate_predictions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.weights is None and args.predictions is None:
@@ -145,7 +146,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     size = args.size
     metric_model = False
     if args.predictions is not None:
-        predictions: Any = args.predictions
+        try:
+            predictions: Any = PredictionDirectory(args.predictions)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        metric_model = predictions.metric
     else:
         from depth_anything_fast.inference.predictor import Predictor, load_model
 

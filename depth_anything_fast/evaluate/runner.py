@@ -52,15 +52,19 @@ class PredictionDirectory:
     input is the sample's image file; else the unique entry whose relative path without extension
     and the sample name end with the same path components (longest match wins, so predictions
     made from a sub-directory of the dataset still match). 16-bit PNGs need their manifest record
-    (the min/max the codes stand for).
+    (the min/max the codes stand for). `metric` is True when the directory's `spec.json`
+    (written by pseudo-label) says the maps are depth in metres (a metric model's outputs).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        from depth_anything_fast.data.sources import LabelledSpec
         from depth_anything_fast.inference.manifest import read_all_records
 
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"predictions directory {self.root} does not exist")
+        spec = self.root / "spec.json"
+        self.metric = spec.is_file() and LabelledSpec.from_json(spec).kind == "depth"
         self._by_input: dict[str, _StoredPrediction] = {}
         self._by_last: dict[str, list[tuple[tuple[str, ...], _StoredPrediction]]] = {}
         indexed: set[Path] = set()

@@ -52,9 +52,10 @@ class ManifestRecord:
     """One finished output.
 
     `output` is relative to the output directory; an entry of a tar shard is written
-    `shard.tar::member` (the convention of `data.sources.read_bytes`). `shape` is the (H, W) of the stored disparity; `min`/`max` are the disparity values
-    that 16-bit PNG codes 0 and 65535 stand for (for .npy they are informational). `checksum` and
-    `bytes` describe the stored file (or tar member) bytes.
+    `shard.tar::member` (the convention of `data.sources.read_bytes`). `shape` is the (H, W) of
+    the stored map (disparity; metric models: depth); `min`/`max` are the values that 16-bit
+    PNG codes 0 and 65535 stand for (for .npy they are informational). `checksum` and `bytes`
+    describe the stored file (or tar member) bytes.
     """
 
     input: str

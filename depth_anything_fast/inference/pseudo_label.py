@@ -54,11 +54,13 @@ from depth_anything_fast.inference.writers import (
     encode,
     output_suffix,
     remove_stale_temporaries,
+    stored_spec,
 )
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
+SPEC = "spec.json"  # how data.LabelledSource reads the outputs back (relative or metric)
 # options that change the stored values or names: a resumed run must use the same ones
 _RESUME_KEYS = ("weights", "input_size", "resize", "format", "original_size")
 
@@ -306,7 +308,8 @@ def pseudo_label(
     output: str | os.PathLike[str],
     **options: Any,
 ) -> Summary:
-    """Predict and store the disparity of every image under `input` into `output`.
+    """Predict and store the disparity (metric models: depth in metres) of every image under
+    `input` into `output`.
 
     Args:
         weights_or_model: checkpoint path (any format `DepthAnything.from_pretrained` reads) or a
@@ -314,10 +317,12 @@ def pseudo_label(
         input: directory (recursive), list file, glob or webdataset .tar shards
             (`depth_anything_fast.data.sources.list_images`).
         output: output directory. Layout: `<relative input path without ext>.png` (16-bit,
-            codes 0..65535 = manifest min..max) or `.npy` (float32), or for format
-            "webdataset" `shard-r<rank>-<index>.tar` with members named like the files;
-            `manifest.jsonl` / `manifest.rank{r}.jsonl`, `errors.jsonl` / `errors.rank{r}.jsonl`,
-            `run_config.json`.
+            codes 0..65535 = manifest min..max; metric models: min 0, max = max_depth for every
+            map) or `.npy` (float32), or for format "webdataset" `shard-r<rank>-<index>.tar`
+            with members named like the files; `manifest.jsonl` / `manifest.rank{r}.jsonl`,
+            `errors.jsonl` / `errors.rank{r}.jsonl`, `run_config.json`, and `spec.json` (the
+            `LabelledSpec` that reads the maps back as training targets: kind "disparity", or
+            "depth" for a metric model).
         **options: fields of `Options`.
 
     Returns:
@@ -354,6 +359,10 @@ def pseudo_label(
         **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
     }
     _check_run_config(output_dir, run_config)
+    config = getattr(model, "config", None)
+    depth_range = float(config.max_depth) if getattr(config, "metric", False) else None
+    spec = stored_spec(opts.format, depth_range)
+    atomic_write(output_dir / SPEC, (json.dumps(asdict(spec), indent=2) + "\n").encode(), rank)
 
     # outputs written inside the source tree are not inputs of a rerun
     out_abs = os.path.abspath(output_dir) + os.sep
@@ -406,7 +415,7 @@ def pseudo_label(
         def job() -> ManifestRecord | None:
             if ready is not None:
                 ready.synchronize()
-            encoded = encode(disparity.numpy(), opts.format)
+            encoded = encode(disparity.numpy(), opts.format, depth_range)
             record = ManifestRecord(
                 # absolute: the manifest is read back (data.sources) from any working directory
                 input=os.path.abspath(path),
