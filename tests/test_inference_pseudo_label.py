@@ -333,6 +333,43 @@ def test_torchrun_two_ranks_disjoint(tiny: tuple[DepthAnything, Path], tmp_path:
     assert not (dst / "manifest.jsonl").exists()
 
 
+def test_rank_with_usage_error_does_not_strand_the_others(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path
+) -> None:
+    """Ranks started by hand (no torchrun to tear the group down): one rank cannot start (its
+    input does not exist), the other finishes its shard; both meet in the final all-reduce and
+    exit 2 with a clear message (before: the healthy rank died in gloo's all-reduce, exit 1)."""
+    import socket
+
+    _, weights = tiny
+    src, good = _source(tmp_path)
+    dst = tmp_path / "dst"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank, source in ((0, src), (1, tmp_path / "nowhere")):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        cmd = _cli("pseudo-label", "--weights", str(weights), "--input", str(source))
+        cmd += ["--output", str(dst), "--input-size", str(INPUT_SIZE), "--backend", "pil"]
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--no-progress"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True,
+            )
+        )
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert "rank 0/2:" in outs[0][0] and "1 of 2 ranks stopped with an error" in outs[0][1]
+    assert "nowhere" in outs[1][1]
+    # the healthy rank's work is kept: its whole shard is written and recorded
+    done = {r.output for r in read_records(dst / "manifest.rank0.jsonl")}
+    assert len(done) == (len(good) + 3) // 2 - sum(
+        1 for e in (dst / "errors.rank0.jsonl").read_text().splitlines() if e
+    )
+
+
 def test_predict_cli(
     tiny: tuple[DepthAnything, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -98,6 +98,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     distributed = _init_process_group()
+    summary = None
     try:
         summary = pseudo_label(
             args.weights,
@@ -114,14 +115,25 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.line(), flush=True)
+    if summary is not None:
+        print(summary.line(), flush=True)
     if not distributed:
-        return summary.exit_code
+        return 2 if summary is None else summary.exit_code
+    import torch
     import torch.distributed as dist
 
-    # Every rank waits for the others and exits with the same status: under torchrun an early
-    # nonzero exit of one rank (e.g. "some inputs failed") would tear down the ranks still working.
+    # Every rank joins the final collectives, also one that stopped with an error, and all exit
+    # with the same status: a rank leaving early would tear down the ranks still working (under
+    # torchrun) or leave them waiting in the all-reduce (ranks started by another launcher).
+    stopped = torch.tensor([summary is None], dtype=torch.int64)
+    dist.all_reduce(stopped)
+    if stopped.item():
+        if dist.get_rank() == 0:
+            ranks = f"{stopped.item()} of {dist.get_world_size()} ranks"
+            print(f"error: {ranks} stopped with an error (see above)", file=sys.stderr)
+        dist.destroy_process_group()
+        return 2
+    assert summary is not None  # no rank stopped
     total = combine_summaries(summary)
     if summary.rank == 0:
         print(total.line(f"all {total.world_size} ranks: "), flush=True)
