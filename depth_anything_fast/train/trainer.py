@@ -46,11 +46,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the step and the batch's sources."""
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
 def check_paths(cfg: TrainConfig) -> None:
     """Fail with FileNotFoundError naming the config field before any model work."""
     needed: dict[str, str | None] = {"data.labelled": cfg.data.labelled}
@@ -129,9 +124,10 @@ class Trainer:
         from depth_anything_fast.data import LabelledSource, LabelledSpec, labelled_loader
 
         cfg, d = self.cfg, self.cfg.data
+        # batches are made on the training device: on CUDA, DALI decodes and augments there
         common = {"crop_size": d.crop_size, "shard_id": info.rank, "num_shards": info.world_size,
                   "backend": d.backend, "num_threads": d.num_threads, "shuffle": True,
-                  "drop_last": True}
+                  "drop_last": True, "device": info.device}
         spec = LabelledSpec(**d.labelled_spec) if d.labelled_spec is not None else None
         labelled = LabelledSource.from_path(d.labelled, spec)
         target = "depth" if cfg.stage == "finetune-metric" else "disparity"
@@ -215,7 +211,7 @@ class Trainer:
         try:
             model.train()
             while step < cfg.steps:
-                batches = {k: _to_device(next(s), info.device) for k, s in streams.items()}
+                batches = {k: next(s) for k, s in streams.items()}
                 with autocast_context(cfg.dist, info, fsdp):
                     loss, parts = self._stage_loss(model, batches, frozen, info, step)
                 # SIGTERM (on any rank) is acted on after this step: checkpoint and stop.
