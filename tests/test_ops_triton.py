@@ -100,3 +100,23 @@ def test_opcheck_triton_ops():
         (features, torch.randn(5, 16, device=DEVICE), 0.85),
         test_utils=checks,
     )
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_ops_on_a_device_that_is_not_current():
+    """Inputs on cuda:1 while cuda:0 is current: the kernels launch on the inputs' device."""
+    device = torch.device("cuda", 1)
+    assert torch.cuda.current_device() == 0
+    pred = torch.randn(3, 20, 24, device=device, requires_grad=True)
+    target = torch.rand(3, 20, 24, device=device)
+    expected = affine_invariant_loss(pred.double(), target.double(), backend="reference")
+    loss = affine_invariant_loss(pred, target, backend="triton")
+    loss.backward()
+    assert loss.device == device and pred.grad.device == device
+    torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=2e-5)
+    features = torch.randn(2, 6, 32, device=device, requires_grad=True)
+    frozen = torch.randn(2, 6, 32, device=device)
+    got = feature_alignment_loss(features, frozen, 0.85, backend="triton")
+    got.backward()
+    expected = feature_alignment_loss_reference(features.double(), frozen.double(), 0.85)
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)

@@ -8,6 +8,9 @@ Under TRITON_INTERPRET=1 the same ops run on CPU tensors (Triton's interpreter).
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import Tensor
 from torch.library import triton_op
 
@@ -17,13 +20,20 @@ from depth_anything_fast.ops.autograd import (
 )
 
 
+def _on_device_of(t: Tensor) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the current CUDA device: make it the tensors' own (a loss on cuda:1
+    while cuda:0 is current would otherwise launch on the wrong GPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 @triton_op("depth_anything_fast::affine_invariant_triton", mutates_args=())
 def affine_invariant_triton(
     pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     from depth_anything_fast.kernels.affine_invariant import affine_invariant_forward
 
-    return affine_invariant_forward(pred, target, mask, segments, num_segments)
+    with _on_device_of(pred):
+        return affine_invariant_forward(pred, target, mask, segments, num_segments)
 
 
 @triton_op("depth_anything_fast::affine_invariant_backward_triton", mutates_args=())
@@ -39,9 +49,10 @@ def affine_invariant_backward_triton(
 ) -> Tensor:
     from depth_anything_fast.kernels.affine_invariant import affine_invariant_backward
 
-    return affine_invariant_backward(
-        grad_loss, pred, target, mask, segments, num_segments, stats, median_index
-    )
+    with _on_device_of(pred):
+        return affine_invariant_backward(
+            grad_loss, pred, target, mask, segments, num_segments, stats, median_index
+        )
 
 
 @triton_op("depth_anything_fast::feature_alignment_triton", mutates_args=())
@@ -50,7 +61,8 @@ def feature_alignment_triton(
 ) -> tuple[Tensor, Tensor, Tensor]:
     from depth_anything_fast.kernels.feature_alignment import feature_alignment_forward
 
-    return feature_alignment_forward(features, frozen, alpha)
+    with _on_device_of(features):
+        return feature_alignment_forward(features, frozen, alpha)
 
 
 @triton_op("depth_anything_fast::feature_alignment_backward_triton", mutates_args=())
@@ -59,7 +71,8 @@ def feature_alignment_backward_triton(
 ) -> Tensor:
     from depth_anything_fast.kernels.feature_alignment import feature_alignment_backward
 
-    return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
+    with _on_device_of(features):
+        return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
 
 
 register_affine_invariant_autograd(affine_invariant_triton, affine_invariant_backward_triton)
