@@ -145,6 +145,14 @@ def test_prediction_directory_suffix_matching(tmp_path):
     assert find("root/a/x/img") == Path("a/x/img.npy")
     assert find("x/img") is None  # ambiguous: a/x/img and b/x/img
     assert find("deep/root/x/other") == Path("x/other.npy")
+    # DDAD/generic samples are named X for an image X_rgb.png: its own stem matches too
+    np.save(tmp_path / "x" / "0001_rgb.npy", np.zeros((2, 2), np.float32))
+    hit = store.find(Sample("x/0001", None, blank, blank > 0, "/data/x/0001_rgb.png"))
+    assert hit is None  # store built before the file existed
+    store = PredictionDirectory(tmp_path)
+    hit = store.find(Sample("x/0001", None, blank, blank > 0, "/data/x/0001_rgb.png"))
+    assert hit is not None and hit.path == tmp_path / "x" / "0001_rgb.npy"
+    assert find("x/0001") is None  # without the image path, the name alone does not match
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no predictions"):
         PredictionDirectory(tmp_path / "empty")

@@ -97,12 +97,32 @@ class PredictionDirectory:
         self._by_last.setdefault(parts[-1], []).append((parts, stored))
 
     def find(self, sample: Sample) -> _StoredPrediction | None:
-        """The stored prediction of `sample`, or None (no match, or an ambiguous one)."""
+        """The stored prediction of `sample`, or None (no match, or an ambiguous one).
+
+        Names tried: the sample's name, then (when they differ) the same with its image file's
+        own stem as the last component, so `X_rgb.npy` made from DDAD's `X_rgb.png` matches the
+        sample `X`."""
         if sample.image_path is not None:
             hit = self._by_input.get(os.path.abspath(sample.image_path))
             if hit is not None:
                 return hit
         name = _components(sample.name)
+        candidates = [name]
+        if sample.image_path is not None and name:
+            own = (*name[:-1], os.path.splitext(os.path.basename(sample.image_path))[0])
+            if own != name:
+                candidates.append(own)
+        for parts in candidates:
+            best = self._best_matches(parts)
+            if len(best) > 1:
+                logger.warning("%s: %d predictions match equally; skipped", sample.name, len(best))
+                return None
+            if best:
+                return best[0]
+        return None
+
+    def _best_matches(self, name: tuple[str, ...]) -> list[_StoredPrediction]:
+        """The entries whose paths end with the most components of `name` (empty: none)."""
         best: list[_StoredPrediction] = []
         best_len = 0
         for parts, stored in self._by_last.get(name[-1], []):
@@ -113,10 +133,7 @@ class PredictionDirectory:
                 best, best_len = [stored], n
             elif n == best_len:
                 best.append(stored)
-        if len(best) > 1:
-            logger.warning("%s: %d predictions match equally; skipped", sample.name, len(best))
-            return None
-        return best[0] if best else None
+        return best
 
     def load(self, sample: Sample) -> np.ndarray | None:
         """(h, w) float32 prediction of `sample` (at the stored size), or None if not found."""
