@@ -122,13 +122,16 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
         Predictor(model, precision="fp8")
 
 
+@pytest.mark.parametrize("backend", ["pil", "dali"])
 def test_pseudo_label_outputs_errors_and_resume(
-    tiny: tuple[DepthAnything, Path], tmp_path: Path
+    tiny: tuple[DepthAnything, Path], tmp_path: Path, backend: str
 ) -> None:
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
     model, weights = tiny
     src, good = _source(tmp_path)
     dst = tmp_path / "npy"
-    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend="pil", writer_threads=2)
+    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2)
     summary = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
     assert (summary.succeeded, summary.skipped, summary.failed) == (len(good), 0, 2)
     assert summary.exit_code == 1
@@ -142,12 +145,9 @@ def test_pseudo_label_outputs_errors_and_resume(
         image = _load_rgb(Path(r.input))
         assert pred.shape == image.shape[:2]
         assert r.shape == list(pred.shape) and r.min == pytest.approx(float(pred.min()))
-        # The loader resamples with DALI's/PIL's cubic filter, infer_image with torch's bicubic
-        # (a=-0.75, the official cv2 kernel): same sizes, slightly different pixels. Measured on
-        # these noise-like images: mean error < 1%, max < 8% of the range.
-        expected = model.infer_image(image, INPUT_SIZE)
-        err = np.abs(pred.astype(np.float64) - expected) / np.ptp(expected)
-        assert err.mean() < 0.02 and err.max() < 0.15
+        # the loader's inputs equal infer_image's preprocessing; batching changes only the
+        # summation order of the matmuls
+        _assert_close(pred, model.infer_image(image, INPUT_SIZE), 1e-4)
 
     # rerun: everything finished is skipped; a deleted output and a truncated manifest tail redo
     again = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)

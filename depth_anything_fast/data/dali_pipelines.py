@@ -3,11 +3,14 @@
 One graph for CPU (`device_id=None`: `decoders.image` on the CPU) and GPU (`device="mixed"`:
 nvJPEG decode, everything after it on the GPU). The host feeds, per sample, the encoded bytes
 and the geometry/photometric parameters computed by `geometry`/`augment` (so the PIL backend can
-apply the same ones); DALI does the pixel work with its own threads. Resize is bicubic without
-antialiasing, as the official cv2.INTER_CUBIC preprocessing, but DALI's cubic is Catmull-Rom
-(a = -0.5, cv2 and `models.transforms` use -0.75) and its output is rounded to uint8: inference
-inputs differ from `preprocess` by ~0.01-0.02 normalised units on average (the PIL backend
-matches it to float rounding).
+apply the same ones); DALI does the pixel work with its own threads.
+
+Training views (`resample=True`) are resized by DALI: bicubic without antialiasing, as the
+official cv2.INTER_CUBIC, but DALI's cubic is Catmull-Rom (a = -0.5, cv2 uses -0.75) and its
+output is rounded to uint8, a difference that does not matter under random crops and
+perturbations. Inference batches (`resample=False`) must match the official preprocessing, so
+DALI only decodes and `resample.resample_box` resamples each image on the same device: equal to
+`models.transforms.preprocess` to float rounding.
 
 Only this module imports `nvidia.dali`.
 """
@@ -25,6 +28,7 @@ from .augment import CONTRAST_CENTER, gaussian_kernel
 from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .geometry import dali_roi
 from .jobs import ImageJob
+from .resample import normalise, resample_box
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +47,22 @@ def dali_available() -> bool:
 
 
 def build_pipeline(
-    *, batch_size: int, num_threads: int, device_id: int | None, strong: bool, prefetch: int
+    *, batch_size: int, num_threads: int, device_id: int | None, strong: bool, prefetch: int,
+    resample: bool = True,
 ):
-    """Build the graph. Outputs: clean image (B, 3, h, w) float32 normalised [, strong view].
+    """Build the graph. Outputs: clean image (B, 3, h, w) float32 normalised [, strong view];
+    with `resample=False` (no `strong`) only the decoded images, (H, W, 3) uint8 each.
 
-    External inputs per sample: "encoded" uint8 (n,), "roi_start"/"roi_end" float32 (2,) in
+    External inputs per sample: "encoded" uint8 (n,), and unless `resample=False`:
+    "roi_start"/"roi_end" float32 (2,) in
     source pixels (y, x) (a reversed x range mirrors), "size" float32 (2,) output (h, w), and for
     `strong` the scalars brightness, contrast, saturation, hue of `StrongParams` and the blur
     kernels "blur_h" (1, taps) / "blur_v" (taps, 1) float32 from `gaussian_kernel(sigma)`.
     """
     from nvidia.dali import Pipeline, fn, types
 
+    if strong and not resample:
+        raise ValueError("the strong view needs resample=True")
     pipe = Pipeline(
         batch_size=batch_size,
         num_threads=num_threads,
@@ -64,12 +73,16 @@ def build_pipeline(
     )
     with pipe:
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
-        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
-        size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
         image = fn.decoders.image(
             encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB
         )
+        if not resample:
+            pipe.set_outputs(image)
+            pipe.build()
+            return pipe
+        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+        size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
         image = fn.resize(
             image, size=size, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
             interp_type=types.INTERP_CUBIC, antialias=False,
@@ -109,6 +122,23 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(tensor_list.as_array())  # as_array() returns a fresh copy
 
 
+def _resampled(tensor_list, jobs: Sequence[ImageJob], device: torch.device) -> torch.Tensor:
+    """Decoded DALI images (H, W, 3) uint8 -> (B, 3, h, w) float32 normalised, each resampled
+    to its job's box on `device` by the exact filter of the official preprocessing."""
+    views = []
+    for k, job in enumerate(jobs):
+        if device.type == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            sample = tensor_list[k]
+            rgb = torch.empty(sample.shape(), dtype=torch.uint8, device=device)
+            feed_ndarray(sample, rgb, cuda_stream=torch.cuda.current_stream(device))
+        else:
+            rgb = torch.from_numpy(tensor_list.at(k))  # at() returns a fresh copy
+        views.append(normalise(resample_box(rgb, job.box)))
+    return torch.stack(views)
+
+
 class DaliRunner:
     """Feeds batches of `ImageJob` to a pipeline with up to `prefetch` batches in flight.
 
@@ -123,7 +153,7 @@ class DaliRunner:
 
     def __init__(
         self, *, batch_size: int, num_threads: int, device: torch.device, strong: bool,
-        prefetch: int = 2, on_error: ErrorCallback | None = None,
+        prefetch: int = 2, on_error: ErrorCallback | None = None, resample: bool = True,
     ) -> None:
         self.device = device
         device_id = None
@@ -131,8 +161,9 @@ class DaliRunner:
             device_id = device.index if device.index is not None else torch.cuda.current_device()
         self._build: Callable[[], object] = lambda: build_pipeline(
             batch_size=batch_size, num_threads=num_threads, device_id=device_id, strong=strong,
-            prefetch=prefetch,
+            prefetch=prefetch, resample=resample,
         )
+        self.resample = resample
         self.device_id = device_id
         self.pipe = self._build()
         self.primed = False
@@ -152,15 +183,15 @@ class DaliRunner:
             raise ValueError("cannot submit an empty batch")
         jobs = list(jobs)
         feeds: dict[str, list[np.ndarray]] = {
-            "encoded": [np.frombuffer(j.encoded, np.uint8) for j in jobs],
-            "roi_start": [],
-            "roi_end": [],
-            "size": [np.array([j.box.out_h, j.box.out_w], np.float32) for j in jobs],
+            "encoded": [np.frombuffer(j.encoded, np.uint8) for j in jobs]
         }
-        for j in jobs:
-            start, end = dali_roi(j.box)
-            feeds["roi_start"].append(start)
-            feeds["roi_end"].append(end)
+        if self.resample:
+            feeds["size"] = [np.array([j.box.out_h, j.box.out_w], np.float32) for j in jobs]
+            feeds["roi_start"], feeds["roi_end"] = [], []
+            for j in jobs:
+                start, end = dali_roi(j.box)
+                feeds["roi_start"].append(start)
+                feeds["roi_end"].append(end)
         if self.strong:
             for name in _STRONG_INPUTS:
                 feeds[name] = [np.float32(getattr(j.strong, name)) for j in jobs]
@@ -192,8 +223,11 @@ class DaliRunner:
                 self._recover(exc)
                 continue
             jobs, discard = self.in_flight.popleft()
-            if not discard:
-                return [_to_torch(o, self.device) for o in outputs], jobs
+            if discard:
+                continue
+            if not self.resample:
+                return [_resampled(outputs[0], jobs, self.device)], jobs
+            return [_to_torch(o, self.device) for o in outputs], jobs
         return None
 
     def _recover(self, exc: Exception) -> None:

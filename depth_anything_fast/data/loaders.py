@@ -85,6 +85,10 @@ class _Loader:
     perturbed view as views[1].
     """
 
+    # DALI resizes training views itself (fast, its own cubic filter); inference batches are
+    # resampled exactly as the official preprocessing after DALI decodes them.
+    dali_resamples = True
+
     def __init__(
         self, *, n_items: int, batch_size: int, shard_id: int, num_shards: int, seed: int,
         backend: str, device: str | torch.device | None, num_threads: int, shuffle: bool,
@@ -151,6 +155,7 @@ class _Loader:
             return DaliRunner(
                 batch_size=self.batch_size, num_threads=self.num_threads, device=self.device,
                 strong=self.strong, prefetch=self.prefetch, on_error=self.on_error,
+                resample=self.dali_resamples,
             )
         from .pil_pipelines import PilRunner
 
@@ -327,10 +332,16 @@ class UnlabelledLoader(_Loader):
 class InferenceLoader(_Loader):
     """Resized whole images, batched by output shape; see `inference_loader`."""
 
+    dali_resamples = False
+
     def __init__(
         self, paths: Sequence[str], *, input_size: int, resize: str, **kwargs: Any
     ) -> None:
         network_size(input_size, input_size, input_size, resize)  # validates `resize`
+        device = kwargs.get("device")
+        if kwargs.get("backend") == "auto" and torch.device(device or "cpu").type != "cuda":
+            # DALI's CPU gain is its resize, which inference batches do not use (see above)
+            kwargs["backend"] = "pil"
         super().__init__(n_items=len(paths), **kwargs)
         self.paths = list(paths)
         self.input_size = input_size
@@ -459,6 +470,11 @@ def inference_loader(
     `models.transforms.network_size`, as `preprocess`). Batches: {"image": (B, 3, h, w) float32
     ImageNet-normalised, "paths": list[str], "sizes": list[(H0, W0)] original sizes}. Every
     readable file of this shard appears exactly once; the others go to `on_error`.
+
+    Each image equals `preprocess` of it to float rounding with either backend (DALI only
+    decodes; the official bicubic filter resamples on `device`), up to the JPEG decoder: on
+    the GPU, nvJPEG's may differ from libjpeg-turbo's by a code value. backend="auto" takes
+    DALI only for a CUDA `device` (decoding on the GPU), PIL otherwise.
     """
     return InferenceLoader(
         list_images(paths), input_size=input_size, resize=resize, batch_size=batch_size,

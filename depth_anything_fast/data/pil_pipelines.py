@@ -1,10 +1,9 @@
 """PIL fallback backend (no DALI, e.g. macOS): the same jobs, geometry and perturbations.
 
-PIL only decodes. Resampling is `models.transforms.resample_bicubic`, the resampler of the
-official preprocessing (`preprocess`), applied to the box from `geometry`: the mapping DALI
-applies, with the same bicubic filter without antialiasing, so an inference batch equals
-`preprocess` of each image to float rounding. Work runs in a thread pool: PIL and torch release
-the GIL while decoding and resampling.
+PIL only decodes. Resampling is `resample.resample_box`, the resampler of the official
+preprocessing (`preprocess`) applied to the box from `geometry` (the mapping DALI applies), so
+an inference batch equals `preprocess` of each image to float rounding. Work runs in a thread
+pool: PIL and torch release the GIL while decoding and resampling.
 """
 
 from __future__ import annotations
@@ -15,31 +14,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from ..models.transforms import as_tensor, normalize, resample_bicubic
+from ..models.transforms import as_tensor
 from .augment import apply_strong
 from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .jobs import ImageJob
-
-
-def resample(job: ImageJob) -> torch.Tensor:
-    """Decode `job.encoded` and resample `job.box` -> (out_h, out_w, 3) float32 in 0..255
-    units (not rounded or clamped). Raises DecodeError."""
-    box = job.box
-    rgb = as_tensor(decode_rgb(job.encoded, job.path))
-    return resample_bicubic(
-        rgb, (box.out_h, box.out_w), (box.y0, box.x0, box.y1, box.x1), flip=box.flip
-    )
-
-
-def normalise(rgb: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) values in 0..255 (any dtype) -> (3, H, W) float32 ImageNet-normalised."""
-    x = rgb.to(torch.float32) / 255.0
-    return normalize(x.permute(2, 0, 1).contiguous().unsqueeze(0))[0]
+from .resample import normalise, resample_box
 
 
 def process(job: ImageJob) -> list[torch.Tensor]:
-    """[clean (3, h, w)[, strong (3, h, w)]] float32 normalised for one job."""
-    rgb = resample(job)
+    """[clean (3, h, w)[, strong (3, h, w)]] float32 normalised for one job. Raises
+    DecodeError."""
+    rgb = resample_box(as_tensor(decode_rgb(job.encoded, job.path)), job.box)
     views = [normalise(rgb)]
     if job.strong is not None:
         # the perturbation works on uint8, as DALI's does on its uint8 resize output
