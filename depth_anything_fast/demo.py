@@ -92,7 +92,7 @@ def evaluate_all(val_root: Path, models: dict[str, Path], out: Path) -> dict[str
                                              batch_size=16).mean
     results["baseline_constant"] = evaluate_predictions(
         samples, lambda images: [np.ones(im.shape[:2], np.float32) for im in images],
-        space="depth", alignment="median").mean
+        space="depth", alignment="median", predicted="depth").mean
     results["baseline_row_prior"] = evaluate_predictions(
         samples, lambda images: [_row_prior(im.shape[:2]) for im in images], space="depth").mean
 

@@ -127,6 +127,8 @@ def test_runner_resizes_and_depth_space(tmp_path):
     assert 0 < result.mean["abs_rel"] < 1.0 and result.space == "depth"
     with pytest.raises(ValueError, match="space='depth'"):
         evaluate_predictions(reader, predict, alignment="median")
+    with pytest.raises(ValueError, match="relative disparity"):
+        evaluate_predictions(reader, predict, space="depth", alignment="median")
 
 
 def test_prediction_directory_suffix_matching(tmp_path):
@@ -239,6 +241,10 @@ def test_cli_scores_metric_predictions_as_depth(tmp_path):
     assert run_cli([*args, "--alignment", "none"]) == 0
     # unaligned: 25% too far, less where the prediction is clipped to the GT depth range
     assert 0.15 < json.loads(out_json.read_text())["mean"]["abs_rel"] <= 0.25 + 1e-3
+    # relative metrics of a metric model: its depth is inverted before the affine fit
+    assert run_cli([*args, "--alignment", "scale_shift"]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["space"] == "disparity" and result["mean"]["abs_rel"] < 2e-4
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

@@ -170,12 +170,13 @@ def test_param_groups_encoder_decoder_lr() -> None:
 def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
     from depth_anything_fast.models import DepthAnything
 
-    cfg = load_config(None, _overrides(stage, tiny_data, tmp_path, "steps=2"))
+    extra = ("steps=2", "val_every=2", f"data.val={tiny_data['val']}", "val_input_size=56")
+    cfg = load_config(None, _overrides(stage, tiny_data, tmp_path, *extra))
     result = Trainer(cfg).run()
     assert result["status"] == "done" and result["step"] == 2
     losses = _losses(tmp_path)
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
-    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    *_, record, val = (json.loads(line) for line in (tmp_path / "metrics.jsonl").open())
     expected_parts = {"teacher": {"affine"}, "student": {"labelled", "unlabelled", "feature"},
                       "finetune-metric": {"silog"}}[stage]
     assert expected_parts <= set(record) and record["images_per_s"] > 0
@@ -186,6 +187,19 @@ def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
     assert exported.config.metric == (stage == "finetune-metric")
     x = torch.randn(1, 3, 56, 56)
     assert torch.isfinite(exported(x)).all()
+    # validation at the last step scored the exported weights: relative models by aligned
+    # disparity, the metric model's depth as it is (not its depth taken for disparity)
+    from depth_anything_fast.data.synthetic import DEPTH_SPEC
+    from depth_anything_fast.evaluate.datasets import get_reader
+    from depth_anything_fast.evaluate.runner import evaluate_predictions
+    from depth_anything_fast.inference.predictor import Predictor
+
+    reader = get_reader("generic", tiny_data["val"], encoding=DEPTH_SPEC)
+    predict = Predictor(exported, batch_size=4, precision="fp32", input_size=56).predict
+    scoring = {"space": "depth", "alignment": "none", "predicted": "depth"}
+    expected = evaluate_predictions(reader, predict, **(scoring if exported.config.metric else {}))
+    assert val["step"] == 2 and val["val_images"] == 4
+    assert val["val_abs_rel"] == pytest.approx(expected.mean["abs_rel"], rel=1e-4)
 
 
 def test_loss_decreases_on_fixed_batch(tiny_data) -> None:

@@ -181,6 +181,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             max_depth=args.max_depth,
             batch_size=args.batch_size,
             on_image=lambda _: bar.update(1),
+            predicted="depth" if metric_model else "disparity",
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -209,6 +209,7 @@ def evaluate_predictions(
     batch_size: int = 8,
     dataset: str | None = None,
     on_image: Callable[[dict[str, Any]], None] | None = None,
+    predicted: Literal["disparity", "depth"] = "disparity",
 ) -> EvaluationResult:
     """Score predictions on every sample of `reader`.
 
@@ -225,13 +226,23 @@ def evaluate_predictions(
         min_depth, max_depth: evaluation range in metres; None takes the reader's.
         dataset: name stored in the result (default: the reader's `name`).
         on_image: called with each per-image record as it is computed (progress display).
+        predicted: what the predictions hold: "disparity" (relative models) or "depth" in
+            metres (metric models). Alignments "median"/"none" need depth; "scale_shift" takes
+            either (depth is inverted first; pixels predicted at depth <= 0 are left out).
     Returns:
         `EvaluationResult`. Raises ValueError if no image could be scored.
     """
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if predicted not in ("disparity", "depth"):
+        raise ValueError(f"predicted must be 'disparity' or 'depth', got {predicted!r}")
     if alignment != "scale_shift" and space != "depth":
         raise ValueError(f"alignment {alignment!r} scores metric depth: use space='depth'")
+    if alignment != "scale_shift" and predicted != "depth":
+        raise ValueError(
+            f"alignment {alignment!r} scores metric depth, but the predictions are relative "
+            "disparity (a metric model's output is predicted='depth')"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     min_depth = getattr(reader, "min_depth", None) if min_depth is None else min_depth
@@ -270,7 +281,9 @@ def evaluate_predictions(
             if prediction is None:
                 missing.append(sample.name)
                 continue
-            rows.append(_score(sample, prediction, space, alignment, min_depth, max_depth))
+            rows.append(
+                _score(sample, prediction, space, alignment, min_depth, max_depth, predicted)
+            )
             if on_image is not None:
                 on_image(rows[-1])
 
@@ -307,6 +320,7 @@ def _score(
     alignment: str,
     min_depth: float | None,
     max_depth: float | None,
+    predicted: str = "disparity",
 ) -> dict[str, Any]:
     """Metrics record of one sample."""
     prediction = np.squeeze(np.asarray(prediction, dtype=np.float32))
@@ -322,10 +336,14 @@ def _score(
         resized = resize_prediction(as_tensor(prediction)[None], sample.depth.shape)
         prediction = resized[0].numpy()
     if alignment == "scale_shift":
+        mask = sample.mask
+        if predicted == "depth":  # relative metrics align disparity
+            mask = mask & (prediction > 0)
+            prediction = np.where(prediction > 0, 1.0 / np.maximum(prediction, 1e-12), 0.0)
         metrics = relative_depth_metrics(
             prediction,
             sample.depth,
-            sample.mask,
+            mask,
             space=space,
             min_depth=min_depth,
             max_depth=max_depth,

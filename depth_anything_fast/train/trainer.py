@@ -334,7 +334,12 @@ class Trainer:
         try:
             predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
                                   input_size=self.cfg.val_input_size, device=info.device)
-            result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size)
+            if self.cfg.stage == "finetune-metric":  # metric depth, scored as it is
+                scoring = {"space": "depth", "alignment": "none", "predicted": "depth"}
+            else:
+                scoring = {}
+            result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
+                                          **scoring)
         finally:
             model.train()
             for p in trainable:
