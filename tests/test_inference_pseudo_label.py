@@ -414,6 +414,27 @@ def test_no_weights_refuses_with_instructions(
     assert not (tmp_path / "o").exists()
 
 
+def test_bad_weights_or_empty_input_touch_no_output(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong checkpoint or an input without images fail before the output directory is
+    created (a typo'd input is not a silent "0 succeeded")."""
+    _, weights = tiny
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    cases = [
+        (str(tmp_path / "bad.pth"), tmp_path / "empty", "cannot read torch checkpoint"),
+        (str(weights), tmp_path / "empty", "no images found"),
+        (str(weights), tmp_path / "nowhere", "nowhere"),
+    ]
+    for weights_arg, source, message in cases:
+        out = tmp_path / "out"
+        argv = ["pseudo-label", "--weights", weights_arg, "--input", str(source)]
+        assert main([*argv, "--output", str(out), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_path: Path) -> None:
     _, weights = tiny
     src = tmp_path / "real"

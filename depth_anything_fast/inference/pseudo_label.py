@@ -347,8 +347,14 @@ def pseudo_label(
 
     src = os.fspath(input)
     output_dir = Path(output)
-    output_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(weights_or_model)  # before any output is touched: fail fast
+    # outputs written inside the source tree are not inputs of a rerun
+    out_abs = os.path.abspath(output_dir) + os.sep
+    paths = sorted(p for p in list_images(src) if not os.path.abspath(p).startswith(out_abs))
+    if not paths:
+        raise FileNotFoundError(f"no images found in {src}")
+    names = output_names(src, paths, output_suffix(opts.format))
+    output_dir.mkdir(parents=True, exist_ok=True)
     weights_id = (
         os.path.abspath(os.fspath(weights_or_model))
         if isinstance(weights_or_model, (str, os.PathLike))
@@ -364,11 +370,6 @@ def pseudo_label(
     spec = stored_spec(opts.format, depth_range)
     atomic_write(output_dir / SPEC, (json.dumps(asdict(spec), indent=2) + "\n").encode(), rank)
 
-    # outputs written inside the source tree are not inputs of a rerun
-    out_abs = os.path.abspath(output_dir) + os.sep
-    paths = sorted(p for p in list_images(src) if not os.path.abspath(p).startswith(out_abs))
-    suffix = output_suffix(opts.format)
-    names = output_names(src, paths, suffix)
     mine = list(zip(paths, names, strict=True))[rank::world]
 
     remove_stale_temporaries(output_dir, rank)
