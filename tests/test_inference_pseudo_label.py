@@ -408,6 +408,21 @@ def test_predict_cli(
     assert main([*argv[:4], str(tmp_path / "other"), *argv[4:]]) == 2
     assert "several inputs map to the output names ['x']" in capsys.readouterr().err
     assert (np.asarray(Image.open(out / "x.png")) == pred).all()
+    # near is red in both: Spectral_r on relative disparity, Spectral on a metric model's depth
+    from depth_anything_fast.inference.visualize import colormap_lut
+
+    red = colormap_lut("Spectral")[0]
+    assert main([*argv, "--pred-only", "--save-npy"]) == 1
+    disparity = np.load(out / "x.npy")
+    near = np.unravel_index(disparity.argmax(), disparity.shape)
+    assert (np.asarray(Image.open(out / "x.png"))[near] == red).all()
+    metric = _tiny_model(metric=True, max_depth=20.0)
+    metric_weights = metric.save_pretrained(tmp_path / "metric.safetensors")
+    argv[2] = str(metric_weights)
+    assert main([*argv, "--pred-only", "--save-npy"]) == 1
+    depth = np.load(out / "x.npy")
+    near = np.unravel_index(depth.argmin(), depth.shape)
+    assert (np.asarray(Image.open(out / "x.png"))[near] == red).all()
 
 
 def test_no_weights_refuses_with_instructions(

@@ -37,12 +37,13 @@ def _save(
     grayscale: bool,
     pred_only: bool,
     save_npy: bool,
+    cmap: str,
 ) -> Path:
     import io
 
     from PIL import Image
 
-    depth_rgb = colorize(disparity, grayscale=grayscale)
+    depth_rgb = colorize(disparity, grayscale=grayscale, cmap=cmap)
     picture = depth_rgb if pred_only else side_by_side(image, depth_rgb)
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="PNG")
@@ -74,7 +75,9 @@ def predict_files(
     save_npy: bool = False,
     num_threads: int = 2,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Write `outdir/<name>.png` (image | gap | Spectral_r depth, or depth only) per input image.
+    """Write `outdir/<name>.png` (image | gap | colour-mapped prediction, or the prediction only)
+    per input image: Spectral_r on disparity, or for a metric model Spectral on depth, as the
+    official `run.py` scripts, so near is red either way.
 
     `<name>` is the image's path relative to its INPUT argument without extension (the file name
     for a single image, as in the official script). Returns (written PNG paths, [(input, reason)]
@@ -84,6 +87,8 @@ def predict_files(
     from depth_anything_fast.data.sources import list_images
 
     model = load_model(weights_or_model)
+    metric = bool(getattr(getattr(model, "config", None), "metric", False))
+    cmap = "Spectral" if metric else "Spectral_r"
     predictor = Predictor(
         model,
         batch_size=batch_size,
@@ -136,7 +141,7 @@ def predict_files(
                 (
                     path,
                     writers.submit(
-                        _save, out_root / name, image, d, grayscale, pred_only, save_npy
+                        _save, out_root / name, image, d, grayscale, pred_only, save_npy, cmap
                     ),
                 )
                 for (path, name), image, d in zip(kept, images, disparities, strict=True)
