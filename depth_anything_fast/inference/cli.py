@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "predict",
         help="colourised depth for images (like the official run.py, batched)",
         description="Writes OUTDIR/<name>.png: the image, a white gap and its depth in "
-        "Spectral_r (or grayscale), or only the depth with --pred-only.",
+        "Spectral_r (a metric model's depth in Spectral: near is red either way; or grayscale), "
+        "or only the depth with --pred-only.",
     )
     _add_model_options(q, batch_size=4)
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="image, directory, list file or glob")
