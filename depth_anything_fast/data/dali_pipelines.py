@@ -125,11 +125,11 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
 def _resampled(tensor_list, jobs: Sequence[ImageJob], device: torch.device) -> torch.Tensor:
     """Decoded DALI images (H, W, 3) uint8 -> (B, 3, h, w) float32 normalised, each resampled
     to its job's box on `device` by the exact filter of the official preprocessing."""
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
     views = []
     for k, job in enumerate(jobs):
         if device.type == "cuda":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
-
             sample = tensor_list[k]
             rgb = torch.empty(sample.shape(), dtype=torch.uint8, device=device)
             feed_ndarray(sample, rgb, cuda_stream=torch.cuda.current_stream(device))

@@ -47,14 +47,15 @@ class _Prepared:
     batch_end: int = -1
 
 
-def resolve_backend(backend: str) -> str:
-    """"auto" -> "dali" when DALI is importable, else "pil"; checks explicit choices."""
+def resolve_backend(backend: str, prefer_dali: bool = True) -> str:
+    """"auto" -> "dali" when DALI is importable and `prefer_dali`, else "pil"; checks explicit
+    choices."""
     from .dali_pipelines import dali_available
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "dali" if dali_available() else "pil"
+        return "dali" if prefer_dali and dali_available() else "pil"
     if backend == "dali" and not dali_available():
         raise ImportError("backend='dali' needs nvidia-dali (pip install nvidia-dali-cuda130)")
     return backend
@@ -108,8 +109,11 @@ class _Loader:
         self.shard_id = shard_id
         self.num_shards = num_shards
         self.seed = seed
-        self.backend = resolve_backend(backend)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        # "auto" takes DALI where it gains: its own resize, or decoding on the GPU
+        self.backend = resolve_backend(
+            backend, prefer_dali=self.dali_resamples or self.device.type == "cuda"
+        )
         self.num_threads = num_threads
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -338,10 +342,6 @@ class InferenceLoader(_Loader):
         self, paths: Sequence[str], *, input_size: int, resize: str, **kwargs: Any
     ) -> None:
         network_size(input_size, input_size, input_size, resize)  # validates `resize`
-        device = kwargs.get("device")
-        if kwargs.get("backend") == "auto" and torch.device(device or "cpu").type != "cuda":
-            # DALI's CPU gain is its resize, which inference batches do not use (see above)
-            kwargs["backend"] = "pil"
         super().__init__(n_items=len(paths), **kwargs)
         self.paths = list(paths)
         self.input_size = input_size

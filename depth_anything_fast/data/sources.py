@@ -63,9 +63,13 @@ class LabelledSpec:
             raise ValueError(f"LabelledSpec.bit_rotate must be in [0, 16), got {self.bit_rotate}")
         object.__setattr__(self, "invalid", tuple(float(v) for v in self.invalid))
 
+    def dumps(self) -> str:
+        """The spec as JSON text (what `to_json` writes)."""
+        return json.dumps(asdict(self), indent=2) + "\n"
+
     def to_json(self, path: str | os.PathLike) -> None:
         """Write the spec as JSON (the `spec.json` of a dataset folder)."""
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        Path(path).write_text(self.dumps())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> LabelledSpec:
@@ -242,14 +246,21 @@ class LabelledSource:
 # Pseudo-labels are normalised teacher disparity: every stored value is valid.
 PSEUDO_LABEL_SPEC = LabelledSpec(kind="disparity", scale=1.0 / 65535.0, invalid=())
 
+SPEC_FILE = "spec.json"  # a dataset folder's LabelledSpec
+
+
+def folder_spec(folder: str | os.PathLike) -> LabelledSpec | None:
+    """The `LabelledSpec` in `folder/spec.json`, or None when the folder has none."""
+    path = os.path.join(folder or ".", SPEC_FILE)
+    return LabelledSpec.from_json(path) if os.path.isfile(path) else None
+
 
 def _spec_from_folder(folder: str, default: LabelledSpec | None) -> LabelledSpec:
-    path = os.path.join(folder or ".", "spec.json")
-    if os.path.isfile(path):
-        return LabelledSpec.from_json(path)
-    if default is not None:
-        return default
-    raise FileNotFoundError(f"no LabelledSpec given and {path} does not exist")
+    spec = folder_spec(folder) or default
+    if spec is None:
+        path = os.path.join(folder or ".", SPEC_FILE)
+        raise FileNotFoundError(f"no LabelledSpec given and {path} does not exist")
+    return spec
 
 
 def _folder_pairs(root: str) -> list[tuple[str, str]]:

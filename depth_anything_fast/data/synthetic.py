@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import LabelledSpec
+from .sources import SPEC_FILE, LabelledSpec
 
 MAX_DEPTH = 40.0  # metres; farther surfaces are stored as invalid (0)
 DEPTH_SPEC = LabelledSpec(kind="depth", scale=0.001, invalid=(0,), max_depth=MAX_DEPTH)
@@ -395,7 +395,7 @@ def _write_split(
     (folder / "images").mkdir(parents=True, exist_ok=True)
     if with_depth:
         (folder / "depth").mkdir(parents=True, exist_ok=True)
-        DEPTH_SPEC.to_json(folder / "spec.json")
+        DEPTH_SPEC.to_json(folder / SPEC_FILE)
     for i in range(count):
         seq = np.random.SeedSequence([seed, _SPLITS[split], i])
         rgb, depth = render_scene(seq, size)

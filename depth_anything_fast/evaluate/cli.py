@@ -153,7 +153,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             return 2
         metric_model = predictions.metric
     else:
-        from depth_anything_fast.inference.predictor import Predictor, load_model
+        from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 
         try:
             model = load_model(args.weights)
@@ -161,9 +161,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        config = getattr(model, "config", None)
-        metric_model = bool(getattr(config, "metric", False))
-        size = size or getattr(config, "encoder", None)
+        metric_model = metric_max_depth(model) is not None
+        size = size or getattr(getattr(model, "config", None), "encoder", None)
         predictions = predictor.predict
     alignment = args.alignment or ("median" if metric_model else "scale_shift")
     space = args.space or ("disparity" if alignment == "scale_shift" else "depth")

@@ -57,14 +57,14 @@ class PredictionDirectory:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        from depth_anything_fast.data.sources import LabelledSpec
+        from depth_anything_fast.data.sources import folder_spec
         from depth_anything_fast.inference.manifest import read_all_records
 
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"predictions directory {self.root} does not exist")
-        spec = self.root / "spec.json"
-        self.metric = spec.is_file() and LabelledSpec.from_json(spec).kind == "depth"
+        spec = folder_spec(self.root)
+        self.metric = spec is not None and spec.kind == "depth"
         self._by_input: dict[str, _StoredPrediction] = {}
         self._by_last: dict[str, list[tuple[tuple[str, ...], _StoredPrediction]]] = {}
         indexed: set[Path] = set()
@@ -320,7 +320,7 @@ def _score(
     alignment: str,
     min_depth: float | None,
     max_depth: float | None,
-    predicted: str = "disparity",
+    predicted: str,
 ) -> dict[str, Any]:
     """Metrics record of one sample."""
     prediction = np.squeeze(np.asarray(prediction, dtype=np.float32))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depth_anything_fast.inference.predictor import Predictor, load_model
+from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.pseudo_label import check_unique_names, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
 from depth_anything_fast.inference.writers import atomic_write, encode_npy
@@ -87,8 +87,7 @@ def predict_files(
     from depth_anything_fast.data.sources import list_images
 
     model = load_model(weights_or_model)
-    metric = bool(getattr(getattr(model, "config", None), "metric", False))
-    cmap = "Spectral" if metric else "Spectral_r"
+    cmap = "Spectral_r" if metric_max_depth(model) is None else "Spectral"
     predictor = Predictor(
         model,
         batch_size=batch_size,

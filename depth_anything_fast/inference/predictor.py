@@ -150,6 +150,13 @@ project's format (safetensors + JSON config) run:
   depth-anything-fast convert --help"""
 
 
+def metric_max_depth(model: torch.nn.Module) -> float | None:
+    """`max_depth` of a metric model (its outputs are depth in metres), None for a relative
+    one (outputs are disparity) or a module without a `DepthAnythingConfig`."""
+    config = getattr(model, "config", None)
+    return float(config.max_depth) if getattr(config, "metric", False) else None
+
+
 def load_model(weights: str | torch.nn.Module | None, **kwargs: object) -> torch.nn.Module:
     """A model from `weights` (returned as is if already a module), via
     `DepthAnything.from_pretrained(weights, **kwargs)`. None raises ValueError naming where to

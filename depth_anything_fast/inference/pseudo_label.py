@@ -45,7 +45,7 @@ from depth_anything_fast.inference.manifest import (
     finished_records,
     manifest_name,
 )
-from depth_anything_fast.inference.predictor import Predictor, load_model
+from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.writers import (
     FORMATS,
     BackgroundWriter,
@@ -60,7 +60,6 @@ from depth_anything_fast.inference.writers import (
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
-SPEC = "spec.json"  # how data.LabelledSource reads the outputs back (relative or metric)
 # options that change the stored values or names: a resumed run must use the same ones
 _RESUME_KEYS = ("weights", "input_size", "resize", "format", "original_size")
 
@@ -330,7 +329,7 @@ def pseudo_label(
         (h, w), multiples of 14) unless `original_size=True`.
     """
     from depth_anything_fast.data import inference_loader
-    from depth_anything_fast.data.sources import list_images
+    from depth_anything_fast.data.sources import SPEC_FILE, list_images
     from depth_anything_fast.models.transforms import resize_prediction
 
     opts = Options(**options)
@@ -365,10 +364,9 @@ def pseudo_label(
         **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
     }
     _check_run_config(output_dir, run_config)
-    config = getattr(model, "config", None)
-    depth_range = float(config.max_depth) if getattr(config, "metric", False) else None
-    spec = stored_spec(opts.format, depth_range)
-    atomic_write(output_dir / SPEC, (json.dumps(asdict(spec), indent=2) + "\n").encode(), rank)
+    # how data.LabelledSource (training) and evaluate read the outputs back
+    depth_range = metric_max_depth(model)
+    atomic_write(output_dir / SPEC_FILE, stored_spec(opts.format, depth_range).dumps().encode(), rank)
 
     mine = list(zip(paths, names, strict=True))[rank::world]
 

@@ -315,20 +315,17 @@ class Trainer:
     def _validate(self, model: nn.Module, info: DistInfo) -> dict[str, float]:
         """AbsRel / delta1 on ``data.val`` through the evaluate module's runner. Every rank
         runs the same images (FSDP2 forward passes are collective); rank 0 records them."""
-        from depth_anything_fast.data.sources import LabelledSpec
+        from depth_anything_fast.data.sources import LabelledSpec, folder_spec
         from depth_anything_fast.evaluate.datasets import get_reader
         from depth_anything_fast.evaluate.runner import evaluate_predictions
         from depth_anything_fast.inference.predictor import Predictor
 
         d = self.cfg.data
         assert d.val is not None
-        spec_file = Path(d.val) / "spec.json"
         if d.val_spec is not None:
             encoding: LabelledSpec | str = LabelledSpec(**d.val_spec)
-        elif spec_file.is_file():
-            encoding = LabelledSpec.from_json(spec_file)
         else:
-            encoding = "metres"
+            encoding = folder_spec(d.val) or "metres"
         reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
         trainable = [p for p in model.parameters() if p.requires_grad]
         try:
