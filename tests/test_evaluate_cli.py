@@ -49,9 +49,33 @@ def affine_disparity(depth_m: np.ndarray) -> np.ndarray:
     return (2.5 * disparity + 0.7).astype(np.float32)
 
 
-def test_cli_scores_npy_and_png16_predictions(tmp_path, capsys):
-    from depth_anything_fast.inference.manifest import Manifest, ManifestRecord
+def add_png16_prediction(
+    manifest, preds: Path, output: str, image: Path, values: np.ndarray, depth_range=None
+) -> None:
+    """Store `values` as pseudo-label does: a 16-bit PNG `preds/output` and its manifest record
+    (the min/max its codes stand for), naming `image` as the input."""
+    from depth_anything_fast.inference.manifest import ManifestRecord
     from depth_anything_fast.inference.writers import encode_png16
+
+    encoded = encode_png16(values, depth_range)
+    (preds / output).parent.mkdir(parents=True, exist_ok=True)
+    (preds / output).write_bytes(encoded.data)
+    manifest.add(
+        ManifestRecord(
+            input=str(image),
+            output=output,
+            shape=list(encoded.shape),
+            min=encoded.min,
+            max=encoded.max,
+            checksum="",
+            bytes=len(encoded.data),
+            format="png16",
+        )
+    )
+
+
+def test_cli_scores_npy_and_png16_predictions(tmp_path, capsys):
+    from depth_anything_fast.inference.manifest import Manifest
 
     data, preds = tmp_path / "data", tmp_path / "preds"
     depths = make_generic(data)
@@ -59,21 +83,9 @@ def test_cli_scores_npy_and_png16_predictions(tmp_path, capsys):
     # image 0: .npy without manifest (matched by name), image 1: pseudo-label style 16-bit PNG
     # with its manifest record (matched by input path), image 2: no prediction
     np.save(preds / "000.npy", affine_disparity(depths[0]))
-    encoded = encode_png16(affine_disparity(depths[1]))
-    (preds / "sub").mkdir()
-    (preds / "sub" / "001.png").write_bytes(encoded.data)
     with Manifest(preds / "manifest.jsonl") as manifest:
-        manifest.add(
-            ManifestRecord(
-                input=str(data / "color" / "001.png"),
-                output="sub/001.png",
-                shape=list(encoded.shape),
-                min=encoded.min,
-                max=encoded.max,
-                checksum="",
-                bytes=len(encoded.data),
-                format="png16",
-            )
+        add_png16_prediction(
+            manifest, preds, "sub/001.png", data / "color" / "001.png", affine_disparity(depths[1])
         )
     out_json = tmp_path / "result.json"
     code = run_cli(
@@ -201,8 +213,8 @@ def test_cli_compare_paper_on_kitti_layout(tmp_path, capsys):
 def test_cli_scores_metric_predictions_as_depth(tmp_path):
     """A metric model's pseudo-label output (spec.json kind "depth", fixed-scale 16-bit PNG) is
     scored as metric depth with median alignment, not taken for disparity."""
-    from depth_anything_fast.inference.manifest import Manifest, ManifestRecord
-    from depth_anything_fast.inference.writers import encode_png16, stored_spec
+    from depth_anything_fast.inference.manifest import Manifest
+    from depth_anything_fast.inference.writers import stored_spec
 
     data, preds = tmp_path / "data", tmp_path / "preds"
     depths = make_generic(data)
@@ -211,22 +223,9 @@ def test_cli_scores_metric_predictions_as_depth(tmp_path):
     with Manifest(preds / "manifest.jsonl") as manifest:
         for i, depth in enumerate(depths):
             # metric prediction: the true depth times 1.25 (holes filled with 1 m)
-            encoded = encode_png16(
-                (1.25 * np.where(depth > 0, depth, 1.0)).astype(np.float32), 20.0
-            )
-            (preds / f"{i:03d}.png").write_bytes(encoded.data)
-            manifest.add(
-                ManifestRecord(
-                    input=str(data / "color" / f"{i:03d}.png"),
-                    output=f"{i:03d}.png",
-                    shape=list(encoded.shape),
-                    min=encoded.min,
-                    max=encoded.max,
-                    checksum="",
-                    bytes=len(encoded.data),
-                    format="png16",
-                )
-            )
+            metric = (1.25 * np.where(depth > 0, depth, 1.0)).astype(np.float32)
+            image = data / "color" / f"{i:03d}.png"
+            add_png16_prediction(manifest, preds, f"{i:03d}.png", image, metric, 20.0)
     assert PredictionDirectory(preds).metric
     out_json = tmp_path / "result.json"
     args = ["--dataset", "generic", "--root", str(data), "--encoding", "mm"]
