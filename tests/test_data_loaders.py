@@ -18,13 +18,19 @@ from depth_anything_fast.data import (
     labelled_loader,
     unlabelled_loader,
 )
-from depth_anything_fast.data.augment import apply_strong
+from depth_anything_fast.data.augment import apply_strong, sample_strong
 from depth_anything_fast.data.dali_pipelines import dali_available
 from depth_anything_fast.data.geometry import lower_bound_size
 
 BACKENDS = [
     "pil",
     pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI")),
+]
+# Inference batches for a CUDA device are decoded only and resampled on the GPU (both backends).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs CUDA")),
 ]
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -306,11 +312,12 @@ def _check_matches_preprocess(
 
     ref = preprocess(rgb, input_size=input_size, resize=resize)[0]
     assert got.shape == ref.shape
-    assert (got - ref).abs().max() <= 1e-5, backend
+    assert (got.cpu() - ref).abs().max() <= 1e-5, backend
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_inference_matches_preprocess_synthetic(tmp_path: Path, backend: str) -> None:
+def test_inference_matches_preprocess_synthetic(tmp_path: Path, backend: str, device: str) -> None:
     rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
     yy, xx = np.mgrid[0:131, 0:177] / 40.0
     smooth = np.stack([np.sin(xx + yy), np.cos(2 * xx), np.sin(3 * yy)], -1) * 100 + 128
@@ -320,18 +327,19 @@ def test_inference_matches_preprocess_synthetic(tmp_path: Path, backend: str) ->
     assert inference_loader(tmp_path, batch_size=1, backend="auto").backend == "pil"
     for input_size, resize in [(98, "keep-aspect"), (252, "keep-aspect"), (100, "square")]:
         (batch,) = inference_loader(tmp_path, batch_size=1, input_size=input_size,
-                                    resize=resize, backend=backend)
-        assert batch["sizes"] == [(131, 177)]
+                                    resize=resize, backend=backend, device=device)
+        assert batch["sizes"] == [(131, 177)] and batch["image"].device.type == device
         _check_matches_preprocess(batch["image"][0], rgb, input_size, resize, backend)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_inference_buckets_and_preprocessing(shared_data: Path, backend: str) -> None:
+def test_inference_buckets_and_preprocessing(shared_data: Path, backend: str, device: str) -> None:
     paths = [str(shared_data / "images" / f"demo0{i}.jpg") for i in (1, 2, 8)]
     paths += [str(shared_data / "rgbd" / "NYU_color.ppm"), str(shared_data / "rgbd" / "TUM_color.png")]
     for resize in ("keep-aspect", "square"):
         batches = list(inference_loader(paths, batch_size=2, input_size=518, resize=resize,
-                                        backend=backend))
+                                        backend=backend, device=device))
         assert sorted(p for b in batches for p in b["paths"]) == sorted(paths)
         for batch in batches:
             assert batch["image"].dim() == 4 and batch["image"].shape[0] == len(batch["paths"])
@@ -342,6 +350,39 @@ def test_inference_buckets_and_preprocessing(shared_data: Path, backend: str) ->
                 want = (518, 518) if resize == "square" else lower_bound_size(h, w, 518)
                 assert tuple(batch["image"].shape[-2:]) == want
                 _check_matches_preprocess(batch["image"][k], rgb, 518, resize, backend)
+
+
+def test_pil_resample_on_device_matches_resampling_in_threads() -> None:
+    """Decode-only jobs resampled by `BatchResampler` (the CUDA inference path, here on the
+    CPU) give the batch of the thread-pool path exactly, and report the same bad files."""
+    from depth_anything_fast.data.geometry import full_box
+    from depth_anything_fast.data.jobs import ImageJob
+    from depth_anything_fast.data.pil_pipelines import PilRunner
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+    jobs = []
+    for k, (h, w) in enumerate([(61, 90), (75, 107), (47, 70)]):  # one output shape, 28x42
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        jobs.append(ImageJob(f"{k}.png", _encode(Image.fromarray(rgb), "PNG"), full_box(h, w, 28, 42)))
+    jobs.insert(1, ImageJob("bad.png", b"\x89PNG\r\n\x1a\n" + bytes(40), full_box(9, 9, 28, 42)))
+    results = {}
+    for on_device in (False, True):
+        errors: list[tuple[str, str]] = []
+        runner = PilRunner(num_threads=2, device=torch.device("cpu"), resample_on_device=on_device,
+                           on_error=lambda p, r, errors=errors: errors.append((p, r)))
+        runner.submit(jobs)
+        (images,), kept = runner.collect()
+        runner.close()
+        assert [j.path for j in kept] == ["0.png", "1.png", "2.png"]
+        assert [p for p, _ in errors] == ["bad.png"]
+        results[on_device] = images
+    assert results[True].shape == (3, 3, 28, 42)
+    assert torch.equal(results[True], results[False])
+    strong = ImageJob("s.png", jobs[0].encoded, jobs[0].box, sample_strong(rng))
+    runner = PilRunner(num_threads=1, device=torch.device("cpu"), resample_on_device=True)
+    with pytest.raises(ValueError, match="strong"):
+        runner.submit([strong])
+    runner.close()
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:

@@ -169,6 +169,30 @@ def test_pseudo_label_outputs_errors_and_resume(
         pseudo_label(weights, src, dst, format="npy", original_size=False, **opts)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["pil", "dali"])
+def test_pseudo_label_on_cuda(tiny: tuple[DepthAnything, Path], tmp_path: Path, backend: str) -> None:
+    """The CUDA path (GPU resampling, pinned copies back, writers waiting on an event) against
+    the CPU model; fp32 up to cuDNN's TF32 convolutions, bf16 near fp32."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    model, weights = tiny
+    src, good = _source(tmp_path)
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        dst = tmp_path / precision
+        summary = pseudo_label(weights, src, dst, format="npy", original_size=True, batch_size=3,
+                               input_size=INPUT_SIZE, backend=backend, device="cuda",
+                               precision=precision, handle_signals=False)
+        assert (summary.succeeded, summary.failed) == (len(good), 2)
+        outputs[precision] = {r.input: np.load(dst / r.output)
+                              for r in read_records(dst / "manifest.jsonl")}
+    assert len(outputs["fp32"]) == len(good)
+    for path, pred in outputs["fp32"].items():
+        _assert_close(pred, model.infer_image(_load_rgb(Path(path)), INPUT_SIZE), 1e-2)
+        _assert_close(outputs["bf16"][path], pred, 0.1)
+
+
 def test_pseudo_label_png16_and_webdataset_network_size(
     tiny: tuple[DepthAnything, Path], tmp_path: Path
 ) -> None:

@@ -388,6 +388,56 @@ def test_activation_checkpointing_gives_same_gradients() -> None:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def no_tf32():
+    """Full fp32 on CUDA (cuDNN convolutions default to TF32, 10-bit mantissas)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@needs_cuda
+def test_cuda_backends_agree_with_float64_math(no_tf32) -> None:
+    model = random_ours()
+    oracle = random_ours()
+    oracle.load_state_dict(model.state_dict())
+    oracle.double().set_attention_backend("math")
+    x = torch.randn(2, 3, 126, 98)
+    with torch.no_grad():
+        expected = oracle(x.double())
+        model.cuda()
+        backends = ["sdpa", "math", "auto"]
+        try:
+            import xformers.ops  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            backends.append("xformers")
+        for backend in backends:
+            model.set_attention_backend(backend)
+            got = model(x.cuda())
+            assert got.dtype == torch.float32 and got.device.type == "cuda"
+            assert max_rel_diff(got.double().cpu(), expected) <= TOL, backend
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(x.cuda())
+    assert torch.isfinite(low).all()
+    assert max_rel_diff(low.double().cpu(), expected) < 0.1
+
+
+@needs_cuda
+def test_torch_compile_inductor_cuda(no_tf32) -> None:
+    model = random_ours().cuda()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 42, 56, device="cuda")
+    with torch.no_grad():
+        # inductor fuses and reorders floating-point work
+        assert max_rel_diff(compiled(x), model(x)) <= TOL
+
+
 def test_autocast_bf16_close_to_fp32() -> None:
     model = random_ours()
     x = torch.randn(1, 3, 70, 70)

@@ -9,7 +9,7 @@ Training views (`resample=True`) are resized by DALI: bicubic without antialiasi
 official cv2.INTER_CUBIC, but DALI's cubic is Catmull-Rom (a = -0.5, cv2 uses -0.75) and its
 output is rounded to uint8, a difference that does not matter under random crops and
 perturbations. Inference batches (`resample=False`) must match the official preprocessing, so
-DALI only decodes and `resample.resample_box` resamples each image on the same device: equal to
+DALI only decodes and `resample.BatchResampler` resamples each image on the same device: equal to
 `models.transforms.preprocess` to float rounding.
 
 Only this module imports `nvidia.dali`.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from .augment import CONTRAST_CENTER, gaussian_kernel
 from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .geometry import dali_roi
 from .jobs import ImageJob
-from .resample import normalise, resample_box
+from .resample import BatchResampler
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +122,19 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(tensor_list.as_array())  # as_array() returns a fresh copy
 
 
-def _resampled(tensor_list, jobs: Sequence[ImageJob], device: torch.device) -> torch.Tensor:
-    """Decoded DALI images (H, W, 3) uint8 -> (B, 3, h, w) float32 normalised, each resampled
-    to its job's box on `device` by the exact filter of the official preprocessing."""
+def _decoded(tensor_list, n: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """DALI's decoded images as (H, W, 3) uint8 tensors on `device`, one at a time (a CUDA
+    copy is queued on the stream current when the next one is taken)."""
     if device.type == "cuda":
         from nvidia.dali.plugin.pytorch import feed_ndarray
-    views = []
-    for k, job in enumerate(jobs):
+    for k in range(n):
         if device.type == "cuda":
             sample = tensor_list[k]
             rgb = torch.empty(sample.shape(), dtype=torch.uint8, device=device)
             feed_ndarray(sample, rgb, cuda_stream=torch.cuda.current_stream(device))
+            yield rgb
         else:
-            rgb = torch.from_numpy(tensor_list.at(k))  # at() returns a fresh copy
-        views.append(normalise(resample_box(rgb, job.box)))
-    return torch.stack(views)
+            yield torch.from_numpy(tensor_list.at(k))  # at() returns a fresh copy
 
 
 class DaliRunner:
@@ -163,7 +161,8 @@ class DaliRunner:
             batch_size=batch_size, num_threads=num_threads, device_id=device_id, strong=strong,
             prefetch=prefetch, resample=resample,
         )
-        self.resample = resample
+        # Inference batches: DALI decodes, the official filter resamples on `device`.
+        self.resampler = None if resample else BatchResampler(device)
         self.device_id = device_id
         self.pipe = self._build()
         self.primed = False
@@ -185,7 +184,7 @@ class DaliRunner:
         feeds: dict[str, list[np.ndarray]] = {
             "encoded": [np.frombuffer(j.encoded, np.uint8) for j in jobs]
         }
-        if self.resample:
+        if self.resampler is None:
             feeds["size"] = [np.array([j.box.out_h, j.box.out_w], np.float32) for j in jobs]
             feeds["roi_start"], feeds["roi_end"] = [], []
             for j in jobs:
@@ -225,8 +224,9 @@ class DaliRunner:
             jobs, discard = self.in_flight.popleft()
             if discard:
                 continue
-            if not self.resample:
-                return [_resampled(outputs[0], jobs, self.device)], jobs
+            if self.resampler is not None:
+                images = _decoded(outputs[0], len(jobs), self.device)
+                return [self.resampler(images, [j.box for j in jobs])], jobs
             return [_to_torch(o, self.device) for o in outputs], jobs
         return None
 

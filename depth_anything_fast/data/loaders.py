@@ -86,9 +86,10 @@ class _Loader:
     perturbed view as views[1].
     """
 
-    # DALI resizes training views itself (fast, its own cubic filter); inference batches are
-    # resampled exactly as the official preprocessing after DALI decodes them.
-    dali_resamples = True
+    # Training views are resized by the backend (DALI: fast, its own cubic filter). Inference
+    # batches (`exact_resample`) must equal the official preprocessing: DALI only decodes them,
+    # and on a CUDA device PIL does too; the official filter then resamples on the device.
+    exact_resample = False
 
     def __init__(
         self, *, n_items: int, batch_size: int, shard_id: int, num_shards: int, seed: int,
@@ -112,7 +113,7 @@ class _Loader:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         # "auto" takes DALI where it gains: its own resize, or decoding on the GPU
         self.backend = resolve_backend(
-            backend, prefer_dali=self.dali_resamples or self.device.type == "cuda"
+            backend, prefer_dali=not self.exact_resample or self.device.type == "cuda"
         )
         self.num_threads = num_threads
         self.shuffle = shuffle
@@ -159,13 +160,14 @@ class _Loader:
             return DaliRunner(
                 batch_size=self.batch_size, num_threads=self.num_threads, device=self.device,
                 strong=self.strong, prefetch=self.prefetch, on_error=self.on_error,
-                resample=self.dali_resamples,
+                resample=not self.exact_resample,
             )
         from .pil_pipelines import PilRunner
 
         return PilRunner(
             num_threads=self.num_threads, device=self.device, prefetch=self.prefetch,
             on_error=self.on_error,
+            resample_on_device=self.exact_resample and self.device.type == "cuda",
         )
 
     def _skip(self, path: str, reason: str) -> None:
@@ -336,7 +338,7 @@ class UnlabelledLoader(_Loader):
 class InferenceLoader(_Loader):
     """Resized whole images, batched by output shape; see `inference_loader`."""
 
-    dali_resamples = False
+    exact_resample = True
 
     def __init__(
         self, paths: Sequence[str], *, input_size: int, resize: str, **kwargs: Any
@@ -471,10 +473,11 @@ def inference_loader(
     ImageNet-normalised, "paths": list[str], "sizes": list[(H0, W0)] original sizes}. Every
     readable file of this shard appears exactly once; the others go to `on_error`.
 
-    Each image equals `preprocess` of it to float rounding with either backend (DALI only
-    decodes; the official bicubic filter resamples on `device`), up to the JPEG decoder: on
-    the GPU, nvJPEG's may differ from libjpeg-turbo's by a code value. backend="auto" takes
-    DALI only for a CUDA `device` (decoding on the GPU), PIL otherwise.
+    Each image equals `preprocess` of it to float rounding with either backend, up to the JPEG
+    decoder (on the GPU, nvJPEG's may differ from libjpeg-turbo's by a code value). For a CUDA
+    `device` both backends only decode (PIL into pinned memory) and the official bicubic filter
+    resamples on the GPU on a stream of its own; on the CPU, PIL resamples in its threads.
+    backend="auto" takes DALI only for a CUDA `device` (decoding on the GPU), PIL otherwise.
     """
     return InferenceLoader(
         list_images(paths), input_size=input_size, resize=resize, batch_size=batch_size,

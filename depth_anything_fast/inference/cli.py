@@ -60,7 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--original-size", action="store_true", help="store at the input's size, not the network's"
     )
-    p.add_argument("--num-workers", type=int, default=2, help="decode threads")
+    p.add_argument(
+        "--num-workers", type=int, default=None,
+        help="decode threads (default: on CUDA this rank's share of the cores, at most 16; "
+        "else 2)",
+    )
     p.add_argument("--writer-threads", type=int, default=2)
     p.add_argument("--backend", choices=("auto", "dali", "pil"), default="auto")
     p.add_argument("--verify-checksum", action="store_true", help="checksum outputs when resuming")

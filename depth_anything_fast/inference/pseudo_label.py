@@ -113,7 +113,7 @@ class Options:
     resize: str = "keep-aspect"
     format: str = "png16"
     original_size: bool = False
-    num_workers: int = 2  # loader decode threads
+    num_workers: int | None = None  # loader decode threads; None: `default_num_workers`
     writer_threads: int = 2
     backend: str = "auto"  # loader backend: auto | dali | pil
     device: str | None = None
@@ -134,6 +134,16 @@ def distributed_rank() -> tuple[int, int, int]:
     if not 0 <= rank < world:
         raise ValueError(f"invalid RANK={rank} for WORLD_SIZE={world}")
     return rank, world, local
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Decode threads for a rank: on CUDA its share of this machine's cores (at most 16), as
+    decoding must keep pace with the GPU; on the CPU 2, leaving the cores to the model."""
+    if device.type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(2, min(16, (cores or 2) // max(1, local_ranks)))
 
 
 def combine_summaries(summary: Summary) -> Summary:
@@ -461,7 +471,11 @@ def pseudo_label(
                 num_shards=1,
                 backend=opts.backend,
                 device=predictor.device,  # on CUDA, DALI decodes JPEGs on the GPU
-                num_threads=opts.num_workers,
+                num_threads=(
+                    opts.num_workers
+                    if opts.num_workers is not None
+                    else default_num_workers(predictor.device)
+                ),
                 prefetch=opts.prefetch,
                 on_error=lambda path, reason: errors.add(path, reason, "decode"),
             )
