@@ -237,6 +237,17 @@ def test_nan_loss_stops_naming_step_and_sources(tiny_data, tmp_path: Path, monke
     assert (tmp_path / "checkpoints" / "step_00000001").is_dir()
 
 
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from depth_anything_fast.train.config import DistConfig
+    from depth_anything_fast.train.distributed import init_distributed
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1 but 1 CUDA device\(s\) are visible"):
+        init_distributed(DistConfig())
+
+
 def test_reduce_step_single_process() -> None:
     assert reduce_step(torch.tensor(2.5), False) == (2.5, False, False)
     assert reduce_step(torch.tensor(2.5), True) == (2.5, False, True)
@@ -320,7 +331,9 @@ def test_two_process_fsdp_matches_one_process(tiny_data, tmp_path: Path) -> None
     """Same global batch (4 images: 1 x 4 vs 2 ranks x 2, same sampler order and crops):
     step 1 (identical weights) must agree to float rounding, later steps within 1e-3 (Adam
     turns rounding-level gradient differences into parameter differences)."""
-    common = ["steps=3", "checkpoint_every=0", "export=false", "optim.lr=1e-4"]
+    # gloo on the CPU for both runs, also on a GPU machine (two ranks need two GPUs for NCCL)
+    common = ["steps=3", "checkpoint_every=0", "export=false", "optim.lr=1e-4",
+              "dist.backend=gloo"]
     one = _run(_train_args(_overrides("teacher", tiny_data, tmp_path / "one", *common,
                                       "data.batch_size=4")))
     two_args = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -38,6 +38,13 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and cfg.backend != "gloo"
     if use_cuda:
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but {visible} CUDA device(s) are visible: start one "
+                f"process per GPU (torchrun --nproc-per-node={visible}), or set "
+                "dist.backend=gloo to train on the CPU"
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -1,0 +1,181 @@
+"""Markdown summary of pytest-benchmark JSON files, with the issues' speed targets checked.
+
+    python benchmarks/report.py benchmarks/results/losses_gpu.json [...] > summary.md
+
+One table per file: each group's rows with mean/min time, speed-up against the group's baseline
+(the eager reference, transformers, or the official-style loop), and the `extra_info` figures
+the benchmarks record (GB/s, images/s, peak memory, GPU busy). Then the targets that apply to
+the groups present, each with the measured value and whether it is met:
+
+* losses: on CUDA fused >= 5x eager and >= 2x compiled, fused GB/s > 50% of the copy
+  bandwidth; on the CPU the C++ fwd+bwd >= 3x eager.
+* model (CUDA): best bf16 batched throughput of ours >= 3x transformers fp32 batch 1;
+  sdpa within 10% of the fastest attention backend.
+* inference (CUDA): pseudo-label >= 10x the official-style loop (vitl); GPU busy > 85%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# The row each group's speed-ups are measured against.
+BASELINES = ("eager", "reference eager", "transformers", "official-loop", "math")
+EXTRA_COLUMNS = {
+    "GB/s": "GB/s",
+    "images_per_s": "images/s",
+    "peak_MiB": "peak MiB",
+    "peak_mem_mb": "peak MB",
+    "peak_memory_mb": "peak MB",
+    "gpu_busy": "GPU busy",
+}
+
+
+def _impl(bench: dict[str, Any]) -> str:
+    """The varying implementation of a row: the `impl` parameter, or the test id's last part."""
+    params = bench.get("params") or {}
+    if "impl" in params:
+        label = str(params["impl"])
+        if "compiled" in params:  # bench_train: impl x compiled
+            label += " compiled" if params["compiled"] else " eager"
+        return label
+    if "backend" in params:
+        return str(params["backend"])
+    return bench["name"].split("[")[-1].rstrip("]")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def header(data: dict[str, Any]) -> list[str]:
+    info = data.get("machine_info", {})
+    cpu = info.get("cpu", {}).get("brand_raw", "?")
+    gpu = info.get("gpu") or "none"
+    versions = [
+        f"{name} {info[name]}" for name in ("torch", "triton", "transformers", "cuda")
+        if info.get(name)
+    ]
+    versions.append(f"Python {info.get('python_version', '?')}")
+    threads = f" (torch threads: {info['torch_threads']})" if "torch_threads" in info else ""
+    commit = data.get("commit_info", {}).get("id", "?")[:10]
+    return [
+        f"- GPU: {gpu}; CPU: {cpu}{threads}",
+        f"- {', '.join(versions)}",
+        f"- commit {commit}, recorded {data.get('datetime', '?')}",
+    ]
+
+
+def table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    extras = [k for k in EXTRA_COLUMNS if any(k in b.get("extra_info", {}) for b in benchmarks)]
+    lines = [
+        "| group | impl | mean ms | min ms | speed-up vs baseline | "
+        + " | ".join(EXTRA_COLUMNS[k] for k in extras) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(extras),
+    ]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for bench in benchmarks:
+        groups.setdefault(bench["group"] or bench["name"], []).append(bench)
+    for group, rows in groups.items():
+        base = next((r for r in rows if _impl(r) in BASELINES), None)
+        for row in rows:
+            mean = row["stats"]["mean"]
+            speedup = f"{base['stats']['mean'] / mean:.2f}x" if base else "-"
+            cells = [_fmt(row.get("extra_info", {}).get(k, "")) for k in extras]
+            lines.append(
+                f"| {group} | {_impl(row)} | {_fmt(mean * 1e3)} | {_fmt(row['stats']['min'] * 1e3)} "
+                f"| {speedup} | " + " | ".join(cells) + " |"
+            )
+    return lines
+
+
+def _by(benchmarks: list[dict[str, Any]], group: str, impl: str) -> dict[str, Any] | None:
+    return next((b for b in benchmarks if b["group"] == group and _impl(b) == impl), None)
+
+
+def targets(benchmarks: list[dict[str, Any]], gpu: bool) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for the targets whose groups are present. `gpu`: the file was
+    recorded with a GPU (the model, attention and inference targets are GPU targets)."""
+    out: list[tuple[str, str, bool]] = []
+    copy = next((b for b in benchmarks if b["group"] == "copy bandwidth cuda"), None)
+    copy_gbs = copy["extra_info"]["GB/s"] if copy else None
+    for group in sorted({b["group"] for b in benchmarks}):
+        fused, eager = _by(benchmarks, group, "fused"), _by(benchmarks, group, "eager")
+        if not (fused and eager):
+            continue  # not a loss group
+        t, device = fused["stats"]["mean"], group.split()[1]
+        if device == "cpu":
+            if group.endswith("fwd+bwd"):
+                ratio = eager["stats"]["mean"] / t
+                out.append((f"{group}: C++ >= 3x eager", f"{ratio:.1f}x", ratio >= 3))
+            continue
+        out.append((f"{group}: fused >= 5x eager", f"{eager['stats']['mean'] / t:.1f}x",
+                    eager["stats"]["mean"] / t >= 5))
+        compiled = _by(benchmarks, group, "compiled")
+        if compiled:
+            out.append((f"{group}: fused >= 2x compiled",
+                        f"{compiled['stats']['mean'] / t:.1f}x", compiled["stats"]["mean"] / t >= 2))
+        if copy_gbs:
+            share = fused["extra_info"]["GB/s"] / copy_gbs
+            out.append((f"{group}: fused > 50% of copy bandwidth ({copy_gbs:.0f} GB/s)",
+                        f"{100 * share:.0f}%", share > 0.5))
+    if not gpu:
+        return out
+    forward = [b for b in benchmarks if b["group"].startswith("forward ")]
+    for encoder in sorted({b["group"].split()[1] for b in forward}):
+        mine = [b for b in forward if b["group"].split()[1] == encoder]
+        base = next((b for b in mine if _impl(b) == "transformers"
+                     and re.search(r"batch 1 fp32 eager", b["group"])), None)
+        best = max((b for b in mine if _impl(b) == "ours" and " bf16 " in b["group"]
+                    and not re.search(r"batch 1 ", b["group"])),
+                   key=lambda b: b["extra_info"]["images_per_s"], default=None)
+        if base and best:
+            ratio = best["extra_info"]["images_per_s"] / base["extra_info"]["images_per_s"]
+            out.append((f"{encoder}: bf16 batched >= 3x transformers fp32 batch 1",
+                        f"{ratio:.1f}x ({best['group']})", ratio >= 3))
+    for group in sorted({b["group"] for b in benchmarks if b["group"].startswith("attention ")}):
+        rows = [b for b in benchmarks if b["group"] == group]
+        sdpa = _by(rows, group, "sdpa")
+        if sdpa:
+            fastest = min(b["stats"]["mean"] for b in rows)
+            ratio = sdpa["stats"]["mean"] / fastest
+            out.append((f"{group}: sdpa within 10% of the fastest", f"{ratio:.2f}x",
+                        ratio <= 1.1))
+    for group in sorted({b["group"] for b in benchmarks if b["group"].startswith("inference ")}):
+        loop, ours = _by(benchmarks, group, "official-loop"), _by(benchmarks, group, "pseudo-label")
+        if loop and ours:
+            ratio = loop["stats"]["mean"] / ours["stats"]["mean"]
+            goal = 10 if " vitl " in group else None
+            out.append((f"{group}: pseudo-label vs official loop" + (" >= 10x" if goal else ""),
+                        f"{ratio:.1f}x", ratio >= goal if goal else True))
+            busy = ours["extra_info"].get("gpu_busy")
+            if busy is not None:
+                out.append((f"{group}: pseudo-label GPU busy > 85%", f"{100 * busy:.0f}%",
+                            busy > 0.85))
+    return out
+
+
+def report(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [f"## {path.name}", "", *header(data), "", *table(data["benchmarks"])]
+    checks = targets(data["benchmarks"], gpu=bool(data.get("machine_info", {}).get("gpu")))
+    if checks:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {name} | {value} | {'yes' if met else 'NO'} |" for name, value, met in checks]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path, help="pytest-benchmark JSON files")
+    args = parser.parse_args(argv)
+    print("\n".join(report(path) for path in args.files))
+
+
+if __name__ == "__main__":
+    main()
