@@ -193,15 +193,16 @@ def test_pseudo_label_on_cuda(tiny: tuple[DepthAnything, Path], tmp_path: Path, 
         _assert_close(outputs["bf16"][path], pred, 0.1)
 
 
-def test_default_decode_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    from depth_anything_fast.inference.pseudo_label import default_num_workers
+def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from depth_anything_fast.inference.pseudo_label import default_threads
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    for cores, local_ranks, expected in [(16, 1, 16), (64, 1, 16), (16, 4, 4), (2, 8, 2)]:
+    for cores, local_ranks, expected in [(16, 1, (16, 8)), (64, 1, (16, 8)), (16, 4, (4, 2)),
+                                         (2, 8, (2, 2))]:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_ranks))
-        assert default_num_workers(cuda) == expected, (cores, local_ranks)
-        assert default_num_workers(cpu) == 2  # the CPU's cores go to the model
+        assert default_threads(cuda) == expected, (cores, local_ranks)
+        assert default_threads(cpu) == (2, 2)  # the CPU's cores go to the model
 
 
 def test_pseudo_label_png16_and_webdataset_network_size(

@@ -65,7 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="decode threads (default: on CUDA this rank's share of the cores, at most 16; "
         "else 2)",
     )
-    p.add_argument("--writer-threads", type=int, default=2)
+    p.add_argument(
+        "--writer-threads", type=int, default=None,
+        help="encode/write threads (default: on CUDA half the decode threads; else 2)",
+    )
     p.add_argument("--backend", choices=("auto", "dali", "pil"), default="auto")
     p.add_argument("--verify-checksum", action="store_true", help="checksum outputs when resuming")
     p.add_argument("--no-progress", action="store_true")
