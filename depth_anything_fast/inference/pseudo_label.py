@@ -1,10 +1,11 @@
 """The pseudo-labelling engine: list -> shard -> skip finished -> load -> predict -> write.
 
 Pipeline (one process per rank):
-  * the data loader (DALI or PIL, threads) decodes and resizes with aspect-ratio bucketing, and a
-    prefetch thread keeps up to `prefetch` batches ready (pinned when the device is CUDA);
-  * the main thread only launches work: host->device copy, autocast forward, optional
-    resize to the original size, and a non-blocking device->host copy with a CUDA event;
+  * the data loader (DALI or PIL, threads) decodes and resizes with aspect-ratio bucketing,
+    making batches on the model's device (on CUDA the resize runs there), and a prefetch thread
+    keeps up to `prefetch` batches ready;
+  * the main thread only launches work: autocast forward, optional resize to the original
+    size, and a non-blocking device->host copy with a CUDA event;
   * writer threads wait on that event, encode (16-bit PNG / .npy / tar member), write atomically
     and append the manifest line, so the device never waits for encoding or disk.
 
@@ -253,11 +254,11 @@ class _Prefetcher:
 
     _END = object()
 
-    def __init__(self, source: Iterable[Any], depth: int, transform: Callable[[Any], Any]) -> None:
+    def __init__(self, source: Iterable[Any], depth: int) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(source, transform), name="daf-prefetch", daemon=True
+            target=self._run, args=(source,), name="daf-prefetch", daemon=True
         )
         self._thread.start()
 
@@ -270,10 +271,10 @@ class _Prefetcher:
                 continue
         return False
 
-    def _run(self, source: Iterable[Any], transform: Callable[[Any], Any]) -> None:
+    def _run(self, source: Iterable[Any]) -> None:
         try:
             for item in source:
-                if not self._put(transform(item)):
+                if not self._put(item):
                     return
         except BaseException as exc:  # handed to the consumer thread
             self._put(exc)
@@ -454,12 +455,7 @@ def pseudo_label(
 
         return job
 
-    pin = predictor.device.type == "cuda"
-
-    def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
-        if pin and batch["image"].device.type == "cpu":
-            batch["image"] = batch["image"].pin_memory()
-        return batch
+    pin = predictor.device.type == "cuda"  # outputs come back through pinned host memory
 
     stop = _StopFlag(opts.handle_signals)
     progress = None
@@ -486,7 +482,7 @@ def pseudo_label(
             )
             # The loader's generator (reading, probing, submitting) would otherwise run on this
             # thread between forward passes; on its own thread it overlaps with the model.
-            prefetcher = _Prefetcher(loader, opts.prefetch, pin_batch)
+            prefetcher = _Prefetcher(loader, opts.prefetch)
         for batch in prefetcher or ():
             if stop.is_set:
                 break
