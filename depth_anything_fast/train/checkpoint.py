@@ -38,6 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -320,11 +321,12 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {path} was written by {state.get('world_size')} processes, this run "
             f"has {info.world_size}: resume with the same world size")
+    # read (and vet) the metadata here: inside dcp.load a refusal comes back wrapped and retold
+    SafeFileSystemReader(str(path)).read_metadata()
     model_state, optim_state = get_state_dict(model, optimizer)
-    reader = SafeFileSystemReader(str(path))
     try:
         with _single_process_quiet():
-            dcp.load({"model": model_state}, storage_reader=reader)
+            dcp.load({"model": model_state}, storage_reader=SafeFileSystemReader(str(path)))
         # Partial for the optimiser only: parameters that never received a gradient (e.g. the
         # DPT head's unused refinenet4.resConfUnit1) have no AdamW state in the file, while
         # get_state_dict creates one for every parameter; those keep their fresh (unused) state.
@@ -332,11 +334,13 @@ def load_checkpoint(
         with _single_process_quiet():
             dcp.load(optim_wrapped, storage_reader=SafeFileSystemReader(str(path)),
                      planner=DefaultLoadPlanner(allow_partial_load=True))
-    except CheckpointError:
-        raise
-    except Exception as err:  # DCP wraps per-rank failures (truncated data files) in its own
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from err
+    except CheckpointException as err:  # per-rank failures, e.g. a truncated data file
+        reasons = sorted({f"{type(exc).__name__}: {exc}".rstrip(": ")
+                          for exc, _ in err.failures.values()})
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): "
+                              + "; ".join(reasons)) from None
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from None
     set_state_dict(model, optimizer, model_state_dict=model_state,
                    optim_state_dict=optim_wrapped["optim"])
     set_rng_state(state.pop("rng"))

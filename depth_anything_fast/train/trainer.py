@@ -350,7 +350,7 @@ class Trainer:
             run.model.train()
             tick = time.perf_counter()
             while run.step < cfg.steps:
-                terminate = self.train_step(run, stop.requested)
+                terminate = self.train_step(run, stop)
                 now = time.perf_counter()
                 self._after_step(run, logger, bar, now - tick)
                 tick = now
@@ -369,7 +369,7 @@ class Trainer:
         return {"status": status, "step": run.step, "loss": run.last_loss,
                 "export": str(export) if export else None}
 
-    def train_step(self, run: _RunState, stop_requested: bool) -> bool:
+    def train_step(self, run: _RunState, stop: StopSignals) -> bool:
         """One optimiser step. Returns whether any rank asked to stop (a signal); raises
         NonFiniteLossError after saving the state before this step."""
         cfg, info = self.cfg, run.info
@@ -377,7 +377,7 @@ class Trainer:
         with autocast_context(cfg.dist, info, run.fsdp):
             loss, parts = self._stage_loss(run.model, batches, run.frozen, info, run.step)
         # a signal (on any rank) is acted on after this step: checkpoint and stop
-        mean_loss, nonfinite, terminate = reduce_step(loss, stop_requested)
+        mean_loss, nonfinite, terminate = reduce_step(loss, stop.requested)
         if nonfinite:
             self._checkpoint(run)
             sources = [p for b in batches.values() for p in b.get("paths", [])]
