@@ -243,3 +243,278 @@ def test_launch_env_names_the_bad_variable() -> None:
         launch_env({"WORLD_SIZE": "two"})
     with pytest.raises(ValueError, match="invalid RANK=2 for WORLD_SIZE=2"):
         launch_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+# ------------------------------------------------------------------------------ inference
+def _tiny_model(seed: int):
+    from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+
+    torch.manual_seed(seed)
+    config = DepthAnythingConfig.preset("vits", embed_dim=32, depth=4, num_heads=2, features=16,
+                                        out_channels=(8, 16, 32, 32))
+    model = DepthAnything(config=config).eval()
+    with torch.no_grad():
+        model.head.scratch.output_conv2[2].bias.fill_(1.0)  # a map that is not all zeros
+    return model
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """12 small JPEGs (two sizes) in a folder, and two tiny models' weights beside it."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("faults_photos")
+    (root / "src").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        size = (42, 56) if i % 2 else (56, 42)
+        pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "src" / f"p{i:02d}.jpg")
+    _tiny_model(1).save_pretrained(root / "weights_a.safetensors")
+    _tiny_model(2).save_pretrained(root / "weights_b.safetensors")
+    return root
+
+
+PL = {"input_size": 42, "batch_size": 4, "precision": "fp32", "device": "cpu",
+      "handle_signals": False}
+
+
+def _label(photos: Path, weights: Path, out: Path, src: Path | str | None = None, **kw):
+    from depth_anything_fast.inference.pseudo_label import pseudo_label
+
+    return pseudo_label(weights, src or photos / "src", out, **{**PL, **kw})
+
+
+def test_changed_weights_are_refused_or_overwritten(photos, tmp_path) -> None:
+    from depth_anything_fast.inference.manifest import read_all_records
+
+    weights, out = tmp_path / "w.safetensors", tmp_path / "labels"
+    shutil.copy(photos / "weights_a.safetensors", weights)
+    assert _label(photos, weights, out).succeeded == 12
+    old = read_all_records(out)
+    shutil.copy(photos / "weights_b.safetensors", weights)  # new weights, same path
+    with pytest.raises(ValueError, match=r"holds labels made by other weights .*sha256:.*"
+                                         r"--overwrite"):
+        _label(photos, weights, out)
+    summary = _label(photos, weights, out, overwrite=True)
+    assert (summary.succeeded, summary.skipped) == (12, 0)
+    new = read_all_records(out)
+    assert len(new) == 12 and all(new[k].checksum != old[k].checksum for k in new)
+    assert sum(1 for _ in (out / "manifest.jsonl").open()) == 12  # the old lines are gone
+    # same weights under another path: content decides, everything is skipped
+    moved = tmp_path / "moved.safetensors"
+    shutil.copy(weights, moved)
+    assert _label(photos, moved, out).skipped == 12
+
+
+def test_second_run_into_the_same_folder_is_refused(photos, tmp_path) -> None:
+    from depth_anything_fast.inference.pseudo_label import _OutputLock
+
+    out = tmp_path / "labels"
+    out.mkdir()
+    held = _OutputLock(out, 0)  # another run holding rank 0's lock
+    try:
+        with pytest.raises(ValueError, match=r"another pseudo-label run \(pid \d+\) is writing"):
+            _label(photos, photos / "weights_a.safetensors", out)
+    finally:
+        held.release()
+    assert _label(photos, photos / "weights_a.safetensors", out).succeeded == 12
+
+
+def _spy_model_runs(monkeypatch) -> list[int]:
+    from depth_anything_fast.inference.predictor import Predictor
+
+    calls: list[int] = []
+    real = Predictor.predict_tensor
+    monkeypatch.setattr(Predictor, "predict_tensor",
+                        lambda self, batch: calls.append(len(batch)) or real(self, batch))
+    return calls
+
+
+def test_unusable_output_is_a_usage_error_before_the_model_runs(photos, tmp_path, capsys,
+                                                                  monkeypatch) -> None:
+    import errno
+
+    from depth_anything_fast.cli import main
+
+    runs = _spy_model_runs(monkeypatch)
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    weights = str(photos / "weights_a.safetensors")
+    for output, message in ((a_file, "exists and is not a directory"),
+                            (a_file / "sub", "is a file, not a directory")):
+        assert main(["pseudo-label", "--weights", weights, "--input", str(photos / "src"),
+                     "--output", str(output), "--device", "cpu", "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert main(["predict", "--weights", weights, str(photos / "src"), "--outdir",
+                     str(output), "--device", "cpu", "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    # a read-only file system (injected: the probe write fails with EROFS)
+    real_write = Path.write_bytes
+
+    def read_only(self, data):
+        if ".write-probe" in self.name:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(ValueError, match="cannot write there \\(Read-only file system\\)"):
+        _label(photos, photos / "weights_a.safetensors", tmp_path / "ro")
+    assert runs == []
+
+
+def _fill_disk_after(monkeypatch, allowed: int, suffix: str = ".png") -> None:
+    """os.replace of the writers fails with ENOSPC after `allowed` outputs."""
+    import errno
+    import threading
+
+    from depth_anything_fast.inference import writers
+
+    real, lock, done = os.replace, threading.Lock(), [0]
+
+    def replace(src, dst):
+        if str(dst).endswith(suffix):
+            with lock:
+                done[0] += 1
+                if done[0] > allowed:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(writers.os, "replace", replace)
+
+
+def _temporaries(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*.tmp")]
+
+
+def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, monkeypatch) -> None:
+    from depth_anything_fast.cli import main
+    from depth_anything_fast.inference.manifest import finished_records, read_all_records
+
+    runs = _spy_model_runs(monkeypatch)
+    _fill_disk_after(monkeypatch, allowed=2)
+    out = tmp_path / "labels"
+    code = main(["pseudo-label", "--weights", str(photos / "weights_a.safetensors"), "--input",
+                 str(photos / "src"), "--output", str(out), "--device", "cpu", "--precision",
+                 "fp32", "--input-size", "42", "--batch-size", "1", "--writer-threads", "1",
+                 "--num-workers", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 3, captured
+    assert "No space left on device" in captured.err and "stopped (" in captured.out
+    assert "2 succeeded" in captured.out
+    assert sum(runs) < 12  # stopped, not run over the whole collection
+    assert _temporaries(out) == []
+    assert (out / "errors.jsonl").read_text() == ""  # not counted as failed inputs
+    assert len(finished_records(out)) == len(read_all_records(out)) == 2
+    monkeypatch.undo()  # room again: the rerun resumes
+    summary = _label(photos, photos / "weights_a.safetensors", out)
+    assert (summary.skipped, summary.succeeded, summary.exit_code) == (2, 10, 0)
+
+
+def test_full_disk_stops_predict(photos, tmp_path, capsys, monkeypatch) -> None:
+    from depth_anything_fast.cli import main
+
+    _fill_disk_after(monkeypatch, allowed=1)
+    out = tmp_path / "vis"
+    code = main(["predict", "--weights", str(photos / "weights_a.safetensors"),
+                 str(photos / "src"), "--outdir", str(out), "--device", "cpu", "--input-size",
+                 "42", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 3 and "No space left on device" in err and "stopped after" in err
+    assert _temporaries(out) == []
+
+
+def test_listing_faults_are_recorded_with_absolute_paths(photos, tmp_path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(photos / "src", src)
+    (src / "anim.gif").write_bytes(b"GIF89a")
+    (src / "notes.txt").write_text("x")
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    monkeypatch.chdir(tmp_path)
+    summary = _label(photos, photos / "weights_a.safetensors", Path("out_dir"), src="src")
+    assert (summary.succeeded, summary.failed, summary.unsupported) == (12, 1, 2)
+    errors = [json.loads(line) for line in (tmp_path / "out_dir/errors.jsonl").open()]
+    assert all(os.path.isabs(e["input"]) for e in errors)
+    assert {Path(e["input"]).name: e["stage"] for e in errors} == {
+        "anim.gif": "list", "notes.txt": "list", "broken.jpg": "decode"}
+    assert "unsupported files skipped" in summary.line()
+    # a list file naming a missing image: reported and skipped, the rest is labelled
+    (tmp_path / "list.txt").write_text("src/p00.jpg\nsrc/gone.jpg\nsrc/p01.jpg\n")
+    summary = _label(photos, photos / "weights_a.safetensors", Path("out_list"), src="list.txt")
+    assert (summary.succeeded, summary.failed, summary.exit_code) == (2, 1, 1)
+    (line,) = (tmp_path / "out_list/errors.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"input": str(tmp_path / "src/gone.jpg"),
+                                "reason": "file not found (listed in the input)", "stage": "list"}
+
+
+def test_model_flags_device_and_precision_messages(photos, tmp_path, caplog, monkeypatch,
+                                                   capsys) -> None:
+    from depth_anything_fast.cli import main
+    from depth_anything_fast.inference import predictor
+
+    # a name that says nothing about the version: warned in CLI words, --version settles it
+    weights = tmp_path / "model.safetensors"
+    _tiny_model(1).save_pretrained(weights)
+    raw = tmp_path / "raw.pth"
+    from depth_anything_fast.models import DepthAnything
+
+    torch.save({k.replace("encoder.", "pretrained.").replace("head.", "depth_head.", 1): v
+                for k, v in DepthAnything.from_pretrained(weights).state_dict().items()}, raw)
+    # (a custom width: the head count stops it after the warning)
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="number of heads"):
+        DepthAnything.from_pretrained(raw)
+    assert "--version v1 on the command line" in caplog.text
+    out = tmp_path / "labels"
+    assert main(["pseudo-label", "--weights", str(weights), "--input", str(photos / "src"),
+                 "--output", str(out), "--version", "v1", "--device", "cpu", "--input-size",
+                 "42", "--no-progress"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["model"]["version"] == "v1"
+    assert "images/s" in capsys.readouterr().out
+    assert main(["predict", "--weights", str(weights), str(photos / "src" / "p00.jpg"),
+                 "--outdir", str(tmp_path / "vis"), "--device", "cpu", "--input-size", "42",
+                 "--no-progress"]) == 0
+    assert "images/s" in capsys.readouterr().out  # speed reported
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: (this torch build has no CUDA "
+                                             "support|no CUDA GPU is visible)"):
+            predictor.resolve_device("cuda")
+        assert main(["predict", "--weights", str(weights), str(photos / "src"), "--outdir",
+                     str(tmp_path / "v2"), "--device", "cuda", "--no-progress"]) == 2
+        assert "use --device cpu" in capsys.readouterr().err
+    monkeypatch.setattr(predictor, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert predictor.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert "without native bf16" in caplog.text
+
+
+def test_bad_checkpoints_are_named_without_unsafe_advice(tmp_path) -> None:
+    from depth_anything_fast.models import DepthAnything
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match="junk.pth: truncated or corrupt") as err:
+        DepthAnything.from_pretrained(junk)
+    assert "weights_only=False" not in str(err.value)
+    one = tmp_path / "one.pth"
+    torch.save({"cls_token": torch.zeros(1, 1, 32)}, one)
+    with pytest.raises(ValueError, match="lacks the encoder tensors"):
+        DepthAnything.from_pretrained(one)
+
+
+def test_ctrl_c_in_the_inference_commands_is_one_line(photos, tmp_path, capsys,
+                                                      monkeypatch) -> None:
+    from depth_anything_fast.cli import main
+    from depth_anything_fast.inference import predict, pseudo_label
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pseudo_label, "pseudo_label", interrupted)
+    monkeypatch.setattr(predict, "predict_files", interrupted)
+    weights = str(photos / "weights_a.safetensors")
+    assert main(["pseudo-label", "--weights", weights, "--input", str(photos / "src"),
+                 "--output", str(tmp_path / "o")]) == 130
+    assert "aborted: the outputs written are complete" in capsys.readouterr().err
+    assert main(["predict", "--weights", weights, str(photos / "src")]) == 130
+    assert "interrupted: the images written are complete" in capsys.readouterr().err

@@ -252,7 +252,8 @@ def check_unique_names(names: list[str]) -> None:
 
 def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Module) -> str:
     """`"sha256:<hex>"` of the weights' content: the file's bytes (a directory: each regular
-    file's name and bytes, sorted), or a model's state dict (names, dtypes, shapes, values)."""
+    file's name and bytes, sorted by name), or a model's state dict (names, dtypes, shapes,
+    values)."""
     digest = hashlib.sha256()
     if isinstance(weights_or_model, torch.nn.Module):
         for name, tensor in weights_or_model.state_dict().items():
@@ -263,7 +264,8 @@ def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Modu
     path = Path(weights_or_model)
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        digest.update(file.name.encode() + b"\0")
+        if path.is_dir():  # the file's own name is not content (a moved file is the same)
+            digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as f:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
