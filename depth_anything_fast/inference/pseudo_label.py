@@ -38,7 +38,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -527,22 +527,24 @@ def _label(
     manifest = Manifest(output_dir / manifest_name(rank, world))
     errors = ErrorLog(output_dir / errors_name(rank, world))
     missing, unsupported = listing
+    start = time.perf_counter()
+    stop = StopSignals(install=opts.handle_signals, what="after the current batch")
     try:
         for path in missing:
             errors.add(path, "file not found (listed in the input)", "list")
         for path in unsupported:
             errors.add(path, f"not a supported image type; supported: {' '.join(IMAGE_EXTS)}",
-                        "list", count=False)
-    except OSError as exc:
+                       "list", count=False)
+        with stop:
+            succeeded, fatal = _predict_and_write(predictor, todo, output_dir, opts, rank,
+                                                  depth_range, manifest, errors, stop)
+    except OSError as exc:  # the errors file could not be written
         if not is_fatal_write_error(exc):
             raise
-    start = time.perf_counter()
-    stop = StopSignals(install=opts.handle_signals, what="after the current batch")
-    with stop:
-        succeeded, fatal = _predict_and_write(predictor, todo, output_dir, opts, rank,
-                                              depth_range, manifest, errors, stop)
-    manifest.close()
-    errors.close()
+        succeeded, fatal = 0, exc
+    finally:
+        manifest.close()
+        errors.close()
     error = None
     if fatal is not None:
         remove_stale_temporaries(output_dir, rank)
@@ -562,6 +564,73 @@ def _label(
     )
 
 
+class _OutputSink:
+    """Encodes and writes predicted maps on background threads (files or tar shards) and
+    appends their manifest lines; `fatal` holds a write error that stops the run."""
+
+    def __init__(self, output_dir: Path, names: dict[str, str], opts: Options, rank: int,
+                 depth_range: float | None, manifest: Manifest, errors: ErrorLog,
+                 threads: int) -> None:
+        self.output_dir, self.names, self.opts, self.rank = output_dir, names, opts, rank
+        self.depth_range, self.manifest = depth_range, manifest
+        self.succeeded = 0
+        self._count_lock, self._tar_lock = threading.Lock(), threading.Lock()
+        self._writer = BackgroundWriter(threads, self._done,
+                                        lambda path, reason: errors.add(path, reason, "write"))
+        self._tar = (TarShardWriter(output_dir, f"shard-r{rank}", self._done, rank=rank,
+                                    max_members=opts.shard_size)
+                     if opts.format == "webdataset" else None)
+        self.fatal: OSError | None = None
+
+    def _done(self, record: ManifestRecord) -> None:
+        self.manifest.add(record)
+        with self._count_lock:
+            self.succeeded += 1
+
+    @property
+    def stopped(self) -> bool:
+        return self.fatal is not None or self._writer.fatal is not None
+
+    def submit(self, path: str, disparity: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+        """Queue the map of input `path` (on the host; `ready` is set once it is there)."""
+        self._writer.submit(path, lambda: self._write(path, disparity, ready))
+
+    def _write(self, path: str, disparity: torch.Tensor,
+               ready: torch.cuda.Event | None) -> ManifestRecord | None:
+        if ready is not None:
+            ready.synchronize()
+        encoded = encode(disparity.numpy(), self.opts.format, self.depth_range)
+        name = self.names[path]
+        record = ManifestRecord(
+            # absolute: the manifest is read back (data.sources) from any working directory
+            input=os.path.abspath(path), output=name, shape=list(encoded.shape),
+            min=encoded.min, max=encoded.max, checksum=checksum(encoded.data),
+            bytes=len(encoded.data), format=self.opts.format,
+        )
+        if self._tar is not None:
+            with self._tar_lock:
+                self._tar.add(name, encoded.data, record)  # reported when the shard closes
+            return None
+        atomic_write(self.output_dir / name, encoded.data, self.rank)
+        return record
+
+    def close(self) -> OSError | None:
+        """Wait for every write; close the open tar shard (dropped after a fatal error).
+        Returns the fatal write error, if any."""
+        self._writer.close()
+        self.fatal = self.fatal or self._writer.fatal
+        if self._tar is not None:
+            try:
+                if self.fatal is None:
+                    self._tar.flush()
+            except OSError as exc:
+                if not is_fatal_write_error(exc):
+                    raise
+                self.fatal = exc
+            self._tar.discard()
+        return self.fatal
+
+
 def _predict_and_write(
     predictor: Predictor,
     todo: list[tuple[str, str]],
@@ -578,55 +647,9 @@ def _predict_and_write(
     from depth_anything_fast.data import inference_loader
     from depth_anything_fast.models.transforms import resize_prediction
 
-    name_of = dict(todo)
-    succeeded = 0
-    count_lock = threading.Lock()
-
-    def on_done(record: ManifestRecord) -> None:
-        nonlocal succeeded
-        manifest.add(record)
-        with count_lock:
-            succeeded += 1
-
-    use_tar = opts.format == "webdataset"
     decode_threads, write_threads = default_threads(predictor.device)
-    if opts.num_workers is not None:
-        decode_threads = opts.num_workers
-    if opts.writer_threads is not None:
-        write_threads = opts.writer_threads
-    writer = BackgroundWriter(write_threads, on_done,
-                              lambda path, reason: errors.add(path, reason, "write"))
-    tar_lock = threading.Lock()
-    tar = TarShardWriter(output_dir, f"shard-r{rank}", on_done, rank=rank,
-                         max_members=opts.shard_size)
-
-    def make_job(
-        path: str, disparity: torch.Tensor, ready: torch.cuda.Event | None
-    ) -> Callable[[], ManifestRecord | None]:
-        def job() -> ManifestRecord | None:
-            if ready is not None:
-                ready.synchronize()
-            encoded = encode(disparity.numpy(), opts.format, depth_range)
-            record = ManifestRecord(
-                # absolute: the manifest is read back (data.sources) from any working directory
-                input=os.path.abspath(path),
-                output=name_of[path],
-                shape=list(encoded.shape),
-                min=encoded.min,
-                max=encoded.max,
-                checksum=checksum(encoded.data),
-                bytes=len(encoded.data),
-                format=opts.format,
-            )
-            if use_tar:
-                with tar_lock:
-                    tar.add(name_of[path], encoded.data, record)  # reported when the shard closes
-                return None
-            atomic_write(output_dir / name_of[path], encoded.data, rank)
-            return record
-
-        return job
-
+    sink = _OutputSink(output_dir, dict(todo), opts, rank, depth_range, manifest, errors,
+                       opts.writer_threads if opts.writer_threads is not None else write_threads)
     pin = predictor.device.type == "cuda"  # outputs come back through pinned host memory
     progress = None
     if opts.progress:
@@ -634,7 +657,6 @@ def _predict_and_write(
 
         progress = tqdm(total=len(todo), unit="img", dynamic_ncols=True, disable=rank != 0)
     prefetcher = None
-    fatal: OSError | None = None
     try:
         if todo:
             loader = inference_loader(
@@ -646,7 +668,7 @@ def _predict_and_write(
                 num_shards=1,
                 backend=opts.backend,
                 device=predictor.device,  # on CUDA, DALI decodes JPEGs on the GPU
-                num_threads=decode_threads,
+                num_threads=opts.num_workers if opts.num_workers is not None else decode_threads,
                 prefetch=opts.prefetch,
                 on_error=lambda path, reason: errors.add(path, reason, "decode"),
             )
@@ -654,7 +676,7 @@ def _predict_and_write(
             # thread between forward passes; on its own thread it overlaps with the model.
             prefetcher = _Prefetcher(loader, opts.prefetch)
         for batch in prefetcher or ():
-            if stop.requested or writer.fatal is not None:
+            if stop.requested or sink.stopped:
                 break
             disparity = predictor.predict_tensor(batch["image"])
             items = [
@@ -674,27 +696,17 @@ def _predict_and_write(
                 ready.record()
                 items = hosts
             for path, item in zip(batch["paths"], items, strict=True):
-                writer.submit(path, make_job(path, item, ready))
+                sink.submit(path, item, ready)
             if progress is not None:
                 progress.update(len(batch["paths"]))
     except OSError as exc:  # the errors file itself could not be written (from the loader)
         if not is_fatal_write_error(exc):
             raise
-        fatal = exc
+        sink.fatal = exc
     finally:
         if prefetcher is not None:
             prefetcher.close()
-        writer.close()
-        fatal = fatal or writer.fatal
-        if use_tar:
-            try:
-                if fatal is None:
-                    tar.flush()
-            except OSError as exc:
-                if not is_fatal_write_error(exc):
-                    raise
-                fatal = exc
-            tar.discard()
         if progress is not None:
             progress.close()
-    return succeeded, fatal
+        fatal = sink.close()
+    return sink.succeeded, fatal
