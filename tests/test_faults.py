@@ -412,6 +412,15 @@ def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, monkeypa
     assert (summary.skipped, summary.succeeded, summary.exit_code) == (2, 10, 0)
 
 
+def test_full_disk_drops_the_open_tar_shard(photos, tmp_path, monkeypatch) -> None:
+    _fill_disk_after(monkeypatch, allowed=0, suffix=".tar")
+    out = tmp_path / "shards"
+    summary = _label(photos, photos / "weights_a.safetensors", out, format="webdataset")
+    assert summary.exit_code == 3 and "No space left on device" in (summary.error or "")
+    assert summary.succeeded == 0 and _temporaries(out) == [] and not list(out.glob("*.tar"))
+    assert (out / "manifest.jsonl").read_text() == ""  # no record for a shard never written
+
+
 def test_full_disk_stops_predict(photos, tmp_path, capsys, monkeypatch) -> None:
     from depth_anything_fast.cli import main
 
