@@ -388,12 +388,17 @@ def _temporaries(root: Path) -> list[str]:
     return [str(p) for p in root.rglob("*.tmp")]
 
 
-def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, monkeypatch) -> None:
+def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, caplog,
+                                              monkeypatch) -> None:
+    from collections import namedtuple
+
     from depth_anything_fast.cli import main
     from depth_anything_fast.inference.manifest import finished_records, read_all_records
 
     runs = _spy_model_runs(monkeypatch)
     _fill_disk_after(monkeypatch, allowed=2)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 0, 3 * 42 * 42 * 3))
     out = tmp_path / "labels"
     code = main(["pseudo-label", "--weights", str(photos / "weights_a.safetensors"), "--input",
                  str(photos / "src"), "--output", str(out), "--device", "cpu", "--precision",
@@ -401,6 +406,7 @@ def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, monkeypa
                  "--num-workers", "1", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 3, captured
+    assert "the run will stop when the disk is full" in caplog.text  # said before it ran
     assert "No space left on device" in captured.err and "stopped (" in captured.out
     assert "2 succeeded" in captured.out
     assert sum(runs) < 12  # stopped, not run over the whole collection
@@ -410,6 +416,17 @@ def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, monkeypa
     monkeypatch.undo()  # room again: the rerun resumes
     summary = _label(photos, photos / "weights_a.safetensors", out)
     assert (summary.skipped, summary.succeeded, summary.exit_code) == (2, 10, 0)
+
+
+def test_no_room_for_one_output_is_a_usage_error(tmp_path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    from depth_anything_fast.inference.writers import make_output_dir
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
+    with pytest.raises(ValueError, match="only 0.0 MB free on its disk, not enough for one"):
+        make_output_dir(tmp_path / "out", min_free=10_000)
 
 
 def test_full_disk_drops_the_open_tar_shard(photos, tmp_path, monkeypatch) -> None:
