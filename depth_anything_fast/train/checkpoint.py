@@ -309,20 +309,20 @@ def _prune(root: Path, step: int, keep: int) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
-) -> dict[str, Any]:
-    """Load model and optimiser state in place, restore the RNGs, and return this rank's
-    trainer state. Raises CheckpointError when a file is unreadable or not plain data, and
-    when the world size differs from the saving run (the data position is per rank)."""
-    path = Path(path)
+def _read_local(path: Path, info: DistInfo) -> dict[str, Any]:
+    """This rank's checks of a checkpoint that need no collective: its state and the
+    metadata (read and vetted here: inside dcp.load a refusal comes back wrapped)."""
     state = read_rank_state(path, info.rank)
     if state.get("world_size") != info.world_size:
         raise CheckpointError(
             f"checkpoint {path} was written by {state.get('world_size')} processes, this run "
             f"has {info.world_size}: resume with the same world size")
-    # read (and vet) the metadata here: inside dcp.load a refusal comes back wrapped and retold
     SafeFileSystemReader(str(path)).read_metadata()
+    return state
+
+
+def _load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Collective: model and optimiser state from the DCP files, in place."""
     model_state, optim_state = get_state_dict(model, optimizer)
     try:
         with _single_process_quiet():
@@ -334,15 +334,25 @@ def load_checkpoint(
         with _single_process_quiet():
             dcp.load(optim_wrapped, storage_reader=SafeFileSystemReader(str(path)),
                      planner=DefaultLoadPlanner(allow_partial_load=True))
-    except CheckpointException as err:  # per-rank failures, e.g. a truncated data file
+    except CheckpointException as err:  # per-rank failures (e.g. a truncated data file),
+        # gathered by DCP so that every rank raises
         reasons = sorted({f"{type(exc).__name__}: {exc}".rstrip(": ")
                           for exc, _ in err.failures.values()})
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): "
                               + "; ".join(reasons)) from None
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from None
     set_state_dict(model, optimizer, model_state_dict=model_state,
                    optim_state_dict=optim_wrapped["optim"])
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+) -> dict[str, Any]:
+    """Collective: load model and optimiser state in place, restore the RNGs, and return this
+    rank's trainer state. Raises CheckpointError when a file is unreadable or not plain data,
+    and when the world size differs from the saving run (the data position is per rank)."""
+    path = Path(path)
+    state = _read_local(path, info)
+    _load_dcp(path, model, optimizer)
     set_rng_state(state.pop("rng"))
     return state
 
@@ -350,26 +360,35 @@ def load_checkpoint(
 def load_newest_readable(
     root: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
 ) -> tuple[Path, dict[str, Any]] | None:
-    """Load the newest checkpoint under ``root`` that every rank can read (``latest`` first);
-    each one skipped is logged with its reason. None when there is no checkpoint; raises
-    CheckpointError listing every reason when none is readable."""
+    """Collective: load the newest checkpoint under ``root`` that every rank can read
+    (``latest`` first); each one skipped is logged with its reason. None when there is no
+    checkpoint; raises CheckpointError listing every reason when none is readable."""
     reasons = []
     for path in resume_candidates(root):
+        state, error = None, None
         try:
-            state = load_checkpoint(path, model, optimizer, info)
-            error = None
+            state = _read_local(path, info)
         except CheckpointError as err:
-            state, error = None, err
-        # every rank resumes from the same checkpoint: one that fails anywhere is skipped
+            error = err
+            if not info.is_main:  # rank 0 only learns that another rank failed
+                log.warning("rank %d: %s", info.rank, err)
+        # every rank goes on to the collective load, or none does
         if all_ranks_agree(error is None):
+            try:
+                _load_dcp(path, model, optimizer)
+            except CheckpointError as err:  # raised on every rank alike
+                error = err
+        elif error is None:
+            error = CheckpointError("unreadable on another rank")
+        if error is None:
+            assert state is not None
+            set_rng_state(state.pop("rng"))
             if reasons and info.is_main:
                 log.warning("resuming from %s, an older checkpoint: %s", path, "; ".join(reasons))
-            assert state is not None
             return path, state
-        reasons.append(f"{path.name} skipped ({error or 'unreadable on another rank'})")
+        reasons.append(f"{path.name} skipped ({error})")
         if info.is_main:
-            log.warning("checkpoint %s is unusable: %s", path,
-                        error or "unreadable on another rank")
+            log.warning("checkpoint %s is unusable: %s", path, error)
     if reasons:
         raise CheckpointError(f"no readable checkpoint in {root}: " + "; ".join(reasons))
     return None
