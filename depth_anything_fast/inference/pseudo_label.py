@@ -22,8 +22,10 @@ runs; a disk that fills up or turns read-only stops the run at once with the rea
 `Summary`, leaving complete outputs, their manifest lines and no temporary file.
 
 Counts in the `Summary`: `succeeded` = written in this run, `skipped` = already finished before
-this run, `failed` = inputs that could not be decoded, predicted or written (listed with the
-reason in `errors.jsonl` / `errors.rank{r}.jsonl`).
+this run, `failed` = inputs that could not be decoded, predicted or written, and listed files
+that do not exist (each with the reason in `errors.jsonl` / `errors.rank{r}.jsonl`),
+`unsupported` = files of the input folder that are not supported images (listed there too, not
+failures); `error` = why the run stopped early (outputs could not be written).
 """
 
 from __future__ import annotations
