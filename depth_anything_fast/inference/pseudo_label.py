@@ -445,14 +445,18 @@ def pseudo_label(
     make_output_dir(output_dir, rank, min_free=_map_bytes(opts))
     lock = _OutputLock(output_dir, rank)
     try:
-        weights_id = (os.path.abspath(os.fspath(weights_or_model))
-                      if isinstance(weights_or_model, (str, os.PathLike))
-                      else type(weights_or_model).__name__)
+        # a local file is hashed as stored; a module (or a name resolved elsewhere, e.g. a
+        # hub id) by its state dict
+        source: str | torch.nn.Module = model
+        weights_id = type(model).__name__
+        if isinstance(weights_or_model, (str, os.PathLike)):
+            weights_id = os.fspath(weights_or_model)
+            if os.path.exists(weights_id):
+                weights_id = source = os.path.abspath(weights_id)
         config = getattr(model, "config", None)
         run_config = {
             "weights": weights_id,
-            "weights_sha256": weights_fingerprint(
-                weights_or_model if isinstance(weights_or_model, (str, os.PathLike)) else model),
+            "weights_sha256": weights_fingerprint(source),
             "model": config.to_dict() if hasattr(config, "to_dict") else None,
             **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
         }
