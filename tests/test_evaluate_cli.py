@@ -54,8 +54,8 @@ def add_png16_prediction(
 ) -> None:
     """Store `values` as pseudo-label does: a 16-bit PNG `preds/output` and its manifest record
     (the min/max its codes stand for), naming `image` as the input."""
-    from depth_anything_fast.inference.manifest import ManifestRecord
-    from depth_anything_fast.inference.writers import encode_png16
+    from depth_anything_fast.formats.codec import encode_png16
+    from depth_anything_fast.formats.manifest import ManifestRecord
 
     encoded = encode_png16(values, depth_range)
     (preds / output).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def add_png16_prediction(
 
 
 def test_cli_scores_npy_and_png16_predictions(tmp_path, capsys):
-    from depth_anything_fast.inference.manifest import Manifest
+    from depth_anything_fast.formats.manifest import Manifest
 
     data, preds = tmp_path / "data", tmp_path / "preds"
     depths = make_generic(data)
@@ -213,8 +213,8 @@ def test_cli_compare_paper_on_kitti_layout(tmp_path, capsys):
 def test_cli_scores_metric_predictions_as_depth(tmp_path):
     """A metric model's pseudo-label output (spec.json kind "depth", fixed-scale 16-bit PNG) is
     scored as metric depth with median alignment, not taken for disparity."""
-    from depth_anything_fast.inference.manifest import Manifest
-    from depth_anything_fast.inference.writers import stored_spec
+    from depth_anything_fast.formats.codec import stored_spec
+    from depth_anything_fast.formats.manifest import Manifest
 
     data, preds = tmp_path / "data", tmp_path / "preds"
     depths = make_generic(data)

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from depth_anything_fast.cli import main
-from depth_anything_fast.inference.manifest import read_all_records, read_records
+from depth_anything_fast.formats.codec import decode_png16
+from depth_anything_fast.formats.manifest import read_all_records, read_records
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
-from depth_anything_fast.inference.writers import decode_png16
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
 from depth_anything_fast.models.transforms import lower_bound_size
 
@@ -512,7 +512,8 @@ def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_pa
 def test_relative_input_manifest_readable_from_elsewhere(tiny, tmp_path, monkeypatch):
     """A run given a relative input directory records absolute inputs, so the output reads back
     as a labelled source (pseudo-labelled data) from any working directory."""
-    from depth_anything_fast.data.sources import LabelledSource, LabelledSpec
+    from depth_anything_fast.data.sources import LabelledSource
+    from depth_anything_fast.formats.spec import LabelledSpec
 
     _, weights = tiny
     src, good = _source(tmp_path)

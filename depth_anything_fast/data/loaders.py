@@ -28,11 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from depth_anything_fast.formats.images import Source, list_images
+from depth_anything_fast.formats.paths import read_bytes
+
 from .augment import StrongParams, sample_strong
 from .decode import ErrorCallback, probe, report_error
 from .geometry import CropBox, crop_nearest, full_box, network_size, sample_crop, sample_rng
 from .jobs import ImageJob
-from .sources import LabelledSource, Source, list_images, load_depth, load_target, read_bytes
+from .sources import LabelledSource, load_depth, load_target
 
 BACKENDS = ("auto", "dali", "pil")
 TARGETS = ("disparity", "depth")

@@ -57,8 +57,8 @@ class PredictionDirectory:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        from depth_anything_fast.data.sources import folder_spec
-        from depth_anything_fast.inference.manifest import read_all_records
+        from depth_anything_fast.formats.manifest import read_all_records
+        from depth_anything_fast.formats.spec import folder_spec
 
         self.root = Path(root)
         if not self.root.is_dir():
@@ -146,7 +146,7 @@ class PredictionDirectory:
             return np.squeeze(np.load(stored.path)).astype(np.float32)
         if stored.lo is None or stored.hi is None:
             raise ValueError(f"{stored.path}: a 16-bit PNG prediction needs its manifest record")
-        from depth_anything_fast.inference.writers import decode_png16
+        from depth_anything_fast.formats.codec import decode_png16
 
         return decode_png16(str(stored.path), stored.lo, stored.hi)
 

@@ -275,7 +275,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, spec in {"data.labelled_spec": cfg.data.labelled_spec,
                        "data.val_spec": cfg.data.val_spec}.items():
         if spec is not None:
-            from depth_anything_fast.data.sources import LabelledSpec
+            from depth_anything_fast.formats.spec import LabelledSpec
 
             try:
                 LabelledSpec(**spec)

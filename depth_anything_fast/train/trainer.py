@@ -315,9 +315,9 @@ class Trainer:
     def _validate(self, model: nn.Module, info: DistInfo) -> dict[str, float]:
         """AbsRel / delta1 on ``data.val`` through the evaluate module's runner. Every rank
         runs the same images (FSDP2 forward passes are collective); rank 0 records them."""
-        from depth_anything_fast.data.sources import LabelledSpec, folder_spec
         from depth_anything_fast.evaluate.datasets import get_reader
         from depth_anything_fast.evaluate.runner import evaluate_predictions
+        from depth_anything_fast.formats.spec import LabelledSpec, folder_spec
         from depth_anything_fast.inference.predictor import Predictor
 
         d = self.cfg.data
