@@ -31,7 +31,7 @@ from depth_anything_fast.data.synthetic import MAX_DEPTH, render_scene
 
 
 def _fresh_rng() -> np.random.Generator:
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows conftest's printed torch seed
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows conftest's test seed
     return np.random.default_rng(seed)
 
 

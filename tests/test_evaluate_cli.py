@@ -15,7 +15,13 @@ from depth_anything_fast.evaluate import cli as evaluate_cli
 from depth_anything_fast.evaluate.paper import PAPER_TABLE2, paper_numbers
 from depth_anything_fast.evaluate.runner import PredictionDirectory, evaluate_predictions
 
-rng = np.random.default_rng()
+rng: np.random.Generator  # this test's generator (conftest's seed), set by _seeded_rng
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(np_rng: np.random.Generator) -> None:
+    global rng
+    rng = np_rng
 H, W = 20, 28
 
 
