@@ -21,7 +21,12 @@ import torch
 
 from depth_anything_fast.train import stages
 from depth_anything_fast.train.__main__ import main as train_main
-from depth_anything_fast.train.config import ConfigError, load_config
+from depth_anything_fast.train.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 from depth_anything_fast.train.distributed import reduce_step
 from depth_anything_fast.train.optim import build_optimizer, lr_factor, param_groups
 from depth_anything_fast.train.trainer import NonFiniteLossError, Trainer, build_model
@@ -29,7 +34,7 @@ from depth_anything_fast.train.trainer import NonFiniteLossError, Trainer, build
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "model.encoder=tiny", "model.embed_dim=32", "model.depth=4", "model.num_heads=2",
-    "model.features=16", "data.crop_size=56", "data.batch_size=4", "data.backend=pil",
+    "model.features=16", "data.crop_size=56", "data.batch_size=4", "data.pipeline=pil",
     "data.num_threads=1", "dist.precision=fp32", "progress=false", "log_every=1",
     "tensorboard=false", "optim.lr=1e-3", "optim.warmup_steps=0",
 ]
@@ -92,6 +97,37 @@ def test_override_inside_a_null_section(tmp_path: Path) -> None:
     path.write_text("data:\n  labelled_spec: null\n")
     cfg = load_config(path, ["data.labelled_spec.scale=0.001"])
     assert cfg.data.labelled_spec == {"scale": 0.001}
+
+
+def test_model_section_is_a_depth_anything_config_preset() -> None:
+    from depth_anything_fast.models import DepthAnythingConfig
+
+    cfg = load_config(None, ["model.depth=4", "model.out_channels=[8, 16, 32, 64]"])
+    assert cfg.model.depth_anything_config(metric=False) == DepthAnythingConfig.preset(
+        "vits", "v2", depth=4, out_channels=(8, 16, 32, 64))
+    metric = load_config(None, ["stage=finetune-metric", "model.max_depth=40"])
+    arch = metric.model.depth_anything_config(metric=True)
+    assert arch.metric and arch.max_depth == 40.0
+    assert config_from_dict(config_to_dict(cfg)) == cfg  # the saved config.json reads back
+    assert config_to_dict(cfg)["model"]["out_channels"] == [8, 16, 32, 64]
+    for override, message in [
+        ("model.depth=2.5", "model.depth: expected int"),
+        ("model.out_channels=[8, 16]", "model.out_channels: expected tuple"),
+        ("model.num_heads=5", "model: embed_dim 384 is not divisible by num_heads 5"),
+        ("model.dept=4", "model.dept: unknown field"),
+        ("model.metric=true", "model.metric: unknown field"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            load_config(None, [override])
+
+
+def test_renamed_backend_fields_keep_old_yaml_working(caplog) -> None:
+    cfg = load_config(None, ["data.backend=pil", "loss.backend=reference", "dist.backend=gloo"])
+    assert (cfg.data.pipeline, cfg.loss.implementation, cfg.dist.comm_backend) == (
+        "pil", "reference", "gloo")
+    assert "data.backend is now called data.pipeline" in caplog.text
+    with pytest.raises(ConfigError, match=r"data\.backend: renamed to data\.pipeline"):
+        load_config(None, ["data.backend=pil", "data.pipeline=dali"])
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -333,7 +369,7 @@ def test_two_process_fsdp_matches_one_process(tiny_data, tmp_path: Path) -> None
     turns rounding-level gradient differences into parameter differences)."""
     # gloo on the CPU for both runs, also on a GPU machine (two ranks need two GPUs for NCCL)
     common = ["steps=3", "checkpoint_every=0", "export=false", "optim.lr=1e-4",
-              "dist.backend=gloo"]
+              "dist.comm_backend=gloo"]
     one = _run(_train_args(_overrides("teacher", tiny_data, tmp_path / "one", *common,
                                       "data.batch_size=4")))
     two_args = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -7,30 +7,34 @@ str 'abc'``), so a typo in a YAML file or on the command line never reaches the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from depth_anything_fast.models.config import DepthAnythingConfig
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("teacher", "student", "finetune-metric")
 
 
 @dataclass
 class ModelConfig:
-    """Network to train. ``encoder`` names a preset (vits/vitb/vitl/vitg); the optional size
-    fields override it, which is how the tiny test and demo models are made."""
+    """Network to train: the `DepthAnythingConfig` preset of ``encoder`` (vits/vitb/vitl/vitg)
+    and ``version``, with any other `DepthAnythingConfig` field written beside them overriding
+    the preset (``model: {encoder: tiny, embed_dim: 64, depth: 4, num_heads: 2}`` is how the
+    tiny test and demo models are made); those land in ``architecture``. The stage decides
+    ``metric``. `depth_anything_config` builds the schema the model is made from."""
 
     encoder: str = "vits"
     version: Literal["v1", "v2"] = "v2"
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    features: int | None = None
-    out_channels: list[int] | None = None
-    intermediate_layers: list[int] | None = None
-    ffn: Literal["mlp", "swiglu"] | None = None
+    # DepthAnythingConfig fields overriding the preset (written flat in YAML, see above)
+    architecture: dict[str, Any] = field(default_factory=dict)
     # finetune-metric: sigmoid * max_depth head (metres)
     max_depth: float = 20.0
     attn_backend: str = "auto"
@@ -39,6 +43,26 @@ class ModelConfig:
     # Student only: the frozen encoder used for feature alignment (a DINOv2 / Depth Anything
     # checkpoint); None falls back to ``init``.
     frozen_encoder: str | None = None
+
+    def depth_anything_config(self, metric: bool) -> DepthAnythingConfig:
+        """The architecture: a metric model (sigmoid * ``max_depth`` head) or a relative one."""
+        from depth_anything_fast.models.config import DepthAnythingConfig
+
+        return DepthAnythingConfig.preset(
+            self.encoder, self.version, metric=metric,
+            max_depth=self.max_depth if metric else None, **self.architecture,
+        )  # fmt: skip
+
+
+def _architecture_fields() -> dict[str, Any]:
+    """name -> annotation of the `DepthAnythingConfig` fields a `model` section may override
+    (not those `ModelConfig` sets itself: encoder, version, metric, max_depth)."""
+    from depth_anything_fast.models.config import DepthAnythingConfig
+
+    hints = typing.get_type_hints(DepthAnythingConfig)
+    own = {"metric", *(f.name for f in dataclasses.fields(ModelConfig))}
+    return {f.name: hints[f.name] for f in dataclasses.fields(DepthAnythingConfig)
+            if f.name not in own}
 
 
 @dataclass
@@ -56,7 +80,8 @@ class DataConfig:
     crop_size: int = 518
     batch_size: int = 4
     unlabelled_ratio: int = 2
-    backend: Literal["auto", "dali", "pil"] = "auto"
+    # image decoding / augmentation pipeline of the loaders (`data.labelled_loader(backend=)`)
+    pipeline: Literal["auto", "dali", "pil"] = "auto"
     num_threads: int = 2
 
 
@@ -79,7 +104,8 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    backend: Literal["auto", "reference", "cpu", "triton"] = "auto"
+    # which implementation computes the losses (`losses.*(backend=)`)
+    implementation: Literal["auto", "reference", "cpu", "triton"] = "auto"
     # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
     gradient_weight: float = 0.0
     gradient_scales: int = 4
@@ -99,7 +125,8 @@ class DistConfig:
     compile: bool = False
     # "auto": bf16 parameters / autocast on CUDA, fp32 on CPU.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # torch.distributed process-group backend; "auto": nccl on CUDA, gloo on the CPU
+    comm_backend: Literal["auto", "nccl", "gloo"] = "auto"
 
 
 @dataclass
@@ -158,10 +185,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
-    if origin is list:
+    if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple and args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        items = [_coerce(v, args[0] if origin is list or args[-1] is Ellipsis else args[i],
+                         f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -202,15 +233,50 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported annotation {tp!r}")
 
 
+# Old names of renamed fields: (section class, old key) -> new key. Old YAML files keep working.
+RENAMED: dict[tuple[type, str], str] = {
+    (DataConfig, "backend"): "pipeline",
+    (LossConfig, "backend"): "implementation",
+    (DistConfig, "backend"): "comm_backend",
+}
+
+
+def _renamed(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    values = dict(values)
+    for (owner, old), new in RENAMED.items():
+        if owner is cls and old in values:
+            where, now = (f"{prefix}.{old}", f"{prefix}.{new}") if prefix else (old, new)
+            if new in values:
+                raise ConfigError(f"{where}: renamed to {now}; give only {now}")
+            logger.warning("%s is now called %s (the old name still works)", where, now)
+            values[new] = values.pop(old)
+    return values
+
+
 def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    values = _renamed(cls, values, prefix)
+    extra: dict[str, Any] = {}
+    if cls is ModelConfig:  # architecture overrides are written flat beside encoder/version
+        extra = _architecture_fields()
+        values = {**values, "architecture": {**(values.get("architecture") or {}),
+                                             **{k: v for k, v in values.items() if k in extra}}}
+        values = {k: v for k, v in values.items() if k not in extra}
     kwargs = {}
     for key, value in values.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"{where}: unknown field (known: {', '.join(sorted(names))})")
+            known = ", ".join(sorted((names | set(extra)) - {"architecture"}))
+            raise ConfigError(f"{where}: unknown field (known: {known})")
         kwargs[key] = _coerce(value, hints[key], where)
+    if cls is ModelConfig:
+        arch = kwargs["architecture"]
+        for key in arch:
+            if key not in extra:
+                raise ConfigError(f"{prefix}.architecture.{key}: unknown field (known: "
+                                  f"{', '.join(sorted(extra))})")
+            arch[key] = _coerce(arch[key], extra[key], f"{prefix}.{key}")
     return cls(**kwargs)
 
 
@@ -272,6 +338,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"loss.alpha: must be in [-1, 1], got {cfg.loss.alpha}")
     if cfg.model.max_depth <= 0:
         raise ConfigError(f"model.max_depth: must be > 0, got {cfg.model.max_depth}")
+    try:
+        cfg.model.depth_anything_config(metric=cfg.stage == "finetune-metric")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
     for name, spec in {"data.labelled_spec": cfg.data.labelled_spec,
                        "data.val_spec": cfg.data.val_spec}.items():
         if spec is not None:
@@ -308,4 +378,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as a nested dict in YAML form (architecture overrides flat in ``model``)."""
+    values = dataclasses.asdict(cfg)
+    model = values["model"]
+    architecture = model.pop("architecture")
+    model.update({k: list(v) if isinstance(v, tuple) else v for k, v in architecture.items()})
+    return values

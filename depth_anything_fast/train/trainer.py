@@ -69,20 +69,11 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
     """A DepthAnything of the configured size, initialised from ``model.init`` if given and
     ``initialise`` (DINOv2 encoder weights or any Depth Anything checkpoint, encoder-only or
     full)."""
-    from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+    from depth_anything_fast.models import DepthAnything
 
     m = cfg.model
-    sizes = {k: v for k, v in {
-        "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads,
-        "features": m.features, "ffn": m.ffn,
-        "out_channels": tuple(m.out_channels) if m.out_channels else None,
-        "intermediate_layers": tuple(m.intermediate_layers) if m.intermediate_layers else None,
-    }.items() if v is not None}
     metric = cfg.stage == "finetune-metric"
-    arch = DepthAnythingConfig.preset(
-        m.encoder, m.version, metric=metric, max_depth=m.max_depth if metric else None, **sizes
-    )
-    model = DepthAnything(config=arch, attn_backend=m.attn_backend)
+    model = DepthAnything(config=m.depth_anything_config(metric), attn_backend=m.attn_backend)
     head_loaded = initialise and m.init is not None and load_init_weights(model, m.init)
     if initialise and not head_loaded and not metric:
         # A fresh DPT head ends in ReLU; with PyTorch's default init its last conv is often
@@ -126,7 +117,7 @@ class Trainer:
         cfg, d = self.cfg, self.cfg.data
         # batches are made on the training device: on CUDA, DALI decodes and augments there
         common = {"crop_size": d.crop_size, "shard_id": info.rank, "num_shards": info.world_size,
-                  "backend": d.backend, "num_threads": d.num_threads, "shuffle": True,
+                  "backend": d.pipeline, "num_threads": d.num_threads, "shuffle": True,
                   "drop_last": True, "device": info.device}
         spec = LabelledSpec(**d.labelled_spec) if d.labelled_spec is not None else None
         labelled = LabelledSource.from_path(d.labelled, spec)
