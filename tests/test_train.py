@@ -295,7 +295,7 @@ def test_batch_stream_resume_is_exact_without_decoding_consumed_batches(
     tiny_data, monkeypatch
 ) -> None:
     from depth_anything_fast.data import labelled_loader, pil_pipelines
-    from depth_anything_fast.train.data import BatchStream
+    from depth_anything_fast.train.batch_stream import BatchStream
 
     def stream() -> BatchStream:
         return BatchStream(labelled_loader(tiny_data["labelled"], batch_size=1, crop_size=56,

@@ -1,4 +1,4 @@
-"""Zero-shot relative depth evaluation (REFERENCE.md §4).
+"""Zero-shot relative depth evaluation (Depth Anything paper, arXiv 2401.10891, Table 2).
 
 - `metrics`: `align_scale_shift`, `relative_depth_metrics` (disparity / depth space),
   `metric_depth_metrics` (median scaling), `mean_metrics`.

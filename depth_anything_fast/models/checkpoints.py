@@ -1,6 +1,6 @@
 """Checkpoint formats: detection, key conversion to our names, safe loading and saving.
 
-Formats (REFERENCE §2.1):
+Formats:
 - "official": Depth Anything V1/V2 `.pth` state dicts (`pretrained.*`, `depth_head.*`).
 - "hf": transformers `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`, `head.*`), both
   the on-disk names (`attention.attention.query`, `attention.output.dense`, SwiGLU

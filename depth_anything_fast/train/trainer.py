@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from . import stages
+from .batch_stream import BatchStream
 from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .data import BatchStream
 from .distributed import (
     DistInfo,
     all_reduce_mean,
