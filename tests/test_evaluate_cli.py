@@ -13,7 +13,12 @@ from PIL import Image
 
 from depth_anything_fast.evaluate import cli as evaluate_cli
 from depth_anything_fast.evaluate.paper import PAPER_TABLE2, paper_numbers
-from depth_anything_fast.evaluate.runner import PredictionDirectory, evaluate_predictions
+from depth_anything_fast.evaluate.runner import (
+    SCORINGS,
+    PredictionDirectory,
+    Scoring,
+    evaluate_predictions,
+)
 
 rng: np.random.Generator  # this test's generator (conftest's seed), set by _seeded_rng
 
@@ -140,13 +145,18 @@ def test_runner_resizes_and_depth_space(tmp_path):
             for i in range(len(images))
         ]
 
-    result = evaluate_predictions(reader, predict, space="depth", batch_size=2)
+    result = evaluate_predictions(reader, predict, scoring="relative-depth", batch_size=2)
     assert result.n_evaluated == 2 and result.per_image[0]["resized_from"] == [H // 2, W // 2]
     assert 0 < result.mean["abs_rel"] < 1.0 and result.space == "depth"
     with pytest.raises(ValueError, match="space='depth'"):
-        evaluate_predictions(reader, predict, alignment="median")
+        Scoring(alignment="median")
     with pytest.raises(ValueError, match="relative disparity"):
-        evaluate_predictions(reader, predict, space="depth", alignment="median")
+        Scoring(space="depth", alignment="median")
+    with pytest.raises(ValueError, match="unknown scoring 'median'"):
+        evaluate_predictions(reader, predict, scoring="median")
+    assert SCORINGS["relative-depth"] == Scoring.choose(metric=False, space="depth")
+    assert SCORINGS["metric-median"] == Scoring.choose(metric=True)
+    assert SCORINGS["metric-as-relative"] == Scoring.choose(metric=True, alignment="scale_shift")
 
 
 def test_prediction_directory_suffix_matching(tmp_path):

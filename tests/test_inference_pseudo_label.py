@@ -129,6 +129,25 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
         Predictor(model, precision="fp8")
 
 
+def test_predictor_leaves_the_callers_model_as_it_found_it(
+    tiny: tuple[DepthAnything, Path],
+) -> None:
+    """A training loop validates with its own model: train/eval flags and requires_grad are
+    the caller's before and after, and the forward runs in eval mode all the same."""
+    import copy
+
+    model = copy.deepcopy(tiny[0]).train()
+    model.encoder.requires_grad_(False)  # e.g. a frozen encoder
+    model.head.scratch.eval()  # a submodule the caller keeps in eval mode
+    flags = {name: m.training for name, m in model.named_modules()}
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    image = (torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()
+    out = Predictor(model, input_size=INPUT_SIZE).predict([image])[0]
+    assert {name: m.training for name, m in model.named_modules()} == flags
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == grads
+    np.testing.assert_array_equal(out, Predictor(tiny[0], input_size=INPUT_SIZE).predict([image])[0])
+
+
 @pytest.mark.parametrize("backend", ["pil", "dali"])
 def test_pseudo_label_outputs_errors_and_resume(
     tiny: tuple[DepthAnything, Path], tmp_path: Path, backend: str

@@ -232,8 +232,8 @@ def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
 
     reader = get_reader("generic", tiny_data["val"], encoding=DEPTH_SPEC)
     predict = Predictor(exported, batch_size=4, precision="fp32", input_size=56).predict
-    scoring = {"space": "depth", "alignment": "none", "predicted": "depth"}
-    expected = evaluate_predictions(reader, predict, **(scoring if exported.config.metric else {}))
+    scoring = "metric" if exported.config.metric else "relative"
+    expected = evaluate_predictions(reader, predict, scoring=scoring)
     assert val["step"] == 2 and val["val_images"] == 4
     assert val["val_abs_rel"] == pytest.approx(expected.mean["abs_rel"], rel=1e-4)
 

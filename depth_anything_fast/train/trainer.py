@@ -318,20 +318,12 @@ class Trainer:
         else:
             encoding = folder_spec(d.val) or "metres"
         reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        try:
-            predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
-                                  input_size=self.cfg.val_input_size, device=info.device)
-            if self.cfg.stage == "finetune-metric":  # metric depth, scored as it is
-                scoring = {"space": "depth", "alignment": "none", "predicted": "depth"}
-            else:
-                scoring = {}
-            result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
-                                          **scoring)
-        finally:
-            model.train()
-            for p in trainable:
-                p.requires_grad_(True)
+        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
+                              input_size=self.cfg.val_input_size, device=info.device)
+        # a metric model's depth is scored as it is
+        scoring = "metric" if self.cfg.stage == "finetune-metric" else "relative"
+        result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
+                                      scoring=scoring)
         return {"val_abs_rel": result.mean["abs_rel"], "val_delta1": result.mean["delta1"],
                 "val_images": result.n_evaluated}
 
