@@ -166,33 +166,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against annotation ``tp`` and convert the few lossless cases
     (int -> float, numeric strings -> float because PyYAML reads ``5e-6`` as a string)."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
-                          f"{value!r}")
+        return _coerce_union(value, tp, where)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got "
+                              f"{value!r}")
         return value
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        if origin is tuple and args[-1] is not Ellipsis and len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        items = [_coerce(v, args[0] if origin is list or args[-1] is Ellipsis else args[i],
-                         f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
+        return _coerce_sequence(value, tp, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -205,32 +189,59 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                               f"{type(value).__name__} {value!r}")
         return _from_dict(tp, value, where)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected float, got bool {value!r}")
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if isinstance(number, (int, float)):
-            if not math.isfinite(number):
-                raise ConfigError(f"{where}: expected a finite float, got {value!r}")
-            return float(number)
-        raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        return _coerce_float(value, where)
+    if tp in (int, bool, str):
+        # bool is an int subclass: an int field must not take True
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
-        raise ConfigError(f"{where}: expected int, got {type(value).__name__} {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected bool, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected str, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} "
+                          f"{value!r}")
     raise ConfigError(f"{where}: unsupported annotation {tp!r}")
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    """The first member of the union (`X | None`) that takes ``value``."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
+                      f"{value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, where: str) -> Any:
+    """A list (``list[X]``) or tuple (``tuple[X, ...]``, ``tuple[X, Y]``) from a YAML list."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    fixed = origin is tuple and args[-1] is not Ellipsis
+    if fixed and len(value) != len(args):
+        raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+    items = [_coerce(v, args[i] if fixed else args[0], f"{where}[{i}]")
+             for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected float, got bool {value!r}")
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, (int, float)):
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite float, got {value!r}")
+        return float(number)
+    raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
 
 
 # Old names of renamed fields: (section class, old key) -> new key. Old YAML files keep working.
