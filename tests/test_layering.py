@@ -2,8 +2,8 @@
 functions included, so a cycle cannot hide behind a deferred import).
 
 Layers, lowest first: formats, kernels, the C++ extension < ops < losses < models < data <
-inference, evaluate < train < command-line drivers (`cli.py`, `__main__.py`, `*/cli.py`,
-`demo.py`). A module imports its own package or lower layers only; drivers may also use
+inference, evaluate < train < drivers (`cli.py`, `__main__.py`, `*/cli.py`, `demo.py`,
+`recipe/`). A module imports its own package or lower layers only; drivers may also use
 each other (the evaluate command shares the predictor options of the inference commands).
 """
 
@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "formats": 0,
     "kernels": 0,
     "_C": 0,
+    "runtime": 0,  # torchrun environment and SIGTERM handling (issue 14; stdlib only)
     "ops": 1,
     "losses": 2,
     "models": 3,
@@ -33,6 +34,8 @@ LAYERS: dict[str, int] = {
     "train": 6,
 }
 DRIVER_LAYER = 7
+DRIVERS = ("cli", "__main__", "demo")
+LAYERS["recipe"] = DRIVER_LAYER  # the recipe's pipeline and ablation drivers (issue 11)
 # Imports waiting for another change: ops/dispatch.py imports the losses' float64 references
 # (issue 12 moves them beside the ops). Delete the entry when that lands.
 PENDING: frozenset[tuple[str, str]] = frozenset(
@@ -87,10 +90,10 @@ def _graph() -> dict[str, set[str]]:
 
 def _layer(module: str) -> int:
     parts = module.split(".")
-    if len(parts) == 1:
-        return DRIVER_LAYER  # the package's own __init__ imports nothing; cli, demo, __main__
-    if parts[-1] in ("cli", "__main__", "demo") or len(parts) == 2 and parts[1] not in LAYERS:
-        return DRIVER_LAYER
+    if len(parts) == 1 or parts[-1] in DRIVERS:
+        return DRIVER_LAYER  # the package's own __init__ imports nothing
+    if parts[1] not in LAYERS:
+        raise AssertionError(f"{module}: new top-level module or package; add it to LAYERS")
     return LAYERS[parts[1]]
 
 
