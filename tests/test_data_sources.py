@@ -21,13 +21,9 @@ from depth_anything_fast.data.geometry import (
     sample_crop,
     sample_rng,
 )
-from depth_anything_fast.data.sources import (
-    LabelledSource,
-    load_target,
-    read_pfm,
-    read_raw_target,
-)
+from depth_anything_fast.data.sources import LabelledSource, load_target
 from depth_anything_fast.data.synthetic import MAX_DEPTH, render_scene
+from depth_anything_fast.formats.targets import read_pfm, read_raw_target
 
 
 def _fresh_rng() -> np.random.Generator:

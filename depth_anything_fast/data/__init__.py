@@ -13,8 +13,9 @@
 
 Backends: DALI when installed (GPU decode with `device="cuda"`), else PIL; both apply the same
 geometry and perturbations (see `geometry`, `augment`). Modules: `sources` (labelled pairs,
-target readers; `list_images` and `LabelledSpec` come from `depth_anything_fast.formats`), `decode` (checks, reasons), `geometry`, `augment`,
-`dali_pipelines`, `pil_pipelines`, `loaders`, `cutmix`, `synthetic`.
+training targets), `decode` (checks, reasons), `geometry`, `augment`, `dali_pipelines`,
+`pil_pipelines`, `loaders`, `cutmix`, `synthetic`. How files are named and stored (image
+lists, `LabelledSpec`, ground-truth files, manifests) is `depth_anything_fast.formats`.
 """
 
 from depth_anything_fast.formats.images import list_images

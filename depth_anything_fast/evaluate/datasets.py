@@ -42,6 +42,7 @@ from depth_anything_fast.formats.layout import (
 )
 from depth_anything_fast.formats.list_files import read_list_file
 from depth_anything_fast.formats.spec import LabelledSpec
+from depth_anything_fast.formats.targets import read_raw_target, target_to_disparity
 
 PathLike = str | os.PathLike[str]
 
@@ -115,12 +116,10 @@ def read_depth_file(path: PathLike, *, npz_key: str | None = None) -> np.ndarray
     """(H, W) raw values of a depth file, as stored (no scale).
 
     .npz (key `npz_key`, else `depth`, else its only array) here; everything else (16-bit
-    PNG/PGM -> uint16, float TIFF, .npy, .pfm) through `data.sources.read_raw_target`.
+    PNG/PGM -> uint16, float TIFF, .npy, .pfm) through `formats.targets.read_raw_target`.
     """
     path = Path(path)
     if path.suffix.lower() != ".npz":
-        from depth_anything_fast.data.sources import read_raw_target
-
         return read_raw_target(str(path))
     with np.load(path) as archive:
         keys = list(archive.keys())
@@ -745,8 +744,6 @@ class GenericReader(DatasetReader):
 
     def _load(self, entry: tuple[str, Path, Path]) -> Sample:
         name, image_path, depth_path = entry
-        from depth_anything_fast.data.sources import target_to_disparity
-
         disparity, valid = target_to_disparity(read_depth_file(depth_path), self.encoding)
         depth = np.where(valid, 1.0 / np.where(valid, disparity.astype(np.float64), 1.0), 0.0)
         return self._sample(name, image_path, self._image(image_path), depth, valid)
