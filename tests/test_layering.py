@@ -190,3 +190,15 @@ def test_formats_import_without_torch(module):
     """The storage layer stays light: a fresh interpreter imports it without torch."""
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import depth_anything_fast.cli as c; c.build_parser()",  # what --help runs
+        "import depth_anything_fast.train.config",  # python -m depth_anything_fast.train --help
+    ],
+)
+def test_command_line_help_imports_without_torch(code):
+    check = f"import sys; {code}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0

@@ -24,6 +24,10 @@ from depth_anything_fast.evaluate.metrics import (
     metric_depth_metrics,
     relative_depth_metrics,
 )
+from depth_anything_fast.formats.codec import decode_png16
+from depth_anything_fast.formats.manifest import read_all_records
+from depth_anything_fast.formats.spec import folder_spec
+from depth_anything_fast.models.transforms import as_tensor, resize_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +61,6 @@ class PredictionDirectory:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        from depth_anything_fast.formats.manifest import read_all_records
-        from depth_anything_fast.formats.spec import folder_spec
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"predictions directory {self.root} does not exist")
@@ -146,8 +147,6 @@ class PredictionDirectory:
             return np.squeeze(np.load(stored.path)).astype(np.float32)
         if stored.lo is None or stored.hi is None:
             raise ValueError(f"{stored.path}: a 16-bit PNG prediction needs its manifest record")
-        from depth_anything_fast.formats.codec import decode_png16
-
         return decode_png16(str(stored.path), stored.lo, stored.hi)
 
 
@@ -396,8 +395,6 @@ def _score(
         raise ValueError(f"{sample.name}: prediction must be (H, W), got shape {prediction.shape}")
     record: dict[str, Any] = {"name": sample.name}
     if prediction.shape != sample.depth.shape:
-        from depth_anything_fast.models.transforms import as_tensor, resize_prediction
-
         # the Predictor's own resize back to the input size: a map stored at network size
         # (pseudo-label's default) scores exactly as the same model run in-process
         record["resized_from"] = list(prediction.shape)

@@ -13,10 +13,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from depth_anything_fast.models.config import DepthAnythingConfig
+from depth_anything_fast.formats.spec import LabelledSpec
+from depth_anything_fast.models.config import DepthAnythingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ class ModelConfig:
 
     def depth_anything_config(self, metric: bool) -> DepthAnythingConfig:
         """The architecture: a metric model (sigmoid * ``max_depth`` head) or a relative one."""
-        from depth_anything_fast.models.config import DepthAnythingConfig
-
         return DepthAnythingConfig.preset(
             self.encoder, self.version, metric=metric,
             max_depth=self.max_depth if metric else None, **self.architecture,
@@ -57,8 +55,6 @@ class ModelConfig:
 def _architecture_fields() -> dict[str, Any]:
     """name -> annotation of the `DepthAnythingConfig` fields a `model` section may override
     (not those `ModelConfig` sets itself: encoder, version, metric, max_depth)."""
-    from depth_anything_fast.models.config import DepthAnythingConfig
-
     hints = typing.get_type_hints(DepthAnythingConfig)
     own = {"metric", *(f.name for f in dataclasses.fields(ModelConfig))}
     return {f.name: hints[f.name] for f in dataclasses.fields(DepthAnythingConfig)
@@ -356,8 +352,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, spec in {"data.labelled_spec": cfg.data.labelled_spec,
                        "data.val_spec": cfg.data.val_spec}.items():
         if spec is not None:
-            from depth_anything_fast.formats.spec import LabelledSpec
-
             try:
                 LabelledSpec(**spec)
             except (TypeError, ValueError) as exc:
