@@ -343,6 +343,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"loss.cutmix_p: must be in [0, 1], got {cfg.loss.cutmix_p}")
     if not -1 <= cfg.loss.alpha <= 1:
         raise ConfigError(f"loss.alpha: must be in [-1, 1], got {cfg.loss.alpha}")
+    _check_model_and_specs(cfg)
+    return cfg
+
+
+def _check_model_and_specs(cfg: TrainConfig) -> None:
+    """The architecture and the ground-truth specs build (their errors named by field)."""
     if cfg.model.max_depth <= 0:
         raise ConfigError(f"model.max_depth: must be > 0, got {cfg.model.max_depth}")
     try:
@@ -356,7 +362,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 LabelledSpec(**spec)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{name}: {exc}") from exc
-    return cfg
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
