@@ -26,7 +26,7 @@ from depth_anything_fast.train.trainer import RunDirError, Trainer
 
 TINY = [
     "model.encoder=tiny", "model.embed_dim=32", "model.depth=4", "model.num_heads=2",
-    "model.features=16", "data.crop_size=28", "data.batch_size=2", "data.backend=pil",
+    "model.features=16", "data.crop_size=28", "data.batch_size=2", "data.pipeline=pil",
     "data.num_threads=1", "dist.precision=fp32", "progress=false", "log_every=1",
     "tensorboard=false", "optim.lr=1e-3", "optim.warmup_steps=0", "export=false",
 ]
@@ -225,7 +225,7 @@ def test_collective_timeout_is_configurable(monkeypatch) -> None:
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    cfg = load_config(None, ["dist.fsdp=true", "dist.backend=gloo", "dist.timeout_minutes=90"])
+    cfg = load_config(None, ["dist.fsdp=true", "dist.comm_backend=gloo", "dist.timeout_minutes=90"])
     init_distributed(cfg.dist)
     assert seen["timeout"] == datetime.timedelta(minutes=90)
     with pytest.raises(ConfigError, match="dist.timeout_minutes: must be > 0"):
@@ -287,7 +287,7 @@ def _label(photos: Path, weights: Path, out: Path, src: Path | str | None = None
 
 
 def test_changed_weights_are_refused_or_overwritten(photos, tmp_path) -> None:
-    from depth_anything_fast.inference.manifest import read_all_records
+    from depth_anything_fast.formats.manifest import read_all_records
 
     weights, out = tmp_path / "w.safetensors", tmp_path / "labels"
     shutil.copy(photos / "weights_a.safetensors", weights)
@@ -393,7 +393,7 @@ def test_full_disk_stops_pseudo_label_at_once(photos, tmp_path, capsys, caplog,
     from collections import namedtuple
 
     from depth_anything_fast.cli import main
-    from depth_anything_fast.inference.manifest import finished_records, read_all_records
+    from depth_anything_fast.formats.manifest import finished_records, read_all_records
 
     runs = _spy_model_runs(monkeypatch)
     _fill_disk_after(monkeypatch, allowed=2)

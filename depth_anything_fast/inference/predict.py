@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depth_anything_fast.formats.codec import encode_npy
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.pseudo_label import check_unique_names, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
@@ -22,7 +23,6 @@ from depth_anything_fast.inference.writers import (
     OutputWriteError,
     atomic_write,
     check_output_dir,
-    encode_npy,
     is_fatal_write_error,
     make_output_dir,
 )
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def _decode(path: str) -> np.ndarray:
     from depth_anything_fast.data.decode import decode_rgb
-    from depth_anything_fast.data.sources import read_bytes
+    from depth_anything_fast.formats.paths import read_bytes
 
     return decode_rgb(read_bytes(path), path)
 
@@ -101,7 +101,7 @@ def predict_files(
     Raises OutputWriteError (nothing more can be written: disk full, read-only) at once,
     leaving the files already written complete and no temporary file.
     """
-    from depth_anything_fast.data.sources import list_images
+    from depth_anything_fast.formats.images import list_images
 
     check_output_dir(outdir, "--outdir")
     hints = {k: v for k, v in (("version", version), ("metric", metric),

@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 
-from depth_anything_fast.inference.manifest import (
+from depth_anything_fast.formats.codec import FORMATS, encode, output_suffix, stored_spec
+from depth_anything_fast.formats.manifest import (
     MANIFEST_GLOB,
     ErrorLog,
     Manifest,
@@ -59,17 +60,13 @@ from depth_anything_fast.inference.manifest import (
 )
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.writers import (
-    FORMATS,
     BackgroundWriter,
     TarShardWriter,
     atomic_write,
     check_output_dir,
-    encode,
     is_fatal_write_error,
     make_output_dir,
-    output_suffix,
     remove_stale_temporaries,
-    stored_spec,
 )
 from depth_anything_fast.runtime import StopSignals, launch_env
 
@@ -220,7 +217,7 @@ def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
     `a.jpg.png`, `a.png.png`. Raises ValueError if names still collide (same member in two
     shards) or a name would leave the output directory (a tar member `../x.jpg`).
     """
-    from depth_anything_fast.data.sources import TAR_SEP
+    from depth_anything_fast.formats.paths import TAR_SEP
 
     files = [p for p in paths if TAR_SEP not in p]
     root = _listing_root(src, files) if files else ""
@@ -395,7 +392,7 @@ def pseudo_label(
         weights_or_model: checkpoint path (any format `DepthAnything.from_pretrained` reads) or a
             model. None raises ValueError saying where to get official checkpoints.
         input: directory (recursive), list file, glob or webdataset .tar shards
-            (`depth_anything_fast.data.sources.list_images`).
+            (`depth_anything_fast.formats.images.list_images`).
         output: output directory. Layout: `<relative input path without ext>.png` (16-bit,
             codes 0..65535 = manifest min..max; metric models: min 0, max = max_depth for every
             map) or `.npy` (float32), or for format "webdataset" `shard-r<rank>-<index>.tar`
@@ -417,7 +414,7 @@ def pseudo_label(
             another run, or that holds labels of other weights or settings.
         FileNotFoundError: no images in `input`.
     """
-    from depth_anything_fast.data.sources import SPEC_FILE
+    from depth_anything_fast.formats.spec import SPEC_FILE
 
     opts = Options(**options)
     if opts.format not in FORMATS:
@@ -476,7 +473,8 @@ def pseudo_label(
 def _list_inputs(src: str, output_dir: Path) -> tuple[list[str], list[str], list[str]]:
     """(images, listed files that do not exist, files of an input folder that are not
     supported images); outputs written inside the input tree are not inputs of a rerun."""
-    from depth_anything_fast.data.sources import IMAGE_EXTS, TAR_SEP, list_images
+    from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, list_images
+    from depth_anything_fast.formats.paths import TAR_SEP
 
     out_abs = os.path.abspath(output_dir) + os.sep
 
@@ -489,7 +487,7 @@ def _list_inputs(src: str, output_dir: Path) -> tuple[list[str], list[str], list
     if os.path.isdir(src):
         for dirpath, _, files in os.walk(src):
             unsupported += [os.path.join(dirpath, f) for f in files
-                            if not f.startswith(".") and not f.lower().endswith(IMAGE_EXTS)
+                            if not f.startswith(".") and not f.lower().endswith(IMAGE_EXTENSIONS)
                             and outside(os.path.join(dirpath, f))]
     paths = sorted(set(listed) - set(missing))
     if not paths:
@@ -516,7 +514,7 @@ def _label(
     listing: tuple[list[str], list[str]],
 ) -> Summary:
     """Predict and write this rank's share `mine` of (input, output name) pairs."""
-    from depth_anything_fast.data.sources import IMAGE_EXTS
+    from depth_anything_fast.formats.images import IMAGE_EXTENSIONS
 
     finished = finished_records(output_dir, verify_checksum=opts.verify_checksum)
     # an output's name without its shard: the same item whatever tar shard holds it
@@ -539,7 +537,7 @@ def _label(
         for path in missing:
             errors.add(path, "file not found (listed in the input)", "list")
         for path in unsupported:
-            errors.add(path, f"not a supported image type; supported: {' '.join(IMAGE_EXTS)}",
+            errors.add(path, f"not a supported image type; supported: {' '.join(IMAGE_EXTENSIONS)}",
                        "list", count=False)
         with stop:
             succeeded, fatal = _predict_and_write(predictor, todo, output_dir, opts, rank,
