@@ -30,6 +30,9 @@ from . import stats_layout as layout
 from .radix_select import (
     HIST_WORDS,
     NUM_PASSES,
+    atomic_histogram,
+    hist_rows,
+    histogram_bins,
     histogram_digits,
     program_prefix,
     publish_histogram,
@@ -90,35 +93,36 @@ def _accumulators(scratch_ptr, num_groups):
 def _affine_pass_kernel(
     pred_ptr, target_ptr, target_b_ptr, mask_ptr, seg_ptr, scratch_ptr, L, num_segments,
     tiles_per_prog, HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr, PASS: tl.constexpr,
-    BLOCK: tl.constexpr, SEG_POW2: tl.constexpr,
+    BLOCK: tl.constexpr, SEG_POW2: tl.constexpr, HIST_BINS: tl.constexpr, ATOMIC: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     num_groups = tl.num_programs(0) * num_segments
     total_rows = 2 * num_groups  # pred rows g, target rows num_groups + g
     rows, live = image_groups(b, num_segments, SEG_POW2)
-    NB: tl.constexpr = 2048 if PASS < 2 else 1024
-    hist_p = tl.zeros([SEG_POW2 * NB], dtype=tl.int32)
-    hist_g = tl.zeros([SEG_POW2 * NB], dtype=tl.int32)
+    hist_p = tl.zeros([HIST_BINS], dtype=tl.int32)
+    hist_g = tl.zeros([HIST_BINS], dtype=tl.int32)
     below_p = tl.zeros([SEG_POW2], dtype=tl.float32)
     above_p = tl.zeros([SEG_POW2], dtype=tl.float32)
     below_g = tl.zeros([SEG_POW2], dtype=tl.float32)
     above_g = tl.zeros([SEG_POW2], dtype=tl.float32)
     prefix_p = program_prefix(scratch_ptr, rows, live, total_rows, PASS)
     prefix_g = program_prefix(scratch_ptr, num_groups + rows, live, total_rows, PASS)
+    first_row = b * num_segments
+    rows_p = hist_rows(scratch_ptr, first_row, total_rows, PASS)
+    rows_g = hist_rows(scratch_ptr, num_groups + first_row, total_rows, PASS)
     for t in range(tiles_per_prog):
         _, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
         p, g, valid, seg = load_pixels(pred_ptr, target_ptr, target_b_ptr, mask_ptr, seg_ptr,
                                        offs, in_row, num_segments, True, HAS_MASK, SEG_MODE)  # fmt: skip
         hist_p, below_p, above_p = histogram_digits(p, valid, seg, prefix_p, hist_p, below_p,
-                                                    above_p, PASS, SEG_POW2)  # fmt: skip
+                                                    above_p, rows_p, PASS, SEG_POW2, ATOMIC)  # fmt: skip
         hist_g, below_g, above_g = histogram_digits(g, valid, seg, prefix_g, hist_g, below_g,
-                                                    above_g, PASS, SEG_POW2)  # fmt: skip
-    first_row = b * num_segments
+                                                    above_g, rows_g, PASS, SEG_POW2, ATOMIC)  # fmt: skip
     publish_histogram(scratch_ptr, hist_p, below_p, above_p, first_row, num_segments,
-                      total_rows, PASS, SEG_POW2)  # fmt: skip
+                      total_rows, PASS, SEG_POW2, ATOMIC)  # fmt: skip
     publish_histogram(scratch_ptr, hist_g, below_g, above_g, num_groups + first_row,
-                      num_segments, total_rows, PASS, SEG_POW2)  # fmt: skip
+                      num_segments, total_rows, PASS, SEG_POW2, ATOMIC)  # fmt: skip
 
 
 @triton.jit
@@ -288,6 +292,7 @@ def affine_invariant_forward(
         wrap_triton(_affine_pass_kernel)[(B, plan.chunks)](
             *inputs, L, num_segments, plan.tiles_per_prog, HAS_MASK=mask is not None,
             SEG_MODE=seg_mode, PASS=radix_pass, BLOCK=plan.block, SEG_POW2=seg_pow2,
+            HIST_BINS=histogram_bins(seg_pow2, radix_pass), ATOMIC=atomic_histogram(seg_pow2),
             num_warps=plan.num_warps,
         )  # fmt: skip
     wrap_triton(_affine_loss_kernel)[(B, plan.chunks)](

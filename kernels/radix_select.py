@@ -6,7 +6,8 @@ the element of rank floor((n-1)/2) is found digit by digit, most significant fir
 of 11, 11 and 10 bits: three histogram passes over the data, each over a `(B, chunks)` grid.
 A program histograms the digits of its valid pixels whose higher digits match the group's
 prefix so far (`tl.histogram` in registers across its tiles) and adds them to a
-`[groups, bins]` int32 buffer with one vector atomic. There is no scan kernel: each program of
+`[groups, bins]` int32 buffer with one vector atomic (with more than two segments the register
+histogram would not fit: pixels are then counted with one atomic each). There is no scan kernel: each program of
 the next pass scans its own image's histograms first (a few KiB, from L2) to learn the prefix.
 
 After the third pass a group's 22-bit prefix leaves 1024 candidate keys, each one exact float,
@@ -20,6 +21,8 @@ passes: group `k * G + g` for array k. Counts are int32 histograms: exact up to 
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -47,6 +50,26 @@ NUM_PASSES = 3
 HIST_WORDS = sum(BINS)
 # atomic_min identity for the median index scratch (int32 indices: rows shorter than 2**31).
 NO_INDEX = 2**31 - 1
+# Register histograms (`tl.histogram`, one vector atomic per program) up to this many bins per
+# program and array; beyond (more than 2 segments), one global atomic per counted pixel.
+REGISTER_HISTOGRAM_BINS = 4096
+# DAF_TRITON_HISTOGRAM=atomics counts with atomics always: Triton 3.6 lowers tl.histogram to a
+# ballot/popcount sequence several times slower than 3.9's shared-memory atomics, so the GPU
+# check measures both kinds on the Triton it has.
+HISTOGRAM_ENV = "DAF_TRITON_HISTOGRAM"
+
+
+def atomic_histogram(seg_pow2: int) -> bool:
+    """Whether the passes count with per-pixel atomics instead of register histograms."""
+    mode = os.environ.get(HISTOGRAM_ENV, "auto")
+    if mode not in ("auto", "atomics"):
+        raise ValueError(f"{HISTOGRAM_ENV} must be 'auto' or 'atomics', got {mode!r}")
+    return mode == "atomics" or seg_pow2 * BINS[0] > REGISTER_HISTOGRAM_BINS
+
+
+def histogram_bins(seg_pow2: int, radix_pass: int) -> int:
+    """Length of a program's register histogram (1, unused, with atomic histograms)."""
+    return 1 if atomic_histogram(seg_pow2) else seg_pow2 * BINS[radix_pass]
 
 
 @triton.jit
@@ -83,31 +106,27 @@ def sums_offset(rows):
 
 
 @triton.jit
-def _scan(hist_ptr, rows, live, rank, NB: tl.constexpr):
-    """Per histogram row [R]: the digit holding `rank` (-1: none -> 0) and the count below it."""
+def _scan(hist_ptr, row, rank, NB: tl.constexpr):
+    """One histogram row: the digit holding `rank` (-1: none -> 0), the count below it, the row."""
     bins = tl.arange(0, NB)
-    h = tl.load(hist_ptr + rows.to(tl.int64)[:, None] * NB + bins[None, :], mask=live[:, None],
-                other=0)  # fmt: skip
-    cumulative = tl.cumsum(h, axis=1)
-    digit = tl.sum((cumulative <= rank[:, None]).to(tl.int32), axis=1)
-    below = tl.sum(tl.where(bins[None, :] < digit[:, None], h, 0), axis=1)
+    h = tl.load(hist_ptr + row.to(tl.int64) * NB + bins)
+    digit = tl.sum((tl.cumsum(h, axis=0) <= rank).to(tl.int32), axis=0)
+    below = tl.sum(tl.where(bins < digit, h, 0), axis=0)
     return digit, below, h
 
 
 @triton.jit
-def select_prefix(scratch_ptr, rows, live, total_rows, DONE: tl.constexpr):
-    """After DONE passes: per row [R] the key prefix found so far (digits in the low bits), the
-    rank left inside it, the group count and the count of elements below the prefix."""
-    h0 = tl.load(scratch_ptr + rows.to(tl.int64)[:, None] * 2048 + tl.arange(0, 2048)[None, :],
-                 mask=live[:, None], other=0)  # fmt: skip
-    count = tl.sum(h0, axis=1)
+def _prefix_of_row(scratch_ptr, row, total_rows, DONE: tl.constexpr):
+    """After DONE passes, for one group row: the key prefix found so far (digits in the low
+    bits), the rank left inside it, the group count and the count below the prefix."""
+    count = tl.sum(tl.load(scratch_ptr + row.to(tl.int64) * 2048 + tl.arange(0, 2048)), axis=0)
     rank = tl.where(count > 0, (count - 1) // 2, -1)
-    digit, below, _ = _scan(scratch_ptr, rows, live, rank, 2048)
+    digit, below, _ = _scan(scratch_ptr, row, rank, 2048)
     rank = tl.where(rank >= 0, rank - below, rank)
     prefix = digit
     n_below = below
     if DONE >= 2:
-        digit, below, _ = _scan(scratch_ptr + hist_offset(1, total_rows), rows, live, rank, 2048)
+        digit, below, _ = _scan(scratch_ptr + hist_offset(1, total_rows), row, rank, 2048)
         rank = tl.where(rank >= 0, rank - below, rank)
         prefix = (prefix << 11) | digit
         n_below += below
@@ -115,31 +134,73 @@ def select_prefix(scratch_ptr, rows, live, total_rows, DONE: tl.constexpr):
 
 
 @triton.jit
-def select_median(scratch_ptr, rows, live, total_rows):
-    """After the three passes, per row [R]: (t, count, n_<, n_>, S_<, S_>) with t the lower
-    median (0.0 for an empty group) and S_< / S_> the sums of x - t below / above it (the
+def _median_of_row(scratch_ptr, row, total_rows):
+    """After the three passes, for one group row: (t, count, n_<, n_>, S_<, S_>) with t the
+    lower median (0.0 for an empty group) and S_< / S_> the sums of x - t below / above it (the
     third pass's sums of x - c plus the last histogram's exact bins; see the module doc)."""
-    prefix, rank, count, n_below = select_prefix(scratch_ptr, rows, live, total_rows, 2)
-    digit, below, h = _scan(scratch_ptr + hist_offset(2, total_rows), rows, live, rank, 1024)
-    key = (prefix.to(tl.uint32) << 10) | digit.to(tl.uint32)
+    prefix, rank, count, n_below = _prefix_of_row(scratch_ptr, row, total_rows, 2)
+    digit, below, h = _scan(scratch_ptr + hist_offset(2, total_rows), row, rank, 1024)
+    high = prefix.to(tl.uint32) << 10
     empty = count == 0
-    t = tl.where(empty, 0.0, key_to_float(key))
-    c = key_to_float(prefix.to(tl.uint32) << 10)
+    t = tl.where(empty, 0.0, key_to_float(high | digit.to(tl.uint32)))
+    c = key_to_float(high)
     bins = tl.arange(0, 1024)
-    values = key_to_float((prefix.to(tl.uint32) << 10)[:, None] | bins[None, :].to(tl.uint32))
     # h > 0 guards: an empty bin may decode to inf or NaN.
-    offset = tl.where(h > 0, h.to(tl.float32) * (values - c[:, None]), 0.0)
+    offset = tl.where(h > 0, h.to(tl.float32) * (key_to_float(high | bins.to(tl.uint32)) - c), 0.0)
     sums = scratch_ptr.to(tl.pointer_type(tl.float32), bitcast=True) + sums_offset(total_rows)
-    below_sum = tl.load(sums + rows, mask=live, other=0.0)
-    above_sum = tl.load(sums + total_rows + rows, mask=live, other=0.0)
-    below_sum += tl.sum(tl.where(bins[None, :] < digit[:, None], offset, 0.0), axis=1)
-    above_sum += tl.sum(tl.where(bins[None, :] > digit[:, None], offset, 0.0), axis=1)
+    below_sum = tl.load(sums + row) + tl.sum(tl.where(bins < digit, offset, 0.0), axis=0)
+    above_sum = tl.load(sums + total_rows + row) + tl.sum(tl.where(bins > digit, offset, 0.0),
+                                                          axis=0)  # fmt: skip
     n_lt = n_below + below
-    n_gt = count - n_lt - tl.sum(tl.where(bins[None, :] == digit[:, None], h, 0), axis=1)
+    n_gt = count - n_lt - tl.sum(tl.where(bins == digit, h, 0), axis=0)
     # Shift the sums from c to t: sum_{x<t} (x - t) = S_< - n_< (t - c), likewise above.
     shift = tl.where(empty, 0.0, t - c)
     below_sum = tl.where(empty, 0.0, below_sum - n_lt.to(tl.float32) * shift)
     above_sum = tl.where(empty, 0.0, above_sum - n_gt.to(tl.float32) * shift)
+    return t, count, n_lt, n_gt, below_sum, above_sum
+
+
+@triton.jit
+def select_prefix(scratch_ptr, rows, live, total_rows, DONE: tl.constexpr):
+    """`_prefix_of_row` for the rows [R] of an image's segments (`live`: real ones), one row at a
+    time (a runtime loop: the code stays small for any number of segments)."""
+    columns = tl.arange(0, rows.shape[0])
+    prefix = tl.zeros_like(rows)
+    rank = tl.zeros_like(rows)
+    count = tl.zeros_like(rows)
+    n_below = tl.zeros_like(rows)
+    for j in range(tl.sum(live.to(tl.int32), axis=0)):
+        here = columns == j
+        p, r, c, n = _prefix_of_row(scratch_ptr, tl.sum(tl.where(here, rows, 0), axis=0),
+                                    total_rows, DONE)  # fmt: skip
+        prefix = tl.where(here, p, prefix)
+        rank = tl.where(here, r, rank)
+        count = tl.where(here, c, count)
+        n_below = tl.where(here, n, n_below)
+    return prefix, rank, count, n_below
+
+
+@triton.jit
+def select_median(scratch_ptr, rows, live, total_rows):
+    """`_median_of_row` for the rows [R] of an image's segments, as vectors [R]."""
+    columns = tl.arange(0, rows.shape[0])
+    t = tl.zeros(rows.shape, dtype=tl.float32)
+    below_sum = tl.zeros(rows.shape, dtype=tl.float32)
+    above_sum = tl.zeros(rows.shape, dtype=tl.float32)
+    count = tl.zeros_like(rows)
+    n_lt = tl.zeros_like(rows)
+    n_gt = tl.zeros_like(rows)
+    for j in range(tl.sum(live.to(tl.int32), axis=0)):
+        here = columns == j
+        t_j, c_j, lt_j, gt_j, below_j, above_j = _median_of_row(
+            scratch_ptr, tl.sum(tl.where(here, rows, 0), axis=0), total_rows
+        )
+        t = tl.where(here, t_j, t)
+        count = tl.where(here, c_j, count)
+        n_lt = tl.where(here, lt_j, n_lt)
+        n_gt = tl.where(here, gt_j, n_gt)
+        below_sum = tl.where(here, below_j, below_sum)
+        above_sum = tl.where(here, above_j, above_sum)
     return t, count, n_lt, n_gt, below_sum, above_sum
 
 
@@ -154,26 +215,37 @@ def program_prefix(scratch_ptr, rows, live, total_rows, PASS: tl.constexpr):
 
 
 @triton.jit
-def histogram_digits(x, valid, seg, prefix, hist, below, above, PASS: tl.constexpr,
-                     SEG_POW2: tl.constexpr):  # fmt: skip
-    """Add one tile of `x` to pass PASS's register histogram [SEG_POW2 * bins] (and, in the
-    last pass, the per-segment sums of x - c below/above the prefix); `prefix` [SEG_POW2] from
-    `program_prefix`, `seg` [BLOCK] each pixel's segment column."""
+def _count(hist, bins, match, hist_rows_ptr, NB: tl.constexpr, ATOMIC: tl.constexpr):
+    """Count `bins` [BLOCK] (segment * NB + digit) of the `match` pixels: into the register
+    histogram, or straight into the scratch rows at `hist_rows_ptr` with atomics."""
+    if ATOMIC:
+        tl.atomic_add(hist_rows_ptr + bins, tl.full(bins.shape, 1, tl.int32), mask=match)
+    else:
+        hist += tl.histogram(bins, hist.shape[0], mask=match)
+    return hist
+
+
+@triton.jit
+def histogram_digits(x, valid, seg, prefix, hist, below, above, hist_rows_ptr, PASS: tl.constexpr,
+                     SEG_POW2: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
+    """Count one tile of `x` in pass PASS (and, in the last pass, add the per-segment sums of
+    x - c below/above the prefix); `prefix` [SEG_POW2] from `program_prefix`, `seg` [BLOCK]
+    each pixel's segment column, `hist_rows_ptr` the scratch rows of this array and image."""
     key = float_to_key(x)
     if PASS == 0:
         digit = (key >> 21).to(tl.int32)
-        hist += tl.histogram(seg * 2048 + digit, SEG_POW2 * 2048, mask=valid)
+        hist = _count(hist, seg * 2048 + digit, valid, hist_rows_ptr, 2048, ATOMIC)
     else:
         prefix = per_pixel(prefix, seg, SEG_POW2).to(tl.uint32)
         if PASS == 1:
             match = valid & ((key >> 21) == prefix)
             digit = ((key >> 10) & 0x7FF).to(tl.int32)
-            hist += tl.histogram(seg * 2048 + digit, SEG_POW2 * 2048, mask=match)
+            hist = _count(hist, seg * 2048 + digit, match, hist_rows_ptr, 2048, ATOMIC)
         else:
             high = key >> 10
             match = valid & (high == prefix)
             digit = (key & 0x3FF).to(tl.int32)
-            hist += tl.histogram(seg * 1024 + digit, SEG_POW2 * 1024, mask=match)
+            hist = _count(hist, seg * 1024 + digit, match, hist_rows_ptr, 1024, ATOMIC)
             deviation = x - key_to_float(prefix << 10)
             onehot = valid[:, None] & (seg[:, None] == tl.arange(0, SEG_POW2)[None, :])
             below += segment_sum(tl.where(high < prefix, deviation, 0.0), onehot)
@@ -182,15 +254,23 @@ def histogram_digits(x, valid, seg, prefix, hist, below, above, PASS: tl.constex
 
 
 @triton.jit
-def publish_histogram(scratch_ptr, hist, below, above, first_row, num_segments, total_rows,
-                      PASS: tl.constexpr, SEG_POW2: tl.constexpr):  # fmt: skip
-    """Add a program's histogram [SEG_POW2 * bins] of rows first_row + j, j < S (and the last
-    pass's sums [SEG_POW2]) to the scratch; empty bins take no atomic."""
+def hist_rows(scratch_ptr, first_row, total_rows, PASS: tl.constexpr):
+    """Pointer to pass PASS's histogram row `first_row` in the scratch."""
     NB: tl.constexpr = 2048 if PASS < 2 else 1024
-    bins = tl.arange(0, SEG_POW2 * NB)
-    real = bins < num_segments * NB
-    base = scratch_ptr + hist_offset(PASS, total_rows) + first_row.to(tl.int64) * NB
-    tl.atomic_add(base + bins, hist, mask=real & (hist != 0))
+    return scratch_ptr + hist_offset(PASS, total_rows) + first_row.to(tl.int64) * NB
+
+
+@triton.jit
+def publish_histogram(scratch_ptr, hist, below, above, first_row, num_segments, total_rows,
+                      PASS: tl.constexpr, SEG_POW2: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
+    """Add a program's register histogram [SEG_POW2 * bins] of rows first_row + j, j < S (and
+    the last pass's sums [SEG_POW2]) to the scratch; empty bins take no atomic."""
+    NB: tl.constexpr = 2048 if PASS < 2 else 1024
+    if not ATOMIC:
+        bins = tl.arange(0, SEG_POW2 * NB)
+        real = bins < num_segments * NB
+        base = hist_rows(scratch_ptr, first_row, total_rows, PASS)
+        tl.atomic_add(base + bins, hist, mask=real & (hist != 0))
     if PASS == 2:
         rows = first_row + tl.arange(0, SEG_POW2)
         live = rows < first_row + num_segments
@@ -203,14 +283,13 @@ def publish_histogram(scratch_ptr, hist, below, above, first_row, num_segments, 
 def _lower_median_pass_kernel(
     x_ptr, mask_ptr, seg_ptr, scratch_ptr, L, num_segments, tiles_per_prog,
     HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr, PASS: tl.constexpr, BLOCK: tl.constexpr,
-    SEG_POW2: tl.constexpr,
+    SEG_POW2: tl.constexpr, HIST_BINS: tl.constexpr, ATOMIC: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     total_rows = tl.num_programs(0) * num_segments
     rows, live = image_groups(b, num_segments, SEG_POW2)
-    NB: tl.constexpr = 2048 if PASS < 2 else 1024
-    hist = tl.zeros([SEG_POW2 * NB], dtype=tl.int32)
+    hist = tl.zeros([HIST_BINS], dtype=tl.int32)
     below = tl.zeros([SEG_POW2], dtype=tl.float32)
     above = tl.zeros([SEG_POW2], dtype=tl.float32)
     prefix = program_prefix(scratch_ptr, rows, live, total_rows, PASS)
@@ -218,10 +297,12 @@ def _lower_median_pass_kernel(
         _, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
         x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
                                        num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
-        hist, below, above = histogram_digits(x, valid, seg, prefix, hist, below, above, PASS,
-                                              SEG_POW2)  # fmt: skip
+        hist, below, above = histogram_digits(
+            x, valid, seg, prefix, hist, below, above,
+            hist_rows(scratch_ptr, b * num_segments, total_rows, PASS), PASS, SEG_POW2, ATOMIC,
+        )  # fmt: skip
     publish_histogram(scratch_ptr, hist, below, above, b * num_segments, num_segments,
-                      total_rows, PASS, SEG_POW2)  # fmt: skip
+                      total_rows, PASS, SEG_POW2, ATOMIC)  # fmt: skip
 
 
 @triton.jit
@@ -303,7 +384,8 @@ def lower_median(
         wrap_triton(_lower_median_pass_kernel)[(B, plan.chunks)](
             x, mask_arg, seg_arg, scratch, L, num_segments, plan.tiles_per_prog,
             HAS_MASK=mask is not None, SEG_MODE=seg_mode, PASS=radix_pass, BLOCK=plan.block,
-            SEG_POW2=seg_pow2, num_warps=plan.num_warps,
+            SEG_POW2=seg_pow2, HIST_BINS=histogram_bins(seg_pow2, radix_pass),
+            ATOMIC=atomic_histogram(seg_pow2), num_warps=plan.num_warps,
         )  # fmt: skip
     wrap_triton(_lower_median_value_kernel)[(B,)](
         scratch, values, counts, num_segments, SEG_POW2=seg_pow2

@@ -34,7 +34,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     assert result["kernels"] and sorted(result["compiled"]) == sorted(result["kernels"])
-    assert result["launches"] >= 40  # dtypes x validity flags x segment widths
+    assert result["launches"] >= 60  # dtypes x validity flags x segment modes x reductions
 
 
 # ------------------------------------------------------------------------- the child process
@@ -132,24 +132,36 @@ def _compile_all(out: Path) -> None:
     cuda = torch.device("cuda", 0)
     with FakeTensorMode(allow_non_fake_inputs=True):
         B, L = 16, 518 * 518
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        mask = torch.empty(B, L, dtype=torch.bool, device=cuda)
+        box = torch.empty(B, L, dtype=torch.bool, device=cuda)
+        i64 = torch.empty(B, L, dtype=torch.int64, device=cuda)
+        i32 = torch.empty(B, L, dtype=torch.int32, device=cuda)
+        # (dtype, CutMix?, segments, S, mask, mean): every segment mode and histogram kind
+        # (register up to 2 segments, atomics beyond; > 16 segments: the map in the backward)
+        # once in fp32, the common cases in half precision; compiling is slow on 2 cores.
+        cases = [
+            (torch.float32, False, None, 1, mask, True),
+            (torch.float32, False, None, 1, None, False),
+            (torch.float32, False, i64, 2, mask, False),
+            (torch.float32, False, i32, 4, None, True),
+            (torch.float32, False, i32, 20, mask, False),
+            (torch.float32, True, box, 2, mask, True),
+            (torch.float32, True, box.to(torch.uint8), 2, None, False),
+            *[(half, cutmix, box if cutmix else None, 2 if cutmix else 1, mask, True)
+              for half in (torch.float16, torch.bfloat16) for cutmix in (False, True)],
+        ]  # fmt: skip
+        for dtype, cutmix, segments, num_segments, m, mean in cases:
             pred = torch.empty(B, L, dtype=dtype, device=cuda)
             target = torch.empty(B, L, dtype=dtype, device=cuda)
-            mask = torch.empty(B, L, dtype=torch.bool, device=cuda)
-            for segments, num_segments in [
-                (None, 1),
-                (torch.empty(B, L, dtype=torch.int64, device=cuda), 2),
-                (torch.empty(B, L, dtype=torch.int32, device=cuda), 4),
-            ]:
-                for m in (None, mask):
-                    loss, stats, median_index = affine_invariant.affine_invariant_forward(
-                        pred, target, m, segments, num_segments
-                    )
-                    affine_invariant.affine_invariant_backward(
-                        torch.empty(B, device=cuda), pred, target, m, segments, num_segments,
-                        stats, median_index,
-                    )
-                    radix_select.lower_median(pred, m, segments, num_segments)
+            loss, stats, counts, codes = affine_invariant.affine_invariant_forward(
+                pred, target, target if cutmix else None, m, segments, num_segments, mean
+            )
+            affine_invariant.affine_invariant_backward(
+                torch.empty(loss.shape, device=cuda), codes, segments, stats, counts, dtype
+            )
+            if not cutmix and num_segments < 20:
+                radix_select.lower_median(pred, m, segments, num_segments)
+        for dtype in (torch.float32, torch.bfloat16):
             features = torch.empty(16 * 1369, 1024, dtype=dtype, device=cuda)
             frozen = torch.empty_like(features)
             loss, cos, n_kept = feature_alignment.feature_alignment_forward(features, frozen, 0.85)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import stages
-from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .data import BatchStream
 from .distributed import (
@@ -29,12 +29,12 @@ from .distributed import (
     all_reduce_mean,
     autocast_context,
     init_distributed,
-    reduce_step,
     resolve_param_dtype,
     use_fsdp,
     wrap_model,
 )
 from .optim import build_optimizer, build_scheduler, clip_gradients
+from .step_monitor import Settled, StepMonitor
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
         images_per_step = info.world_size * cfg.data.batch_size * (
             1 + cfg.data.unlabelled_ratio if cfg.stage == "student" else 1)
-        last_loss = math.nan
+        last_loss = mean_loss = math.nan
+        monitor = StepMonitor()
         status = "done"
         tick = time.perf_counter()
         try:
@@ -214,17 +215,17 @@ class Trainer:
                 batches = {k: next(s) for k, s in streams.items()}
                 with autocast_context(cfg.dist, info, fsdp):
                     loss, parts = self._stage_loss(model, batches, frozen, info, step)
-                # SIGTERM (on any rank) is acted on after this step: checkpoint and stop.
-                mean_loss, nonfinite, terminate = reduce_step(loss, self._terminate)
-                if nonfinite:
-                    checkpoint(step)
-                    sources = [p for b in batches.values() for p in b.get("paths", [])]
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach())} on rank {info.rank}) at step "
-                        f"{step + 1}; batch sources: {sources}; parts: "
-                        f"{ {k: float(v) for k, v in parts.items()} }; the state before this "
-                        f"step is saved in {self.ckpt_dir / checkpoint_name(step)}")
+                sources = [p for b in batches.values() for p in b.get("paths", [])]
+                monitor.record(step + 1, loss, sources)  # no host sync before the backward
                 loss.backward()
+                # One host sync per log interval (and before checkpoints, validation, the end):
+                # non-finite losses and SIGTERM (on any rank) are acted on there.
+                terminate = False
+                if self._sync_due(step + 1):
+                    settled = monitor.settle(self._terminate)
+                    mean_loss, terminate = settled.loss, settled.stop
+                    if settled.nonfinite_step is not None:
+                        self._stop_nonfinite(settled, step, checkpoint)
                 grad_norm = clip_gradients(model, cfg.optim.grad_clip)
                 optimizer.step()
                 scheduler.step()
@@ -268,6 +269,25 @@ class Trainer:
                 writer.close()
         return {"status": status, "step": step, "loss": last_loss,
                 "export": str(export) if export else None}
+
+    def _sync_due(self, step: int) -> bool:
+        """Whether the loop reads the pending step checks after `step`'s backward."""
+        cfg = self.cfg
+        return any(every and step % every == 0 for every in
+                   (cfg.log_every or 1, cfg.checkpoint_every, cfg.val_every)) or step == cfg.steps
+
+    def _stop_nonfinite(self, settled: Settled, step: int, checkpoint: Any) -> None:
+        """Raise NonFiniteLossError; when the bad step is this one (its optimiser step not taken
+        yet) the state before it is saved first, else the newest checkpoint is named."""
+        bad = settled.nonfinite_step
+        if bad == step + 1:
+            saved = f"the state before this step is saved in {checkpoint(step)}"
+        else:
+            newest = latest_checkpoint(self.ckpt_dir)
+            saved = (f"steps {bad}..{step + 1} updated the parameters with it; resume from "
+                     f"{newest}" if newest else "no checkpoint was saved before it")
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad}; batch sources: {settled.nonfinite_sources}; {saved}")
 
     def _stage_loss(self, model: nn.Module, batches: dict, frozen: nn.Module | None,
                     info: DistInfo, step: int) -> tuple[torch.Tensor, dict]:
