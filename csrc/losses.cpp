@@ -182,8 +182,8 @@ struct GroupSums {
 
 // Loss pass over one image in pixel order, for the pixels with gid == segment:
 // sum|p^ - g^|, A = sum sign(r), Bsum = sum sign(r) p^, C = sum sign(p - t), and the code byte
-// of each pixel (stats_layout.h). Float partial sums per block. Other pixels may hold inf/NaN,
-// so they are selected out (selects vectorise with -fno-trapping-math, see setup.py).
+// of each pixel (stats_layout.h). Float partial sums per block. Other pixels may hold inf/NaN, so they are selected out (selects vectorise with
+// -fno-trapping-math, see setup.py).
 GroupSums loss_pass(const float* __restrict p, const float* __restrict g,
                     const int32_t* __restrict gid, int32_t segment, int64_t n, float tp,
                     float inv_sp, float tg, float inv_sg, uint8_t segment_bits,
@@ -205,9 +205,11 @@ GroupSums loss_pass(const float* __restrict p, const float* __restrict g,
       a += r;
       bs += in ? r * ph : 0.0f;
       c += sp;
-      const int code = (r > 0.0f ? kCodeRPos : 0) | (r < 0.0f ? kCodeRNeg : 0) |
-                       (sp > 0.0f ? kCodePPos : 0) | (sp < 0.0f ? kCodePNeg : 0);
-      codes[i] |= static_cast<uint8_t>(code ? (code | segment_bits) : 0);
+      const int code = static_cast<int>(r > 0.0f) * kCodeRPos +
+                       static_cast<int>(r < 0.0f) * kCodeRNeg +
+                       static_cast<int>(sp > 0.0f) * kCodePPos +
+                       static_cast<int>(sp < 0.0f) * kCodePNeg;
+      codes[i] |= static_cast<uint8_t>(code + static_cast<int>(code != 0) * segment_bits);
     }
     sums.loss += l, sums.r += a, sums.rp += bs, sums.sign_p += static_cast<int64_t>(c);
   }
