@@ -34,7 +34,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     assert result["kernels"] and sorted(result["compiled"]) == sorted(result["kernels"])
-    assert result["launches"] >= 50  # dtypes x validity flags x segment modes x reductions
+    assert result["launches"] >= 40  # dtypes x validity flags x segment modes x reductions
 
 
 # ------------------------------------------------------------------------- the child process
@@ -138,7 +138,7 @@ def _compile_all(out: Path) -> None:
         i64 = torch.empty(B, L, dtype=torch.int64, device=cuda)
         i32 = torch.empty(B, L, dtype=torch.int32, device=cuda)
         # (dtype, CutMix?, segments, S, mask, mean, histogram): every segment mode, reduction and
-        # histogram kind once in fp32, the common cases in half precision. One-hot widths
+        # histogram kind once in fp32, both half precisions once. One-hot widths
         # beyond 2 segments compile for minutes on 2 cores: the interpreter tests cover them,
         # and the backward's segment-map path (> 16 segments) is compiled on its own below.
         cases = [
@@ -147,8 +147,8 @@ def _compile_all(out: Path) -> None:
             (torch.float32, False, i64, 2, mask, False, "auto"),
             (torch.float32, True, box, 2, mask, True, "auto"),
             (torch.float32, True, box.to(torch.uint8), 2, None, False, "auto"),
-            *[(half, cutmix, box if cutmix else None, 2 if cutmix else 1, mask, True, "auto")
-              for half in (torch.float16, torch.bfloat16) for cutmix in (False, True)],
+            (torch.bfloat16, False, None, 1, mask, True, "auto"),
+            (torch.float16, True, box, 2, mask, True, "auto"),
         ]  # fmt: skip
         for dtype, cutmix, segments, num_segments, m, mean, histogram in cases:
             os.environ[radix_select.HISTOGRAM_ENV] = histogram
@@ -160,8 +160,7 @@ def _compile_all(out: Path) -> None:
             affine_invariant.affine_invariant_backward(
                 torch.empty(loss.shape, device=cuda), codes, segments, stats, counts, dtype
             )
-            if not cutmix:
-                radix_select.lower_median(pred, m, segments, num_segments)
+        radix_select.lower_median(torch.empty(B, L, device=cuda), mask, i64, 2)  # a test tool
         os.environ[radix_select.HISTOGRAM_ENV] = "auto"
         many = 20  # more segments than a code byte holds: the backward reads the map
         affine_invariant.affine_invariant_backward(

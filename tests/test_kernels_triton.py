@@ -566,3 +566,21 @@ def test_forward_and_backward_do_not_sync_the_host() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_atomic_histograms_give_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DAF_TRITON_HISTOGRAM=atomics (per-pixel atomics instead of tl.histogram) changes how
+    the passes count, not what they find; a bad value is an error naming the variable."""
+    from depth_anything_fast.kernels import radix_select
+
+    pred = torch.randn(2, 70 * GROW).round(decimals=1).to(DEVICE)  # ties at the median
+    target = torch.rand(2, 70 * GROW).to(DEVICE)
+    mask = (torch.rand(2, 70 * GROW) > 0.2).to(DEVICE)
+    default = affine_invariant_forward(pred, target, None, mask, None, 1, False)
+    monkeypatch.setenv(radix_select.HISTOGRAM_ENV, "atomics")
+    atomic = affine_invariant_forward(pred, target, None, mask, None, 1, False)
+    assert torch.equal(default[2], atomic[2]) and torch.equal(default[3], atomic[3])
+    torch.testing.assert_close(default[0], atomic[0], rtol=1e-6, atol=1e-7)
+    monkeypatch.setenv(radix_select.HISTOGRAM_ENV, "shared")
+    with pytest.raises(ValueError, match=radix_select.HISTOGRAM_ENV):
+        affine_invariant_forward(pred, target, None, mask, None, 1, False)

@@ -280,3 +280,14 @@ def test_backend_selection_and_errors(monkeypatch):
     assert resolve_backend("auto", "affine_invariant", x) == "reference"
     with pytest.raises(RuntimeError, match="not built"):
         resolve_backend("cpu", "affine_invariant", x)
+
+
+def test_counts_are_exact_beyond_2_to_the_24_pixels():
+    """A float32 count stops at 2**24 (2**24 + 1 rounds down): counts are int64 throughout."""
+    length = 2**24 + 3
+    pred = (torch.arange(length, dtype=torch.float32) % 1024 * 0.25)[None]
+    target = 2 * pred + 1  # an affine map of pred: the loss is 0
+    loss, stats, counts, _ = cpu.affine_invariant_forward(pred, target, None, None, None, 1, False)
+    assert counts[0, 0, layout.COUNT] == length
+    assert stats[0, 0, layout.T_TARGET] == 2 * stats[0, 0, layout.T_PRED] + 1
+    assert loss[0].abs() < 1e-5
