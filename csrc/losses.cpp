@@ -27,6 +27,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace py = pybind11;
 
@@ -47,6 +50,21 @@ inline bool is_finite(float x) {
   return (__builtin_bit_cast(uint32_t, x) & 0x7F800000u) != 0x7F800000u;
 }
 
+
+// Outputs are fresh allocations of the caller, which the OS maps page by page on first write:
+// for a 90 MB gradient the 4 KiB page faults cost more than the arithmetic. Asking for
+// transparent huge pages on the untouched buffer (THP in "madvise" mode, as on this project's
+// machines) makes that ~45 faults instead of ~22000. Advisory: ignored where unsupported.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data, (void)bytes;
+#endif
+}
 
 template <typename T>
 T* data_2d(Array<T>& a, const char* name, int64_t rows, int64_t cols) {
@@ -367,6 +385,7 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
   float* stats_out = data_n(stats, "stats", x.batch * num_segments * kNumStats);
   int64_t* counts_out = data_n(counts, "counts", x.batch * num_segments * kNumCounts);
   uint8_t* codes_out = data_2d(codes, "codes", x.batch, x.length);
+  advise_huge_pages(codes_out, static_cast<size_t>(x.batch * x.length));
   std::vector<double> image_loss(x.batch, 0.0);
   std::vector<int64_t> image_count(x.batch, 0);
   {
@@ -433,6 +452,7 @@ void affine_invariant_backward(Array<float> grad_loss, bool mean, Array<uint8_t>
     seg_all = data_2d(*segments, "segments", B, L);
   }
   float* grad_out = data_2d(grad_pred, "grad_pred", B, L);
+  advise_huge_pages(grad_out, static_cast<size_t>(B * L) * sizeof(float));
   float mean_weight = 1.0f;
   if (mean) {
     int64_t nonempty = 0;
@@ -536,6 +556,7 @@ void feature_alignment_backward(Array<float> grad_loss, Array<float> features,
   const float kept = *data_n(n_kept, "n_kept", 1);
   const float g = *data_n(grad_loss, "grad_loss", 1);
   float* out = data_2d(grad_features, "grad_features", M, C);
+  advise_huge_pages(out, static_cast<size_t>(M * C) * sizeof(float));
   const float w = kept > 0 ? g / kept : 0.0f;
   py::gil_scoped_release release;
 #pragma omp parallel for schedule(static)
