@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root in the benchmark's own layout")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--weights", help="model checkpoint (official .pth or converted)")
+    source.add_argument("--weights", help="model checkpoint (official .pth, converted, or a Hub repo id org/name)")
     source.add_argument("--predictions", help="directory of saved disparities (no model run)")
     add_predictor_options(p, batch_size=8)
     p.add_argument(
@@ -158,7 +158,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         try:
             model = load_model(args.weights)
             predictor = Predictor(model, **predictor_options(args))
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, ImportError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         metric_model = metric_max_depth(model) is not None
