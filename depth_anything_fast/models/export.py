@@ -1,0 +1,189 @@
+"""Export a Depth Anything model: ONNX (dynamic batch, height, width) and torch.export (.pt2).
+
+`depth-anything-fast export --weights W --format onnx|pt2 OUT`. The graph takes
+x (B, 3, H, W) float32, ImageNet-normalised, H and W multiples of 14, any B, H, W (the exported
+ranges are up to `MAX_BATCH` images and `MAX_PATCHES` patches per side), and returns
+(B, H, W) float32 disparity (depth in metres for a metric model), as `DepthAnything.forward`.
+Preprocessing (resize, normalise) and the resize back stay outside the graph.
+
+For the export, the position-embedding interpolation is written as two interpolation matrices
+(`bicubic_matrix`) instead of `F.interpolate(scale_factor=...)`: the official scale factor
+`(n + 0.1) / 37` depends on the input size, which `F.interpolate` turns into a constant of the
+traced shape. The matrices give the same bicubic (a = -0.75, border-clamped, PyTorch's source
+coordinates) for every grid, and the identity at the training grid where the model leaves the
+embeddings unchanged.
+
+Minimal ONNX Runtime inference (numpy only; `preprocess` is this package's official resize):
+
+    import numpy as np, onnxruntime as ort
+    from depth_anything_fast.models.transforms import preprocess
+    session = ort.InferenceSession("depth.onnx", providers=["CPUExecutionProvider"])
+    x = preprocess(rgb_uint8).numpy()                     # (1, 3, H', W'), H', W' % 14 == 0
+    disparity = session.run(None, {"x": x})[0][0]          # (H', W') float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+FORMATS = ("onnx", "pt2")
+MAX_BATCH = 1024
+MAX_PATCHES = 1024  # per side: 14336 pixels
+_CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient
+
+
+def bicubic_matrix(size: int, out: torch.Tensor, offset: float) -> torch.Tensor:
+    """(n, size) float32 matrix M with M @ v = bicubic resampling of v (length `size`) to
+    n = out.numel() samples, as `F.interpolate(mode="bicubic", align_corners=False)` with
+    scale factor (n + offset) / size; the identity when n == size.
+
+    Args:
+        size: input length (the training grid side, 37).
+        out: float32 arange(n) on the target device; n may be a symbolic size.
+        offset: 0.1 for the official DINOv2 interpolation, 0.0 for an exact-size one.
+    """
+    n = out[-1:] + 1  # the output length as a tensor: no branch on a traced shape
+    # at n == size the model keeps the embeddings as they are: scale 1 gives exactly that
+    offset_now = offset * (n != size).to(out.dtype)
+    source = (out + 0.5) * (size / (n + offset_now)) - 0.5
+    start = torch.floor(source)
+    taps = torch.arange(-1, 3, device=out.device)
+    d = ((source - start)[:, None] - taps).abs()  # (n, 4) distances to the taps, 0 <= d < 3
+    near = ((_CUBIC_A + 2) * d - (_CUBIC_A + 3)) * d * d + 1
+    far = ((_CUBIC_A * d - 5 * _CUBIC_A) * d + 8 * _CUBIC_A) * d - 4 * _CUBIC_A
+    weight = torch.where(d <= 1, near, far)
+    index = (start.long()[:, None] + taps).clamp(0, size - 1)  # (n, 4), border taps repeat
+    columns = torch.arange(size, device=out.device)
+    one_hot = (index[:, :, None] == columns).to(out.dtype)  # (n, 4, size)
+    return (one_hot * weight[:, :, None]).sum(dim=1)
+
+
+def _interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+    """`DinoVisionTransformer.interpolate_pos_encoding` with shape-generic matrices."""
+    pos_embed = self.pos_embed
+    side = int((pos_embed.shape[1] - 1) ** 0.5)
+    grid = pos_embed[0, 1:].float().reshape(side, side, -1)
+    rows = bicubic_matrix(side, torch.arange(grid_h, device=grid.device).float(),
+                          self.interpolate_offset)
+    cols = bicubic_matrix(side, torch.arange(grid_w, device=grid.device).float(),
+                          self.interpolate_offset)
+    patch_pos = torch.einsum("hi,ijd,wj->hwd", rows, grid, cols).reshape(1, -1, grid.shape[-1])
+    return torch.cat((pos_embed[:, :1], patch_pos.to(pos_embed.dtype)), dim=1)
+
+
+@contextlib.contextmanager
+def exportable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` in eval mode with its position-embedding interpolation traceable for any input
+    size; restored on exit."""
+    encoder = model.encoder
+    was_training = model.training
+    model.eval()
+    encoder.interpolate_pos_encoding = types.MethodType(_interpolate_pos_encoding, encoder)
+    try:
+        yield model
+    finally:
+        del encoder.interpolate_pos_encoding  # back to the class's method
+        model.train(was_training)
+
+
+def _example_and_shapes(model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
+    patch = model.config.patch_size
+    dims = torch.export.Dim
+    # an example unlike any special case: batch 2, a non-square grid other than 37 x 37
+    example = torch.randn(2, 3, 5 * patch, 7 * patch)
+    shapes = {"x": {
+        0: dims("batch", min=1, max=MAX_BATCH),
+        2: patch * dims("patches_h", min=1, max=MAX_PATCHES),
+        3: patch * dims("patches_w", min=1, max=MAX_PATCHES),
+    }}
+    return example, shapes
+
+
+def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
+    """`torch.export` program of `model` (CPU, float32) with dynamic batch, height and width.
+
+    Run it with `program.module()(x)`; save with `torch.export.save`, load with
+    `torch.export.load`.
+    """
+    model = model.float().cpu()
+    example, shapes = _example_and_shapes(model)
+    with exportable(model), torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+
+
+def require_onnx_exporter() -> None:
+    """ImportError naming the `export` extra when torch.onnx's exporter cannot run."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (torch.onnx's exporter is built on it)
+    except ImportError as err:
+        raise ImportError(
+            "ONNX export needs onnx and onnxscript: pip install 'depth_anything_fast[export]'"
+        ) from err
+
+
+def save_export(
+    program: torch.export.ExportedProgram, path: str | Path, format: str, *, opset: int = 18
+) -> Path:
+    """Write an `export_program` result as ONNX ("onnx": input "x", output "disparity",
+    dynamic batch, height and width; needs onnx and onnxscript, the `export` extra) or as a
+    torch.export archive ("pt2", `torch.export.load` reads it back)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    path = Path(path)
+    if format == "pt2":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, str(path))
+        return path
+    require_onnx_exporter()
+    # a program read back by torch.export.load does not translate (its derived sizes fail
+    # there): translate the one in memory
+    onnx_program = torch.onnx.export(
+        program, input_names=["x"], output_names=["disparity"], opset_version=opset,
+        dynamo=True, external_data=False,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_program.save(str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- CLI
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `export` subcommand."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX or a torch.export program (.pt2)",
+        description="Export to ONNX (dynamic batch, height and width, multiples of 14) or to a "
+        "torch.export ExportedProgram. Input x (B, 3, H, W) float32 ImageNet-normalised; "
+        "output (B, H, W) disparity (metric models: depth in metres).",
+    )
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint path or Hugging Face Hub repo id org/name[@revision]")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("output", help="output file (.onnx or .pt2)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, export, print one line. Returns the exit code."""
+    from .depth_anything import DepthAnything
+
+    try:
+        model = DepthAnything.from_pretrained(args.weights, attn_backend="math")
+        if args.format == "onnx":
+            require_onnx_exporter()  # before the export, not after it
+        out = save_export(export_program(model), args.output, args.format, opset=args.opset)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"export: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({args.format}, input x (B, 3, H, W), H and W multiples of "
+          f"{model.config.patch_size})")
+    return 0
