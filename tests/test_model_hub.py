@@ -107,13 +107,23 @@ def test_parse_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hf_format_repo_with_revision(
     hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip("transformers")
+    from test_model import TINY, make_hf_model
+
     repo = "depth-anything/Depth-Anything-V2-Small-hf"
-    first, second = random_ours(), random_ours(metric=True, max_depth=20.0)
-    add_to_hub_cache(hub_cache, repo, save_hf_format(first, tmp_path / "first"))
+    # main: a transformers DepthAnythingForDepthEstimation; another commit: our own format
+    make_hf_model(**TINY).save_pretrained(tmp_path / "transformers")
+    first = DepthAnything.from_pretrained(tmp_path / "transformers")
+    files = {name: tmp_path / "transformers" / name for name in ("config.json",
+                                                                 "model.safetensors")}
+    add_to_hub_cache(hub_cache, repo, files)
+    second = random_ours(metric=True, max_depth=20.0)
     commit = add_to_hub_cache(
         hub_cache, repo, save_hf_format(second, tmp_path / "second"), ref=None
     )
-    assert_same_weights(DepthAnything.from_pretrained(repo), first)
+    from_hub = DepthAnything.from_pretrained(repo)
+    assert from_hub.config == first.config
+    assert_same_weights(from_hub, first)
     for loaded in (
         DepthAnything.from_pretrained(f"{repo}@{commit}"),
         DepthAnything.from_pretrained(repo, revision=commit),
