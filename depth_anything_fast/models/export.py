@@ -13,7 +13,8 @@ traced shape. The matrices give the same bicubic (a = -0.75, border-clamped, PyT
 coordinates) for every grid, and the identity at the training grid where the model leaves the
 embeddings unchanged.
 
-Minimal ONNX Runtime inference (numpy only; `preprocess` is this package's official resize):
+Minimal ONNX Runtime inference (`preprocess` is this package's official resize and
+normalisation; any equivalent numpy code can replace it):
 
     import numpy as np, onnxruntime as ort
     from depth_anything_fast.models.transforms import preprocess
@@ -80,16 +81,19 @@ def _interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def exportable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """`model` in eval mode with its position-embedding interpolation traceable for any input
-    size; restored on exit."""
+    """`model` in eval mode, with plain-matmul attention (every exporter and runtime reads it;
+    fused kernels such as xformers' do not export) and its position-embedding interpolation
+    traceable for any input size; all restored on exit."""
     encoder = model.encoder
-    was_training = model.training
+    was_training, backend = model.training, encoder.attention_backend
     model.eval()
+    encoder.set_attention_backend("math")
     encoder.interpolate_pos_encoding = types.MethodType(_interpolate_pos_encoding, encoder)
     try:
         yield model
     finally:
         del encoder.interpolate_pos_encoding  # back to the class's method
+        encoder.set_attention_backend(backend)
         model.train(was_training)
 
 
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     from .depth_anything import DepthAnything
 
     try:
-        model = DepthAnything.from_pretrained(args.weights, attn_backend="math")
+        model = DepthAnything.from_pretrained(args.weights)
         if args.format == "onnx":
             require_onnx_exporter()  # before the export, not after it
         out = save_export(export_program(model), args.output, args.format, opset=args.opset)

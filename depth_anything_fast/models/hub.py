@@ -132,11 +132,11 @@ def resolve_weights(
     repo_id, spec_revision = parsed
     if revision is not None and spec_revision is not None and revision != spec_revision:
         raise ValueError(f"two revisions for {repo_id}: {spec_revision!r} and {revision!r}")
-    fetch = _HubFiles(repo_id, revision or spec_revision, cache_dir)
+    # the official repos under their own spelling (the cache folder is named after it)
     canonical = _OFFICIAL_BY_LOWER.get(repo_id.lower())
+    fetch = _HubFiles(canonical or repo_id, revision or spec_revision, cache_dir)
     if canonical is not None:
         official = OFFICIAL_REPOS[canonical]
-        fetch.repo_id = canonical
         path = fetch.get(official.filename)
         hints: dict[str, Any] = {"encoder": official.encoder, "version": official.version}
         if official.max_depth is not None:
