@@ -17,11 +17,16 @@ import torch.nn.functional as F
 
 from depth_anything_fast.cli import main
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
-from depth_anything_fast.models.export import bicubic_matrix
+from depth_anything_fast.models.export import (
+    bicubic_matrix,
+    exportable,
+    interpolate_pos_encoding,
+)
 
 TOL = 1e-4
-# (batch, height, width): two shapes unlike the traced example, and the 37 x 37 training grid
-SHAPES = ((1, 56, 84), (3, 126, 42), (1, 518, 518))
+# (batch, height, width): shapes unlike the traced example, the 37 x 37 training grid, and one
+# side on it (interpolated all the same)
+SHAPES = ((1, 56, 84), (3, 126, 42), (1, 518, 518), (2, 518, 686))
 
 
 @pytest.mark.parametrize("offset", [0.1, 0.0])
@@ -30,9 +35,6 @@ def test_bicubic_matrix_matches_interpolate(offset: float) -> None:
     grid = torch.randn(1, 1, side, side, dtype=torch.float64)
     for n in (1, 4, 36, 37, 38, 80):
         matrix = bicubic_matrix(side, torch.arange(n, dtype=torch.float64), offset)
-        if n == side:
-            assert torch.equal(matrix, torch.eye(side, dtype=torch.float64))
-            continue
         if offset:
             scale = ((n + offset) / side, (n + offset) / side)
             expected = F.interpolate(grid, scale_factor=scale, mode="bicubic")
@@ -41,6 +43,25 @@ def test_bicubic_matrix_matches_interpolate(offset: float) -> None:
         got = matrix @ grid[0, 0] @ matrix.T
         assert got.shape == (n, n)
         torch.testing.assert_close(got, expected[0, 0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.0])
+def test_exportable_pos_encoding_matches_the_model(offset: float) -> None:
+    config = DepthAnythingConfig.preset("custom", "v2", embed_dim=64, depth=4, num_heads=2,
+                                        interpolate_offset=offset)
+    model = DepthAnything(config=config)
+    with torch.no_grad():
+        model.encoder.pos_embed.normal_()
+    encoder = model.encoder
+    for grid in ((37, 37), (37, 49), (49, 37), (5, 7), (1, 1)):
+        expected = encoder.interpolate_pos_encoding(*grid)
+        with exportable(model):
+            got = interpolate_pos_encoding(encoder, *grid)
+        assert got.shape == expected.shape
+        if grid == (37, 37):
+            assert torch.equal(got, expected)  # the training grid: unchanged
+        # float32 rounding of two summation orders, on N(0, 1) embeddings
+        torch.testing.assert_close(got, expected, rtol=0, atol=3e-5)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ For the export, the position-embedding interpolation is written as two interpola
 (`bicubic_matrix`) instead of `F.interpolate(scale_factor=...)`: the official scale factor
 `(n + 0.1) / 37` depends on the input size, which `F.interpolate` turns into a constant of the
 traced shape. The matrices give the same bicubic (a = -0.75, border-clamped, PyTorch's source
-coordinates) for every grid, and the identity at the training grid where the model leaves the
-embeddings unchanged.
+coordinates) for every grid, and the embeddings unchanged at the training grid, as the model.
 
 Minimal ONNX Runtime inference (`preprocess` is this package's official resize and
 normalisation; any equivalent numpy code can replace it):
@@ -40,41 +39,57 @@ MAX_PATCHES = 1024  # per side: 14336 pixels
 _CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient
 
 
-def bicubic_matrix(size: int, out: torch.Tensor, offset: float) -> torch.Tensor:
-    """(n, size) float32 matrix M with M @ v = bicubic resampling of v (length `size`) to
+def bicubic_matrix(size: int, out: torch.Tensor, offset: float | torch.Tensor) -> torch.Tensor:
+    """(n, size) matrix M with M @ v = bicubic resampling of v (length `size`) to
     n = out.numel() samples, as `F.interpolate(mode="bicubic", align_corners=False)` with
-    scale factor (n + offset) / size; the identity when n == size.
+    scale factor (n + offset) / size, or with size=n for offset 0.0.
+
+    The arithmetic follows PyTorch's CPU kernel (source coordinate, tap weights with
+    a = -0.75, border taps clamped); float32 agrees with `F.interpolate` to rounding.
 
     Args:
         size: input length (the training grid side, 37).
-        out: float32 arange(n) on the target device; n may be a symbolic size.
-        offset: 0.1 for the official DINOv2 interpolation, 0.0 for an exact-size one.
+        out: arange(n) as float32 or float64 on the target device; n may be a symbolic size.
+        offset: 0.1 for the official DINOv2 interpolation, 0.0 for an exact-size one; a
+            float64 tensor for an offset decided in the graph.
     """
     n = out[-1:] + 1  # the output length as a tensor: no branch on a traced shape
-    # at n == size the model keeps the embeddings as they are: scale 1 gives exactly that
-    offset_now = offset * (n != size).to(out.dtype)
-    source = (out + 0.5) * (size / (n + offset_now)) - 0.5
+    if isinstance(offset, torch.Tensor) or offset:
+        # PyTorch inverts the scale factor in float64, then rounds to the compute type
+        ratio = (1.0 / ((n.double() + offset) / size)).to(out.dtype)
+    else:
+        ratio = size / n
+    source = (out + 0.5) * ratio - 0.5
     start = torch.floor(source)
-    taps = torch.arange(-1, 3, device=out.device)
-    d = ((source - start)[:, None] - taps).abs()  # (n, 4) distances to the taps, 0 <= d < 3
+    t = source - start
+    # distances to the taps at start-1 .. start+2, in PyTorch's order of operations
+    d = torch.stack((t + 1, t, 1 - t, (1 - t) + 1), dim=1)
     near = ((_CUBIC_A + 2) * d - (_CUBIC_A + 3)) * d * d + 1
     far = ((_CUBIC_A * d - 5 * _CUBIC_A) * d + 8 * _CUBIC_A) * d - 4 * _CUBIC_A
-    weight = torch.where(d <= 1, near, far)
+    weight = torch.cat((far[:, :1], near[:, 1:3], far[:, 3:]), dim=1)  # (n, 4)
+    taps = torch.arange(-1, 3, device=out.device)
     index = (start.long()[:, None] + taps).clamp(0, size - 1)  # (n, 4), border taps repeat
     columns = torch.arange(size, device=out.device)
     one_hot = (index[:, :, None] == columns).to(out.dtype)  # (n, 4, size)
     return (one_hot * weight[:, :, None]).sum(dim=1)
 
 
-def _interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-    """`DinoVisionTransformer.interpolate_pos_encoding` with shape-generic matrices."""
+def interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+    """`DinoVisionTransformer.interpolate_pos_encoding` with shape-generic matrices (bound to
+    an encoder by `exportable`)."""
     pos_embed = self.pos_embed
     side = int((pos_embed.shape[1] - 1) ** 0.5)
     grid = pos_embed[0, 1:].float().reshape(side, side, -1)
-    rows = bicubic_matrix(side, torch.arange(grid_h, device=grid.device).float(),
-                          self.interpolate_offset)
-    cols = bicubic_matrix(side, torch.arange(grid_w, device=grid.device).float(),
-                          self.interpolate_offset)
+    rows = torch.arange(grid_h, device=grid.device).float()
+    cols = torch.arange(grid_w, device=grid.device).float()
+    offset: float | torch.Tensor = self.interpolate_offset
+    if offset:
+        # the model keeps the embeddings at the training grid (both sides 37); scale 1 (offset
+        # 0 there) gives exactly that, without a branch on the traced sizes
+        keep = ((rows[-1:] + 1) == side) & ((cols[-1:] + 1) == side)
+        offset = offset * (~keep).double()
+    rows = bicubic_matrix(side, rows, offset)
+    cols = bicubic_matrix(side, cols, offset)
     patch_pos = torch.einsum("hi,ijd,wj->hwd", rows, grid, cols).reshape(1, -1, grid.shape[-1])
     return torch.cat((pos_embed[:, :1], patch_pos.to(pos_embed.dtype)), dim=1)
 
@@ -88,7 +103,7 @@ def exportable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     was_training, backend = model.training, encoder.attention_backend
     model.eval()
     encoder.set_attention_backend("math")
-    encoder.interpolate_pos_encoding = types.MethodType(_interpolate_pos_encoding, encoder)
+    encoder.interpolate_pos_encoding = types.MethodType(interpolate_pos_encoding, encoder)
     try:
         yield model
     finally:
