@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import sys
 import types
 from collections.abc import Iterator
@@ -128,10 +129,12 @@ def _example_and_shapes(model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
 def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
     """`torch.export` program of `model` (CPU, float32) with dynamic batch, height and width.
 
-    Run it with `program.module()(x)`; save with `torch.export.save`, load with
-    `torch.export.load`.
+    A model on another device or in another dtype is copied, not changed. Run the result with
+    `program.module()(x)`; save with `torch.export.save`, load with `torch.export.load`.
     """
-    model = model.float().cpu()
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        model = copy.deepcopy(model).float().cpu()
     example, shapes = _example_and_shapes(model)
     with exportable(model), torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
@@ -152,8 +155,9 @@ def save_export(
     program: torch.export.ExportedProgram, path: str | Path, format: str, *, opset: int = 18
 ) -> Path:
     """Write an `export_program` result as ONNX ("onnx": input "x", output "disparity",
-    dynamic batch, height and width; needs onnx and onnxscript, the `export` extra) or as a
-    torch.export archive ("pt2", `torch.export.load` reads it back)."""
+    dynamic batch, height and width; weights over 2 GB, i.e. vitg's, in a data file beside
+    it; needs onnx and onnxscript, the `export` extra) or as a torch.export archive ("pt2",
+    `torch.export.load` reads it back)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     path = Path(path)
@@ -166,9 +170,10 @@ def save_export(
     # there): translate the one in memory
     onnx_program = torch.onnx.export(
         program, input_names=["x"], output_names=["disparity"], opset_version=opset,
-        dynamo=True, external_data=False,
+        dynamo=True,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    # one file up to protobuf's 2 GB (vits..vitl); above (vitg) the weights go to a data file
     onnx_program.save(str(path))
     return path
 
