@@ -88,13 +88,14 @@ def evaluate_all(val_root: Path, models: dict[str, Path], out: Path) -> dict[str
                               precision="fp32", input_size=EVAL_INPUT_SIZE, device="cpu")
         predictions = predictor.predict([s.image for s in samples])
         shown[name] = predictions[:N_VISUALISED]
-        results[name] = evaluate_predictions(samples, _replay(predictions), space="depth",
-                                             batch_size=16).mean
+        results[name] = evaluate_predictions(samples, _replay(predictions),
+                                             scoring="relative-depth", batch_size=16).mean
     results["baseline_constant"] = evaluate_predictions(
         samples, lambda images: [np.ones(im.shape[:2], np.float32) for im in images],
-        space="depth", alignment="median", predicted="depth").mean
+        scoring="metric-median").mean
     results["baseline_row_prior"] = evaluate_predictions(
-        samples, lambda images: [_row_prior(im.shape[:2]) for im in images], space="depth").mean
+        samples, lambda images: [_row_prior(im.shape[:2]) for im in images],
+        scoring="relative-depth").mean
 
     vis_dir = out / "visualisations"
     vis_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import SPEC_FILE, LabelledSpec
+from depth_anything_fast.formats.layout import LABELLED_IMAGE_DIR, TARGET_DIRS
+from depth_anything_fast.formats.spec import SPEC_FILE, LabelledSpec
 
 MAX_DEPTH = 40.0  # metres; farther surfaces are stored as invalid (0)
 DEPTH_SPEC = LabelledSpec(kind="depth", scale=0.001, invalid=(0,), max_depth=MAX_DEPTH)
@@ -392,22 +393,23 @@ def _write_split(
 ) -> None:
     from PIL import Image
 
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    image_dir, depth_dir = folder / LABELLED_IMAGE_DIR, folder / TARGET_DIRS[0]
+    image_dir.mkdir(parents=True, exist_ok=True)
     if with_depth:
-        (folder / "depth").mkdir(parents=True, exist_ok=True)
+        depth_dir.mkdir(parents=True, exist_ok=True)
         DEPTH_SPEC.to_json(folder / SPEC_FILE)
     for i in range(count):
         seq = np.random.SeedSequence([seed, _SPLITS[split], i])
         rgb, depth = render_scene(seq, size)
         name = f"{i:05d}"
         if ext == ".jpg":
-            Image.fromarray(rgb).save(folder / "images" / f"{name}.jpg", quality=92)
+            Image.fromarray(rgb).save(image_dir / f"{name}.jpg", quality=92)
         else:
-            Image.fromarray(rgb).save(folder / "images" / f"{name}.png", compress_level=1)
+            Image.fromarray(rgb).save(image_dir / f"{name}.png", compress_level=1)
         if with_depth:
             holes_rng = np.random.default_rng(seq.spawn(1)[0])
             mm = depth_to_png16(add_holes(depth, holes_rng))
-            Image.fromarray(mm).save(folder / "depth" / f"{name}.png", compress_level=1)
+            Image.fromarray(mm).save(depth_dir / f"{name}.png", compress_level=1)
 
 
 def generate_dataset(

@@ -15,17 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depth_anything_fast.formats.codec import encode_npy
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.pseudo_label import check_unique_names, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
-from depth_anything_fast.inference.writers import atomic_write, encode_npy
+from depth_anything_fast.inference.writers import atomic_write
 
 logger = logging.getLogger(__name__)
 
 
 def _decode(path: str) -> np.ndarray:
     from depth_anything_fast.data.decode import decode_rgb
-    from depth_anything_fast.data.sources import read_bytes
+    from depth_anything_fast.formats.paths import read_bytes
 
     return decode_rgb(read_bytes(path), path)
 
@@ -84,7 +85,7 @@ def predict_files(
     for inputs that could not be read or written). Raises ValueError if two inputs get the same
     name (x.jpg in two INPUT folders), as one output would overwrite the other.
     """
-    from depth_anything_fast.data.sources import list_images
+    from depth_anything_fast.formats.images import list_images
 
     model = load_model(weights_or_model)
     cmap = "Spectral_r" if metric_max_depth(model) is None else "Spectral"

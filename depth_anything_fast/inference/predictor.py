@@ -7,8 +7,9 @@ with AMX/AVX512-BF16 and is slower than fp32 elsewhere. Pass `precision` to over
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ class Predictor:
     """Runs a `DepthAnything` model on batches.
 
     Args:
-        model: a `DepthAnything` (moved to `device`, set to eval, gradients off).
+        model: a `DepthAnything`, moved to `device`. Each forward runs in eval mode under
+            `torch.inference_mode`; the model's train/eval flags and `requires_grad` are left
+            as the caller set them (a training loop can validate with its own model).
         batch_size: images per forward pass in `predict`.
         precision: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (CUDA only) or "fp32".
         compile: wrap the model in `torch.compile(dynamic=False)`; one graph per bucket shape.
@@ -72,7 +75,7 @@ class Predictor:
         self.batch_size = batch_size
         self.input_size = input_size
         self.resize = resize
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model = model.to(self.device)
         self._forward: torch.nn.Module = self.model
         if compile:
             import torch._dynamo
@@ -104,11 +107,23 @@ class Predictor:
             batch = batch.pin_memory()
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         with (
+            self._eval_mode(),
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "fp32"),
         ):
             out = self._forward(x)
         return out.float()
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode for one forward; every submodule's own flag is restored afterwards."""
+        training = [m for m in self.model.modules() if m.training]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module in training:
+                module.training = True  # not train(): that would also switch its children
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images (H, W, 3), any sizes -> disparity float32 (H, W) each, original size.

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from depth_anything_fast.inference.manifest import (
+from depth_anything_fast.formats.codec import FORMATS, encode, output_suffix, stored_spec
+from depth_anything_fast.formats.manifest import (
     ErrorLog,
     Manifest,
     ManifestRecord,
@@ -48,14 +49,10 @@ from depth_anything_fast.inference.manifest import (
 )
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.writers import (
-    FORMATS,
     BackgroundWriter,
     TarShardWriter,
     atomic_write,
-    encode,
-    output_suffix,
     remove_stale_temporaries,
-    stored_spec,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,7 +196,7 @@ def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
     `a.jpg.png`, `a.png.png`. Raises ValueError if names still collide (same member in two
     shards) or a name would leave the output directory (a tar member `../x.jpg`).
     """
-    from depth_anything_fast.data.sources import TAR_SEP
+    from depth_anything_fast.formats.paths import TAR_SEP
 
     files = [p for p in paths if TAR_SEP not in p]
     root = _listing_root(src, files) if files else ""
@@ -329,7 +326,7 @@ def pseudo_label(
         weights_or_model: checkpoint path (any format `DepthAnything.from_pretrained` reads) or a
             model. None raises ValueError saying where to get official checkpoints.
         input: directory (recursive), list file, glob or webdataset .tar shards
-            (`depth_anything_fast.data.sources.list_images`).
+            (`depth_anything_fast.formats.images.list_images`).
         output: output directory. Layout: `<relative input path without ext>.png` (16-bit,
             codes 0..65535 = manifest min..max; metric models: min 0, max = max_depth for every
             map) or `.npy` (float32), or for format "webdataset" `shard-r<rank>-<index>.tar`
@@ -344,7 +341,8 @@ def pseudo_label(
         (h, w), multiples of 14) unless `original_size=True`.
     """
     from depth_anything_fast.data import inference_loader
-    from depth_anything_fast.data.sources import SPEC_FILE, list_images
+    from depth_anything_fast.formats.images import list_images
+    from depth_anything_fast.formats.spec import SPEC_FILE
     from depth_anything_fast.models.transforms import resize_prediction
 
     opts = Options(**options)

@@ -1,6 +1,6 @@
 """Export a Depth Anything model: ONNX (dynamic batch, height, width) and torch.export (.pt2).
 
-`depth-anything-fast export --weights W --format onnx|pt2 OUT`. The graph takes
+`depth-anything-fast export --weights W --format onnx|pt2 OUT` (`export_cli`). The graph takes
 x (B, 3, H, W) float32, ImageNet-normalised, H and W multiples of 14, any B, H, W (the exported
 ranges are up to `MAX_BATCH` images and `MAX_PATCHES` patches per side), and returns
 (B, H, W) float32 disparity (depth in metres for a metric model), as `DepthAnything.forward`.
@@ -24,17 +24,16 @@ normalisation; any equivalent numpy code can replace it):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-FORMATS = ("onnx", "pt2")
+from .export_cli import FORMATS
+
 MAX_BATCH = 1024
 MAX_PATCHES = 1024  # per side: 14336 pixels
 _CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient
@@ -176,38 +175,3 @@ def save_export(
     # one file up to protobuf's 2 GB (vits..vitl); above (vitg) the weights go to a data file
     onnx_program.save(str(path))
     return path
-
-
-# ----------------------------------------------------------------------------- CLI
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `export` subcommand."""
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX or a torch.export program (.pt2)",
-        description="Export to ONNX (dynamic batch, height and width, multiples of 14) or to a "
-        "torch.export ExportedProgram. Input x (B, 3, H, W) float32 ImageNet-normalised; "
-        "output (B, H, W) disparity (metric models: depth in metres).",
-    )
-    parser.add_argument("--weights", required=True,
-                        help="checkpoint path or Hugging Face Hub repo id org/name[@revision]")
-    parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("output", help="output file (.onnx or .pt2)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Load, export, print one line. Returns the exit code."""
-    from .depth_anything import DepthAnything
-
-    try:
-        model = DepthAnything.from_pretrained(args.weights)
-        if args.format == "onnx":
-            require_onnx_exporter()  # before the export, not after it
-        out = save_export(export_program(model), args.output, args.format, opset=args.opset)
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"export: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} ({args.format}, input x (B, 3, H, W), H and W multiples of "
-          f"{model.config.patch_size})")
-    return 0

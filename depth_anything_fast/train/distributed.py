@@ -36,14 +36,14 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and cfg.backend != "gloo"
+    use_cuda = torch.cuda.is_available() and cfg.comm_backend != "gloo"
     if use_cuda:
         visible = torch.cuda.device_count()
         if local_rank >= visible:
             raise ValueError(
                 f"LOCAL_RANK={local_rank} but {visible} CUDA device(s) are visible: start one "
                 f"process per GPU (torchrun --nproc-per-node={visible}), or set "
-                "dist.backend=gloo to train on the CPU"
+                "dist.comm_backend=gloo to train on the CPU"
             )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -60,7 +60,7 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
-        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+        backend = cfg.comm_backend if cfg.comm_backend != "auto" else ("nccl" if use_cuda else "gloo")
         dist.init_process_group(
             backend=backend,
             timeout=datetime.timedelta(minutes=30),

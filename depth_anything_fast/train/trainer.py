@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from . import stages
+from .batch_stream import BatchStream
 from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .data import BatchStream
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -73,20 +73,11 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
     """A DepthAnything of the configured size, initialised from ``model.init`` if given and
     ``initialise`` (DINOv2 encoder weights or any Depth Anything checkpoint, encoder-only or
     full)."""
-    from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+    from depth_anything_fast.models import DepthAnything
 
     m = cfg.model
-    sizes = {k: v for k, v in {
-        "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads,
-        "features": m.features, "ffn": m.ffn,
-        "out_channels": tuple(m.out_channels) if m.out_channels else None,
-        "intermediate_layers": tuple(m.intermediate_layers) if m.intermediate_layers else None,
-    }.items() if v is not None}
     metric = cfg.stage == "finetune-metric"
-    arch = DepthAnythingConfig.preset(
-        m.encoder, m.version, metric=metric, max_depth=m.max_depth if metric else None, **sizes
-    )
-    model = DepthAnything(config=arch, attn_backend=m.attn_backend)
+    model = DepthAnything(config=m.depth_anything_config(metric), attn_backend=m.attn_backend)
     head_loaded = initialise and m.init is not None and load_init_weights(model, m.init)
     if initialise and not head_loaded and not metric:
         # A fresh DPT head ends in ReLU; with PyTorch's default init its last conv is often
@@ -131,7 +122,7 @@ class Trainer:
         cfg, d = self.cfg, self.cfg.data
         # batches are made on the training device: on CUDA, DALI decodes and augments there
         common = {"crop_size": d.crop_size, "shard_id": info.rank, "num_shards": info.world_size,
-                  "backend": d.backend, "num_threads": d.num_threads, "shuffle": True,
+                  "backend": d.pipeline, "num_threads": d.num_threads, "shuffle": True,
                   "drop_last": True, "device": info.device}
         spec = LabelledSpec(**d.labelled_spec) if d.labelled_spec is not None else None
         labelled = LabelledSource.from_path(d.labelled, spec)
@@ -320,9 +311,9 @@ class Trainer:
     def _validate(self, model: nn.Module, info: DistInfo) -> dict[str, float]:
         """AbsRel / delta1 on ``data.val`` through the evaluate module's runner. Every rank
         runs the same images (FSDP2 forward passes are collective); rank 0 records them."""
-        from depth_anything_fast.data.sources import LabelledSpec, folder_spec
         from depth_anything_fast.evaluate.datasets import get_reader
         from depth_anything_fast.evaluate.runner import evaluate_predictions
+        from depth_anything_fast.formats.spec import LabelledSpec, folder_spec
         from depth_anything_fast.inference.predictor import Predictor
 
         d = self.cfg.data
@@ -332,20 +323,12 @@ class Trainer:
         else:
             encoding = folder_spec(d.val) or "metres"
         reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        try:
-            predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
-                                  input_size=self.cfg.val_input_size, device=info.device)
-            if self.cfg.stage == "finetune-metric":  # metric depth, scored as it is
-                scoring = {"space": "depth", "alignment": "none", "predicted": "depth"}
-            else:
-                scoring = {}
-            result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
-                                          **scoring)
-        finally:
-            model.train()
-            for p in trainable:
-                p.requires_grad_(True)
+        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
+                              input_size=self.cfg.val_input_size, device=info.device)
+        # a metric model's depth is scored as it is
+        scoring = "metric" if self.cfg.stage == "finetune-metric" else "relative"
+        result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
+                                      scoring=scoring)
         return {"val_abs_rel": result.mean["abs_rel"], "val_delta1": result.mean["delta1"],
                 "val_images": result.n_evaluated}
 

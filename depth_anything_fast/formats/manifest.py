@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth_anything_fast.data.sources import TAR_SEP
+from depth_anything_fast.formats.paths import TAR_SEP
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ManifestRecord:
     """One finished output.
 
     `output` is relative to the output directory; an entry of a tar shard is written
-    `shard.tar::member` (the convention of `data.sources.read_bytes`). `shape` is the (H, W) of
+    `shard.tar::member` (the convention of `formats.paths.read_bytes`). `shape` is the (H, W) of
     the stored map (disparity; metric models: depth); `min`/`max` are the values that 16-bit
     PNG codes 0 and 65535 stand for (for .npy they are informational). `checksum` and `bytes`
     describe the stored file (or tar member) bytes.
