@@ -76,9 +76,9 @@ def test_wheel_imports_every_subpackage_without_dali(installed: Path) -> None:
     script = NO_DALI + (
         "import importlib, json; from pathlib import Path; "
         f"mods = [importlib.import_module(n) for n in {packages!r}]; "
-        "from depth_anything_fast.data.loaders import resolve_backend; "
+        "from depth_anything_fast.data.loaders import resolve_pipeline; "
         "print(json.dumps({'files': [m.__file__ for m in mods], "
-        "'backend': resolve_backend('auto'), 'configs': sorted(p.name for p in "
+        "'backend': resolve_pipeline('auto'), 'configs': sorted(p.name for p in "
         "Path(mods[-1].__file__).parent.glob('*.yaml'))}))"
     )
     report = json.loads(run_installed(installed, [sys.executable, "-c", script]).stdout)
@@ -105,13 +105,13 @@ def test_dali_backend_without_dali_names_the_extras(
     from PIL import Image
 
     from depth_anything_fast.cli import main
-    from depth_anything_fast.data.loaders import resolve_backend
+    from depth_anything_fast.data.loaders import resolve_pipeline
     from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
 
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali fails
-    assert resolve_backend("auto") == "pil"
+    assert resolve_pipeline("auto") == "pil"
     with pytest.raises(ImportError, match=r"depth_anything_fast\[dali\].*\[dali-cuda12\]"):
-        resolve_backend("dali")
+        resolve_pipeline("dali")
     config = DepthAnythingConfig.preset("custom", embed_dim=32, depth=4, num_heads=2)
     DepthAnything(config=config).save_pretrained(tmp_path / "model")
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .export_cli import FORMATS
-
+FORMATS = ("onnx", "pt2")
 MAX_BATCH = 1024
 MAX_PATCHES = 1024  # per side: 14336 pixels
 _CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient

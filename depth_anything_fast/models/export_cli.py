@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+# export.FORMATS, spelled out here: importing the exporter would import torch for --help
 FORMATS = ("onnx", "pt2")
 
 
