@@ -65,6 +65,7 @@ setup(
     packages=[
         *find_packages(include=["depth_anything_fast", "depth_anything_fast.*"]),
         "depth_anything_fast.kernels",
+        "depth_anything_fast.configs",
     ],
     ext_modules=_cpp_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

@@ -40,7 +40,9 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument(
         "--weights",
-        help="checkpoint: an official Depth Anything V1/V2 .pth or a converted checkpoint",
+        help="checkpoint: an official Depth Anything V1/V2 .pth, a transformers or converted "
+        "checkpoint, or a Hugging Face Hub repo id org/name[@revision] "
+        "(e.g. depth-anything/Depth-Anything-V2-Small-hf)",
     )
     add_predictor_options(parser, batch_size=batch_size)
 
@@ -121,7 +123,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
             verify_checksum=args.verify_checksum,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     if summary is not None:
         print(summary.line(), flush=True)
@@ -180,7 +182,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             pred_only=args.pred_only,
             save_npy=args.save_npy,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path, reason in failed:

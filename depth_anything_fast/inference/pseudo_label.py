@@ -367,11 +367,12 @@ def pseudo_label(
         raise FileNotFoundError(f"no images found in {src}")
     names = output_names(src, paths, output_suffix(opts.format))
     output_dir.mkdir(parents=True, exist_ok=True)
-    weights_id = (
-        os.path.abspath(os.fspath(weights_or_model))
-        if isinstance(weights_or_model, (str, os.PathLike))
-        else type(weights_or_model).__name__
-    )
+    weights_id = type(weights_or_model).__name__
+    if isinstance(weights_or_model, (str, os.PathLike)):
+        from depth_anything_fast.models.hub import parse_hub_id
+
+        spec = os.fspath(weights_or_model)  # a Hub repo id as written, a local path absolute
+        weights_id = spec if parse_hub_id(spec) else os.path.abspath(spec)
     run_config = {
         "weights": weights_id,
         **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},

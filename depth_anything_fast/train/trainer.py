@@ -59,9 +59,13 @@ def check_paths(cfg: TrainConfig) -> None:
     for name, value in needed.items():
         if value is None:
             raise ValueError(f"{name}: required for stage {cfg.stage!r} but not set")
-    optional = {"model.init": cfg.model.init, "model.frozen_encoder": cfg.model.frozen_encoder}
-    for name, value in {**needed, **optional}.items():
-        if value is not None and not Path(value).exists():
+    from depth_anything_fast.models.hub import parse_hub_id
+
+    # the weights may also be Hub repo ids, fetched when the model is built
+    weights = {"model.init": cfg.model.init, "model.frozen_encoder": cfg.model.frozen_encoder}
+    hub_ids = {name for name, value in weights.items() if value and parse_hub_id(value)}
+    for name, value in {**needed, **weights}.items():
+        if value is not None and name not in hub_ids and not Path(value).exists():
             raise FileNotFoundError(f"{name}: path does not exist: {value}")
 
 
@@ -87,12 +91,13 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
 
 def load_init_weights(model: nn.Module, path: str | Path) -> bool:
     """Copy weights from any checkpoint format the model loader reads (official, transformers,
-    bare DINOv2, ours). The DPT head may be absent (encoder-only files: it keeps its fresh
+    bare DINOv2, ours), a local path or a Hub repo id. The DPT head may be absent (encoder-only files: it keeps its fresh
     initialisation); any other missing key or a shape mismatch raises ValueError naming it.
     Returns whether the file had head weights."""
     from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
+    from depth_anything_fast.models.hub import resolve_weights
 
-    state, _ = read_checkpoint(path)
+    state, _ = read_checkpoint(resolve_weights(path).path)
     state = to_ours(state)
     load_into(model, state, strict=True, allow_missing="head.")
     return any(key.startswith("head.") for key in state)
