@@ -35,6 +35,8 @@ def _cpp_extensions() -> list:
         Pybind11Extension(
             "depth_anything_fast._C",
             sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp")),
+            # headers: rebuilt when they change, and shipped in an sdist
+            depends=sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")),
             cxx_std=17,
             # -fno-trapping-math: selects in the loops vectorise (IEEE results are unchanged)
             extra_compile_args=["-O3", "-fno-trapping-math", *openmp],
