@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 IMAGE_SIZE = (120, 160)  # (H, W) of the synthetic images
 N_LABELLED, N_UNLABELLED, N_VAL = 400, 800, 50
 # Shorter side the models see at evaluation (the training crop size: same scale).
@@ -119,6 +119,16 @@ def _table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _config_dir() -> Path:
+    """configs/ of the checkout, which the wheel ships as the package depth_anything_fast.configs."""
+    spec = importlib.util.find_spec("depth_anything_fast.configs")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "depth_anything_fast.configs not found: reinstall the package (pip install -e .)"
+        )
+    return Path(spec.origin).parent
+
+
 def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Run the full demo into ``out``; ``scale`` < 1 shrinks data and steps (tests)."""
     import torch
@@ -126,8 +136,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     from depth_anything_fast.data.synthetic import generate_dataset
     from depth_anything_fast.inference.pseudo_label import pseudo_label
 
-    if not CONFIG_DIR.is_dir():
-        raise FileNotFoundError(f"demo configs not found in {CONFIG_DIR} (run from a checkout)")
+    config_dir = _config_dir()
     # Leave one core to the loaders' decode / augmentation threads: with every core running
     # OpenMP compute as well, the two fight and a 2-core machine trains several times slower
     # (measured on a busy 2-core machine: 1 compute thread was 3-5x faster per step than 2).
@@ -146,7 +155,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
 
     steps = [] if scale >= 1 else [f"steps={max(int(600 * scale), 2)}"]
     common = [*steps, "progress=" + str(sys.stderr.isatty()).lower(), f"seed={seed}"]
-    teacher = _train(CONFIG_DIR / "demo_teacher.yaml",
+    teacher = _train(config_dir / "demo_teacher.yaml",
                      [*common, f"out_dir={out / 'teacher'}", f"data.labelled={layout.labelled}"],
                      "teacher")
 
@@ -160,7 +169,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     print(f"[demo] pseudo-labels: {summary.line()} ({time.perf_counter() - t:.0f}s)",
           flush=True)
 
-    student = _train(CONFIG_DIR / "demo_student.yaml",
+    student = _train(config_dir / "demo_student.yaml",
                      [*common, f"seed={seed + 1}", f"out_dir={out / 'student'}",
                       f"data.labelled={layout.labelled}",
                       f"data.pseudo_labels={out / 'pseudo_labels'}",

@@ -36,11 +36,9 @@ LAYERS: dict[str, int] = {
 DRIVER_LAYER = 7
 DRIVERS = ("cli", "__main__", "demo")
 LAYERS["recipe"] = DRIVER_LAYER  # the recipe's pipeline and ablation drivers (issue 11)
-# Imports waiting for another change: ops/dispatch.py imports the losses' float64 references
-# (issue 12 moves them beside the ops). Delete the entry when that lands.
-PENDING: frozenset[tuple[str, str]] = frozenset(
-    {("depth_anything_fast.ops.dispatch", "depth_anything_fast.losses.reference")}
-)
+# Imports waiting for another change (none now: the losses' float64 references live beside the
+# ops since issue 12).
+PENDING: frozenset[tuple[str, str]] = frozenset()
 
 
 def _module_name(path: Path) -> str:

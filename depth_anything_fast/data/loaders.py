@@ -60,7 +60,11 @@ def resolve_pipeline(backend: str, prefer_dali: bool = True) -> str:
     if backend == "auto":
         return "dali" if prefer_dali and dali_available() else "pil"
     if backend == "dali" and not dali_available():
-        raise ImportError("backend='dali' needs nvidia-dali (pip install nvidia-dali-cuda130)")
+        raise ImportError(
+            "backend='dali' needs NVIDIA DALI, which is not installed: pip install "
+            "'depth_anything_fast[dali]' (CUDA 13 driver, or no GPU) or "
+            "'depth_anything_fast[dali-cuda12]' (CUDA 12 driver); backend='pil' needs nothing"
+        )
     return backend
 
 

@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root in the benchmark's own layout")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--weights", help="model checkpoint (official .pth or converted)")
+    source.add_argument(
+        "--weights", help="model checkpoint (official .pth, converted, or a Hub repo id org/name)"
+    )
     source.add_argument("--predictions", help="directory of saved disparities (no model run)")
     add_predictor_options(p, batch_size=8)
     p.add_argument(
@@ -183,7 +185,7 @@ def _open_predictions(args: argparse.Namespace) -> tuple[Any, bool, str | None]:
     try:
         model = load_model(args.weights)
         predictor = Predictor(model, **predictor_options(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _CommandError(str(exc)) from exc
     size = args.size or getattr(getattr(model, "config", None), "encoder", None)
     return predictor.predict, metric_max_depth(model) is not None, size

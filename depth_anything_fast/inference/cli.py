@@ -41,7 +41,9 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument(
         "--weights",
-        help="checkpoint: an official Depth Anything V1/V2 .pth or a converted checkpoint",
+        help="checkpoint: an official Depth Anything V1/V2 .pth, a transformers or converted "
+        "checkpoint, or a Hugging Face Hub repo id org/name[@revision] "
+        "(e.g. depth-anything/Depth-Anything-V2-Small-hf)",
     )
     parser.add_argument(
         "--version", choices=("v1", "v2"), default=None,
@@ -147,7 +149,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("\naborted: the outputs written are complete (with their manifest lines); rerun "
@@ -219,7 +221,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             save_npy=args.save_npy,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OutputWriteError as exc:

@@ -184,7 +184,8 @@ class Predictor:
 
 
 MISSING_WEIGHTS_MESSAGE = """\
-no weights given: pass --weights PATH.
+no weights given: pass --weights PATH or a Hugging Face Hub repo id, e.g.
+--weights depth-anything/Depth-Anything-V2-Small (needs the `hub` extra).
 Official checkpoints: Depth Anything V2 on the Hugging Face hub, e.g.
   https://huggingface.co/depth-anything/Depth-Anything-V2-Small/resolve/main/depth_anything_v2_vits.pth
   (also -Base/vitb, -Large/vitl; V1: https://huggingface.co/LiheYoung/depth_anything_vitl14 and

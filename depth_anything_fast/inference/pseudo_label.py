@@ -442,8 +442,8 @@ def pseudo_label(
     make_output_dir(output_dir, rank, min_free=_map_bytes(opts))
     lock = _OutputLock(output_dir, rank)
     try:
-        # a local file is hashed as stored; a module (or a name resolved elsewhere, e.g. a
-        # hub id) by its state dict
+        # a local file is hashed as stored; a module or a Hub repo id (as written) by the
+        # loaded state dict
         source: str | torch.nn.Module = model
         weights_id = type(model).__name__
         if isinstance(weights_or_model, (str, os.PathLike)):

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).run()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

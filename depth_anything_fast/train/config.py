@@ -38,7 +38,8 @@ class ModelConfig:
     # finetune-metric: sigmoid * max_depth head (metres)
     max_depth: float = 20.0
     attn_backend: str = "auto"
-    # Local file: DINOv2 encoder weights or a Depth Anything checkpoint (encoder-only or full).
+    # DINOv2 encoder weights or a Depth Anything checkpoint (encoder-only or full): a local file
+    # or a Hugging Face Hub repo id (org/name[@revision]).
     init: str | None = None
     # Student only: the frozen encoder used for feature alignment (a DINOv2 / Depth Anything
     # checkpoint); None falls back to ``init``.

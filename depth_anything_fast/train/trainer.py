@@ -27,7 +27,7 @@ from depth_anything_fast.runtime import StopSignals
 
 from . import stages
 from .batch_stream import BatchStream
-from .checkpoint import checkpoint_name, load_newest_readable, save_checkpoint
+from .checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .distributed import (
     DistInfo,
@@ -35,12 +35,12 @@ from .distributed import (
     autocast_context,
     barrier,
     init_distributed,
-    reduce_step,
     resolve_param_dtype,
     use_fsdp,
     wrap_model,
 )
 from .optim import build_optimizer, build_scheduler, clip_gradients
+from .step_monitor import Settled, StepMonitor
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class _RunState:
     last_loss: float = math.nan
     grad_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    # step losses kept on the device, read once per log interval
+    monitor: StepMonitor = field(default_factory=StepMonitor)
 
     def images_per_step(self, cfg: TrainConfig) -> int:
         per_rank = cfg.data.batch_size * (
@@ -157,9 +159,13 @@ def check_paths(cfg: TrainConfig) -> None:
     for name, value in needed.items():
         if value is None:
             raise ValueError(f"{name}: required for stage {cfg.stage!r} but not set")
-    optional = {"model.init": cfg.model.init, "model.frozen_encoder": cfg.model.frozen_encoder}
-    for name, value in {**needed, **optional}.items():
-        if value is not None and not Path(value).exists():
+    from depth_anything_fast.models.hub import parse_hub_id
+
+    # the weights may also be Hub repo ids, fetched when the model is built
+    weights = {"model.init": cfg.model.init, "model.frozen_encoder": cfg.model.frozen_encoder}
+    hub_ids = {name for name, value in weights.items() if value and parse_hub_id(value)}
+    for name, value in {**needed, **weights}.items():
+        if value is not None and name not in hub_ids and not Path(value).exists():
             raise FileNotFoundError(f"{name}: path does not exist: {value}")
 
 
@@ -185,12 +191,13 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
 
 def load_init_weights(model: nn.Module, path: str | Path) -> bool:
     """Copy weights from any checkpoint format the model loader reads (official, transformers,
-    bare DINOv2, ours). The DPT head may be absent (encoder-only files: it keeps its fresh
+    bare DINOv2, ours), a local path or a Hub repo id. The DPT head may be absent (encoder-only files: it keeps its fresh
     initialisation); any other missing key or a shape mismatch raises ValueError naming it.
     Returns whether the file had head weights."""
     from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
+    from depth_anything_fast.models.hub import resolve_weights
 
-    state, _ = read_checkpoint(path)
+    state, _ = read_checkpoint(resolve_weights(path).path)
     state = to_ours(state)
     load_into(model, state, strict=True, allow_missing="head.")
     return any(key.startswith("head.") for key in state)
@@ -361,31 +368,49 @@ class Trainer:
                 "export": str(export) if export else None}
 
     def train_step(self, run: _RunState, stop: StopSignals) -> bool:
-        """One optimiser step. Returns whether any rank asked to stop (a signal); raises
-        NonFiniteLossError after saving the state before this step."""
+        """One optimiser step. Returns whether any rank asked to stop (a signal). The loss
+        stays on the device (no host sync before the backward); the pending steps are read
+        once per log interval (and before checkpoints, validation, the end), where a
+        non-finite loss raises NonFiniteLossError and a signal is acted on."""
         cfg, info = self.cfg, run.info
         batches = {k: next(s) for k, s in run.streams.items()}
         with autocast_context(cfg.dist, info, run.fsdp):
             loss, parts = self._stage_loss(run.model, batches, run.frozen, info, run.step)
-        # a signal (on any rank) is acted on after this step: checkpoint and stop
-        mean_loss, nonfinite, terminate = reduce_step(loss, stop.requested)
-        if nonfinite:
-            self._checkpoint(run)
-            sources = [p for b in batches.values() for p in b.get("paths", [])]
-            raise NonFiniteLossError(
-                f"non-finite loss ({float(loss.detach())} on rank {info.rank}) at step "
-                f"{run.step + 1}; batch sources: {sources}; parts: "
-                f"{ {k: float(v) for k, v in parts.items()} }; the state before this "
-                f"step is saved in {self.ckpt_dir / checkpoint_name(run.step)}")
+        sources = [p for b in batches.values() for p in b.get("paths", [])]
+        run.monitor.record(run.step + 1, loss, sources)  # no host sync before the backward
         loss.backward()
+        terminate = False
+        if self._sync_due(run.step + 1):
+            settled = run.monitor.settle(stop.requested)
+            run.last_loss, terminate = settled.loss, settled.stop
+            if settled.nonfinite_step is not None:
+                self._stop_nonfinite(settled, run)
         run.grad_norm = clip_gradients(run.model, cfg.optim.grad_clip)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
-        run.last_loss = mean_loss
         run.parts = parts
         return terminate
+
+    def _sync_due(self, step: int) -> bool:
+        """Whether the loop reads the pending step checks after `step`'s backward."""
+        cfg = self.cfg
+        return any(every and step % every == 0 for every in
+                   (cfg.log_every or 1, cfg.checkpoint_every, cfg.val_every)) or step == cfg.steps
+
+    def _stop_nonfinite(self, settled: Settled, run: _RunState) -> None:
+        """Raise NonFiniteLossError; when the bad step is this one (its optimiser step not taken
+        yet) the state before it is saved first, else the newest checkpoint is named."""
+        bad = settled.nonfinite_step
+        if bad == run.step + 1:
+            saved = f"the state before this step is saved in {self._checkpoint(run)}"
+        else:
+            newest = latest_checkpoint(self.ckpt_dir)
+            saved = (f"steps {bad}..{run.step + 1} updated the parameters with it; resume from "
+                     f"{newest}" if newest else "no checkpoint was saved before it")
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad}; batch sources: {settled.nonfinite_sources}; {saved}")
 
     def _after_step(self, run: _RunState, logger: _MetricsLogger | None, bar: Any,
                     seconds: float) -> None:
