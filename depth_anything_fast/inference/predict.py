@@ -1,57 +1,66 @@
 """Engine of the `predict` command: colourised depth images like the official `run.py`, batched.
 
-Files are decoded on a thread pool a chunk ahead, predicted `batch_size` at a time (grouped by
-network shape), and the PNGs are encoded and written on background threads.
+Images come from the inference loader that pseudo-labelling uses (`data.inference_loader`:
+decoded, resized and batched by network shape on its threads, ahead of the model); each
+prediction is resized back to its image's size, and the PNGs are encoded and written on
+background threads (`writers.BackgroundWriter`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from depth_anything_fast.data import inference_loader
+from depth_anything_fast.data.decode import decode_rgb
 from depth_anything_fast.formats.codec import encode_npy
-from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
+from depth_anything_fast.formats.images import list_images
+from depth_anything_fast.formats.paths import read_bytes
+from depth_anything_fast.inference.predictor import (
+    Predictor,
+    load_model,
+    metric_max_depth,
+    original_size_maps,
+)
 from depth_anything_fast.inference.pseudo_label import check_unique_names, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
 from depth_anything_fast.inference.writers import (
+    BackgroundWriter,
     OutputWriteError,
     atomic_write,
     check_output_dir,
-    is_fatal_write_error,
     make_output_dir,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def _decode(path: str) -> np.ndarray:
-    from depth_anything_fast.data.decode import decode_rgb
-    from depth_anything_fast.formats.paths import read_bytes
-
-    return decode_rgb(read_bytes(path), path)
-
-
 def _save(
     out_stem: Path,
-    image: np.ndarray,
+    path: str,
     disparity: np.ndarray,
     grayscale: bool,
     pred_only: bool,
     save_npy: bool,
     cmap: str,
 ) -> Path:
-    import io
-
+    """Write `<out_stem>.png` (input `path` | gap | colour-mapped `disparity`, or the map only)
+    and with `save_npy` `<out_stem>.npy`; returns the PNG's path."""
     from PIL import Image
 
     depth_rgb = colorize(disparity, grayscale=grayscale, cmap=cmap)
-    picture = depth_rgb if pred_only else side_by_side(image, depth_rgb)
+    # the loader hands over the network-sized image only: the original is decoded again here,
+    # on a writer thread
+    picture = depth_rgb if pred_only else side_by_side(decode_rgb(read_bytes(path), path),
+                                                       depth_rgb)
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="PNG")
     target = out_stem.with_name(out_stem.name + ".png")
@@ -61,9 +70,68 @@ def _save(
     return target
 
 
-def _chunks(items: Sequence[tuple[str, str]], size: int) -> Iterator[Sequence[tuple[str, str]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _list_items(inputs: Sequence[str]) -> list[tuple[str, str]]:
+    """(image path, output name without suffix) of every image under each INPUT, sorted per
+    INPUT; raises FileNotFoundError if there is none and ValueError if two share a name."""
+    items: list[tuple[str, str]] = []
+    for source in inputs:
+        paths = sorted(list_images(source))
+        items += zip(paths, output_names(source, paths, ""), strict=True)
+    if not items:
+        raise FileNotFoundError(f"no images found in {list(inputs)}")
+    check_unique_names([name for _, name in items])  # x.jpg in two INPUTs: both named x
+    return items
+
+
+class _PictureSink:
+    """Writes the pictures on background threads and keeps the outcome: `written` PNG paths,
+    `failed` (input, reason) pairs (decode and write failures), and a progress bar."""
+
+    def __init__(self, names: dict[str, str], out_root: Path, num_threads: int, progress: bool,
+                 **picture: Any) -> None:
+        self.names, self.out_root, self.picture = names, out_root, picture
+        self.written: list[Path] = []
+        self.failed: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._writer = BackgroundWriter(num_threads, lambda _: None, self.fail)
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(names), unit="img", dynamic_ncols=True)
+
+    @property
+    def fatal(self) -> OSError | None:
+        """The write error (disk full, read-only) after which nothing more is written."""
+        return self._writer.fatal
+
+    def _tick(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def fail(self, path: str, reason: str) -> None:
+        """Record input `path` as failed (called from loader and writer threads)."""
+        with self._lock:
+            self.failed.append((path, reason))
+            self._tick()
+
+    def submit(self, path: str, disparity: np.ndarray) -> None:
+        """Queue the picture of input `path` (blocks while the writers are behind)."""
+        self._writer.submit(path, lambda: self._write(path, disparity))
+
+    def _write(self, path: str, disparity: np.ndarray) -> None:
+        target = _save(self.out_root / self.names[path], path, disparity, **self.picture)
+        with self._lock:
+            self.written.append(target)
+            self._tick()
+
+    def close(self) -> None:
+        """Wait for every write and close the progress bar."""
+        try:
+            self._writer.close()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
 
 
 def predict_files(
@@ -92,93 +160,50 @@ def predict_files(
 
     `<name>` is the image's path relative to its INPUT argument without extension (the file name
     for a single image, as in the official script). Returns (written PNG paths, [(input, reason)]
-    for inputs that could not be read or written). Raises ValueError if two inputs get the same
-    name (x.jpg in two INPUT folders), as one output would overwrite the other, or if `outdir`
-    cannot be written (checked before the model runs). `version`, `metric` and `max_depth`
-    describe a checkpoint whose name does not (`DepthAnything.from_pretrained`); `progress`
-    shows a progress bar with the speed.
+    for inputs that could not be read or written), in completion order. Raises ValueError if two
+    inputs get the same name (x.jpg in two INPUT folders), as one output would overwrite the
+    other, or if `outdir` cannot be written (checked before the model runs). `version`, `metric`
+    and `max_depth` describe a checkpoint whose name does not (`DepthAnything.from_pretrained`);
+    `progress` shows a progress bar with the speed; `num_threads` decode and as many write.
 
     Raises OutputWriteError (nothing more can be written: disk full, read-only) at once,
     leaving the files already written complete and no temporary file.
     """
-    from depth_anything_fast.formats.images import list_images
-
     check_output_dir(outdir, "--outdir")
     hints = {k: v for k, v in (("version", version), ("metric", metric),
                                ("max_depth", max_depth)) if v is not None}
     model = load_model(weights_or_model, **hints)
     cmap = "Spectral_r" if metric_max_depth(model) is None else "Spectral"
-    predictor = Predictor(
-        model,
-        batch_size=batch_size,
-        precision=precision,
-        compile=compile,
-        input_size=input_size,
-        resize=resize,
-        device=device,
-    )
-    out_root = Path(outdir)
-    items: list[tuple[str, str]] = []
-    for source in inputs:
-        paths = sorted(list_images(source))
-        items += zip(paths, output_names(source, paths, ""), strict=True)
-    if not items:
-        raise FileNotFoundError(f"no images found in {list(inputs)}")
-    check_unique_names([name for _, name in items])  # x.jpg in two INPUTs: both named x
+    predictor = Predictor(model, batch_size=batch_size, precision=precision, compile=compile,
+                          input_size=input_size, resize=resize, device=device)
+    items = _list_items(inputs)
     make_output_dir(outdir, flag="--outdir")
-
-    written: list[Path] = []
-    failed: list[tuple[str, str]] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), unit="img", dynamic_ncols=True)
-
-    def drain(jobs: list[tuple[str, Future[Path]]]) -> None:
-        for path, job in jobs:
-            try:
-                written.append(job.result())
-            except (OSError, ValueError) as exc:
-                if is_fatal_write_error(exc):
-                    raise OutputWriteError(
-                        f"cannot write to {outdir}: {exc}; stopped after {len(written)} of "
-                        f"{len(items)} images (those files are complete)") from None
-                failed.append((path, f"{type(exc).__name__}: {exc}"))
-            if bar is not None:
-                bar.update(1)
-
-    # Enough images per chunk for shape buckets to fill batches; the next chunk decodes while
-    # this one runs, and the previous chunk's PNGs are written meanwhile (memory stays bounded).
-    chunks = list(_chunks(items, 4 * batch_size))
+    sink = _PictureSink(dict(items), Path(outdir), num_threads, progress, grayscale=grayscale,
+                        pred_only=pred_only, save_npy=save_npy, cmap=cmap)
     try:
-        with ThreadPoolExecutor(num_threads) as decoders, \
-                ThreadPoolExecutor(num_threads) as writers:
-            decoded = [decoders.submit(_decode, p) for p, _ in chunks[0]]
-            writing: list[tuple[str, Future[Path]]] = []
-            for index, part in enumerate(chunks):
-                current = decoded
-                if index + 1 < len(chunks):
-                    decoded = [decoders.submit(_decode, p) for p, _ in chunks[index + 1]]
-                images: list[np.ndarray] = []
-                kept: list[tuple[str, str]] = []
-                for (path, name), future in zip(part, current, strict=True):
-                    try:
-                        images.append(future.result())
-                        kept.append((path, name))
-                    except (OSError, ValueError) as exc:
-                        failed.append((path, str(getattr(exc, "reason", exc))))
-                        if bar is not None:
-                            bar.update(1)
-                disparities = predictor.predict(images)
-                drain(writing)
-                writing = [
-                    (path, writers.submit(_save, out_root / name, image, d, grayscale, pred_only,
-                                          save_npy, cmap))
-                    for (path, name), image, d in zip(kept, images, disparities, strict=True)
-                ]
-            drain(writing)
+        _predict_into(predictor, [path for path, _ in items], sink, num_threads)
     finally:
-        if bar is not None:
-            bar.close()
-    return written, failed
+        sink.close()
+    if sink.fatal is not None:
+        raise OutputWriteError(
+            f"cannot write to {outdir}: {sink.fatal}; stopped after {len(sink.written)} of "
+            f"{len(items)} images (those files are complete)")
+    return sink.written, sink.failed
+
+
+def _predict_into(predictor: Predictor, paths: list[str], sink: _PictureSink,
+                  num_threads: int) -> None:
+    """The loop: inference loader -> model -> original size -> `sink`, until done or a fatal
+    write error."""
+    loader = inference_loader(
+        paths, batch_size=predictor.batch_size, input_size=predictor.input_size,
+        resize=predictor.resize, device=predictor.device, num_threads=num_threads,
+        on_error=sink.fail,
+    )
+    for batch in loader:
+        if sink.fatal is not None:
+            break
+        disparity = predictor.predict_tensor(batch["image"])
+        for path, item in zip(batch["paths"], original_size_maps(disparity, batch["sizes"]),
+                              strict=True):
+            sink.submit(path, item)

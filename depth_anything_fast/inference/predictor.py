@@ -171,16 +171,27 @@ class Predictor:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 out = self.predict_tensor(torch.cat([inputs[i] for i in chunk]))
-                # one resize and one device->host copy (a sync on CUDA) per original size in
-                # the batch, not per image
-                rows_of_size: dict[tuple[int, int], list[int]] = {}
-                for row, i in enumerate(chunk):
-                    rows_of_size.setdefault(arrays[i].shape[:2], []).append(row)
-                for size, rows in rows_of_size.items():
-                    maps = resize_prediction(out[rows], size).cpu().numpy()
-                    for row, disparity in zip(rows, maps, strict=True):
-                        results[chunk[row]] = disparity
+                maps = original_size_maps(out, [arrays[i].shape[:2] for i in chunk])
+                for i, disparity in zip(chunk, maps, strict=True):
+                    results[i] = disparity
         return [r for r in results if r is not None]
+
+
+def original_size_maps(out: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """(B, h, w) float32 predictions (any device) -> B float32 numpy maps, row i resized to
+    `sizes[i]` = (H, W) with `models.transforms.resize_prediction`.
+
+    One resize and one device->host copy (a sync on CUDA) per distinct size, not per image.
+    """
+    rows_of_size: dict[tuple[int, int], list[int]] = {}
+    for row, size in enumerate(sizes):
+        rows_of_size.setdefault((int(size[0]), int(size[1])), []).append(row)
+    results: list[np.ndarray] = [np.empty(0)] * len(sizes)
+    for size, rows in rows_of_size.items():
+        maps = resize_prediction(out[rows], size).cpu().numpy()
+        for row, disparity in zip(rows, maps, strict=True):
+            results[row] = disparity
+    return results
 
 
 MISSING_WEIGHTS_MESSAGE = """\
