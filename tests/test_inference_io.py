@@ -20,7 +20,8 @@ from depth_anything_fast.formats.manifest import (
     read_records,
     valid_outputs,
 )
-from depth_anything_fast.inference.pseudo_label import Summary, output_names
+from depth_anything_fast.formats.names import output_names
+from depth_anything_fast.inference.pseudo_label import Summary
 from depth_anything_fast.inference.visualize import colorize, side_by_side, to_uint8
 from depth_anything_fast.inference.writers import (
     BackgroundWriter,

@@ -6,6 +6,7 @@ codec needs it), so each convention has one home:
 - `paths`: plain files and tar members (`shard.tar::member`, `TAR_SEP`), `read_bytes`.
 - `images`: image extensions and `list_images` (folders, list files, globs, tar shards).
 - `list_files`: `read_list_file` (`image [target ...]` per line).
+- `names`: `output_names`, the output name of each input under an output folder.
 - `layout`: folder naming conventions of training and RGB-D benchmark folders.
 - `spec`: `LabelledSpec` (how ground truth is stored), `spec.json`, `PSEUDO_LABEL_SPEC`.
 - `targets`: ground-truth files (16-bit PNG/PGM, TIFF, .npy, .pfm) -> raw values -> metric

@@ -9,7 +9,6 @@ background threads (`writers.BackgroundWriter`).
 from __future__ import annotations
 
 import io
-import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from depth_anything_fast.data import inference_loader
 from depth_anything_fast.data.decode import decode_rgb
 from depth_anything_fast.formats.codec import encode_npy
 from depth_anything_fast.formats.images import list_images
+from depth_anything_fast.formats.names import check_unique_names, output_names
 from depth_anything_fast.formats.paths import read_bytes
 from depth_anything_fast.inference.predictor import (
     Predictor,
@@ -30,7 +30,6 @@ from depth_anything_fast.inference.predictor import (
     metric_max_depth,
     original_size_maps,
 )
-from depth_anything_fast.inference.pseudo_label import check_unique_names, output_names
 from depth_anything_fast.inference.visualize import colorize, side_by_side
 from depth_anything_fast.inference.writers import (
     BackgroundWriter,
@@ -39,8 +38,6 @@ from depth_anything_fast.inference.writers import (
     check_output_dir,
     make_output_dir,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _save(
@@ -170,9 +167,7 @@ def predict_files(
     leaving the files already written complete and no temporary file.
     """
     check_output_dir(outdir, "--outdir")
-    hints = {k: v for k, v in (("version", version), ("metric", metric),
-                               ("max_depth", max_depth)) if v is not None}
-    model = load_model(weights_or_model, **hints)
+    model = load_model(weights_or_model, version=version, metric=metric, max_depth=max_depth)
     cmap = "Spectral_r" if metric_max_depth(model) is None else "Spectral"
     predictor = Predictor(model, batch_size=batch_size, precision=precision, compile=compile,
                           input_size=input_size, resize=resize, device=device)

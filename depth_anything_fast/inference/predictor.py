@@ -213,14 +213,23 @@ def metric_max_depth(model: torch.nn.Module) -> float | None:
     return float(config.max_depth) if getattr(config, "metric", False) else None
 
 
-def load_model(weights: str | torch.nn.Module | None, **kwargs: object) -> torch.nn.Module:
+def load_model(
+    weights: str | torch.nn.Module | None,
+    *,
+    version: str | None = None,
+    metric: bool | None = None,
+    max_depth: float | None = None,
+) -> torch.nn.Module:
     """A model from `weights` (returned as is if already a module), via
-    `DepthAnything.from_pretrained(weights, **kwargs)`. None raises ValueError naming where to
-    get official checkpoints."""
+    `DepthAnything.from_pretrained(weights, ...)` with those of the architecture hints
+    `version`, `metric`, `max_depth` that are not None (for checkpoints that do not say). None
+    raises ValueError naming where to get official checkpoints."""
     if isinstance(weights, torch.nn.Module):
         return weights
     if weights is None or str(weights) == "":
         raise ValueError(MISSING_WEIGHTS_MESSAGE)
     from depth_anything_fast.models import DepthAnything
 
-    return DepthAnything.from_pretrained(weights, **kwargs)  # type: ignore[arg-type]
+    hints = {k: v for k, v in (("version", version), ("metric", metric),
+                               ("max_depth", max_depth)) if v is not None}
+    return DepthAnything.from_pretrained(weights, **hints)  # type: ignore[arg-type]

@@ -30,7 +30,6 @@ failures); `error` = why the run stopped early (outputs could not be written).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -39,7 +38,6 @@ import queue
 import shutil
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +45,9 @@ from typing import Any
 
 import torch
 
+from depth_anything_fast.data import inference_loader
 from depth_anything_fast.formats.codec import FORMATS, encode, output_suffix, stored_spec
+from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, list_images
 from depth_anything_fast.formats.manifest import (
     MANIFEST_GLOB,
     ErrorLog,
@@ -58,6 +58,9 @@ from depth_anything_fast.formats.manifest import (
     finished_records,
     manifest_name,
 )
+from depth_anything_fast.formats.names import output_names
+from depth_anything_fast.formats.paths import TAR_SEP
+from depth_anything_fast.formats.spec import SPEC_FILE
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.writers import (
     BackgroundWriter,
@@ -68,6 +71,7 @@ from depth_anything_fast.inference.writers import (
     make_output_dir,
     remove_stale_temporaries,
 )
+from depth_anything_fast.models.transforms import resize_prediction
 from depth_anything_fast.runtime import StopSignals, launch_env
 
 logger = logging.getLogger(__name__)
@@ -185,68 +189,6 @@ def combine_summaries(summary: Summary) -> Summary:
     error = f"{errors} ranks could not write their outputs" if errors else None
     return Summary(total, succeeded, skipped, failed, interrupted > 0, float(elapsed), 0,
                    summary.world_size, unsupported, error)
-
-
-def _listing_root(src: str, paths: list[str]) -> str:
-    """Absolute directory that output names are made relative to: `src` itself for a directory;
-    for a glob its fixed leading folders (names keep the folders the pattern walked), when every
-    match lies under them; else the deepest folder holding all `paths`. An existing file (list
-    file, image) is never read as a glob, even with `[`, `*` or `?` in its name."""
-    if os.path.isdir(src):
-        return os.path.abspath(src)
-    dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
-    common = os.path.commonpath(dirs) if dirs else os.path.abspath(".")
-    if glob.has_magic(src) and not os.path.exists(src):
-        static = []
-        for part in Path(src).parts:
-            if glob.has_magic(part):
-                break
-            static.append(part)
-        prefix = os.path.abspath(os.path.join(*static) if static else ".")
-        # a pattern matching list files or shards names images elsewhere
-        if os.path.commonpath([prefix, common]) == prefix:
-            return prefix
-    return common
-
-
-def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
-    """Output name (relative, POSIX) of each input: its path relative to the source root (the
-    member name for `shard.tar::member` inputs) with the extension replaced by `suffix`.
-
-    Inputs whose names would collide (a.jpg and a.png in one folder) keep their extension:
-    `a.jpg.png`, `a.png.png`. Raises ValueError if names still collide (same member in two
-    shards) or a name would leave the output directory (a tar member `../x.jpg`).
-    """
-    from depth_anything_fast.formats.paths import TAR_SEP
-
-    files = [p for p in paths if TAR_SEP not in p]
-    root = _listing_root(src, files) if files else ""
-    rel = [
-        p.split(TAR_SEP, 1)[1]
-        if TAR_SEP in p
-        else Path(os.path.relpath(os.path.abspath(p), root)).as_posix()
-        for p in paths
-    ]
-    for path, name in zip(paths, rel, strict=True):
-        parts = Path(name).parts
-        # a tar member named "../x.jpg" or "/x.jpg" would be written outside the output directory
-        if not parts or Path(name).is_absolute() or ".." in parts:
-            raise ValueError(f"{path}: its output name {name!r} leaves the output directory")
-    stems = [os.path.splitext(r)[0] for r in rel]
-    counts = Counter(stems)
-    names = [
-        (stem if counts[stem] == 1 else r) + suffix for stem, r in zip(stems, rel, strict=True)
-    ]
-    check_unique_names(names)
-    return names
-
-
-def check_unique_names(names: list[str]) -> None:
-    """Raise ValueError naming the output names that several inputs map to (one would
-    silently overwrite the other)."""
-    duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
-    if duplicates:
-        raise ValueError(f"several inputs map to the output names {duplicates[:5]}; rename them")
 
 
 def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Module) -> str:
@@ -414,50 +356,21 @@ def pseudo_label(
             another run, or that holds labels of other weights or settings.
         FileNotFoundError: no images in `input`.
     """
-    from depth_anything_fast.formats.spec import SPEC_FILE
-
     opts = Options(**options)
     if opts.format not in FORMATS:
         raise ValueError(f"unknown format {opts.format!r}; expected one of {FORMATS}")
-    env = launch_env()
-    rank = env.rank if opts.rank is None else opts.rank
-    world = env.world_size if opts.world_size is None else opts.world_size
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} out of range for world_size {world}")
-    if opts.overwrite and world > 1:
-        raise ValueError("--overwrite runs in a single process (ranks would remove each "
-                         "other's records); clear the folder or use a new --output instead")
-    device = opts.device
-    if device is None and torch.cuda.is_available():
-        device = f"cuda:{env.local_rank % torch.cuda.device_count()}"
-
+    rank, world, device = _placement(opts)
     src = os.fspath(input)
     output_dir = Path(output)
     check_output_dir(output_dir)  # before the model is loaded or anything is written
-    hints = {k: v for k, v in (("version", opts.version), ("metric", opts.metric),
-                               ("max_depth", opts.max_depth)) if v is not None}
-    model = load_model(weights_or_model, **hints)
+    model = load_model(weights_or_model, version=opts.version, metric=opts.metric,
+                       max_depth=opts.max_depth)
     paths, missing, unsupported = _list_inputs(src, output_dir)
     names = output_names(src, paths, output_suffix(opts.format))
     make_output_dir(output_dir, rank, min_free=_map_bytes(opts))
     lock = _OutputLock(output_dir, rank)
     try:
-        # a local file is hashed as stored; a module or a Hub repo id (as written) by the
-        # loaded state dict
-        source: str | torch.nn.Module = model
-        weights_id = type(model).__name__
-        if isinstance(weights_or_model, (str, os.PathLike)):
-            weights_id = os.fspath(weights_or_model)
-            if os.path.exists(weights_id):
-                weights_id = source = os.path.abspath(weights_id)
-        config = getattr(model, "config", None)
-        run_config = {
-            "weights": weights_id,
-            "weights_sha256": weights_fingerprint(source),
-            "model": config.to_dict() if hasattr(config, "to_dict") else None,
-            **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
-        }
-        _check_run_config(output_dir, run_config, opts.overwrite)
+        _check_run_config(output_dir, _run_config(weights_or_model, model, opts), opts.overwrite)
         # how data.LabelledSource (training) and evaluate read the outputs back
         depth_range = metric_max_depth(model)
         atomic_write(output_dir / SPEC_FILE, stored_spec(opts.format, depth_range).dumps().encode(),
@@ -470,12 +383,47 @@ def pseudo_label(
         lock.release()
 
 
+def _placement(opts: Options) -> tuple[int, int, str | None]:
+    """(rank, world size, device) of this process: the options, else torchrun's environment
+    (a CUDA device per local rank when CUDA is available)."""
+    env = launch_env()
+    rank = env.rank if opts.rank is None else opts.rank
+    world = env.world_size if opts.world_size is None else opts.world_size
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} out of range for world_size {world}")
+    if opts.overwrite and world > 1:
+        raise ValueError("--overwrite runs in a single process (ranks would remove each "
+                         "other's records); clear the folder or use a new --output instead")
+    device = opts.device
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{env.local_rank % torch.cuda.device_count()}"
+    return rank, world, device
+
+
+def _run_config(weights_or_model: str | os.PathLike[str] | torch.nn.Module | None,
+                model: torch.nn.Module, opts: Options) -> dict[str, Any]:
+    """What `run_config.json` records: the weights (a local file by absolute path, a Hub id
+    as written, a module by class name), their fingerprint, the model config and the settings
+    a resumed run must share."""
+    # a local file is hashed as stored; a module or a Hub repo id by the loaded state dict
+    source: str | torch.nn.Module = model
+    weights_id = type(model).__name__
+    if isinstance(weights_or_model, (str, os.PathLike)):
+        weights_id = os.fspath(weights_or_model)
+        if os.path.exists(weights_id):
+            weights_id = source = os.path.abspath(weights_id)
+    config = getattr(model, "config", None)
+    return {
+        "weights": weights_id,
+        "weights_sha256": weights_fingerprint(source),
+        "model": config.to_dict() if hasattr(config, "to_dict") else None,
+        **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
+    }
+
+
 def _list_inputs(src: str, output_dir: Path) -> tuple[list[str], list[str], list[str]]:
     """(images, listed files that do not exist, files of an input folder that are not
     supported images); outputs written inside the input tree are not inputs of a rerun."""
-    from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, list_images
-    from depth_anything_fast.formats.paths import TAR_SEP
-
     out_abs = os.path.abspath(output_dir) + os.sep
 
     def outside(path: str) -> bool:
@@ -502,6 +450,22 @@ def _map_bytes(opts: Options) -> int:
     return int(opts.input_size * opts.input_size * 4 / 3 * per_pixel)
 
 
+def _todo(mine: list[tuple[str, str]], output_dir: Path,
+          opts: Options) -> list[tuple[str, str]]:
+    """The pairs of `mine` whose output the manifests do not record as finished; warns when
+    the disk looks too small for them."""
+    finished = finished_records(output_dir, verify_checksum=opts.verify_checksum)
+    # an output's name without its shard: the same item whatever tar shard holds it
+    done = {record.member or key for key, record in finished.items()}
+    todo = [(p, n) for p, n in mine if n not in done]
+    need, free = len(todo) * _map_bytes(opts), shutil.disk_usage(output_dir).free
+    if need > free:
+        logger.warning("%s: %.0f MB free, the %d outputs to write need about %.0f MB: the run "
+                       "will stop when the disk is full", output_dir, free / 1e6, len(todo),
+                       need / 1e6)
+    return todo
+
+
 def _label(
     model: torch.nn.Module,
     mine: list[tuple[str, str]],
@@ -514,17 +478,7 @@ def _label(
     listing: tuple[list[str], list[str]],
 ) -> Summary:
     """Predict and write this rank's share `mine` of (input, output name) pairs."""
-    from depth_anything_fast.formats.images import IMAGE_EXTENSIONS
-
-    finished = finished_records(output_dir, verify_checksum=opts.verify_checksum)
-    # an output's name without its shard: the same item whatever tar shard holds it
-    done = {record.member or key for key, record in finished.items()}
-    todo = [(p, n) for p, n in mine if n not in done]
-    need, free = len(todo) * _map_bytes(opts), shutil.disk_usage(output_dir).free
-    if need > free:
-        logger.warning("%s: %.0f MB free, the %d outputs to write need about %.0f MB: the run "
-                       "will stop when the disk is full", output_dir, free / 1e6, len(todo),
-                       need / 1e6)
+    todo = _todo(mine, output_dir, opts)
     predictor = Predictor(model, batch_size=opts.batch_size, precision=opts.precision,
                           compile=opts.compile, input_size=opts.input_size, resize=opts.resize,
                           device=device)
@@ -648,13 +602,9 @@ def _predict_and_write(
 ) -> tuple[int, OSError | None]:
     """The loop: load -> predict -> hand to the writers. Returns (outputs written, the fatal
     write error that stopped it or None)."""
-    from depth_anything_fast.data import inference_loader
-    from depth_anything_fast.models.transforms import resize_prediction
-
     decode_threads, write_threads = default_threads(predictor.device)
     sink = _OutputSink(output_dir, dict(todo), opts, rank, depth_range, manifest, errors,
                        opts.writer_threads if opts.writer_threads is not None else write_threads)
-    pin = predictor.device.type == "cuda"  # outputs come back through pinned host memory
     progress = None
     if opts.progress:
         from tqdm import tqdm
@@ -663,43 +613,13 @@ def _predict_and_write(
     prefetcher = None
     try:
         if todo:
-            loader = inference_loader(
-                [p for p, _ in todo],
-                batch_size=opts.batch_size,
-                input_size=opts.input_size,
-                resize=opts.resize,
-                shard_id=0,  # sharded above, before skipping finished items
-                num_shards=1,
-                backend=opts.backend,
-                device=predictor.device,  # on CUDA, DALI decodes JPEGs on the GPU
-                num_threads=opts.num_workers if opts.num_workers is not None else decode_threads,
-                prefetch=opts.prefetch,
-                on_error=lambda path, reason: errors.add(path, reason, "decode"),
-            )
-            # The loader's generator (reading, probing, submitting) would otherwise run on this
-            # thread between forward passes; on its own thread it overlaps with the model.
-            prefetcher = _Prefetcher(loader, opts.prefetch)
+            prefetcher = _prefetched_batches(predictor, [p for p, _ in todo], opts, errors,
+                                             decode_threads)
         for batch in prefetcher or ():
             if stop.requested or sink.stopped:
                 break
-            disparity = predictor.predict_tensor(batch["image"])
-            items = [
-                resize_prediction(disparity[row : row + 1], tuple(size))[0]
-                if opts.original_size
-                else disparity[row]
-                for row, size in enumerate(batch["sizes"])
-            ]
-            ready = None
-            if pin:
-                # Copies back into pinned memory are queued behind the forward pass; the writer
-                # threads wait on the event, so this thread goes on to launch the next batch.
-                hosts = [torch.empty(t.shape, dtype=torch.float32, pin_memory=True) for t in items]
-                for host, item in zip(hosts, items, strict=True):
-                    host.copy_(item, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record()
-                items = hosts
-            for path, item in zip(batch["paths"], items, strict=True):
+            maps, ready = _maps_on_host(predictor, batch, opts.original_size)
+            for path, item in zip(batch["paths"], maps, strict=True):
                 sink.submit(path, item, ready)
             if progress is not None:
                 progress.update(len(batch["paths"]))
@@ -714,3 +634,48 @@ def _predict_and_write(
             progress.close()
         fatal = sink.close()
     return sink.succeeded, fatal
+
+
+def _prefetched_batches(predictor: Predictor, paths: list[str], opts: Options,
+                        errors: ErrorLog, decode_threads: int) -> _Prefetcher:
+    """The inference loader's batches of `paths` on `predictor.device`, iterated on a thread
+    of their own: the loader's generator (reading, probing, submitting) would otherwise run on
+    this thread between forward passes; there it overlaps with the model."""
+    loader = inference_loader(
+        paths,
+        batch_size=opts.batch_size,
+        input_size=opts.input_size,
+        resize=opts.resize,
+        shard_id=0,  # sharded by the caller, before skipping finished items
+        num_shards=1,
+        backend=opts.backend,
+        device=predictor.device,  # on CUDA, DALI decodes JPEGs on the GPU
+        num_threads=opts.num_workers if opts.num_workers is not None else decode_threads,
+        prefetch=opts.prefetch,
+        on_error=lambda path, reason: errors.add(path, reason, "decode"),
+    )
+    return _Prefetcher(loader, opts.prefetch)
+
+
+def _maps_on_host(
+    predictor: Predictor, batch: dict[str, Any], original_size: bool
+) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Launch the forward pass of a loader `batch` -> (one float32 map per image: (h, w) at
+    the network resolution, or (H0, W0) with `original_size`; the event set once they are on
+    the host, or None when they are CPU tensors already)."""
+    disparity = predictor.predict_tensor(batch["image"])
+    maps = [
+        resize_prediction(disparity[row : row + 1], tuple(size))[0] if original_size
+        else disparity[row]
+        for row, size in enumerate(batch["sizes"])
+    ]
+    if predictor.device.type != "cuda":
+        return maps, None
+    # Copies back into pinned memory are queued behind the forward pass; the writer threads
+    # wait on the event, so this thread goes on to launch the next batch.
+    hosts = [torch.empty(t.shape, dtype=torch.float32, pin_memory=True) for t in maps]
+    for host, item in zip(hosts, maps, strict=True):
+        host.copy_(item, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return hosts, ready
