@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the handlers import it: `--help` must not import torch
+    from depth_anything_fast.inference.pseudo_label import Summary
 
 PSEUDO_LABEL_EPILOG = """\
 Outputs: DST/<input path relative to SRC, extension replaced>.png (16-bit; code 0..65535 maps
@@ -128,7 +131,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
         return _no_weights()
     import logging
 
-    from depth_anything_fast.inference.pseudo_label import combine_summaries, pseudo_label
+    from depth_anything_fast.inference.pseudo_label import pseudo_label
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     distributed = _init_process_group()
@@ -161,8 +164,16 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
         print(summary.line(), flush=True)
     if not distributed:
         return 2 if summary is None else summary.exit_code
+    return _combine_ranks(summary)
+
+
+def _combine_ranks(summary: Summary | None) -> int:
+    """Exit status shared by all ranks of a torchrun job (None: this rank stopped with an
+    error); rank 0 prints the total. Leaves the process group."""
     import torch
     import torch.distributed as dist
+
+    from depth_anything_fast.inference.pseudo_label import combine_summaries
 
     # Every rank joins the final collectives, also one that stopped with an error, and all exit
     # with the same status: a rank leaving early would tear down the ranks still working (under
