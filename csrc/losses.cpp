@@ -168,6 +168,7 @@ struct Selection {
 // collects the invalid pixels (so the histogram loops need no branch on validity).
 struct SelectScratch {
   std::vector<uint32_t> hist_p, hist_g;
+  std::vector<int64_t> first_p;  // pass 3: lowest index of each pred low-digit bin, -1 if none
   std::vector<Selection> sel_p, sel_g;
 
   void reset(int groups, int bins) {
@@ -180,6 +181,7 @@ struct SelectScratch {
 struct Location {
   float t;
   double mean_abs_dev;
+  uint32_t low_bin;  // last digit of t's key
 };
 
 Location finish_selection(Selection& sel, const uint32_t* low_hist, int64_t n) {
@@ -202,7 +204,7 @@ Location finish_selection(Selection& sel, const uint32_t* low_hist, int64_t n) {
   const double dev =
       is_finite(t) ? above - below + static_cast<double>(t) * static_cast<double>(n_below - n_above)
                    : std::nan("");
-  return {t, dev / static_cast<double>(n)};
+  return {t, dev / static_cast<double>(n), bin};
 }
 
 // Passes 1-3 over one image; gid holds each pixel's group, all ones for invalid (rewritten
@@ -265,6 +267,8 @@ void select_medians(const float* __restrict p, const float* __restrict g,
   // partial sums per block, double across blocks).
   for (int s = 0; s <= S; ++s) pre_p[s] = w.sel_p[s].prefix, pre_g[s] = w.sel_g[s].prefix;
   w.reset(S, kLowBins);
+  w.first_p.assign(static_cast<size_t>(S + 1) * kLowBins, -1);
+  int64_t* first = w.first_p.data();
   uint32_t* hp = w.hist_p.data();
   uint32_t* hg = w.hist_g.data();
   for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
@@ -272,7 +276,11 @@ void select_medians(const float* __restrict p, const float* __restrict g,
     for (int64_t i = i0; i < i1; ++i) {  // branches: a 21-bit prefix matches few pixels
       const uint32_t s = static_cast<uint32_t>(gid[i]);
       const uint32_t kp = order_key(p[i]), kg = order_key(g[i]);
-      if ((kp >> 10) == pre_p[s]) ++hp[s * kLowBins + (kp & 0x3FFu)];
+      if ((kp >> 10) == pre_p[s]) {
+        const uint32_t bin = s * kLowBins + (kp & 0x3FFu);
+        ++hp[bin];
+        if (first[bin] < 0) first[bin] = i;
+      }
       if ((kg >> 10) == pre_g[s]) ++hg[s * kLowBins + (kg & 0x3FFu)];
     }
     for (int s = 0; s < S; ++s) {
@@ -384,7 +392,7 @@ std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::ve
     }
   }
   std::vector<int64_t> count(S, 0);
-  std::vector<Location> loc_p(S, Location{0.f, 0.0}), loc_g(S, Location{0.f, 0.0});
+  std::vector<Location> loc_p(S, Location{0.f, 0.0, 0}), loc_g(S, Location{0.f, 0.0, 0});
   select_medians(p, g, gid.data(), L, S, scratch, count, loc_p, loc_g);  // gid: invalid -> S
 
   std::vector<float> t_p(S, 0.f), s_p(S, kScaleEps), t_g(S, 0.f), s_g(S, kScaleEps);
@@ -411,10 +419,18 @@ std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::ve
                  bits, codes, sums[s]);
     }
   }
-  // Median index: the lowest valid index holding the median value (early exit once all found).
+  // Median index: the lowest valid index holding the median value, from pass 3's first index
+  // of t's key; a zero median also equals the other zero's key, so that case scans (early exit).
   std::vector<int64_t> median_index(S, -1);
   int missing = 0;
-  for (int s = 0; s < S; ++s) missing += count[s] > 0;
+  for (int s = 0; s < S; ++s) {
+    if (count[s] == 0) continue;
+    if (t_p[s] != 0.0f) {
+      median_index[s] = scratch.first_p[static_cast<size_t>(s) * kLowBins + loc_p[s].low_bin];
+    } else {
+      ++missing;
+    }
+  }
   for (int64_t i = 0; i < L && missing > 0; ++i) {
     const int s = static_cast<int>(gid[i]);
     if (s < S && median_index[s] < 0 && p[i] == t_p[s]) {
