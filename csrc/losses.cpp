@@ -5,10 +5,9 @@
 // Arrays come in through the buffer protocol (numpy views of torch tensors); outputs are
 // preallocated by the caller and written in place, so no torch headers are needed.
 //
-// Affine-invariant loss: per group g = (image, segment) the lower median t (rank (n-1)/2) and
-// s = max(mean|x - t|, 1e-6) of pred and of target in three radix-histogram passes over the
-// image (select_medians), then one fused pass for the loss, the per-group sums the backward
-// needs and one code byte per pixel.
+// Affine-invariant loss: per group g = (image, segment) the lower median t (rank (n-1)/2,
+// radix select on a gathered copy) and s = max(mean|x - t|, 1e-6) of pred and of target,
+// then one fused pass for the loss and the per-group sums the backward needs.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -132,186 +131,66 @@ inline float key_value(uint32_t key) {
   return __builtin_bit_cast(float, key ^ ((key & 0x80000000u) ? 0x80000000u : 0xFFFFFFFFu));
 }
 
-// Exact lower median and mean absolute deviation of pred and of target per group g = (image,
-// segment) in three passes over the image, radix digits of 11, 11 and 10 bits of the order keys,
-// most significant first: pass 1 counts the top digits, pass 2 the middle digits of the keys that
-// share the top digit of their group's median, pass 3 the low digits under the 21-bit prefix and
-// sums the values whose keys lie below and above that prefix. A last-digit bin holds one value,
-// so its sum is count * value and sum|x - t| = sum_{x>t} x - sum_{x<t} x + t (n_< - n_>) needs no
-// further pass. Histograms are per image (OpenMP runs over images); uint32 bins (L < 2^32 is
-// checked), counts int64.
-constexpr int kTopBins = 2048, kMidBins = 2048, kLowBins = 1024;
-constexpr uint32_t kNoPrefix = 0xFFFFFFFFu;  // matches no key prefix: empty or padding groups
-
-// Bin holding rank k of hist[0, bins); k becomes the rank within that bin.
-inline uint32_t bin_of_rank(const uint32_t* hist, int bins, int64_t& k) {
-  int64_t before = 0;
-  for (int bin = 0; bin < bins; ++bin) {
-    if (before + static_cast<int64_t>(hist[bin]) > k) {
-      k -= before;
-      return static_cast<uint32_t>(bin);
+// Element of rank k of values[0, n) by radix select on order keys: digits of 11, 11 and 10 bits,
+// most significant first; each level histograms the candidates, keeps the bin holding rank k
+// (compacted into `candidates`, length >= n) and descends. Two histogram passes over the data in
+// the common case, against the several branchy partition passes of std::nth_element.
+float radix_select(const float* values, int64_t n, int64_t k, std::vector<float>& candidates) {
+  constexpr int kShifts[3] = {21, 10, 0};
+  constexpr uint32_t kMasks[3] = {0x7FFu, 0x7FFu, 0x3FFu};
+  uint32_t hist[2048];
+  const float* cand = values;
+  int64_t m = n;
+  uint32_t key = 0;
+  for (int level = 0; level < 3; ++level) {
+    const int shift = kShifts[level];
+    const uint32_t mask = kMasks[level];
+    std::fill(hist, hist + mask + 1, 0u);
+    for (int64_t i = 0; i < m; ++i) ++hist[(order_key(cand[i]) >> shift) & mask];
+    uint32_t bin = 0;
+    for (int64_t before = 0;; ++bin) {
+      if (before + static_cast<int64_t>(hist[bin]) > k) {
+        k -= before;
+        break;
+      }
+      before += hist[bin];
     }
-    before += hist[bin];
+    key |= bin << shift;
+    if (level == 2 || hist[bin] == m) {  // done, or every candidate shares this digit
+      if (level == 2) break;
+      continue;
+    }
+    float* out = candidates.data();
+    int64_t j = 0;
+    for (int64_t i = 0; i < m; ++i) {  // branchless compaction (out may alias cand: j <= i)
+      const float x = cand[i];
+      out[j] = x;
+      j += ((order_key(x) >> shift) & mask) == bin;
+    }
+    cand = out;
+    m = j;
   }
-  throw std::logic_error("radix select: rank beyond the histogram");
+  return key_value(key);
 }
 
-// Selection state of one array (pred or target) of one group.
-struct Selection {
-  int64_t rank = 0;           // rank still to find inside the current prefix
-  uint32_t prefix = kNoPrefix;  // key bits fixed so far (top digit, then top two digits)
-  double below = 0.0, above = 0.0;  // sums of the values whose keys lie below / above prefix
-  int64_t n_below = 0, n_above = 0;
-};
-
-// Per-thread scratch of the selection, sized for S groups plus one padding group S that
-// collects the invalid pixels (so the histogram loops need no branch on validity).
-struct SelectScratch {
-  std::vector<uint32_t> hist_p, hist_g;
-  std::vector<int64_t> first_p;  // pass 3: lowest index of each pred low-digit bin, -1 if none
-  std::vector<Selection> sel_p, sel_g;
-
-  void reset(int groups, int bins) {
-    hist_p.assign(static_cast<size_t>(groups + 1) * bins, 0u);
-    hist_g.assign(static_cast<size_t>(groups + 1) * bins, 0u);
-  }
-};
-
-// Median t and mean|x - t| of one group from the pass-3 state and its low-digit histogram.
+// Lower median of values[0, n) and mean|x - t| (in double).
 struct Location {
   float t;
   double mean_abs_dev;
-  uint32_t low_bin;  // last digit of t's key
 };
 
-Location finish_selection(Selection& sel, const uint32_t* low_hist, int64_t n) {
-  const uint32_t bin = bin_of_rank(low_hist, kLowBins, sel.rank);
-  const uint32_t high = sel.prefix << 10;
-  const float t = key_value(high | bin);
-  double below = sel.below, above = sel.above;
-  int64_t n_below = sel.n_below, n_above = sel.n_above;
-  for (uint32_t d = 0; d < static_cast<uint32_t>(kLowBins); ++d) {
-    const uint32_t c = low_hist[d];
-    if (c == 0 || d == bin) continue;  // 0 * inf / 0 * NaN must not enter the sums
-    const double v = static_cast<double>(c) * key_value(high | d);
-    if (d < bin) {
-      below += v, n_below += c;
-    } else {
-      above += v, n_above += c;
-    }
+Location lower_median_and_deviation(const float* values, int64_t n,
+                                    std::vector<float>& candidates) {
+  const float t = radix_select(values, n, (n - 1) / 2, candidates);
+  double dev = 0.0;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+    for (int64_t i = i0; i < i1; ++i) part += std::fabs(values[i] - t);
+    dev += part;
   }
-  // An infinite median meets itself: |inf - inf| is NaN in the definition, as in the reference.
-  const double dev =
-      is_finite(t) ? above - below + static_cast<double>(t) * static_cast<double>(n_below - n_above)
-                   : std::nan("");
-  return {t, dev / static_cast<double>(n), bin};
-}
-
-// Passes 1-3 over one image; gid holds each pixel's group, all ones for invalid (rewritten
-// to S).
-template <typename Gid>
-void select_medians(const float* __restrict p, const float* __restrict g,
-                    Gid* __restrict gid, int64_t L, int S, SelectScratch& w,
-                    std::vector<int64_t>& count, std::vector<Location>& loc_p,
-                    std::vector<Location>& loc_g) {
-  w.sel_p.assign(S + 1, Selection{});
-  w.sel_g.assign(S + 1, Selection{});
-  // Pass 1: top digits (and the padding group for invalid pixels).
-  w.reset(S, kTopBins);
-  {
-    uint32_t* hp = w.hist_p.data();
-    uint32_t* hg = w.hist_g.data();
-    const uint32_t pad = static_cast<uint32_t>(S);
-    for (int64_t i = 0; i < L; ++i) {
-      const uint32_t s = static_cast<uint32_t>(gid[i]) < pad ? static_cast<uint32_t>(gid[i]) : pad;
-      gid[i] = static_cast<Gid>(s);
-      ++hp[s * kTopBins + (order_key(p[i]) >> 21)];
-      ++hg[s * kTopBins + (order_key(g[i]) >> 21)];
-    }
-  }
-  for (int s = 0; s < S; ++s) {
-    const uint32_t* row = w.hist_p.data() + static_cast<size_t>(s) * kTopBins;
-    int64_t n = 0;
-    for (int d = 0; d < kTopBins; ++d) n += row[d];
-    count[s] = n;
-    if (n == 0) continue;
-    w.sel_p[s].rank = w.sel_g[s].rank = (n - 1) / 2;
-    w.sel_p[s].prefix = bin_of_rank(row, kTopBins, w.sel_p[s].rank);
-    w.sel_g[s].prefix =
-        bin_of_rank(w.hist_g.data() + static_cast<size_t>(s) * kTopBins, kTopBins, w.sel_g[s].rank);
-  }
-  // Pass 2: middle digits under each group's top digit (every pixel adds 0 or 1: no branch).
-  std::vector<uint32_t> pre_p(S + 1), pre_g(S + 1);
-  for (int s = 0; s <= S; ++s) pre_p[s] = w.sel_p[s].prefix, pre_g[s] = w.sel_g[s].prefix;
-  w.reset(S, kMidBins);
-  {
-    uint32_t* hp = w.hist_p.data();
-    uint32_t* hg = w.hist_g.data();
-    for (int64_t i = 0; i < L; ++i) {
-      const uint32_t s = static_cast<uint32_t>(gid[i]);
-      const uint32_t kp = order_key(p[i]), kg = order_key(g[i]);
-      hp[s * kMidBins + ((kp >> 10) & 0x7FFu)] += (kp >> 21) == pre_p[s];
-      hg[s * kMidBins + ((kg >> 10) & 0x7FFu)] += (kg >> 21) == pre_g[s];
-    }
-  }
-  for (int s = 0; s < S; ++s) {
-    if (count[s] == 0) continue;
-    const size_t row = static_cast<size_t>(s) * kMidBins;
-    for (auto [sel, hist] : {std::pair{&w.sel_p[s], w.hist_p.data() + row},
-                             std::pair{&w.sel_g[s], w.hist_g.data() + row}}) {
-      sel->prefix = (sel->prefix << 11) | bin_of_rank(hist, kMidBins, sel->rank);
-    }
-  }
-  // Pass 3, in blocks that stay in L1: low digits under the 21-bit prefixes (scalar scatter),
-  // then per group the sums and counts below / above the prefixes (vectorised selects, float
-  // partial sums per block, double across blocks).
-  for (int s = 0; s <= S; ++s) pre_p[s] = w.sel_p[s].prefix, pre_g[s] = w.sel_g[s].prefix;
-  w.reset(S, kLowBins);
-  w.first_p.assign(static_cast<size_t>(S + 1) * kLowBins, -1);
-  int64_t* first = w.first_p.data();
-  uint32_t* hp = w.hist_p.data();
-  uint32_t* hg = w.hist_g.data();
-  for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
-    const int64_t i1 = std::min(L, i0 + kBlock);
-    for (int64_t i = i0; i < i1; ++i) {  // branches: a 21-bit prefix matches few pixels
-      const uint32_t s = static_cast<uint32_t>(gid[i]);
-      const uint32_t kp = order_key(p[i]), kg = order_key(g[i]);
-      if ((kp >> 10) == pre_p[s]) {
-        const uint32_t bin = s * kLowBins + (kp & 0x3FFu);
-        ++hp[bin];
-        if (first[bin] < 0) first[bin] = i;
-      }
-      if ((kg >> 10) == pre_g[s]) ++hg[s * kLowBins + (kg & 0x3FFu)];
-    }
-    for (int s = 0; s < S; ++s) {
-      if (count[s] == 0) continue;
-      const uint32_t cp = pre_p[s], cg = pre_g[s];
-      float bp = 0.f, ap = 0.f, bg = 0.f, ag = 0.f;
-      int32_t nbp = 0, nap = 0, nbg = 0, nag = 0;
-#pragma omp simd reduction(+ : bp, ap, bg, ag, nbp, nap, nbg, nag)
-      for (int64_t i = i0; i < i1; ++i) {
-        const bool in = gid[i] == static_cast<Gid>(s);
-        const uint32_t hp_key = order_key(p[i]) >> 10, hg_key = order_key(g[i]) >> 10;
-        const bool lp = in && hp_key < cp, up = in && hp_key > cp;
-        const bool lg = in && hg_key < cg, ug = in && hg_key > cg;
-        bp += lp ? p[i] : 0.0f;
-        ap += up ? p[i] : 0.0f;
-        bg += lg ? g[i] : 0.0f;
-        ag += ug ? g[i] : 0.0f;
-        nbp += lp, nap += up, nbg += lg, nag += ug;
-      }
-      Selection& sp = w.sel_p[s];
-      Selection& sg = w.sel_g[s];
-      sp.below += bp, sp.above += ap, sp.n_below += nbp, sp.n_above += nap;
-      sg.below += bg, sg.above += ag, sg.n_below += nbg, sg.n_above += nag;
-    }
-  }
-  for (int s = 0; s < S; ++s) {
-    if (count[s] == 0) continue;
-    const size_t row = static_cast<size_t>(s) * kLowBins;
-    loc_p[s] = finish_selection(w.sel_p[s], w.hist_p.data() + row, count[s]);
-    loc_g[s] = finish_selection(w.sel_g[s], w.hist_g.data() + row, count[s]);
-  }
+  return {t, dev / static_cast<double>(n)};
 }
 
 struct GroupSums {
@@ -319,51 +198,57 @@ struct GroupSums {
   int64_t sign_p = 0;
 };
 
-// Loss pass over pixels [i0, i1) of one image, for the pixels with gid == segment (a block
-// that stays in L1 while every group is visited): sum|p^ - g^|, A = sum sign(r),
-// Bsum = sum sign(r) p^, C = sum sign(p - t), and the code byte of each pixel
-// (stats_layout.h). Float partial sums per block. Other pixels may hold inf/NaN, so they are
-// selected out (selects vectorise with -fno-trapping-math, see setup.py).
-template <typename Gid>
-void loss_block(const float* __restrict p, const float* __restrict g,
-                const Gid* __restrict gid, Gid segment, int64_t i0, int64_t i1, float tp,
-                float inv_sp, float tg, float inv_sg, uint8_t segment_bits,
-                uint8_t* __restrict codes, GroupSums& sums) {
+// Loss pass over one image in pixel order, for the pixels with gid == segment:
+// sum|p^ - g^|, A = sum sign(r), Bsum = sum sign(r) p^, C = sum sign(p - t), and the code byte
+// of each pixel (stats_layout.h). Float partial sums per block. Other pixels may hold inf/NaN, so they are selected out (selects vectorise with
+// -fno-trapping-math, see setup.py).
+GroupSums loss_pass(const float* __restrict p, const float* __restrict g,
+                    const int32_t* __restrict gid, int32_t segment, int64_t n, float tp,
+                    float inv_sp, float tg, float inv_sg, uint8_t segment_bits,
+                    uint8_t* __restrict codes) {
   using namespace stats_layout;
-  float l = 0.0f, a = 0.0f, bs = 0.0f, c = 0.0f;
+  GroupSums sums;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    float l = 0.0f, a = 0.0f, bs = 0.0f, c = 0.0f;
 #pragma omp simd reduction(+ : l, a, bs, c)
-  for (int64_t i = i0; i < i1; ++i) {
-    const bool in = gid[i] == segment;
-    const float ph = (p[i] - tp) * inv_sp;
-    const float gh = (g[i] - tg) * inv_sg;
-    const float d = ph - gh;
-    const float r = in ? sign(d) : 0.0f;
-    const float sp = in ? sign(p[i] - tp) : 0.0f;
-    l += in ? std::fabs(d) : 0.0f;
-    a += r;
-    bs += in ? r * ph : 0.0f;
-    c += sp;
-    const int code = static_cast<int>(r > 0.0f) * kCodeRPos +
-                     static_cast<int>(r < 0.0f) * kCodeRNeg +
-                     static_cast<int>(sp > 0.0f) * kCodePPos +
-                     static_cast<int>(sp < 0.0f) * kCodePNeg;
-    codes[i] |= static_cast<uint8_t>(code + static_cast<int>(code != 0) * segment_bits);
+    for (int64_t i = i0; i < i1; ++i) {
+      const bool in = gid[i] == segment;
+      const float ph = (p[i] - tp) * inv_sp;
+      const float gh = (g[i] - tg) * inv_sg;
+      const float d = ph - gh;
+      const float r = in ? sign(d) : 0.0f;
+      const float sp = in ? sign(p[i] - tp) : 0.0f;
+      l += in ? std::fabs(d) : 0.0f;
+      a += r;
+      bs += in ? r * ph : 0.0f;
+      c += sp;
+      const int code = static_cast<int>(r > 0.0f) * kCodeRPos +
+                       static_cast<int>(r < 0.0f) * kCodeRNeg +
+                       static_cast<int>(sp > 0.0f) * kCodePPos +
+                       static_cast<int>(sp < 0.0f) * kCodePNeg;
+      codes[i] |= static_cast<uint8_t>(code + static_cast<int>(code != 0) * segment_bits);
+    }
+    sums.loss += l, sums.r += a, sums.rp += bs, sums.sign_p += static_cast<int64_t>(c);
   }
-  sums.loss += l, sums.r += a, sums.rp += bs, sums.sign_p += static_cast<int64_t>(c);
+  return sums;
 }
 
-// Forward for one image; per-thread scratch: gid (L), picked (L, CutMix's per-pixel target),
-// the selection's histograms. Writes the image's stats/counts rows and codes; returns the
-// image's loss (0 without a valid pixel) and its valid-pixel count.
-template <typename Gid>
-std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::vector<Gid>& gid,
-                                         std::vector<float>& picked, SelectScratch& scratch,
-                                         float* stats, int64_t* counts, uint8_t* codes) {
+// Forward for one image; per-thread scratch: gid (L), pred_buf/target_buf (L + 1), candidates
+// (L), picked (L, CutMix's per-pixel target). Writes the image's stats/counts rows and codes;
+// returns the image's loss (0 without a valid pixel) and its valid-pixel count.
+std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
+                                         std::vector<float>& pred_buf,
+                                         std::vector<float>& target_buf,
+                                         std::vector<float>& candidates,
+                                         std::vector<float>& picked, float* stats,
+                                         int64_t* counts, uint8_t* codes) {
   using namespace stats_layout;
   const int S = x.num_segments;
   const int64_t L = x.length;
   const float* p = x.pred + b * L;
   const float* g = x.target + b * L;
+  std::vector<int64_t> count(S, 0), offset(S, 0);
   const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
   const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
   if (x.box != nullptr) {  // CutMix: each pixel's target and segment from the box
@@ -373,67 +258,85 @@ std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::ve
     for (int64_t i = 0; i < L; ++i) picked[i] = box[i] ? g[i] : gb[i];
     g = picked.data();
 #pragma omp simd
-    for (int64_t i = 0; i < L; ++i) gid[i] = static_cast<Gid>(is_finite(g[i]) ? 1 - box[i] : -1);
+    for (int64_t i = 0; i < L; ++i) gid[i] = is_finite(g[i]) ? 1 - box[i] : -1;
   } else {
 #pragma omp simd
-    for (int64_t i = 0; i < L; ++i) gid[i] = static_cast<Gid>(is_finite(g[i]) ? 0 : -1);
+    for (int64_t i = 0; i < L; ++i) gid[i] = is_finite(g[i]) ? 0 : -1;
   }
   // NaN predictions need no special case: their order keys rank them beyond +-inf, and the NaN
   // propagates into the loss through the loss pass.
   if (m != nullptr) {
 #pragma omp simd
-    for (int64_t i = 0; i < L; ++i) gid[i] |= static_cast<Gid>(static_cast<int32_t>(m[i]) - 1);  // all ones if masked
+    for (int64_t i = 0; i < L; ++i) gid[i] |= static_cast<int32_t>(m[i]) - 1;  // -1 if masked
   }
   if (seg != nullptr) {
     const uint32_t num = static_cast<uint32_t>(S);
 #pragma omp simd
     for (int64_t i = 0; i < L; ++i) {  // unsigned compare: negative segments are out of range
-      gid[i] = static_cast<Gid>(static_cast<uint32_t>(seg[i]) < num ? (gid[i] | seg[i]) : -1);
+      gid[i] = static_cast<uint32_t>(seg[i]) < num ? (gid[i] | seg[i]) : -1;
     }
   }
-  std::vector<int64_t> count(S, 0);
-  std::vector<Location> loc_p(S, Location{0.f, 0.0, 0}), loc_g(S, Location{0.f, 0.0, 0});
-  select_medians(p, g, gid.data(), L, S, scratch, count, loc_p, loc_g);  // gid: invalid -> S
+  // Gather each group's (pred, target) pairs contiguously for the selection. Few groups: one
+  // branchless compaction pass per group; many: one counting pass and one scatter pass.
+  constexpr int kMaxCompactionPasses = 8;
+  if (S <= kMaxCompactionPasses) {
+    int64_t k = 0;
+    for (int s = 0; s < S; ++s) {
+      offset[s] = k;
+      for (int64_t i = 0; i < L; ++i) {
+        pred_buf[k] = p[i];
+        target_buf[k] = g[i];
+        k += gid[i] == s;
+      }
+      count[s] = k - offset[s];
+    }
+  } else {
+    for (int64_t i = 0; i < L; ++i) {
+      if (gid[i] >= 0) ++count[gid[i]];
+    }
+    for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
+    std::vector<int64_t> fill(offset);
+    for (int64_t i = 0; i < L; ++i) {
+      const int grp = gid[i];
+      if (grp < 0) continue;
+      const int64_t k = fill[grp]++;
+      pred_buf[k] = p[i];
+      target_buf[k] = g[i];
+    }
+  }
 
   std::vector<float> t_p(S, 0.f), s_p(S, kScaleEps), t_g(S, 0.f), s_g(S, kScaleEps);
   std::vector<uint8_t> active(S, 0);
   for (int s = 0; s < S; ++s) {
     if (count[s] == 0) continue;
-    t_p[s] = loc_p[s].t;
-    s_p[s] = std::max(static_cast<float>(loc_p[s].mean_abs_dev), kScaleEps);
-    t_g[s] = loc_g[s].t;
-    s_g[s] = std::max(static_cast<float>(loc_g[s].mean_abs_dev), kScaleEps);
-    active[s] = loc_p[s].mean_abs_dev > kScaleEps;
+    const Location lp =
+        lower_median_and_deviation(pred_buf.data() + offset[s], count[s], candidates);
+    const Location lg =
+        lower_median_and_deviation(target_buf.data() + offset[s], count[s], candidates);
+    t_p[s] = lp.t;
+    s_p[s] = std::max(static_cast<float>(lp.mean_abs_dev), kScaleEps);
+    t_g[s] = lg.t;
+    s_g[s] = std::max(static_cast<float>(lg.mean_abs_dev), kScaleEps);
+    active[s] = lp.mean_abs_dev > kScaleEps;
   }
 
-  // Loss pass in pixel order, in blocks: sums per group and the code bytes.
+  // Loss pass in pixel order: sums per group and the code bytes.
   std::fill(codes, codes + L, uint8_t{0});
   std::vector<GroupSums> sums(S);
   const bool segment_in_code = S > 1 && S <= kCodeMaxSegments;
-  for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
-    const int64_t i1 = std::min(L, i0 + kBlock);
-    for (int s = 0; s < S; ++s) {
-      if (count[s] == 0) continue;
-      const auto bits = static_cast<uint8_t>(segment_in_code ? s << kCodeSegmentShift : 0);
-      loss_block(p, g, gid.data(), static_cast<Gid>(s), i0, i1, t_p[s], 1.0f / s_p[s], t_g[s], 1.0f / s_g[s],
-                 bits, codes, sums[s]);
-    }
-  }
-  // Median index: the lowest valid index holding the median value, from pass 3's first index
-  // of t's key; a zero median also equals the other zero's key, so that case scans (early exit).
-  std::vector<int64_t> median_index(S, -1);
-  int missing = 0;
   for (int s = 0; s < S; ++s) {
     if (count[s] == 0) continue;
-    if (t_p[s] != 0.0f) {
-      median_index[s] = scratch.first_p[static_cast<size_t>(s) * kLowBins + loc_p[s].low_bin];
-    } else {
-      ++missing;
-    }
+    const auto bits = static_cast<uint8_t>(segment_in_code ? s << kCodeSegmentShift : 0);
+    sums[s] = loss_pass(p, g, gid.data(), s, L, t_p[s], 1.0f / s_p[s], t_g[s], 1.0f / s_g[s],
+                        bits, codes);
   }
+  // Median index: the lowest valid index holding the median value (early exit once all found).
+  std::vector<int64_t> median_index(S, -1);
+  int missing = 0;
+  for (int s = 0; s < S; ++s) missing += count[s] > 0;
   for (int64_t i = 0; i < L && missing > 0; ++i) {
-    const int s = static_cast<int>(gid[i]);
-    if (s < S && median_index[s] < 0 && p[i] == t_p[s]) {
+    const int s = gid[i];
+    if (s >= 0 && median_index[s] < 0 && p[i] == t_p[s]) {
       median_index[s] = i;
       --missing;
     }
@@ -482,9 +385,6 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
   float* stats_out = data_n(stats, "stats", x.batch * num_segments * kNumStats);
   int64_t* counts_out = data_n(counts, "counts", x.batch * num_segments * kNumCounts);
   uint8_t* codes_out = data_2d(codes, "codes", x.batch, x.length);
-  if (x.length >= (int64_t{1} << 32)) {  // the selection's histogram bins are uint32
-    throw std::invalid_argument("images of 2**32 pixels or more are not supported");
-  }
   advise_huge_pages(codes_out, static_cast<size_t>(x.batch * x.length));
   std::vector<double> image_loss(x.batch, 0.0);
   std::vector<int64_t> image_count(x.batch, 0);
@@ -495,15 +395,20 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
       // Per-thread scratch kept across calls: fresh multi-MiB buffers would be page-faulted in
       // (zeroed by the kernel) on every call, which cost as much as the selection itself.
       thread_local std::vector<int32_t> gid;
-      thread_local std::vector<float> picked;
-      thread_local SelectScratch scratch;
-      if (gid.size() < static_cast<size_t>(x.length)) gid.resize(x.length);
+      thread_local std::vector<float> pred_buf, target_buf, candidates, picked;
+      if (gid.size() < static_cast<size_t>(x.length)) {
+        gid.resize(x.length);
+        // +1: the branchless compaction writes one slot past the last kept element
+        pred_buf.resize(x.length + 1);
+        target_buf.resize(x.length + 1);
+        candidates.resize(x.length);
+      }
       if (x.box != nullptr && picked.size() < static_cast<size_t>(x.length)) {
         picked.resize(x.length);
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t b = 0; b < x.batch; ++b) {
-        const auto [l, n] = forward_image(x, b, gid, picked, scratch,
+        const auto [l, n] = forward_image(x, b, gid, pred_buf, target_buf, candidates, picked,
                                           stats_out + b * num_segments * kNumStats,
                                           counts_out + b * num_segments * kNumCounts,
                                           codes_out + b * x.length);
