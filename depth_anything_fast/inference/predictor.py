@@ -23,20 +23,49 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or the first CUDA device when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, or the first CUDA device when available, else CPU. ValueError for a device
+    this torch cannot use (a CUDA device on a CPU-only build or without a visible GPU)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: not a torch device ({err})") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None \
+                else "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: {build}; use --device cpu (or leave it out)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast
+    emulates it and runs several times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False  # unknown: the warning below errs on the side of saying so
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "auto" -> "bf16" on CUDA, "fp32" elsewhere; other values are validated and returned."""
+    """ "auto" -> "bf16" on CUDA, "fp32" elsewhere; other values are validated and returned
+    (bf16 on a CPU without native bf16 with a warning: it is slower there than fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision fp16 is not supported on CPU; use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning("precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX) is "
+                       "emulated and several times slower than fp32; --precision auto picks "
+                       "fp32 on the CPU")
     return precision
 
 

@@ -9,17 +9,71 @@ own leftovers.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
+import shutil
 import tarfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from depth_anything_fast.formats.manifest import ManifestRecord
 from depth_anything_fast.formats.paths import TAR_SEP
+
+# Write errors that every later write would hit too (disk full, quota, read-only file system):
+# the run stops at once instead of failing input after input.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class OutputWriteError(OSError):
+    """Outputs cannot be written at all any more (disk full, quota, read-only): run stopped."""
+
+
+def is_fatal_write_error(exc: BaseException) -> bool:
+    """Whether `exc` is a write error that every later write would hit too."""
+    return isinstance(exc, OSError) and exc.errno in FATAL_WRITE_ERRNOS
+
+
+def check_output_dir(path: str | os.PathLike[str], flag: str = "--output") -> None:
+    """Raise ValueError when `path` cannot become an output directory (it or a parent is a
+    file, or the nearest existing folder is not writable), without creating anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a directory")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable")
+
+
+def make_output_dir(path: str | os.PathLike[str], rank: int = 0, flag: str = "--output",
+                    min_free: int = 0) -> Path:
+    """Create `path` and prove it writable with a small probe file; ValueError naming the
+    problem otherwise (also when fewer than `min_free` bytes are free on its disk)."""
+    check_output_dir(path, flag)
+    path = Path(path)
+    probe = path / f".write-probe.r{rank}.tmp"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0")
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < min_free:
+        raise ValueError(f"{flag} {path}: only {free / 1e6:.1f} MB free on its disk, "
+                         f"not enough for one output ({min_free / 1e6:.1f} MB)")
+    return path
 
 
 def temp_path(final: Path, rank: int) -> Path:
@@ -31,9 +85,13 @@ def atomic_write(final: Path, data: bytes, rank: int = 0) -> None:
     """Write `data` to `final` through a temporary file and `os.replace`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final, rank)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a partial hidden file
+        raise
 
 
 def remove_stale_temporaries(root: Path, rank: int) -> int:
@@ -53,7 +111,8 @@ class BackgroundWriter:
 
     `submit` blocks while `max_pending` jobs are queued, so a slow disk throttles the producer
     instead of filling memory. `on_done(record)` / `on_error(input, reason)` are called from the
-    worker threads when a job finishes.
+    worker threads when a job finishes. A fatal write error (`is_fatal_write_error`: disk full,
+    read-only) is not an input's failure: it is kept in `fatal`, and later jobs are dropped.
     """
 
     def __init__(
@@ -69,20 +128,36 @@ class BackgroundWriter:
         self._slots = threading.BoundedSemaphore(max_pending or 4 * num_threads)
         self._on_done = on_done
         self._on_error = on_error
+        self.fatal: OSError | None = None
 
-    def submit(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> Future[None]:
+    def submit(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> None:
         self._slots.acquire()
-        return self._pool.submit(self._run, input_path, job)
+        if self.fatal is not None:
+            self._slots.release()
+            return
+        self._pool.submit(self._run, input_path, job)
 
     def _run(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> None:
         try:
+            if self.fatal is not None:
+                return
             record = job()
             if record is not None:
                 self._on_done(record)
         except Exception as exc:  # reported per input; one bad map must not stop the run
-            self._on_error(input_path, f"{type(exc).__name__}: {exc}")
+            self._fail(input_path, exc)
         finally:
             self._slots.release()
+
+    def _fail(self, input_path: str, exc: Exception) -> None:
+        if not is_fatal_write_error(exc):
+            try:
+                self._on_error(input_path, f"{type(exc).__name__}: {exc}")
+                return
+            except OSError as err:  # the error list itself cannot be written
+                exc = err
+        if self.fatal is None:
+            self.fatal = exc  # type: ignore[assignment]
 
     def close(self) -> None:
         """Wait for every submitted job."""
@@ -134,6 +209,17 @@ class TarShardWriter:
         self._pending.append(record)
         if len(self._pending) >= self.max_members:
             self.flush()
+
+    def discard(self) -> None:
+        """Drop the open shard (after a fatal write error): its temporary file is removed and
+        its members are not reported (a rerun writes them again)."""
+        if self._tar is None:
+            return
+        assert self._final is not None
+        with contextlib.suppress(OSError):
+            self._tar.close()
+        temp_path(self._final, self.rank).unlink(missing_ok=True)
+        self._tar, self._final, self._pending = None, None, []
 
     def flush(self) -> None:
         """Close the open shard, rename it into place and report its members."""

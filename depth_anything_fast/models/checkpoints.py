@@ -99,9 +99,21 @@ def _read_torch(path: Path, map_location: str | torch.device) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(
-            f"cannot read torch checkpoint {path} with weights_only=True (truncated, corrupt, or "
-            f"it pickles objects other than tensors): {err}"
-        ) from err
+            f"cannot read torch checkpoint {path}: truncated or corrupt, not a PyTorch file, or "
+            "it pickles objects other than tensors, which are not loaded because unpickling "
+            f"them can run code ({_load_error_reason(err)})"
+        ) from None
+
+
+def _load_error_reason(err: Exception) -> str:
+    """The core of a `torch.load` error, without PyTorch's advice to retry with
+    weights_only=False (which would run whatever the file pickles)."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if match:
+        return " ".join(match.group(1).split())
+    lines = [line for line in text.strip().splitlines() if "weights_only" not in line]
+    return lines[0].strip() if lines else type(err).__name__
 
 
 def _unwrap(state: Any, path: Path) -> StateDict:
@@ -330,8 +342,14 @@ class _TensorSizes:
 
     @classmethod
     def of(cls, state: StateDict) -> _TensorSizes:
-        if "encoder.cls_token" not in state:
-            raise ValueError("checkpoint has no encoder.cls_token; cannot infer the model size")
+        needed = ("encoder.cls_token", "encoder.patch_embed.proj.weight", "encoder.pos_embed")
+        lacking = [key for key in needed if key not in state]
+        if lacking:
+            sample = ", ".join(sorted(state)[:5])
+            raise ValueError(
+                f"checkpoint lacks the encoder tensors {lacking} (a Depth Anything or DINOv2 "
+                "checkpoint has them); cannot infer the model size. First keys read, in this "
+                f"project's names: {sample}")
         blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
         return cls(
             embed_dim=state["encoder.cls_token"].shape[-1],
@@ -390,7 +408,8 @@ def _version_from_name(source_name: str, ffn: str, metric: bool | None) -> str:
         return "v1"
     logger.warning(
         "%s: V1 and V2 checkpoints hold identical tensors and nothing names the "
-        "version; assuming v2 (pass version='v1' for a V1 checkpoint)",
+        "version; assuming v2 (for a V1 checkpoint: --version v1 on the command line, "
+        "version='v1' in Python)",
         source_name or "checkpoint",
     )
     return "v2"

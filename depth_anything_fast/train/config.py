@@ -124,6 +124,8 @@ class DistConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # torch.distributed process-group backend; "auto": nccl on CUDA, gloo on the CPU
     comm_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # How long a collective waits for the slowest rank before the run fails as hung.
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -291,7 +293,10 @@ def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 def _parse_scalar(text: str) -> Any:
     import yaml
 
-    return yaml.safe_load(text) if text.strip() else ""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set value {text!r} is not valid YAML: {err}") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -321,6 +326,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "data.crop_size": cfg.data.crop_size,
         "data.num_threads": cfg.data.num_threads,
         "keep_checkpoints": cfg.keep_checkpoints,
+        "dist.timeout_minutes": cfg.dist.timeout_minutes,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -380,7 +386,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         values = loaded or {}
