@@ -48,13 +48,13 @@ class WorldBudget:
     encoder: SemanticTraining = field(default_factory=SemanticTraining)
 
     def scaled(self, scale: float) -> WorldBudget:
-        """Smaller data and encoder training for smoke runs (scale < 1); at least 8 images of
-        each split and 4 encoder steps."""
+        """Smaller data and encoder training for smoke runs (scale < 1); at least 16 images of
+        each split (one labelled-only batch of the demo configs) and 4 encoder steps."""
         if scale >= 1:
             return self
 
         def n(count: int) -> int:
-            return max(int(count * scale), 8)
+            return max(int(count * scale), 16)
 
         return dataclasses.replace(
             self, n_labelled=n(self.n_labelled), n_unlabelled=n(self.n_unlabelled),
