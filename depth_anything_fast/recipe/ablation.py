@@ -10,8 +10,9 @@ steps and images per step) and the same seeds:
 4. + CutMix (the authors' box sampler, p = 0.5);
 5. + feature alignment to the frozen semantic encoder (alpha 0.85): the full recipe.
 
-The world (data and semantic encoder) is the demo's, reused from ``--world`` when given. For
-each seed: train row 1, pseudo-label the unlabelled images with it, train rows 2-5 (same
+The world (data and semantic encoder) is the demo's, reused from ``--world`` when given, as
+are that demo's teacher, pseudo-labels and student where their configuration is exactly a row
+of the same seed (the demo's seed 0 trains row 1 and row 5 of seed 0). For each seed: train row 1, pseudo-label the unlabelled images with it, train rows 2-5 (same
 student seed), score every row on the validation images. Per row: mean over seeds of the
 overall and per-kind AbsRel / delta1, a 95% t-interval over seeds of the overall AbsRel, and
 the paired per-image AbsRel difference to row 1 (averaged over seeds) with a 95% bootstrap CI.
@@ -55,9 +56,38 @@ def _done(out_dir: Path) -> Path | None:
     return final if (final / "model.safetensors").is_file() else None
 
 
+# Config fields that do not change what a run trains (where it writes, its progress bar, the
+# folder its pseudo-labels were read from when they come from the same teacher).
+_NOT_TRAINING = ("out_dir", "progress", "pseudo_labels")
+
+
+def _same_run(run_dir: Path, config: Path, overrides: list[str]) -> Path | None:
+    """`run_dir`'s exported model if it finished with exactly the training configuration that
+    `config` + `overrides` give, else None."""
+    from depth_anything_fast.train.config import config_to_dict, load_config
+
+    final = _done(run_dir)
+    if final is None or not (run_dir / "config.json").is_file():
+        return None
+
+    def strip(values: Any) -> Any:
+        if isinstance(values, dict):
+            return {k: strip(v) for k, v in values.items() if k not in _NOT_TRAINING}
+        return values
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = json.loads(json.dumps(config_to_dict(load_config(config, overrides))))
+    return final if strip(saved) == strip(wanted) else None
+
+
 def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = None,
+             reuse: Path | None = None,
              log: pipeline.Log = pipeline.log_line) -> dict[str, list[dict[str, Any]]]:
-    """Train and score every row for one seed; returns row name -> per-image records."""
+    """Train and score every row for one seed; returns row name -> per-image records.
+
+    Finished rows under `out` are reused; so are the teacher, pseudo-labels and student of a
+    demo output folder `reuse` when their saved configuration is exactly this seed's row 1 /
+    row 5 (the demo with the same seed trains them)."""
     from depth_anything_fast.train.config import load_config
 
     student = load_config(pipeline.STUDENT_CONFIG)
@@ -67,28 +97,33 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
     common = [f"data.labelled={layout.labelled}", f"model.init={world.encoder}",
               f"steps={student_steps}"]
     folder = out / f"seed{seed}"
+    pseudo = folder / "pseudo_labels"
     models: dict[str, Path] = {}
     for index, (name, switches) in enumerate(ROWS):
         run_dir = folder / f"row{index + 1}"
-        existing = _done(run_dir)
+        if switches is None:
+            config = pipeline.TEACHER_CONFIG
+            overrides = [*common, f"seed={seed}", f"data.batch_size={images_per_step}",
+                         f"out_dir={run_dir}"]
+        else:
+            config = pipeline.STUDENT_CONFIG
+            overrides = [*common, f"seed={seed + 1}", f"out_dir={run_dir}",
+                         f"data.pseudo_labels={pseudo}", f"model.frozen_encoder={world.encoder}",
+                         *switches]
+        demo_run = None
+        if reuse is not None and index in (0, len(ROWS) - 1):
+            demo_run = _same_run(reuse / ("teacher" if index == 0 else "student"), config,
+                                 overrides)
+            if index == 0 and demo_run is not None and (reuse / "pseudo_labels").is_dir():
+                pseudo = reuse / "pseudo_labels"  # labelled by that same teacher
+        existing = _done(run_dir) or demo_run
         if existing is not None:
             log(f"[ablation seed {seed}] {name}: reusing {existing}")
             models[name] = existing
             continue
-        if switches is None:
-            overrides = [*common, f"seed={seed}", f"data.batch_size={images_per_step}",
-                         f"out_dir={run_dir}"]
-            models[name] = pipeline.train(pipeline.TEACHER_CONFIG, overrides,
-                                          f"ablation seed {seed} {name}", log)
-            continue
-        pseudo = folder / "pseudo_labels"
-        if not (pseudo / "manifest.jsonl").is_file():
+        if switches is not None and not (pseudo / "manifest.jsonl").is_file():
             pipeline.pseudo_label_images(models[ROWS[0][0]], layout.unlabelled, pseudo, log)
-        overrides = [*common, f"seed={seed + 1}", f"out_dir={run_dir}",
-                     f"data.pseudo_labels={pseudo}", f"model.frozen_encoder={world.encoder}",
-                     *switches]
-        models[name] = pipeline.train(pipeline.STUDENT_CONFIG, overrides,
-                                      f"ablation seed {seed} {name}", log)
+        models[name] = pipeline.train(config, overrides, f"ablation seed {seed} {name}", log)
     evaluation = pipeline.evaluate_models(world, models)
     return {name: evaluation.per_image[name] for name in models}
 
@@ -204,7 +239,7 @@ def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
     per_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
     report: dict[str, Any] = {}
     for seed in seeds:
-        per_seed[seed] = run_seed(out, world, seed, steps)
+        per_seed[seed] = run_seed(out, world, seed, steps, reuse=world_dir)
         rows = summarise(per_seed, kinds)
         meta = {
             "command": command, "seeds_requested": seeds, "complete": len(per_seed) == len(seeds),
@@ -233,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--world", default=None,
                         help="reuse the data and semantic encoder of a demo output directory "
-                             "(default: generate them under --out)")
+                             "(and its teacher / student where they are exactly a row of a "
+                             "seed; default: generate the world under --out)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="shrink data and training steps (< 1: a quick smoke run)")
     args = parser.parse_args(argv)
