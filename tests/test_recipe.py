@@ -201,3 +201,10 @@ def test_ablation_summary_statistics() -> None:
                      zip(per_seed[s][ROWS[4][0]], per_seed[s][ROWS[0][0]])] for s in (0, 1, 2)])
     assert rows[4]["vs_labelled_only"]["mean"] == pytest.approx(diff)
     assert "vs_labelled_only" not in rows[0]
+    # a run cut short: rows missing for some seeds are summarised over the seeds they have
+    del per_seed[2][ROWS[2][0]]
+    partial = summarise(per_seed, kinds)
+    assert partial[2]["seeds"] == [0, 1] and partial[4]["seeds"] == [0, 1, 2]
+    assert partial[2]["vs_labelled_only"]["seeds"] == [0, 1]
+    half = 12.706 * np.std(partial[2]["abs_rel_per_seed"], ddof=1) / np.sqrt(2)
+    assert partial[2]["abs_rel_ci"][1] - partial[2]["abs_rel_mean"] == pytest.approx(half)

@@ -46,6 +46,9 @@ ROWS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("+ feature alignment (full recipe)", (
         "loss.strong_perturbation=true", "loss.cutmix_p=0.5", "loss.feature_alignment=true")),
 )
+# Training order: labelled only (the teacher), the full recipe, then the rows in between, so
+# that a run cut short has the two ends of the table for every seed it reached.
+TRAIN_ORDER = (0, 4, 1, 2, 3)
 # two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
          9: 2.262}
@@ -81,13 +84,15 @@ def _same_run(run_dir: Path, config: Path, overrides: list[str]) -> Path | None:
 
 
 def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = None,
-             reuse: Path | None = None,
+             reuse: Path | None = None, train_missing: bool = True,
              log: pipeline.Log = pipeline.log_line) -> dict[str, list[dict[str, Any]]]:
-    """Train and score every row for one seed; returns row name -> per-image records.
+    """Train (in `TRAIN_ORDER`) and score every row for one seed; returns row name ->
+    per-image records of the rows that have a model.
 
     Finished rows under `out` are reused; so are the teacher, pseudo-labels and student of a
     demo output folder `reuse` when their saved configuration is exactly this seed's row 1 /
-    row 5 (the demo with the same seed trains them)."""
+    row 5 (the demo with the same seed trains them). `train_missing=False` scores the finished
+    rows only."""
     from depth_anything_fast.train.config import load_config
 
     student = load_config(pipeline.STUDENT_CONFIG)
@@ -99,7 +104,8 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
     folder = out / f"seed{seed}"
     pseudo = folder / "pseudo_labels"
     models: dict[str, Path] = {}
-    for index, (name, switches) in enumerate(ROWS):
+    for index in TRAIN_ORDER:
+        name, switches = ROWS[index]
         run_dir = folder / f"row{index + 1}"
         if switches is None:
             config = pipeline.TEACHER_CONFIG
@@ -121,21 +127,28 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
             log(f"[ablation seed {seed}] {name}: reusing {existing}")
             models[name] = existing
             continue
+        if not train_missing or (switches is not None and ROWS[0][0] not in models):
+            continue
         if switches is not None and not (pseudo / "manifest.jsonl").is_file():
             pipeline.pseudo_label_images(models[ROWS[0][0]], layout.unlabelled, pseudo, log)
         models[name] = pipeline.train(config, overrides, f"ablation seed {seed} {name}", log)
+    if not models:
+        return {}
     evaluation = pipeline.evaluate_models(world, models)
-    return {name: evaluation.per_image[name] for name in models}
+    return {name: evaluation.per_image[name] for name, _ in ROWS if name in models}
 
 
 def summarise(per_seed: dict[int, dict[str, list[dict[str, Any]]]],
               kinds: list[str]) -> list[dict[str, Any]]:
-    """One entry per row: per-seed overall metrics, mean and t-interval over seeds, per-kind
-    means over seeds, and the paired difference to row 1 with a bootstrap CI."""
-    seeds = sorted(per_seed)
+    """One entry per row that has a model for at least one seed: per-seed overall metrics, mean
+    and t-interval over those seeds, per-kind means, and the paired difference to row 1 (over
+    the seeds having both) with a bootstrap CI over images."""
     base = ROWS[0][0]
     rows = []
     for name, _ in ROWS:
+        seeds = sorted(s for s in per_seed if name in per_seed[s])
+        if not seeds:
+            continue
         summaries = [pipeline.summarise(per_seed[s][name], kinds) for s in seeds]
         overall = np.array([m["overall"]["abs_rel"] for m in summaries])
         entry: dict[str, Any] = {
@@ -150,20 +163,21 @@ def summarise(per_seed: dict[int, dict[str, list[dict[str, Any]]]],
         if len(seeds) > 1:
             half = _T975.get(len(seeds) - 1, 1.96) * overall.std(ddof=1) / np.sqrt(len(seeds))
             entry["abs_rel_ci"] = [float(overall.mean() - half), float(overall.mean() + half)]
-        if name != base:
+        paired = [s for s in seeds if base in per_seed[s]]
+        if name != base and paired:
             # per image, the difference averaged over seeds, then bootstrapped over images
             diffs = np.mean([pipeline.paired_differences(per_seed[s][name], per_seed[s][base])
-                             for s in seeds], axis=0)
+                             for s in paired], axis=0)
             mean, lo, hi = pipeline.bootstrap_ci(diffs)
-            entry["vs_labelled_only"] = {"mean": mean, "lo": lo, "hi": hi}
+            entry["vs_labelled_only"] = {"mean": mean, "lo": lo, "hi": hi, "seeds": paired}
         rows.append(entry)
     return rows
 
 
 def _markdown(rows: list[dict[str, Any]], kinds: list[str], meta: dict[str, Any]) -> str:
-    seeds = rows[0]["seeds"]
-    status = ("complete" if meta["complete"] else
-              f"PARTIAL: {len(seeds)} of {len(meta['seeds_requested'])} seeds finished")
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    status = "complete" if meta["complete"] else (
+        "PARTIAL: rows/seeds missing where the run was cut short; each row gives its seeds")
     lines = [
         f"# Ablation on the synthetic world ({status})", "",
         f"Command: `{meta['command']}`", "",
@@ -182,7 +196,7 @@ def _markdown(rows: list[dict[str, Any]], kinds: list[str], meta: dict[str, Any]
         vs_text = f"{vs['mean']:+.4f} ({vs['lo']:+.4f} … {vs['hi']:+.4f})" if vs else "—"
         lines.append(
             f"| {r['row']} | {r['abs_rel_mean']:.4f}{ci} | "
-            + ", ".join(f"{v:.4f}" for v in r["abs_rel_per_seed"])
+            + ", ".join(f"{v:.4f} (seed {s})" for s, v in zip(r["seeds"], r["abs_rel_per_seed"]))
             + f" | {r['delta1_mean']:.3f} | "
             + " | ".join(f"{r['per_kind_abs_rel'][k]:.4f}" for k in kinds) + f" | {vs_text} |")
     lines += ["", f"Wall time {meta['elapsed_s']:.0f} s on {meta['machine']}; load average "
@@ -199,10 +213,9 @@ def _chart(rows: list[dict[str, Any]], path: Path, partial: bool) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.8))
     x = np.arange(len(rows))
     means = [r["abs_rel_mean"] for r in rows]
-    err = None
-    if all("abs_rel_ci" in r for r in rows):
-        err = np.array([[m - r["abs_rel_ci"][0], r["abs_rel_ci"][1] - m]
-                        for m, r in zip(means, rows)]).T
+    # rows with a single seed have no interval
+    err = np.array([[m - r["abs_rel_ci"][0], r["abs_rel_ci"][1] - m] if "abs_rel_ci" in r
+                    else [0.0, 0.0] for m, r in zip(means, rows)]).T
     ax.bar(x, means, yerr=err, capsize=4, color="#8fb3d9")
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["abs_rel_per_seed"]), r["abs_rel_per_seed"], color="k", s=10,
@@ -221,8 +234,9 @@ def _chart(rows: list[dict[str, Any]], path: Path, partial: bool) -> None:
 
 
 def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
-                 scale: float = 1.0, command: str = "") -> dict[str, Any]:
-    """Run every seed (results rewritten after each) and return the final report."""
+                 scale: float = 1.0, command: str = "", train: bool = True) -> dict[str, Any]:
+    """Run every seed (results rewritten after each) and return the final report;
+    `train=False` scores the finished rows only (the table of an interrupted run)."""
     import platform
 
     from depth_anything_fast.data.synthetic import KINDS
@@ -239,10 +253,16 @@ def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
     per_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
     report: dict[str, Any] = {}
     for seed in seeds:
-        per_seed[seed] = run_seed(out, world, seed, steps, reuse=world_dir)
+        found = run_seed(out, world, seed, steps, reuse=world_dir, train_missing=train)
+        if found:
+            per_seed[seed] = found
+        if not per_seed:
+            continue
         rows = summarise(per_seed, kinds)
+        complete = sorted(per_seed) == sorted(seeds) and all(
+            len(v) == len(ROWS) for v in per_seed.values())
         meta = {
-            "command": command, "seeds_requested": seeds, "complete": len(per_seed) == len(seeds),
+            "command": command, "seeds_requested": seeds, "complete": complete,
             "steps": steps or student.steps,
             "images_per_step": student.data.batch_size * (1 + student.data.unlabelled_ratio),
             "labelled_kinds": list(budget.labelled_kinds), "n_val": budget.n_val,
@@ -257,6 +277,8 @@ def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
         (out / "ablation.md").write_text(_markdown(rows, kinds, meta))
         _chart(rows, out / "ablation.png", partial=not meta["complete"])
         print(_markdown(rows, kinds, meta), flush=True)
+    if not per_seed:
+        raise SystemExit(f"no finished ablation row under {out}")
     return report
 
 
@@ -272,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                              "seed; default: generate the world under --out)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="shrink data and training steps (< 1: a quick smoke run)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="score the finished rows only (the table of an interrupted run)")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
@@ -279,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     run_ablation(Path(args.out), seeds=args.seeds,
                  world_dir=Path(args.world) if args.world else None, scale=args.scale,
-                 command=command.strip())
+                 command=command.strip(), train=not args.no_train)
     return 0
 
 
