@@ -104,6 +104,7 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
     folder = out / f"seed{seed}"
     pseudo = folder / "pseudo_labels"
     models: dict[str, Path] = {}
+    labelled_here = False
     for index in TRAIN_ORDER:
         name, switches = ROWS[index]
         run_dir = folder / f"row{index + 1}"
@@ -129,8 +130,10 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
             continue
         if not train_missing or (switches is not None and ROWS[0][0] not in models):
             continue
-        if switches is not None and not (pseudo / "manifest.jsonl").is_file():
+        if switches is not None and pseudo == folder / "pseudo_labels" and not labelled_here:
+            # resumes an interrupted labelling (finished images are skipped)
             pipeline.pseudo_label_images(models[ROWS[0][0]], layout.unlabelled, pseudo, log)
+            labelled_here = True
         models[name] = pipeline.train(config, overrides, f"ablation seed {seed} {name}", log)
     if not models:
         return {}
