@@ -94,7 +94,7 @@ def _pictures(evaluation: pipeline.Evaluation, world: pipeline.World, out: Path)
     order = [k for k in KINDS if k in taken]
     (vis_dir / "README.txt").write_text(
         f"Two validation images per kind ({', '.join(order)}). Each strip: image | "
-        "ground-truth disparity (black: no depth, e.g. sky) | " + " | ".join(MODELS)
+        "ground-truth disparity (pixels without depth, e.g. sky, at 0 = far) | " + " | ".join(MODELS)
         + " (Spectral_r, near = red; per-image min-max).\n")
 
 
