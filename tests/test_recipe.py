@@ -208,3 +208,25 @@ def test_ablation_summary_statistics() -> None:
     assert partial[2]["vs_labelled_only"]["seeds"] == [0, 1]
     half = 12.706 * np.std(partial[2]["abs_rel_per_seed"], ddof=1) / np.sqrt(2)
     assert partial[2]["abs_rel_ci"][1] - partial[2]["abs_rel_mean"] == pytest.approx(half)
+
+
+def test_ablation_reuses_a_demo_run_only_with_the_same_training_config(tmp_path: Path) -> None:
+    from depth_anything_fast.recipe.ablation import _same_run
+    from depth_anything_fast.recipe.pipeline import STUDENT_CONFIG
+    from depth_anything_fast.train.config import config_to_dict
+
+    run = tmp_path / "student"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model.safetensors").write_bytes(b"")
+    saved = ["seed=1", "data.labelled=w/labelled", "data.pseudo_labels=demo/pseudo",
+             f"out_dir={run}", "progress=false"]
+    (run / "config.json").write_text(
+        json.dumps(config_to_dict(load_config(STUDENT_CONFIG, saved))))
+    # where it wrote and which folder held the (same teacher's) pseudo-labels do not matter
+    same = ["seed=1", "data.labelled=w/labelled", "data.pseudo_labels=abl/pseudo",
+            "out_dir=elsewhere", "loss.feature_alignment=true"]
+    assert _same_run(run, STUDENT_CONFIG, same) == run / "final"
+    for change in ("seed=2", "loss.feature_alignment=false", "steps=7", "loss.cutmix_p=0.0"):
+        assert _same_run(run, STUDENT_CONFIG, [*same, change]) is None, change
+    (run / "final" / "model.safetensors").unlink()
+    assert _same_run(run, STUDENT_CONFIG, same) is None
