@@ -92,7 +92,8 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
     Finished rows under `out` are reused; so are the teacher, pseudo-labels and student of a
     demo output folder `reuse` when their saved configuration is exactly this seed's row 1 /
     row 5 (the demo with the same seed trains them). `train_missing=False` scores the finished
-    rows only."""
+    rows only. Each row's validation records are cached in `row<N>_val.json` (newer than its
+    model), so scoring the rows again costs nothing."""
     from depth_anything_fast.train.config import load_config
 
     student = load_config(pipeline.STUDENT_CONFIG)
@@ -137,8 +138,24 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
         models[name] = pipeline.train(config, overrides, f"ablation seed {seed} {name}", log)
     if not models:
         return {}
-    evaluation = pipeline.evaluate_models(world, models)
-    return {name: evaluation.per_image[name] for name, _ in ROWS if name in models}
+    records = {}
+    for index, (name, _) in enumerate(ROWS):
+        cache = folder / f"row{index + 1}_val.json"
+        if name in models and cache.is_file():
+            saved = json.loads(cache.read_text())
+            weights = models[name] / "model.safetensors"
+            if saved["model"] == str(models[name]) and \
+                    cache.stat().st_mtime > weights.stat().st_mtime:
+                records[name] = saved["records"]
+    missing = {name: path for name, path in models.items() if name not in records}
+    if missing:
+        evaluation = pipeline.evaluate_models(world, missing)
+        for index, (name, _) in enumerate(ROWS):
+            if name in missing:
+                records[name] = evaluation.per_image[name]
+                (folder / f"row{index + 1}_val.json").write_text(json.dumps(
+                    {"model": str(models[name]), "records": records[name]}))
+    return {name: records[name] for name, _ in ROWS if name in records}
 
 
 def summarise(per_seed: dict[int, dict[str, list[dict[str, Any]]]],
