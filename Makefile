@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# Extras of the editable install: tests (dev: pytest, transformers, Hub, ONNX) and DALI for the
+# CUDA 13 driver; on a CUDA 12 machine: make test EXTRAS=dev,dali-cuda12
+EXTRAS ?= dev,dali
 
 .PHONY: install test demo ablation bench lint clean
 
@@ -13,7 +16,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install "setuptools>=77" wheel "pybind11>=2.12"
-	$(PIP) install --no-build-isolation -e ".[dev]"
+	$(PIP) install --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)

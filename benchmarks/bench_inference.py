@@ -34,8 +34,9 @@ import pytest
 import torch
 from support import SHARED_IMAGES
 
+from depth_anything_fast.formats.codec import encode_png16
 from depth_anything_fast.inference.pseudo_label import pseudo_label
-from depth_anything_fast.inference.writers import atomic_write, encode_png16
+from depth_anything_fast.inference.writers import atomic_write
 from depth_anything_fast.models import DepthAnything
 
 INPUT_SIZE = 518

@@ -3,8 +3,10 @@
     pytest benchmarks/bench_losses.py --benchmark-only --benchmark-json out.json
 
 One benchmark group per (loss, device, shape, pass); `impl` is "fused" (C++ on CPU, Triton on
-CUDA), "eager" or "compiled". extra_info: `GB/s` = bytes that must be moved (inputs read once,
-plus the gradient written once for fwd+bwd) / mean time, and `peak_MiB` = peak memory allocated
+CUDA), "eager" or "compiled". extra_info: `bytes` = the floor, bytes that must be moved (inputs
+read once, for CutMix one target per pixel, plus the gradient written once for fwd+bwd), `GB/s`
+= floor bytes / mean time, `design_bytes` (fused Triton rows) = what the kernels move by design
+(`design_bytes` below), and `peak_MiB` = peak memory allocated
 by one call above what was live before it (CPU: torch profiler allocation events, which do not
 see the C++ kernels' own scratch, reported as `scratch_MiB`; CUDA: max_memory_allocated).
 
@@ -23,12 +25,10 @@ import pytest
 import torch
 from support import peak_memory_mib
 
-from depth_anything_fast.losses import affine_invariant_loss, feature_alignment_loss
-from depth_anything_fast.losses.reference import (
-    affine_invariant_loss_reference,
-    feature_alignment_loss_reference,
-)
+from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
+from depth_anything_fast.ops import affine_invariant as affine_invariant_op
 from depth_anything_fast.ops import cpu_available
+from depth_anything_fast.ops.reference import feature_alignment_loss_reference
 
 CUDA = torch.cuda.is_available()
 IMPLS = ("fused", "eager", "compiled")
@@ -37,9 +37,9 @@ AFFINE_CASES = [
     ("cpu", 4, 256),
     ("cpu", 16, 256),
     ("cpu", 4, 518),
-    ("cuda", 4, 518),
     ("cuda", 16, 518),
 ]
+CUTMIX_CASES = [("cpu", 4, 518), ("cuda", 16, 518)]
 FEATURE_CASES = [("cpu", 16, 1369, 1024), ("cuda", 16, 1369, 1024)]
 CUDA_STEPS = 20
 _compiled: dict[tuple, Callable] = {}
@@ -50,6 +50,20 @@ def _skip_unavailable(device: str, impl: str) -> None:
         pytest.skip("no CUDA device")
     if device == "cpu" and impl == "fused" and not cpu_available():
         pytest.skip("C++ extension not built")
+
+
+def design_bytes(loss: str, pixels: int, training: bool, pass_bytes: int) -> int:
+    """Bytes the Triton kernels move by design (`kernels/affine_invariant.py`,
+    `kernels/feature_alignment.py`); `pass_bytes` = bytes one full read of the inputs moves.
+
+    affine / CutMix: 3 radix passes + the loss pass read the inputs, the loss pass writes one
+    code byte per pixel; the backward reads the codes and writes a 4-byte gradient.
+    feature alignment: the forward reads features and frozen once (and writes one cos per
+    token, negligible); the backward reads both again and writes the gradient.
+    """
+    if loss == "feature_alignment":
+        return pass_bytes * (2 if training else 1) + (pixels * 4 if training else 0)
+    return 4 * pass_bytes + pixels + ((pixels + 4 * pixels) if training else 0)
 
 
 def _sync(device: str) -> None:
@@ -106,32 +120,64 @@ def test_affine_invariant(benchmark, impl: str, pass_: str, device: str, batch: 
     target = torch.rand(batch, size, size, device=device) + 0.1
     mask = torch.rand(batch, size, size, device=device) > 0.1
     pixels = batch * size * size
-    bytes_moved = pixels * (4 + 4 + 1) + (pixels * 4 if training else 0)
+    read = pixels * (4 + 4 + 1)
+    _loss_case(benchmark, impl, device, training, pred, (target, None, mask, None, 1),
+               ("affine", device, batch, size, pass_), read, pixels)  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("device,batch,size", CUTMIX_CASES)
+def test_cutmix(benchmark, impl: str, pass_: str, device: str, batch: int, size: int):
+    """CutMix (UniMatch box, ~20% of the image) with a validity mask."""
+    _skip_unavailable(device, impl)
+    training = pass_ == "fwd+bwd"
+    benchmark.group = f"cutmix {device} B={batch} {size}x{size} {pass_}"
+    pred = torch.randn(batch, size, size, device=device, requires_grad=True)
+    target_a = torch.rand(batch, size, size, device=device) + 0.1
+    target_b = torch.rand(batch, size, size, device=device) + 0.1
+    mask = torch.rand(batch, size, size, device=device) > 0.1
+    box = torch.zeros(batch, size, size, dtype=torch.bool, device=device)
+    side = int(size * 0.45)
+    box[:, size // 5 : size // 5 + side, size // 3 : size // 3 + side] = True
+    pixels = batch * size * size
+    read = pixels * (4 + 4 + 1 + 1)  # pred, the pixel's target, box, mask
+    _loss_case(benchmark, impl, device, training, pred, (target_a, target_b, mask, box, 2),
+               ("cutmix", device, batch, size, pass_), read, pixels)  # fmt: skip
+
+
+def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Tensor,
+               inputs: tuple, key: tuple, read: int, pixels: int) -> None:  # fmt: skip
+    """Time `impl` of the affine-invariant loss (CutMix when inputs has target_b)."""
+    target, target_b, mask, box, num_segments = inputs
+    batch = pred.shape[0]
     if impl == "fused":
         backend = "cpu" if device == "cpu" else "triton"
-
-        def loss_fn() -> torch.Tensor:
-            return affine_invariant_loss(pred, target, mask, backend=backend)
+        if target_b is None:
+            def loss_fn() -> torch.Tensor:
+                return affine_invariant_loss(pred, target, mask, backend=backend)
+        else:
+            def loss_fn() -> torch.Tensor:
+                return cutmix_loss(pred, target, target_b, box, mask, backend=backend)
     else:
 
-        def reference(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-            loss, n_valid = affine_invariant_loss_reference(
-                p.reshape(batch, -1), t.reshape(batch, -1), m.reshape(batch, -1)
-            )
-            return loss.sum() / (n_valid > 0).sum().clamp_min(1)
+        def reference(p, t, tb, m, bx) -> torch.Tensor:  # noqa: ANN001
+            flat = [None if x is None else x.reshape(batch, -1) for x in (p, t, tb, m, bx)]
+            return affine_invariant_op(*flat[:3], flat[3], flat[4], num_segments, "mean",
+                                       "reference")  # fmt: skip
 
         fn = reference
         if impl == "compiled":
-            fn = _compiled.setdefault(
-                ("affine", device, batch, size, pass_), torch.compile(reference)
-            )
+            fn = _compiled.setdefault(key, torch.compile(reference))
 
         def loss_fn() -> torch.Tensor:
-            return fn(pred, target, mask)
+            return fn(pred, target, target_b, mask, box)
 
-    _run(benchmark, loss_fn, pred, device, training, bytes_moved)
+    _run(benchmark, loss_fn, pred, device, training, read + (pixels * 4 if training else 0))
+    if impl == "fused" and device == "cuda":
+        benchmark.extra_info["design_bytes"] = design_bytes(key[0], pixels, training, read)
     benchmark.extra_info["scratch_MiB"] = (
-        round(torch.get_num_threads() * 16 * size * size / 2**20, 2)
+        round(torch.get_num_threads() * 16 * pixels / batch / 2**20, 2)
         if impl == "fused" and device == "cpu"
         else 0.0
     )
@@ -169,6 +215,10 @@ def test_feature_alignment(
             return fn(features, frozen, 0.85)
 
     _run(benchmark, loss_fn, features, device, training, bytes_moved)
+    if impl == "fused" and device == "cuda":
+        benchmark.extra_info["design_bytes"] = design_bytes(
+            "feature_alignment", elements, training, elements * 4 * 2
+        )
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

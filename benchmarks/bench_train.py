@@ -47,7 +47,7 @@ def _make_step(stage: str, size: str, impl: str, compiled: bool):
     backend = "reference" if impl == "reference" else "auto"
     cfg = load_config(None, [
         f"stage={stage}", *model_overrides, f"data.crop_size={crop}",
-        f"loss.backend={backend}", f"dist.compile={str(compiled).lower()}",
+        f"loss.implementation={backend}", f"dist.compile={str(compiled).lower()}",
         "dist.precision=" + ("bf16" if device_type == "cuda" else "fp32"),
     ])
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)

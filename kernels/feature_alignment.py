@@ -2,8 +2,9 @@
 
 cos_i = f_i . z_i / sqrt(max(|f_i|^2 |z_i|^2, eps^2)) (torch.nn.functional.cosine_similarity,
 eps = 1e-8); kept = cos <= alpha; loss = sum_kept (1 - cos) / n_kept, 0 when nothing is kept.
-Forward: one pass over rows (tiles of `ROWS` x `BLOCK_C`, sums and count via two scalar atomics
-per program) and a one-program finalize. Backward: one pass that recomputes the norms.
+Forward: one zero-fill of a 3-word scratch and one pass over rows (tiles of `ROWS` x `BLOCK_C`,
+sum and count via two scalar atomics per program); the last program (atomic ticket) writes the
+loss and the count. Backward: one pass that recomputes the norms. 3 launches in all.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _feature_alignment_forward_kernel(
     f_ptr,
     z_ptr,
     cos_ptr,
+    scratch_ptr,
     loss_ptr,
     kept_ptr,
     M,
@@ -76,21 +78,23 @@ def _feature_alignment_forward_kernel(
     ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    # scratch (int32, zeroed): [sum of 1 - cos over kept rows (fp32 bits), kept rows, ticket]
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < M
     dot, f_sq, z_sq = _row_products(f_ptr, z_ptr, rows, live, C, ROWS, BLOCK_C)
     cos = dot / tl.sqrt(tl.maximum(f_sq * z_sq, EPS_SQ))
     tl.store(cos_ptr + rows, cos, mask=live)
     kept = live & (cos <= alpha)
-    tl.atomic_add(loss_ptr, tl.sum(tl.where(kept, 1.0 - cos, 0.0), axis=0))
-    tl.atomic_add(kept_ptr, tl.sum(kept.to(tl.float32), axis=0))
-
-
-@triton.jit
-def _feature_alignment_finalize_kernel(loss_ptr, kept_ptr):
-    kept = tl.load(kept_ptr)
-    total = tl.load(loss_ptr)
-    tl.store(loss_ptr, tl.where(kept > 0, total / tl.maximum(kept, 1.0), 0.0))
+    total_ptr = scratch_ptr.to(tl.pointer_type(tl.float32), bitcast=True)
+    tl.atomic_add(total_ptr, tl.sum(tl.where(kept, 1.0 - cos, 0.0), axis=0))
+    tl.atomic_add(scratch_ptr + 1, tl.sum(kept.to(tl.int32), axis=0))
+    tl.debug_barrier()
+    if tl.atomic_add(scratch_ptr + 2, 1) == tl.num_programs(0) - 1:  # the last program
+        # Other programs' sums, read with atomics (at the coherence point, not from a cache).
+        total = tl.atomic_add(total_ptr, 0.0)
+        n_kept = tl.atomic_add(scratch_ptr + 1, 0).to(tl.float32)
+        tl.store(loss_ptr, tl.where(n_kept > 0, total / tl.maximum(n_kept, 1.0), 0.0))
+        tl.store(kept_ptr, n_kept)
 
 
 def _check_features(features: torch.Tensor, frozen: torch.Tensor) -> None:
@@ -123,14 +127,16 @@ def feature_alignment_forward(
     M, C = features.shape
     device = features.device
     cos = torch.empty((M,), dtype=torch.float32, device=device)
-    loss = torch.zeros((), dtype=torch.float32, device=device)
-    n_kept = torch.zeros((), dtype=torch.float32, device=device)
+    loss = torch.empty((), dtype=torch.float32, device=device)
+    n_kept = torch.empty((), dtype=torch.float32, device=device)
+    if M == 0:  # no program would write the loss
+        return loss.zero_(), cos, n_kept.zero_()
+    scratch = torch.zeros(3, dtype=torch.int32, device=device)
     block_rows, block_c = _row_tiles(M, C, device, _GPU_FORWARD_TILE)
     wrap_triton(_feature_alignment_forward_kernel)[(triton.cdiv(M, block_rows),)](
-        features, frozen, cos, loss, n_kept, M, C, float(alpha),
+        features, frozen, cos, scratch, loss, n_kept, M, C, float(alpha),
         EPS_SQ=COS_EPS * COS_EPS, ROWS=block_rows, BLOCK_C=block_c, num_warps=_GPU_NUM_WARPS,
     )  # fmt: skip
-    wrap_triton(_feature_alignment_finalize_kernel)[(1,)](loss, n_kept)
     return loss, cos, n_kept
 
 

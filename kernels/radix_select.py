@@ -1,22 +1,28 @@
-"""Multi-block radix select of the lower median per (array, image, segment) group.
+"""Exact multi-block radix select of the lower median per (array, image, segment) group.
 
 Floats map to order-preserving uint32 keys (flip all bits of negatives, the sign bit of
 non-negatives; -0.0 is first folded into +0.0 so that equal values share one key). The key of
-the element of rank floor((n-1)/2) is found digit by digit, most significant first, with 8-bit
-digits: 4 passes, each
+the element of rank floor((n-1)/2) is found digit by digit, most significant first, with digits
+of 11, 11 and 10 bits: three histogram passes over the data, each over a `(B, chunks)` grid.
+A program histograms the digits of its valid pixels whose higher digits match the group's
+prefix so far (`tl.histogram` in registers across its tiles) and adds them to a
+`[groups, bins]` int32 buffer with one vector atomic (with more than two segments the register
+histogram would not fit: pixels are then counted with one atomic each). There is no scan kernel: each program of
+the next pass scans its own image's histograms first (a few KiB, from L2) to learn the prefix.
 
-* a histogram kernel over a `(B, chunks)` grid: every program histograms the digits of the valid
-  pixels whose higher digits match the group's prefix so far (`tl.histogram`, in registers
-  across its tiles) and adds them to a `[groups, 256]` int32 buffer with one vector atomic;
-* a tiny scan kernel: per group, the cumulative histogram picks the digit holding the wanted
-  rank and updates the prefix and the rank remaining inside that digit.
+After the third pass a group's 22-bit prefix leaves 1024 candidate keys, each one exact float,
+so the last histogram gives, besides the median, the exact counts below and above it and the
+sum over the last bin's elements; together with the sums of `x - c` over the elements below
+and above the prefix (collected in the third pass, `c` the smallest value of the prefix),
+`sum |x - t| = S_> - S_< + (t - c) (n_< - n_>)` needs no further pass.
 
-Everything stays on the device (no host sync). Several arrays sharing one validity (the
-affine-invariant loss's pred and target) share the passes: group `k * G + b * S + s` for array k.
-The count per group falls out of the first histogram.
+Several arrays sharing one validity (the affine-invariant loss's pred and target) share the
+passes: group `k * G + g` for array k. Counts are int32 histograms: exact up to 2**31 pixels.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -24,22 +30,46 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .segmented import (
+    SEG_MAP,
+    SEG_NONE,
     check_images,
-    group_of,
     image_groups,
-    load_validity,
-    segment_onehot,
+    load_pixels,
+    per_pixel,
     segment_pow2,
+    segment_sum,
     tile_columns,
     tile_plan,
-    validity_args,
 )
 
-# 8-bit digits: the kernels hard-code 256 bins, SHIFT = 24 - 8 * PASS and PASS 3 as the last.
-RADIX = 256
-NUM_PASSES = 4
+# Digits, most significant first: bins and shift of each pass.
+BINS = (2048, 2048, 1024)
+SHIFTS = (21, 10, 0)
+NUM_PASSES = 3
+# int32 words of histogram per (array, group): the three passes' bins.
+HIST_WORDS = sum(BINS)
 # atomic_min identity for the median index scratch (int32 indices: rows shorter than 2**31).
 NO_INDEX = 2**31 - 1
+# Register histograms (`tl.histogram`, one vector atomic per program) up to this many bins per
+# program and array; beyond (more than 2 segments), one global atomic per counted pixel.
+REGISTER_HISTOGRAM_BINS = 4096
+# DAF_TRITON_HISTOGRAM=atomics counts with atomics always: Triton 3.6 lowers tl.histogram to a
+# ballot/popcount sequence several times slower than 3.9's shared-memory atomics, so the GPU
+# check measures both kinds on the Triton it has.
+HISTOGRAM_ENV = "DAF_TRITON_HISTOGRAM"
+
+
+def atomic_histogram(seg_pow2: int) -> bool:
+    """Whether the passes count with per-pixel atomics instead of register histograms."""
+    mode = os.environ.get(HISTOGRAM_ENV, "auto")
+    if mode not in ("auto", "atomics"):
+        raise ValueError(f"{HISTOGRAM_ENV} must be 'auto' or 'atomics', got {mode!r}")
+    return mode == "atomics" or seg_pow2 * BINS[0] > REGISTER_HISTOGRAM_BINS
+
+
+def histogram_bins(seg_pow2: int, radix_pass: int) -> int:
+    """Length of a program's register histogram (1, unused, with atomic histograms)."""
+    return 1 if atomic_histogram(seg_pow2) else seg_pow2 * BINS[radix_pass]
 
 
 @triton.jit
@@ -59,173 +89,231 @@ def key_to_float(key):
 
 
 @triton.jit
-def _digit_histogram(
-    key, prefix_ptr, group, count_mask, PASS: tl.constexpr, SEG_BINS: tl.constexpr, seg
-):
-    """Histogram [SEG_BINS] of (segment, digit) over pixels matching their group's prefix."""
-    SHIFT: tl.constexpr = 32 - 8 * (PASS + 1)
-    if PASS > 0:
-        prefix = tl.load(prefix_ptr + group).to(tl.uint32, bitcast=True)
-        count_mask = count_mask & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
-    digit = ((key >> SHIFT) & 0xFF).to(tl.int32)
-    return tl.histogram(seg * 256 + digit, SEG_BINS, mask=count_mask)
+def hist_offset(PASS: tl.constexpr, rows):
+    """Word offset of pass PASS's histograms in the scratch (`rows` = arrays * groups)."""
+    if PASS == 0:
+        return rows * 0
+    elif PASS == 1:
+        return rows * 2048
+    else:
+        return rows * 4096
 
 
 @triton.jit
-def _radix_histogram_kernel(
-    x_ptr,
-    y_ptr,
-    mask_ptr,
-    seg_ptr,
-    prefix_ptr,
-    hist_ptr,
-    L,
-    num_segments,
-    num_groups,
-    tiles_per_prog,
-    HAS_Y: tl.constexpr,
-    HAS_MASK: tl.constexpr,
-    HAS_SEG: tl.constexpr,
-    PASS: tl.constexpr,
-    BLOCK: tl.constexpr,
-    SEG_POW2: tl.constexpr,
-):
-    # grid (B, chunks); hist is [NUM_PASSES, K * G, 256] int32 (one allocation: no views are
-    # handed to the kernels, which keeps torch.compile's mutation tracking simple).
-    SEG_BINS: tl.constexpr = SEG_POW2 * 256
-    ARRAYS: tl.constexpr = 2 if HAS_Y else 1
-    hist_ptr += PASS * ARRAYS * num_groups * 256
+def sums_offset(rows):
+    """Word offset of the fp32 sums of x - c below / above the 22-bit prefix ([rows] each)."""
+    return rows * 5120
+
+
+@triton.jit
+def _scan(hist_ptr, row, rank, NB: tl.constexpr):
+    """One histogram row: the digit holding `rank` (-1: none -> 0), the count below it, the row."""
+    bins = tl.arange(0, NB)
+    h = tl.load(hist_ptr + row.to(tl.int64) * NB + bins)
+    digit = tl.sum((tl.cumsum(h, axis=0) <= rank).to(tl.int32), axis=0)
+    below = tl.sum(tl.where(bins < digit, h, 0), axis=0)
+    return digit, below, h
+
+
+@triton.jit
+def _prefix_of_row(scratch_ptr, row, total_rows, DONE: tl.constexpr):
+    """After DONE passes, for one group row: the key prefix found so far (digits in the low
+    bits), the rank left inside it, the group count and the count below the prefix."""
+    count = tl.sum(tl.load(scratch_ptr + row.to(tl.int64) * 2048 + tl.arange(0, 2048)), axis=0)
+    rank = tl.where(count > 0, (count - 1) // 2, -1)
+    digit, below, _ = _scan(scratch_ptr, row, rank, 2048)
+    rank = tl.where(rank >= 0, rank - below, rank)
+    prefix = digit
+    n_below = below
+    if DONE >= 2:
+        digit, below, _ = _scan(scratch_ptr + hist_offset(1, total_rows), row, rank, 2048)
+        rank = tl.where(rank >= 0, rank - below, rank)
+        prefix = (prefix << 11) | digit
+        n_below += below
+    return prefix, rank, count, n_below
+
+
+@triton.jit
+def _median_of_row(scratch_ptr, row, total_rows):
+    """After the three passes, for one group row: (t, count, n_<, n_>, S_<, S_>) with t the
+    lower median (0.0 for an empty group) and S_< / S_> the sums of x - t below / above it (the
+    third pass's sums of x - c plus the last histogram's exact bins; see the module doc)."""
+    prefix, rank, count, n_below = _prefix_of_row(scratch_ptr, row, total_rows, 2)
+    digit, below, h = _scan(scratch_ptr + hist_offset(2, total_rows), row, rank, 1024)
+    high = prefix.to(tl.uint32) << 10
+    empty = count == 0
+    t = tl.where(empty, 0.0, key_to_float(high | digit.to(tl.uint32)))
+    c = key_to_float(high)
+    bins = tl.arange(0, 1024)
+    # h > 0 guards: an empty bin may decode to inf or NaN.
+    offset = tl.where(h > 0, h.to(tl.float32) * (key_to_float(high | bins.to(tl.uint32)) - c), 0.0)
+    sums = scratch_ptr.to(tl.pointer_type(tl.float32), bitcast=True) + sums_offset(total_rows)
+    below_sum = tl.load(sums + row) + tl.sum(tl.where(bins < digit, offset, 0.0), axis=0)
+    above_sum = tl.load(sums + total_rows + row) + tl.sum(tl.where(bins > digit, offset, 0.0),
+                                                          axis=0)  # fmt: skip
+    n_lt = n_below + below
+    n_gt = count - n_lt - tl.sum(tl.where(bins == digit, h, 0), axis=0)
+    # Shift the sums from c to t: sum_{x<t} (x - t) = S_< - n_< (t - c), likewise above.
+    shift = tl.where(empty, 0.0, t - c)
+    below_sum = tl.where(empty, 0.0, below_sum - n_lt.to(tl.float32) * shift)
+    above_sum = tl.where(empty, 0.0, above_sum - n_gt.to(tl.float32) * shift)
+    return t, count, n_lt, n_gt, below_sum, above_sum
+
+
+@triton.jit
+def select_prefix(scratch_ptr, rows, live, total_rows, DONE: tl.constexpr):
+    """`_prefix_of_row` for the rows [R] of an image's segments (`live`: real ones), one row at a
+    time (a runtime loop: the code stays small for any number of segments)."""
+    columns = tl.arange(0, rows.shape[0])
+    prefix = tl.zeros_like(rows)
+    rank = tl.zeros_like(rows)
+    count = tl.zeros_like(rows)
+    n_below = tl.zeros_like(rows)
+    for j in range(tl.sum(live.to(tl.int32), axis=0)):
+        here = columns == j
+        p, r, c, n = _prefix_of_row(scratch_ptr, tl.sum(tl.where(here, rows, 0), axis=0),
+                                    total_rows, DONE)  # fmt: skip
+        prefix = tl.where(here, p, prefix)
+        rank = tl.where(here, r, rank)
+        count = tl.where(here, c, count)
+        n_below = tl.where(here, n, n_below)
+    return prefix, rank, count, n_below
+
+
+@triton.jit
+def select_median(scratch_ptr, rows, live, total_rows):
+    """`_median_of_row` for the rows [R] of an image's segments, as vectors [R]."""
+    columns = tl.arange(0, rows.shape[0])
+    t = tl.zeros(rows.shape, dtype=tl.float32)
+    below_sum = tl.zeros(rows.shape, dtype=tl.float32)
+    above_sum = tl.zeros(rows.shape, dtype=tl.float32)
+    count = tl.zeros_like(rows)
+    n_lt = tl.zeros_like(rows)
+    n_gt = tl.zeros_like(rows)
+    for j in range(tl.sum(live.to(tl.int32), axis=0)):
+        here = columns == j
+        t_j, c_j, lt_j, gt_j, below_j, above_j = _median_of_row(
+            scratch_ptr, tl.sum(tl.where(here, rows, 0), axis=0), total_rows
+        )
+        t = tl.where(here, t_j, t)
+        count = tl.where(here, c_j, count)
+        n_lt = tl.where(here, lt_j, n_lt)
+        n_gt = tl.where(here, gt_j, n_gt)
+        below_sum = tl.where(here, below_j, below_sum)
+        above_sum = tl.where(here, above_j, above_sum)
+    return t, count, n_lt, n_gt, below_sum, above_sum
+
+
+@triton.jit
+def program_prefix(scratch_ptr, rows, live, total_rows, PASS: tl.constexpr):
+    """The key prefixes [SEG_POW2] pass PASS matches against (a program computes them once)."""
+    if PASS == 0:
+        return tl.zeros_like(rows)
+    else:
+        prefix, _, _, _ = select_prefix(scratch_ptr, rows, live, total_rows, PASS)
+        return prefix
+
+
+@triton.jit
+def _count(hist, bins, match, hist_rows_ptr, NB: tl.constexpr, ATOMIC: tl.constexpr):
+    """Count `bins` [BLOCK] (segment * NB + digit) of the `match` pixels: into the register
+    histogram, or straight into the scratch rows at `hist_rows_ptr` with atomics."""
+    if ATOMIC:
+        tl.atomic_add(hist_rows_ptr + bins, tl.full(bins.shape, 1, tl.int32), mask=match)
+    else:
+        hist += tl.histogram(bins, hist.shape[0], mask=match)
+    return hist
+
+
+@triton.jit
+def histogram_digits(x, valid, seg, prefix, hist, below, above, hist_rows_ptr, PASS: tl.constexpr,
+                     SEG_POW2: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
+    """Count one tile of `x` in pass PASS (and, in the last pass, add the per-segment sums of
+    x - c below/above the prefix); `prefix` [SEG_POW2] from `program_prefix`, `seg` [BLOCK]
+    each pixel's segment column, `hist_rows_ptr` the scratch rows of this array and image."""
+    key = float_to_key(x)
+    if PASS == 0:
+        digit = (key >> 21).to(tl.int32)
+        hist = _count(hist, seg * 2048 + digit, valid, hist_rows_ptr, 2048, ATOMIC)
+    else:
+        prefix = per_pixel(prefix, seg, SEG_POW2).to(tl.uint32)
+        if PASS == 1:
+            match = valid & ((key >> 21) == prefix)
+            digit = ((key >> 10) & 0x7FF).to(tl.int32)
+            hist = _count(hist, seg * 2048 + digit, match, hist_rows_ptr, 2048, ATOMIC)
+        else:
+            high = key >> 10
+            match = valid & (high == prefix)
+            digit = (key & 0x3FF).to(tl.int32)
+            hist = _count(hist, seg * 1024 + digit, match, hist_rows_ptr, 1024, ATOMIC)
+            deviation = x - key_to_float(prefix << 10)
+            onehot = valid[:, None] & (seg[:, None] == tl.arange(0, SEG_POW2)[None, :])
+            below += segment_sum(tl.where(high < prefix, deviation, 0.0), onehot)
+            above += segment_sum(tl.where(high > prefix, deviation, 0.0), onehot)
+    return hist, below, above
+
+
+@triton.jit
+def hist_rows(scratch_ptr, first_row, total_rows, PASS: tl.constexpr):
+    """Pointer to pass PASS's histogram row `first_row` in the scratch."""
+    NB: tl.constexpr = 2048 if PASS < 2 else 1024
+    return scratch_ptr + hist_offset(PASS, total_rows) + first_row.to(tl.int64) * NB
+
+
+@triton.jit
+def publish_histogram(scratch_ptr, hist, below, above, first_row, num_segments, total_rows,
+                      PASS: tl.constexpr, SEG_POW2: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
+    """Add a program's register histogram [SEG_POW2 * bins] of rows first_row + j, j < S (and
+    the last pass's sums [SEG_POW2]) to the scratch; empty bins take no atomic."""
+    NB: tl.constexpr = 2048 if PASS < 2 else 1024
+    if not ATOMIC:
+        bins = tl.arange(0, SEG_POW2 * NB)
+        real = bins < num_segments * NB
+        base = hist_rows(scratch_ptr, first_row, total_rows, PASS)
+        tl.atomic_add(base + bins, hist, mask=real & (hist != 0))
+    if PASS == 2:
+        rows = first_row + tl.arange(0, SEG_POW2)
+        live = rows < first_row + num_segments
+        sums = scratch_ptr.to(tl.pointer_type(tl.float32), bitcast=True) + sums_offset(total_rows)
+        tl.atomic_add(sums + rows, below, mask=live)
+        tl.atomic_add(sums + total_rows + rows, above, mask=live)
+
+
+@triton.jit
+def _lower_median_pass_kernel(
+    x_ptr, mask_ptr, seg_ptr, scratch_ptr, L, num_segments, tiles_per_prog,
+    HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr, PASS: tl.constexpr, BLOCK: tl.constexpr,
+    SEG_POW2: tl.constexpr, HIST_BINS: tl.constexpr, ATOMIC: tl.constexpr,
+):  # fmt: skip
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    hist_x = tl.zeros([SEG_BINS], dtype=tl.int32)
-    hist_y = tl.zeros([SEG_BINS], dtype=tl.int32)
+    total_rows = tl.num_programs(0) * num_segments
+    rows, live = image_groups(b, num_segments, SEG_POW2)
+    hist = tl.zeros([HIST_BINS], dtype=tl.int32)
+    below = tl.zeros([SEG_POW2], dtype=tl.float32)
+    above = tl.zeros([SEG_POW2], dtype=tl.float32)
+    prefix = program_prefix(scratch_ptr, rows, live, total_rows, PASS)
     for t in range(tiles_per_prog):
-        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
-        x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        if HAS_Y:
-            y = tl.load(y_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-            valid, seg = load_validity(
-                y, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
-            )
-        else:
-            valid, seg = load_validity(
-                x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
-            )
-        group = group_of(b, seg, num_segments, HAS_SEG)
-        hist_x += _digit_histogram(float_to_key(x), prefix_ptr, group, valid, PASS, SEG_BINS, seg)
-        if HAS_Y:
-            hist_y += _digit_histogram(
-                float_to_key(y), prefix_ptr, num_groups + group, valid, PASS, SEG_BINS, seg
-            )
-    bins = tl.arange(0, SEG_BINS)
-    real = bins < num_segments * 256
-    base = b.to(tl.int64) * num_segments * 256
-    tl.atomic_add(hist_ptr + base + bins, hist_x, mask=real)
-    if HAS_Y:
-        tl.atomic_add(hist_ptr + num_groups * 256 + base + bins, hist_y, mask=real)
+        _, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
+        x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
+                                       num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
+        hist, below, above = histogram_digits(
+            x, valid, seg, prefix, hist, below, above,
+            hist_rows(scratch_ptr, b * num_segments, total_rows, PASS), PASS, SEG_POW2, ATOMIC,
+        )  # fmt: skip
+    publish_histogram(scratch_ptr, hist, below, above, b * num_segments, num_segments,
+                      total_rows, PASS, SEG_POW2, ATOMIC)  # fmt: skip
 
 
 @triton.jit
-def _radix_scan_kernel(
-    hist_ptr,
-    prefix_ptr,
-    rank_ptr,
-    count_ptr,
-    median_ptr,
-    total_groups,
-    num_groups,
-    PASS: tl.constexpr,
-    GROUP_BLOCK: tl.constexpr,
-):
-    # One program per GROUP_BLOCK groups: pick the digit holding the remaining rank.
-    SHIFT: tl.constexpr = 32 - 8 * (PASS + 1)
-    groups = tl.program_id(0) * GROUP_BLOCK + tl.arange(0, GROUP_BLOCK)
-    live = groups < total_groups
-    bins = tl.arange(0, 256)
-    hist_ptr += PASS * total_groups * 256
-    hist = tl.load(hist_ptr + groups[:, None] * 256 + bins[None, :], mask=live[:, None], other=0)
-    if PASS == 0:
-        count = tl.sum(hist, axis=1)
-        rank = tl.where(count > 0, (count - 1) // 2, -1)
-        prefix = tl.zeros([GROUP_BLOCK], dtype=tl.uint32)
-        tl.store(count_ptr + groups, count, mask=groups < num_groups)
-    else:
-        rank = tl.load(rank_ptr + groups, mask=live, other=-1)
-        prefix = tl.load(prefix_ptr + groups, mask=live, other=0).to(tl.uint32, bitcast=True)
-    cumulative = tl.cumsum(hist, axis=1)
-    digit = tl.sum((cumulative <= rank[:, None]).to(tl.int32), axis=1)
-    below = tl.sum(tl.where(bins[None, :] < digit[:, None], hist, 0), axis=1)
-    # rank stays -1 for empty groups: no bin has cumulative <= -1, so digit and below are 0.
-    rank = tl.where(rank >= 0, rank - below, rank)
-    prefix = prefix | (digit.to(tl.uint32) << SHIFT)
-    if PASS == 3:
-        median = tl.where(rank >= 0, key_to_float(prefix), 0.0)
-        tl.store(median_ptr + groups, median, mask=live)
-    else:
-        tl.store(rank_ptr + groups, rank, mask=live)
-        tl.store(prefix_ptr + groups, prefix.to(tl.int32, bitcast=True), mask=live)
-
-
-def radix_select_lower_median(
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    segments: torch.Tensor | None,
-    num_segments: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower median per group of one or two `(B, L)` arrays sharing one validity.
-
-    valid = mask & isfinite(last array) & 0 <= segments < num_segments. Inputs are validated by
-    the caller (`check_images`).
-
-    Returns `(medians, counts)`: medians `(K * B * S,)` float32, group `k*B*S + b*S + s` for array
-    k (x is k=0, y is k=1), 0.0 for an empty group; counts `(B * S,)` int32 valid pixels.
-    """
-    B, L = x.shape
-    arrays = 1 if y is None else 2
-    num_groups = B * num_segments
-    total_groups = arrays * num_groups
-    device = x.device
-    plan = tile_plan(B, L, device)
-    seg_pow2 = segment_pow2(segments, num_segments)
-    hist = torch.zeros((NUM_PASSES, total_groups, RADIX), dtype=torch.int32, device=device)
-    prefix = torch.empty(total_groups, dtype=torch.int32, device=device)
-    rank = torch.empty(total_groups, dtype=torch.int32, device=device)
-    counts = torch.empty(num_groups, dtype=torch.int32, device=device)
-    medians = torch.empty(total_groups, dtype=torch.float32, device=device)
-    group_block = min(triton.next_power_of_2(max(total_groups, 1)), 16)
-    mask_arg, seg_arg, flags = validity_args(x, mask, segments)
-    for radix_pass in range(NUM_PASSES):
-        wrap_triton(_radix_histogram_kernel)[(B, plan.chunks)](
-            x,
-            x if y is None else y,  # a placeholder pointer, never read without HAS_Y
-            mask_arg,
-            seg_arg,
-            prefix,
-            hist,
-            L,
-            num_segments,
-            num_groups,
-            plan.tiles_per_prog,
-            HAS_Y=y is not None,
-            **flags,
-            PASS=radix_pass,
-            BLOCK=plan.block,
-            SEG_POW2=seg_pow2,
-            num_warps=plan.num_warps,
-        )
-        wrap_triton(_radix_scan_kernel)[(triton.cdiv(total_groups, group_block),)](
-            hist,
-            prefix,
-            rank,
-            counts,
-            medians,
-            total_groups,
-            num_groups,
-            PASS=radix_pass,
-            GROUP_BLOCK=group_block,
-        )
-    return medians, counts
+def _lower_median_value_kernel(scratch_ptr, value_ptr, count_ptr, num_segments,
+                               SEG_POW2: tl.constexpr):  # fmt: skip
+    b = tl.program_id(0)
+    rows, live = image_groups(b, num_segments, SEG_POW2)
+    total_rows = tl.num_programs(0) * num_segments
+    t, count, _, _, _, _ = select_median(scratch_ptr, rows, live, total_rows)
+    tl.store(value_ptr + rows, t, mask=live)
+    tl.store(count_ptr + rows, count, mask=live)
 
 
 @triton.jit
@@ -237,33 +325,21 @@ def first_index_of(values, target, onehot, cols):
 
 @triton.jit
 def _median_index_kernel(
-    x_ptr,
-    mask_ptr,
-    seg_ptr,
-    median_ptr,
-    index_ptr,
-    L,
-    num_segments,
-    tiles_per_prog,
-    HAS_MASK: tl.constexpr,
-    HAS_SEG: tl.constexpr,
-    BLOCK: tl.constexpr,
-    SEG_POW2: tl.constexpr,
-):
+    x_ptr, mask_ptr, seg_ptr, median_ptr, index_ptr, L, num_segments, tiles_per_prog,
+    HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr, BLOCK: tl.constexpr, SEG_POW2: tl.constexpr,
+):  # fmt: skip
     b = tl.program_id(0)
     chunk = tl.program_id(1)
+    rows, live = image_groups(b, num_segments, SEG_POW2)
+    median = tl.load(median_ptr + rows, mask=live, other=0.0)
     best = tl.full([SEG_POW2], 2147483647, dtype=tl.int32)
     for t in range(tiles_per_prog):
         cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
-        x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
-        valid, seg = load_validity(
-            x, mask_ptr, seg_ptr, offs, in_row, num_segments, HAS_MASK, HAS_SEG
-        )
-        median = tl.load(median_ptr + group_of(b, seg, num_segments, HAS_SEG))
-        onehot = segment_onehot(seg, valid, SEG_POW2)
-        best = tl.minimum(best, first_index_of(x, median, onehot, cols))
-    groups, real = image_groups(b, num_segments, SEG_POW2)
-    tl.atomic_min(index_ptr + groups, best, mask=real)
+        x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
+                                       num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
+        onehot = valid[:, None] & (seg[:, None] == tl.arange(0, SEG_POW2)[None, :])
+        best = tl.minimum(best, first_index_of(x, per_pixel(median, seg, SEG_POW2), onehot, cols))
+    tl.atomic_min(index_ptr + rows, best, mask=live)
 
 
 def lower_median(
@@ -273,6 +349,10 @@ def lower_median(
     num_segments: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Masked, segmented lower median of `(B, L)` rows (what `torch.nanmedian` returns).
+
+    The three histogram passes of the affine-invariant loss on one array, then a value kernel
+    and an index kernel (this function serves tests and tools; the loss folds both into its
+    own passes).
 
     Args:
         x: `(B, L)` float32/float16/bfloat16, contiguous.
@@ -289,23 +369,31 @@ def lower_median(
     """
     check_images("x", x, mask, segments, num_segments)
     B, L = x.shape
-    medians, counts = radix_select_lower_median(x, None, mask, segments, num_segments)
-    plan = tile_plan(B, L, x.device)
-    index = torch.full((B * num_segments,), NO_INDEX, dtype=torch.int32, device=x.device)
-    mask_arg, seg_arg, flags = validity_args(x, mask, segments)
-    wrap_triton(_median_index_kernel)[(B, plan.chunks)](
-        x,
-        mask_arg,
-        seg_arg,
-        medians,
-        index,
-        L,
-        num_segments,
-        plan.tiles_per_prog,
-        **flags,
-        BLOCK=plan.block,
-        SEG_POW2=segment_pow2(segments, num_segments),
-        num_warps=plan.num_warps,
+    groups = B * num_segments
+    device = x.device
+    plan = tile_plan(B, L, device)
+    seg_pow2 = segment_pow2(segments, num_segments)
+    seg_mode = SEG_NONE if segments is None else SEG_MAP
+    scratch = torch.zeros(groups * (HIST_WORDS + 2), dtype=torch.int32, device=device)
+    values = torch.empty(groups, dtype=torch.float32, device=device)
+    counts = torch.empty(groups, dtype=torch.int32, device=device)
+    index = torch.full((groups,), NO_INDEX, dtype=torch.int32, device=device)
+    mask_arg = x if mask is None else mask
+    seg_arg = x if segments is None else segments
+    for radix_pass in range(NUM_PASSES):
+        wrap_triton(_lower_median_pass_kernel)[(B, plan.chunks)](
+            x, mask_arg, seg_arg, scratch, L, num_segments, plan.tiles_per_prog,
+            HAS_MASK=mask is not None, SEG_MODE=seg_mode, PASS=radix_pass, BLOCK=plan.block,
+            SEG_POW2=seg_pow2, HIST_BINS=histogram_bins(seg_pow2, radix_pass),
+            ATOMIC=atomic_histogram(seg_pow2), num_warps=plan.num_warps,
+        )  # fmt: skip
+    wrap_triton(_lower_median_value_kernel)[(B,)](
+        scratch, values, counts, num_segments, SEG_POW2=seg_pow2
     )
+    wrap_triton(_median_index_kernel)[(B, plan.chunks)](
+        x, mask_arg, seg_arg, values, index, L, num_segments, plan.tiles_per_prog,
+        HAS_MASK=mask is not None, SEG_MODE=seg_mode, BLOCK=plan.block, SEG_POW2=seg_pow2,
+        num_warps=plan.num_warps,
+    )  # fmt: skip
     index = torch.where(counts > 0, index.long(), -1)
-    return medians.view(B, num_segments), index.view(B, num_segments), counts.view(B, num_segments)
+    return values.view(B, num_segments), index.view(B, num_segments), counts.view(B, num_segments)

@@ -67,16 +67,10 @@ def segment_pow2(segments: torch.Tensor | None, num_segments: int) -> int:
     return 1 if segments is None else triton.next_power_of_2(num_segments)
 
 
-def validity_args(
-    x: torch.Tensor, mask: torch.Tensor | None, segments: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, bool]]:
-    """Kernel arguments for the optional mask and segments of `load_validity`.
-
-    Returns (mask pointer, segments pointer, {"HAS_MASK", "HAS_SEG"}): an absent input is passed
-    as `x`, a placeholder pointer the kernel never reads (its constexpr flag is False).
-    """
-    flags = {"HAS_MASK": mask is not None, "HAS_SEG": segments is not None}
-    return (x if mask is None else mask), (x if segments is None else segments), flags
+# How pixels get their segment: none (all 0), an integer map, or a CutMix box (inside: 0).
+SEG_NONE, SEG_MAP, SEG_BOX = 0, 1, 2
+_MODE_MAP = tl.constexpr(SEG_MAP)
+_MODE_BOX = tl.constexpr(SEG_BOX)
 
 
 def check_images(
@@ -128,41 +122,50 @@ def image_groups(b, num_segments, SEG_POW2: tl.constexpr):
 
 
 @triton.jit
-def load_validity(
-    ref,
-    mask_ptr,
-    seg_ptr,
-    offs,
-    in_row,
-    num_segments,
-    HAS_MASK: tl.constexpr,
-    HAS_SEG: tl.constexpr,
-):
-    """valid = in_row & mask & isfinite(ref) & 0 <= segment < S; returns (valid, segment int32).
+def load_pixels(x_ptr, y_ptr, y_b_ptr, mask_ptr, seg_ptr, offs, in_row, num_segments,
+                HAS_Y: tl.constexpr, HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr):  # fmt: skip
+    """One tile: (x, y, valid, segment) with x, y fp32 and the segment int32.
 
-    Segment values outside [0, S) are treated as "ignore"; invalid pixels get segment 0, so
-    per-group gathers need no mask and no atomic can land outside the per-group buffers.
+    y is the target (HAS_Y; else y = x); with SEG_MODE == SEG_BOX it is picked per pixel from
+    `y_ptr` inside the box (`seg_ptr`, bool/uint8, segment 0) and `y_b_ptr` outside (segment
+    1), so CutMix needs no prepared target or segment map. valid = in_row & mask &
+    isfinite(y) & 0 <= segment < S, the range checked on the loaded integers (int64 ids beyond
+    int32 stay ignored). Invalid pixels get segment 0, so per-group gathers need no mask and no
+    atomic can land outside the per-group buffers.
     """
-    valid = in_row & (tl.abs(ref) < float("inf"))
+    x = tl.load(x_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
+    if SEG_MODE == _MODE_BOX:
+        inside = tl.load(seg_ptr + offs, mask=in_row, other=0) != 0
+        y_a = tl.load(y_ptr + offs, mask=in_row & inside, other=0.0).to(tl.float32)
+        y_b = tl.load(y_b_ptr + offs, mask=in_row & (inside == 0), other=0.0).to(tl.float32)
+        y = tl.where(inside, y_a, y_b)
+    elif HAS_Y:
+        y = tl.load(y_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
+    else:
+        y = x
+    valid = in_row & (tl.abs(y) < float("inf"))
     if HAS_MASK:
         valid = valid & (tl.load(mask_ptr + offs, mask=in_row, other=0) != 0)
-    if HAS_SEG:
-        seg = tl.load(seg_ptr + offs, mask=in_row, other=0).to(tl.int32)
-        valid = valid & (seg >= 0) & (seg < num_segments)
-        seg = tl.where(valid, seg, 0)
+    if SEG_MODE == _MODE_MAP:
+        raw = tl.load(seg_ptr + offs, mask=in_row, other=0)
+        valid = valid & (raw >= 0) & (raw < num_segments)
+        seg = tl.where(valid, raw, 0).to(tl.int32)
+    elif SEG_MODE == _MODE_BOX:
+        seg = tl.where(valid & (inside == 0), 1, 0).to(tl.int32)
     else:
         seg = tl.zeros_like(offs).to(tl.int32)
-    return valid, seg
+    return x, y, valid, seg
 
 
 @triton.jit
-def group_of(b, seg, num_segments, HAS_SEG: tl.constexpr):
-    """Group index b * S + segment: per pixel, or one scalar per image without a segment map
-    (per-group values are then loaded once per program instead of gathered per pixel)."""
-    if HAS_SEG:
-        return b * num_segments + seg
+def per_pixel(values, seg, SEG_POW2: tl.constexpr):
+    """Each pixel's entry of a per-segment vector: values [SEG_POW2], seg [BLOCK] -> [BLOCK]
+    (a scalar without segments)."""
+    if SEG_POW2 == 1:
+        return tl.sum(values, axis=0)
     else:
-        return b * num_segments
+        onehot = seg[:, None] == tl.arange(0, SEG_POW2)[None, :]
+        return tl.sum(tl.where(onehot, values[None, :], 0), axis=1)
 
 
 @triton.jit
@@ -173,5 +176,5 @@ def segment_onehot(seg, valid, SEG_POW2: tl.constexpr):
 
 @triton.jit
 def segment_sum(values, onehot):
-    """Per-segment sums [SEG_POW2] of `values` [BLOCK] (fp32) over the one-hot layout."""
-    return tl.sum(tl.where(onehot, values[:, None], 0.0), axis=0)
+    """Per-segment sums [SEG_POW2] of `values` [BLOCK] over the one-hot layout."""
+    return tl.sum(tl.where(onehot, values[:, None], 0), axis=0)

@@ -2,6 +2,9 @@
 
 Triton runs on a CPU-only machine only through its interpreter, which must be switched on before
 `triton` is first imported: this file is imported by pytest before any test module.
+
+Random inputs are fresh per test and replayable: each test is seeded (`test_seed`, `np_rng`)
+and a failure prints `DAF_TEST_SEED=<seed>`; set that variable to rerun with the same inputs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,10 +32,51 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+SEED_VARIABLE = "DAF_TEST_SEED"
+_SEED_KEY = pytest.StashKey[int]()
+
+
+def _fixed_seed() -> int | None:
+    value = os.environ.get(SEED_VARIABLE)
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise pytest.UsageError(f"{SEED_VARIABLE} must be an integer, got {value!r}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = _fixed_seed()
+    if seed is None:
+        return f"test seeds: fresh per test; a failure prints {SEED_VARIABLE}=<seed> to replay it"
+    return f"test seeds: {SEED_VARIABLE}={seed} for every test"
+
+
 @pytest.fixture(autouse=True)
-def _seed() -> None:
-    # Fresh random inputs per run are wanted; a per-test seed from the clock keeps failures
-    # reproducible through the printed seed.
-    seed = int.from_bytes(os.urandom(4), "little")
+def test_seed(request: pytest.FixtureRequest) -> int:
+    """The seed of this test: `DAF_TEST_SEED` when set, else fresh from the OS. torch's global
+    generator is seeded with it; numpy tests take `np_rng`. Printed with any failure."""
+    seed = _fixed_seed()
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
-    print(f"torch seed: {seed}")
+    request.node.stash[_SEED_KEY] = seed
+    return seed
+
+
+@pytest.fixture
+def np_rng(test_seed: int) -> np.random.Generator:
+    """A numpy generator seeded with this test's seed."""
+    return np.random.default_rng(test_seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    seed = item.stash.get(_SEED_KEY, None)
+    if report.failed and seed is not None:
+        report.sections.append(
+            ("seed", f"replay with: {SEED_VARIABLE}={seed} pytest '{item.nodeid}'")
+        )
+    return report

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from depth_anything_fast.data import cutmix, generate_dataset, list_images
+from depth_anything_fast.data import LabelledSpec, cutmix, generate_dataset, list_images
 from depth_anything_fast.data.geometry import (
     crop_nearest,
     lower_bound_size,
@@ -21,13 +21,7 @@ from depth_anything_fast.data.geometry import (
     sample_crop,
     sample_rng,
 )
-from depth_anything_fast.data.sources import (
-    LabelledSource,
-    LabelledSpec,
-    load_target,
-    read_pfm,
-    read_raw_target,
-)
+from depth_anything_fast.data.sources import LabelledSource, load_target
 from depth_anything_fast.data.synthetic import (
     KINDS,
     MAX_DEPTH,
@@ -36,10 +30,11 @@ from depth_anything_fast.data.synthetic import (
     render,
     render_scene,
 )
+from depth_anything_fast.formats.targets import read_pfm, read_raw_target
 
 
 def _fresh_rng() -> np.random.Generator:
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows conftest's printed torch seed
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows conftest's test seed
     return np.random.default_rng(seed)
 
 
@@ -256,8 +251,8 @@ def test_list_images_and_labelled_layouts(tmp_path: Path) -> None:
 
 def _pseudo_label(out: Path, image: str, name: str, disparity: np.ndarray) -> dict:
     """Write `disparity` as the pseudo-label CLI does (16-bit PNG + manifest record fields)."""
-    from depth_anything_fast.inference.manifest import ManifestRecord, checksum
-    from depth_anything_fast.inference.writers import encode
+    from depth_anything_fast.formats.codec import encode
+    from depth_anything_fast.formats.manifest import ManifestRecord, checksum
 
     encoded = encode(disparity, "png16")
     (out / name).parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,20 @@ from PIL import Image
 
 from depth_anything_fast.evaluate import cli as evaluate_cli
 from depth_anything_fast.evaluate.paper import PAPER_TABLE2, paper_numbers
-from depth_anything_fast.evaluate.runner import PredictionDirectory, evaluate_predictions
+from depth_anything_fast.evaluate.runner import (
+    SCORINGS,
+    PredictionDirectory,
+    Scoring,
+    evaluate_predictions,
+)
 
-rng = np.random.default_rng()
+rng: np.random.Generator  # this test's generator (conftest's seed), set by _seeded_rng
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(np_rng: np.random.Generator) -> None:
+    global rng
+    rng = np_rng
 H, W = 20, 28
 
 
@@ -54,8 +65,8 @@ def add_png16_prediction(
 ) -> None:
     """Store `values` as pseudo-label does: a 16-bit PNG `preds/output` and its manifest record
     (the min/max its codes stand for), naming `image` as the input."""
-    from depth_anything_fast.inference.manifest import ManifestRecord
-    from depth_anything_fast.inference.writers import encode_png16
+    from depth_anything_fast.formats.codec import encode_png16
+    from depth_anything_fast.formats.manifest import ManifestRecord
 
     encoded = encode_png16(values, depth_range)
     (preds / output).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +86,7 @@ def add_png16_prediction(
 
 
 def test_cli_scores_npy_and_png16_predictions(tmp_path, capsys):
-    from depth_anything_fast.inference.manifest import Manifest
+    from depth_anything_fast.formats.manifest import Manifest
 
     data, preds = tmp_path / "data", tmp_path / "preds"
     depths = make_generic(data)
@@ -134,13 +145,18 @@ def test_runner_resizes_and_depth_space(tmp_path):
             for i in range(len(images))
         ]
 
-    result = evaluate_predictions(reader, predict, space="depth", batch_size=2)
+    result = evaluate_predictions(reader, predict, scoring="relative-depth", batch_size=2)
     assert result.n_evaluated == 2 and result.per_image[0]["resized_from"] == [H // 2, W // 2]
     assert 0 < result.mean["abs_rel"] < 1.0 and result.space == "depth"
     with pytest.raises(ValueError, match="space='depth'"):
-        evaluate_predictions(reader, predict, alignment="median")
+        Scoring(alignment="median")
     with pytest.raises(ValueError, match="relative disparity"):
-        evaluate_predictions(reader, predict, space="depth", alignment="median")
+        Scoring(space="depth", alignment="median")
+    with pytest.raises(ValueError, match="unknown scoring 'median'"):
+        evaluate_predictions(reader, predict, scoring="median")
+    assert SCORINGS["relative-depth"] == Scoring.choose(metric=False, space="depth")
+    assert SCORINGS["metric-median"] == Scoring.choose(metric=True)
+    assert SCORINGS["metric-as-relative"] == Scoring.choose(metric=True, alignment="scale_shift")
 
 
 def test_prediction_directory_suffix_matching(tmp_path):
@@ -213,8 +229,8 @@ def test_cli_compare_paper_on_kitti_layout(tmp_path, capsys):
 def test_cli_scores_metric_predictions_as_depth(tmp_path):
     """A metric model's pseudo-label output (spec.json kind "depth", fixed-scale 16-bit PNG) is
     scored as metric depth with median alignment, not taken for disparity."""
-    from depth_anything_fast.inference.manifest import Manifest
-    from depth_anything_fast.inference.writers import stored_spec
+    from depth_anything_fast.formats.codec import stored_spec
+    from depth_anything_fast.formats.manifest import Manifest
 
     data, preds = tmp_path / "data", tmp_path / "preds"
     depths = make_generic(data)

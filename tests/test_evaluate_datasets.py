@@ -13,7 +13,13 @@ from depth_anything_fast.evaluate import datasets
 from depth_anything_fast.evaluate.datasets import DatasetLayoutError, crop_mask, get_reader
 from depth_anything_fast.evaluate.nyu_split import NYU_TEST_INDICES
 
-rng = np.random.default_rng()
+rng: np.random.Generator  # this test's generator (conftest's seed), set by _seeded_rng
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rng(np_rng: np.random.Generator) -> None:
+    global rng
+    rng = np_rng
 
 
 def write_rgb(path: Path, h: int, w: int, fmt: str | None = None) -> np.ndarray:

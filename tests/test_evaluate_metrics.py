@@ -215,9 +215,9 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.parametrize("n", [11, 12])
-def test_median_scaling_matches_numpy_median(n):
-    gt = np.random.default_rng().uniform(1.0, 5.0, (1, n))
-    pred = np.random.default_rng().uniform(0.5, 2.0, (1, n))
+def test_median_scaling_matches_numpy_median(n, np_rng):
+    gt = np_rng.uniform(1.0, 5.0, (1, n))
+    pred = np_rng.uniform(0.5, 2.0, (1, n))
     out = metric_depth_metrics(pred, gt, alignment="median")
     assert out["scale"] == pytest.approx(np.median(gt) / np.median(pred), rel=1e-12)
     lo, hi = gt.min(), gt.max()

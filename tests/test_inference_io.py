@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from depth_anything_fast.inference.manifest import (
+from depth_anything_fast.formats.codec import decode_png16, encode
+from depth_anything_fast.formats.manifest import (
     ErrorLog,
     Manifest,
     ManifestRecord,
@@ -25,8 +26,6 @@ from depth_anything_fast.inference.writers import (
     BackgroundWriter,
     TarShardWriter,
     atomic_write,
-    decode_png16,
-    encode,
     remove_stale_temporaries,
     temp_path,
 )

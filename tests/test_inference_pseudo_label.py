@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from depth_anything_fast.cli import main
-from depth_anything_fast.inference.manifest import read_all_records, read_records
+from depth_anything_fast.formats.codec import decode_png16
+from depth_anything_fast.formats.manifest import read_all_records, read_records
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
-from depth_anything_fast.inference.writers import decode_png16
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
 from depth_anything_fast.models.transforms import lower_bound_size
 
@@ -127,6 +127,25 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
         predictor.predict_tensor(torch.zeros(1, 3, 15, 28))
     with pytest.raises(ValueError, match="precision"):
         Predictor(model, precision="fp8")
+
+
+def test_predictor_leaves_the_callers_model_as_it_found_it(
+    tiny: tuple[DepthAnything, Path],
+) -> None:
+    """A training loop validates with its own model: train/eval flags and requires_grad are
+    the caller's before and after, and the forward runs in eval mode all the same."""
+    import copy
+
+    model = copy.deepcopy(tiny[0]).train()
+    model.encoder.requires_grad_(False)  # e.g. a frozen encoder
+    model.head.scratch.eval()  # a submodule the caller keeps in eval mode
+    flags = {name: m.training for name, m in model.named_modules()}
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    image = (torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()
+    out = Predictor(model, input_size=INPUT_SIZE).predict([image])[0]
+    assert {name: m.training for name, m in model.named_modules()} == flags
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == grads
+    np.testing.assert_array_equal(out, Predictor(tiny[0], input_size=INPUT_SIZE).predict([image])[0])
 
 
 @pytest.mark.parametrize("backend", ["pil", "dali"])
@@ -512,7 +531,8 @@ def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_pa
 def test_relative_input_manifest_readable_from_elsewhere(tiny, tmp_path, monkeypatch):
     """A run given a relative input directory records absolute inputs, so the output reads back
     as a labelled source (pseudo-labelled data) from any working directory."""
-    from depth_anything_fast.data.sources import LabelledSource, LabelledSpec
+    from depth_anything_fast.data.sources import LabelledSource
+    from depth_anything_fast.formats.spec import LabelledSpec
 
     _, weights = tiny
     src, good = _source(tmp_path)

@@ -34,7 +34,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     assert result["kernels"] and sorted(result["compiled"]) == sorted(result["kernels"])
-    assert result["launches"] >= 40  # dtypes x validity flags x segment widths
+    assert result["launches"] >= 40  # dtypes x validity flags x segment modes x reductions
 
 
 # ------------------------------------------------------------------------- the child process
@@ -96,6 +96,7 @@ def _compile_all(out: Path) -> None:
         feature_alignment,
         radix_select,
         segmented,
+        stats_layout,
     )
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -132,24 +133,43 @@ def _compile_all(out: Path) -> None:
     cuda = torch.device("cuda", 0)
     with FakeTensorMode(allow_non_fake_inputs=True):
         B, L = 16, 518 * 518
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        mask = torch.empty(B, L, dtype=torch.bool, device=cuda)
+        box = torch.empty(B, L, dtype=torch.bool, device=cuda)
+        i64 = torch.empty(B, L, dtype=torch.int64, device=cuda)
+        i32 = torch.empty(B, L, dtype=torch.int32, device=cuda)
+        # (dtype, CutMix?, segments, S, mask, mean, histogram): every segment mode, reduction and
+        # histogram kind once in fp32, both half precisions once. One-hot widths
+        # beyond 2 segments compile for minutes on 2 cores: the interpreter tests cover them,
+        # and the backward's segment-map path (> 16 segments) is compiled on its own below.
+        cases = [
+            (torch.float32, False, None, 1, mask, True, "auto"),
+            (torch.float32, False, None, 1, None, False, "atomics"),
+            (torch.float32, False, i64, 2, mask, False, "auto"),
+            (torch.float32, True, box, 2, mask, True, "auto"),
+            (torch.float32, True, box.to(torch.uint8), 2, None, False, "auto"),
+            (torch.bfloat16, False, None, 1, mask, True, "auto"),
+            (torch.float16, True, box, 2, mask, True, "auto"),
+        ]  # fmt: skip
+        for dtype, cutmix, segments, num_segments, m, mean, histogram in cases:
+            os.environ[radix_select.HISTOGRAM_ENV] = histogram
             pred = torch.empty(B, L, dtype=dtype, device=cuda)
             target = torch.empty(B, L, dtype=dtype, device=cuda)
-            mask = torch.empty(B, L, dtype=torch.bool, device=cuda)
-            for segments, num_segments in [
-                (None, 1),
-                (torch.empty(B, L, dtype=torch.int64, device=cuda), 2),
-                (torch.empty(B, L, dtype=torch.int32, device=cuda), 4),
-            ]:
-                for m in (None, mask):
-                    loss, stats, median_index = affine_invariant.affine_invariant_forward(
-                        pred, target, m, segments, num_segments
-                    )
-                    affine_invariant.affine_invariant_backward(
-                        torch.empty(B, device=cuda), pred, target, m, segments, num_segments,
-                        stats, median_index,
-                    )
-                    radix_select.lower_median(pred, m, segments, num_segments)
+            loss, stats, counts, codes = affine_invariant.affine_invariant_forward(
+                pred, target, target if cutmix else None, m, segments, num_segments, mean
+            )
+            affine_invariant.affine_invariant_backward(
+                torch.empty(loss.shape, device=cuda), codes, segments, stats, counts, dtype
+            )
+        radix_select.lower_median(torch.empty(B, L, device=cuda), mask, i64, 2)  # a test tool
+        os.environ[radix_select.HISTOGRAM_ENV] = "auto"
+        many = 20  # more segments than a code byte holds: the backward reads the map
+        affine_invariant.affine_invariant_backward(
+            torch.empty(B, device=cuda), torch.empty(B, L, dtype=torch.uint8, device=cuda), i32,
+            torch.empty(B, many, stats_layout.NUM_STATS, device=cuda),
+            torch.empty(B, many, stats_layout.NUM_COUNTS, dtype=torch.int64, device=cuda),
+            torch.float32,
+        )
+        for dtype in (torch.float32, torch.bfloat16):
             features = torch.empty(16 * 1369, 1024, dtype=dtype, device=cuda)
             frozen = torch.empty_like(features)
             loss, cos, n_kept = feature_alignment.feature_alignment_forward(features, frozen, 0.85)

@@ -105,8 +105,8 @@ def to_old_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def hf_to_official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official Depth Anything state dict written from the documented layout (REFERENCE §2.1),
-    independently of the loader's converter."""
+    """Official Depth Anything state dict written from the layout in the `models.checkpoints`
+    docstring and the official code, independently of the loader's converter."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, list[torch.Tensor | None]] = {}
     for key, value in state.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from depth_anything_fast.kernels import stats_layout as layout
 
 from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
 from depth_anything_fast.losses.reference import (
@@ -183,18 +184,21 @@ def test_mean_reduction_skips_empty_images():
 def test_stats_and_lowest_median_index():
     pred, target, mask, segments = make_inputs(3, 11, 13, 3, torch.float32, tied=True)
     flat = [x.reshape(3, -1) for x in (pred, target, mask, segments)]
-    _, stats, median_index = cpu.affine_invariant_forward(*flat, 3)
+    _, stats, counts, _ = cpu.affine_invariant_forward(
+        flat[0], flat[1], None, flat[2], flat[3], 3, False
+    )
+    median_index = counts[..., layout.MEDIAN_INDEX]
     ties = tied_median_pixels(pred, target, mask, segments, 3)
     for b in range(3):
         for s in range(3):
             hits = ties[b, s].nonzero()
-            n = int(stats[b, s, 0])
+            n = int(counts[b, s, layout.COUNT])
             assert n == int((flat[2][b] & (flat[3][b] == s)).sum())
             if n == 0:
                 assert median_index[b, s] == -1
             else:
                 assert median_index[b, s] == hits[0, 0]  # lowest tied index
-                assert stats[b, s, 1] == flat[0][b, hits[0, 0]]
+                assert stats[b, s, layout.T_PRED] == flat[0][b, hits[0, 0]]
 
 
 def test_cutmix_loss_cpu_matches_reference():
@@ -208,6 +212,8 @@ def test_cutmix_loss_cpu_matches_reference():
     )
     got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+    as_bytes = cutmix_loss(pred, target_a, target_b, box.to(torch.uint8), mask, backend="cpu")
+    torch.testing.assert_close(as_bytes, got)
 
 
 @pytest.mark.parametrize("shape", [(2, 37, 64), (1, 5, 3), (3, 10, 257)])
@@ -241,9 +247,14 @@ def test_opcheck_affine_invariant():
     target[0, 0, 0] = float("nan")
     flat = [x.reshape(2, -1) for x in (pred, target, mask, segments)]
     torch.library.opcheck(
-        cpu.affine_invariant_cpu, (flat[0].requires_grad_(), flat[1], flat[2], flat[3].int(), 3)
+        cpu.affine_invariant_cpu,
+        (flat[0].requires_grad_(), flat[1], None, flat[2], flat[3].int(), 3, False),
     )
-    torch.library.opcheck(cpu.affine_invariant_cpu, (flat[0], flat[1], None, None, 1))
+    torch.library.opcheck(cpu.affine_invariant_cpu, (flat[0], flat[1], None, None, None, 1, True))
+    box = torch.rand(2, 90) > 0.5
+    torch.library.opcheck(
+        cpu.affine_invariant_cpu, (flat[0], flat[1], flat[1] + 1, None, box, 2, True)
+    )
 
 
 def test_opcheck_feature_alignment():
@@ -269,3 +280,14 @@ def test_backend_selection_and_errors(monkeypatch):
     assert resolve_backend("auto", "affine_invariant", x) == "reference"
     with pytest.raises(RuntimeError, match="not built"):
         resolve_backend("cpu", "affine_invariant", x)
+
+
+def test_counts_are_exact_beyond_2_to_the_24_pixels():
+    """A float32 count stops at 2**24 (2**24 + 1 rounds down): counts are int64 throughout."""
+    length = 2**24 + 3
+    pred = (torch.arange(length, dtype=torch.float32) % 1024 * 0.25)[None]
+    target = 2 * pred + 1  # an affine map of pred: the loss is 0
+    loss, stats, counts, _ = cpu.affine_invariant_forward(pred, target, None, None, None, 1, False)
+    assert counts[0, 0, layout.COUNT] == length
+    assert stats[0, 0, layout.T_TARGET] == 2 * stats[0, 0, layout.T_PRED] + 1
+    assert loss[0].abs() < 1e-5

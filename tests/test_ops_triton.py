@@ -56,14 +56,25 @@ def test_affine_invariant_triton_values_and_grads():
 
 
 def test_cutmix_and_feature_alignment_triton():
+    """CutMix: the kernels pick target and segment from the box (bool or uint8), values and
+    gradients against the float64 reference."""
     pred, target_a, target_b = (torch.rand(2, 8, 10, device=DEVICE) for _ in range(3))
+    target_b[0, 0, :4] = float("nan")
     box = torch.zeros(2, 8, 10, dtype=torch.bool, device=DEVICE)
     box[:, 2:6, 3:8] = True
+    mask = torch.rand(2, 8, 10, device=DEVICE) > 0.2
+    p64 = pred.double().requires_grad_()
     expected = cutmix_loss(
-        pred.double(), target_a.double(), target_b.double(), box, backend="reference"
+        p64, target_a.double(), target_b.double(), box, mask, backend="reference"
     )
-    got = cutmix_loss(pred, target_a, target_b, box, backend="triton")
-    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+    (expected_grad,) = torch.autograd.grad(expected, p64)
+    for as_box in (box, box.to(torch.uint8)):
+        p = pred.clone().requires_grad_()
+        got = cutmix_loss(p, target_a, target_b, as_box, mask, backend="triton")
+        got.backward()
+        torch.testing.assert_close(got.double(), expected.detach(), rtol=2e-5, atol=2e-5)
+        scale = expected_grad.abs().max().item()
+        torch.testing.assert_close(p.grad.double(), expected_grad, atol=2e-5 * scale, rtol=0)
 
     features = torch.randn(2, 6, 32, device=DEVICE)
     frozen = features + torch.rand(2, 6, 1, device=DEVICE) * torch.randn(2, 6, 32, device=DEVICE)
@@ -91,7 +102,13 @@ def test_opcheck_triton_ops():
     mask = torch.rand(2, 40, device=DEVICE) > 0.2
     torch.library.opcheck(
         triton_ops.affine_invariant_triton,
-        (pred, target, mask, None, 1),
+        (pred, target, None, mask, None, 1, True),
+        test_utils=checks,
+    )
+    box = torch.rand(2, 40, device=DEVICE) > 0.5
+    torch.library.opcheck(
+        triton_ops.affine_invariant_triton,
+        (pred, target, target + 1, None, box, 2, False),
         test_utils=checks,
     )
     features = torch.randn(5, 16, device=DEVICE, requires_grad=True)

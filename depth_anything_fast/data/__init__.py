@@ -12,15 +12,19 @@
     metric = labelled_loader(layout.labelled, batch_size=8, crop_size=112, target="depth")
 
 Backends: DALI when installed (GPU decode with `device="cuda"`), else PIL; both apply the same
-geometry and perturbations (see `geometry`, `augment`). Modules: `sources` (listing, pairs,
-`LabelledSpec`, target readers), `decode` (checks, reasons), `geometry`, `augment`,
-`dali_pipelines`, `pil_pipelines`, `loaders`, `cutmix`, `synthetic`.
+geometry and perturbations (see `geometry`, `augment`). Modules: `sources` (labelled pairs,
+training targets), `decode` (checks, reasons), `geometry`, `augment`, `dali_pipelines`,
+`pil_pipelines`, `loaders`, `cutmix`, `synthetic`. How files are named and stored (image
+lists, `LabelledSpec`, ground-truth files, manifests) is `depth_anything_fast.formats`.
 """
+
+from depth_anything_fast.formats.images import list_images
+from depth_anything_fast.formats.spec import LabelledSpec
 
 from .cutmix import cutmix
 from .decode import DecodeError
 from .loaders import inference_loader, labelled_loader, unlabelled_loader
-from .sources import LabelledSource, LabelledSpec, list_images, load_target
+from .sources import LabelledSource, load_target
 from .synthetic import DatasetLayout, generate_dataset
 
 __all__ = [

@@ -28,13 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from depth_anything_fast.formats.images import Source, list_images
+from depth_anything_fast.formats.paths import read_bytes
+
 from .augment import StrongParams, sample_strong
 from .decode import ErrorCallback, probe, report_error
 from .geometry import CropBox, crop_nearest, full_box, network_size, sample_crop, sample_rng
 from .jobs import ImageJob
-from .sources import LabelledSource, Source, list_images, load_depth, load_target, read_bytes
+from .sources import LabelledSource, load_depth, load_target
 
-BACKENDS = ("auto", "dali", "pil")
+PIPELINES = ("auto", "dali", "pil")
 TARGETS = ("disparity", "depth")
 
 
@@ -47,17 +50,21 @@ class _Prepared:
     batch_end: int = -1
 
 
-def resolve_backend(backend: str, prefer_dali: bool = True) -> str:
-    """"auto" -> "dali" when DALI is importable and `prefer_dali`, else "pil"; checks explicit
-    choices."""
+def resolve_pipeline(backend: str, prefer_dali: bool = True) -> str:
+    """The image pipeline a loader's `backend` option selects: "auto" -> "dali" when DALI is
+    importable and `prefer_dali`, else "pil"; checks explicit choices."""
     from .dali_pipelines import dali_available
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in PIPELINES:
+        raise ValueError(f"backend must be one of {PIPELINES}, got {backend!r}")
     if backend == "auto":
         return "dali" if prefer_dali and dali_available() else "pil"
     if backend == "dali" and not dali_available():
-        raise ImportError("backend='dali' needs nvidia-dali (pip install nvidia-dali-cuda130)")
+        raise ImportError(
+            "backend='dali' needs NVIDIA DALI, which is not installed: pip install "
+            "'depth_anything_fast[dali]' (CUDA 13 driver, or no GPU) or "
+            "'depth_anything_fast[dali-cuda12]' (CUDA 12 driver); backend='pil' needs nothing"
+        )
     return backend
 
 
@@ -112,7 +119,7 @@ class _Loader:
         self.seed = seed
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         # "auto" takes DALI where it gains: its own resize, or decoding on the GPU
-        self.backend = resolve_backend(
+        self.backend = resolve_pipeline(
             backend, prefer_dali=not self.exact_resample or self.device.type == "cuda"
         )
         self.num_threads = num_threads

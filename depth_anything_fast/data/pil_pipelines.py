@@ -19,22 +19,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from ..models.transforms import as_tensor
+from ..models.transforms import as_tensor, normalise_rgb
 from .augment import apply_strong
 from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .jobs import ImageJob
-from .resample import BatchResampler, normalise, resample_box
+from .resample import BatchResampler, resample_box
 
 
 def process(job: ImageJob) -> list[torch.Tensor]:
     """[clean (3, h, w)[, strong (3, h, w)]] float32 normalised for one job. Raises
     DecodeError."""
     rgb = resample_box(as_tensor(decode_rgb(job.encoded, job.path)), job.box)
-    views = [normalise(rgb)]
+    views = [normalise_rgb(rgb)]
     if job.strong is not None:
         # the perturbation works on uint8, as DALI's does on its uint8 resize output
         rgb8 = rgb.round_().clamp_(0, 255).to(torch.uint8).numpy()
-        views.append(normalise(torch.from_numpy(apply_strong(rgb8, job.strong))))
+        views.append(normalise_rgb(torch.from_numpy(apply_strong(rgb8, job.strong))))
     return views
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..models.transforms import normalize, resample_bicubic
+from ..models.transforms import normalise_rgb, resample_bicubic
 from .geometry import CropBox
 
 
@@ -23,12 +23,6 @@ def resample_box(rgb: torch.Tensor, box: CropBox) -> torch.Tensor:
     return resample_bicubic(
         rgb, (box.out_h, box.out_w), (box.y0, box.x0, box.y1, box.x1), flip=box.flip
     )
-
-
-def normalise(rgb: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) values in 0..255 (any dtype) -> (3, H, W) float32 ImageNet-normalised."""
-    x = rgb.to(torch.float32) / 255.0
-    return normalize(x.permute(2, 0, 1).contiguous().unsqueeze(0))[0]
 
 
 class BatchResampler:
@@ -52,7 +46,7 @@ class BatchResampler:
 
         def resample() -> torch.Tensor:
             return torch.stack([
-                normalise(resample_box(rgb.to(self.device, non_blocking=True), box))
+                normalise_rgb(resample_box(rgb.to(self.device, non_blocking=True), box))
                 for rgb, box in zip(images, boxes, strict=True)
             ])
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import SPEC_FILE, LabelledSpec
+from depth_anything_fast.formats.layout import LABELLED_IMAGE_DIR, TARGET_DIRS
+from depth_anything_fast.formats.spec import SPEC_FILE, LabelledSpec
 
 MAX_DEPTH = 40.0  # metres; farther surfaces are stored as invalid (0)
 DEPTH_SPEC = LabelledSpec(kind="depth", scale=0.001, invalid=(0,), max_depth=MAX_DEPTH)
@@ -612,10 +613,11 @@ def _write_split(
     from PIL import Image
 
     folder = root / split
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    image_dir, depth_dir = folder / LABELLED_IMAGE_DIR, folder / TARGET_DIRS[0]
+    image_dir.mkdir(parents=True, exist_ok=True)
     (root / "semantic" / split).mkdir(parents=True, exist_ok=True)
     if with_depth:
-        (folder / "depth").mkdir(parents=True, exist_ok=True)
+        depth_dir.mkdir(parents=True, exist_ok=True)
         # Labelled images carry sky masks (sky = farthest); validation scores depth only.
         spec = LABELLED_SPEC if split == "labelled" else DEPTH_SPEC
         spec.to_json(folder / SPEC_FILE)
@@ -626,19 +628,18 @@ def _write_split(
         name = f"{i:05d}"
         names[name] = scene.kind
         if ext == ".jpg":
-            Image.fromarray(scene.rgb).save(folder / "images" / f"{name}.jpg", quality=92)
+            Image.fromarray(scene.rgb).save(image_dir / f"{name}.jpg", quality=92)
         else:
-            Image.fromarray(scene.rgb).save(folder / "images" / f"{name}.png", compress_level=1)
+            Image.fromarray(scene.rgb).save(image_dir / f"{name}.png", compress_level=1)
         Image.fromarray(scene.semantic).save(root / "semantic" / split / f"{name}.png",
                                              compress_level=1)
         if with_depth:
             holes_rng = np.random.default_rng(seq.spawn(1)[0])
             mm = depth_to_png16(add_holes(scene.depth, holes_rng))
-            Image.fromarray(mm).save(folder / "depth" / f"{name}.png", compress_level=1)
+            Image.fromarray(mm).save(depth_dir / f"{name}.png", compress_level=1)
             if split == "labelled":
                 sky = (scene.semantic == _CLASS["sky"]).astype(np.uint8) * 255
-                Image.fromarray(sky).save(folder / "depth" / f"{name}{SKY_SUFFIX}",
-                                          compress_level=1)
+                Image.fromarray(sky).save(depth_dir / f"{name}{SKY_SUFFIX}", compress_level=1)
     return names
 
 

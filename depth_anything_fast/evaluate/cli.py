@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root in the benchmark's own layout")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--weights", help="model checkpoint (official .pth or converted)")
+    source.add_argument(
+        "--weights", help="model checkpoint (official .pth, converted, or a Hub repo id org/name)"
+    )
     source.add_argument("--predictions", help="directory of saved disparities (no model run)")
     add_predictor_options(p, batch_size=8)
     p.add_argument(
@@ -121,115 +123,152 @@ def format_table(rows: list[tuple[str, dict[str, float | None]]]) -> str:
     return "\n".join(lines)
 
 
+class _CommandError(Exception):
+    """A reason to stop with `error: <message>` and exit status `code`."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     import logging
 
-    from depth_anything_fast.evaluate.datasets import get_reader
-    from depth_anything_fast.evaluate.paper import MODEL_LABELS, PAPER_SPACE, paper_numbers
-    from depth_anything_fast.evaluate.runner import PredictionDirectory, evaluate_predictions
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        reader = _open_reader(args)
+        predictions, metric, size = _open_predictions(args)
+        scoring = _scoring(args, metric)
+        result = _evaluate(args, reader, predictions, scoring)
+    except _CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    _print_counts(result, reader)
+    rows: list[tuple[str, dict[str, float | None]]] = [("ours", dict(result.mean))]
+    paper = _paper_rows(result, size) if args.compare_paper else {}
+    rows += [(f"paper {label}", dict(numbers)) for label, numbers in paper.values()]
+    print(format_table(rows))
+    if args.output:
+        _write_output(args, result, {key: numbers for key, (_, numbers) in paper.items()})
+    return 0
+
+
+def _open_reader(args: argparse.Namespace) -> Any:
+    """The benchmark reader of --dataset over --root with the options given."""
+    from depth_anything_fast.evaluate.datasets import get_reader
+
     if args.weights is None and args.predictions is None:
         from depth_anything_fast.inference.predictor import MISSING_WEIGHTS_MESSAGE
 
-        print(f"error: pass --predictions DIR, or {MISSING_WEIGHTS_MESSAGE}", file=sys.stderr)
-        return 2
+        raise _CommandError(f"pass --predictions DIR, or {MISSING_WEIGHTS_MESSAGE}")
     try:
-        reader = get_reader(args.dataset, args.root, **_reader_options(args))
+        return get_reader(args.dataset, args.root, **_reader_options(args))
     except TypeError as exc:  # an option the chosen reader does not have
-        print(f"error: {args.dataset} does not take that option ({exc})", file=sys.stderr)
-        return 2
+        raise _CommandError(f"{args.dataset} does not take that option ({exc})") from exc
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise _CommandError(str(exc)) from exc
 
-    size = args.size
-    metric_model = False
+
+def _open_predictions(args: argparse.Namespace) -> tuple[Any, bool, str | None]:
+    """(the predictions directory or the model's predict function, whether they are metric
+    depth, the model size for --compare-paper)."""
     if args.predictions is not None:
-        try:
-            predictions: Any = PredictionDirectory(args.predictions)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        metric_model = predictions.metric
-    else:
-        from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
+        from depth_anything_fast.evaluate.runner import PredictionDirectory
 
         try:
-            model = load_model(args.weights)
-            predictor = Predictor(model, **predictor_options(args))
+            directory = PredictionDirectory(args.predictions)
         except (ValueError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        metric_model = metric_max_depth(model) is not None
-        size = size or getattr(getattr(model, "config", None), "encoder", None)
-        predictions = predictor.predict
-    alignment = args.alignment or ("median" if metric_model else "scale_shift")
-    space = args.space or ("disparity" if alignment == "scale_shift" else "depth")
+            raise _CommandError(str(exc)) from exc
+        return directory, directory.metric, args.size
+    from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 
+    try:
+        model = load_model(args.weights)
+        predictor = Predictor(model, **predictor_options(args))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise _CommandError(str(exc)) from exc
+    size = args.size or getattr(getattr(model, "config", None), "encoder", None)
+    return predictor.predict, metric_max_depth(model) is not None, size
+
+
+def _scoring(args: argparse.Namespace, metric: bool) -> Any:
+    """--alignment / --space over the defaults for relative or metric predictions."""
+    from depth_anything_fast.evaluate.runner import Scoring
+
+    try:
+        return Scoring.choose(metric, args.alignment, args.space)
+    except ValueError as exc:  # exit 1 as when evaluate_predictions checked the combination
+        raise _CommandError(str(exc), code=1) from exc
+
+
+def _evaluate(args: argparse.Namespace, reader: Any, predictions: Any, scoring: Any) -> Any:
+    """`evaluate_predictions` with a progress bar; its errors stop the command (exit 1)."""
     from tqdm import tqdm
+
+    from depth_anything_fast.evaluate.runner import evaluate_predictions
 
     bar = tqdm(total=len(reader), unit="img", disable=args.no_progress, file=sys.stderr)
     try:
-        result = evaluate_predictions(
+        return evaluate_predictions(
             reader,
             predictions,
-            space=space,
-            alignment=alignment,  # type: ignore[arg-type]
+            scoring=scoring,
             min_depth=args.min_depth,
             max_depth=args.max_depth,
             batch_size=args.batch_size,
             on_image=lambda _: bar.update(1),
-            predicted="depth" if metric_model else "disparity",
         )
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise _CommandError(str(exc), code=1) from exc
     finally:
         bar.close()
 
+
+def _print_counts(result: Any, reader: Any) -> None:
     depth_range = f"{result.min_depth or 'GT min'}..{result.max_depth or 'GT max'} m"
     print(
         f"{result.dataset}: {result.n_evaluated} of {result.n_images} images evaluated "
         f"({len(result.degenerate)} degenerate, {len(result.missing)} without prediction"
         f"{f', {len(reader.skipped)} without ground truth' if reader.skipped else ''}); "
-        f"{alignment} alignment, {space} space, depth range {depth_range}"
+        f"{result.alignment} alignment, {result.space} space, depth range {depth_range}"
     )
-    rows: list[tuple[str, dict[str, float | None]]] = [("ours", dict(result.mean))]
-    paper: dict[str, Any] = {}
-    if args.compare_paper:
-        if size not in SIZES:
-            print(
-                "note: --compare-paper needs --size vits|vitb|vitl (model size unknown)",
-                file=sys.stderr,
-            )
-        else:
-            for model_key in ("midas_v3.1_beit_l_512", size):
-                numbers = paper_numbers(model_key, result.dataset)
-                if numbers is not None:
-                    rows.append((f"paper {MODEL_LABELS[model_key]}", dict(numbers)))
-                    paper[model_key] = numbers
-            if not paper:
-                print(f"note: Table 2 has no {result.dataset} column", file=sys.stderr)
-            if space != PAPER_SPACE or alignment != "scale_shift":
-                print(
-                    f"note: Table 2 is in {PAPER_SPACE} space with scale_shift alignment; "
-                    f"ours is {space} space with {alignment}",
-                    file=sys.stderr,
-                )
-    print(format_table(rows))
 
-    if args.output:
-        out = result.to_dict()
-        out["source"] = {
-            "weights": args.weights,
-            "predictions": args.predictions,
-            "root": str(args.root),
-        }
-        if paper:
-            out["paper_table2"] = paper
-        path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {path}")
-    return 0
+
+def _paper_rows(result: Any, size: str | None) -> dict[str, tuple[str, dict[str, float]]]:
+    """model key -> (label, Table 2 numbers) of MiDaS and our size on this dataset; notes on
+    stderr when there is nothing to compare or the conventions differ."""
+    from depth_anything_fast.evaluate.paper import MODEL_LABELS, PAPER_SPACE, paper_numbers
+
+    if size not in SIZES:
+        print("note: --compare-paper needs --size vits|vitb|vitl (model size unknown)",
+              file=sys.stderr)
+        return {}
+    paper = {}
+    for model_key in ("midas_v3.1_beit_l_512", size):
+        numbers = paper_numbers(model_key, result.dataset)
+        if numbers is not None:
+            paper[model_key] = (MODEL_LABELS[model_key], numbers)
+    if not paper:
+        print(f"note: Table 2 has no {result.dataset} column", file=sys.stderr)
+    if result.space != PAPER_SPACE or result.alignment != "scale_shift":
+        print(
+            f"note: Table 2 is in {PAPER_SPACE} space with scale_shift alignment; "
+            f"ours is {result.space} space with {result.alignment}",
+            file=sys.stderr,
+        )
+    return paper
+
+
+def _write_output(args: argparse.Namespace, result: Any, paper: dict[str, Any]) -> None:
+    out = result.to_dict()
+    out["source"] = {
+        "weights": args.weights,
+        "predictions": args.predictions,
+        "root": str(args.root),
+    }
+    if paper:
+        out["paper_table2"] = paper
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")

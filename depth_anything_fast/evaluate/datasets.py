@@ -28,17 +28,23 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from depth_anything_fast.evaluate.nyu_split import NYU_NUM_LABELLED, NYU_TEST_INDICES
-
-if TYPE_CHECKING:
-    from depth_anything_fast.data.sources import LabelledSpec
+from depth_anything_fast.formats.images import first_existing_image
+from depth_anything_fast.formats.layout import (
+    RGBD_DEPTH_DIRS,
+    RGBD_DEPTH_SUFFIX,
+    RGBD_IMAGE_DIRS,
+    RGBD_IMAGE_SUFFIXES,
+)
+from depth_anything_fast.formats.list_files import read_list_file
+from depth_anything_fast.formats.spec import LabelledSpec
+from depth_anything_fast.formats.targets import read_raw_target, target_to_disparity
 
 PathLike = str | os.PathLike[str]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -110,12 +116,10 @@ def read_depth_file(path: PathLike, *, npz_key: str | None = None) -> np.ndarray
     """(H, W) raw values of a depth file, as stored (no scale).
 
     .npz (key `npz_key`, else `depth`, else its only array) here; everything else (16-bit
-    PNG/PGM -> uint16, float TIFF, .npy, .pfm) through `data.sources.read_raw_target`.
+    PNG/PGM -> uint16, float TIFF, .npy, .pfm) through `formats.targets.read_raw_target`.
     """
     path = Path(path)
     if path.suffix.lower() != ".npz":
-        from depth_anything_fast.data.sources import read_raw_target
-
         return read_raw_target(str(path))
     with np.load(path) as archive:
         keys = list(archive.keys())
@@ -604,7 +608,7 @@ class DdadReader(DatasetReader):
         depth_files = sorted(p for ext in ("npz", "npy") for p in self.root.rglob(f"*_depth.{ext}"))
         for depth_path in depth_files:
             stem = depth_path.name.rsplit("_depth.", 1)[0]
-            image_path = _first_existing(depth_path.parent, stem + "_rgb")
+            image_path = first_existing_image(depth_path.parent, stem + "_rgb")
             if image_path is None:
                 raise _layout_error(
                     "ddad", depth_path.parent, f"{stem}_rgb.png beside {depth_path.name}"
@@ -616,7 +620,7 @@ class DdadReader(DatasetReader):
                 p for ext in ("npz", "npy") for p in (self.root / "depth").rglob(f"*.{ext}")
             ):
                 rel = depth_path.relative_to(self.root / "depth").with_suffix("")
-                image_path = _first_existing((self.root / "rgb" / rel).parent, rel.name)
+                image_path = first_existing_image((self.root / "rgb" / rel).parent, rel.name)
                 if image_path is None:
                     raise _layout_error(
                         "ddad", self.root / "rgb", f"rgb/{rel}.png for {depth_path}"
@@ -633,23 +637,8 @@ class DdadReader(DatasetReader):
         return self._sample(name, image_path, self._image(image_path), depth, depth > 0)
 
 
-def _first_existing(directory: Path, stem: str) -> Path | None:
-    """The image `directory/stem.<ext>` for the first existing image extension, or None."""
-    for ext in IMAGE_EXTENSIONS:
-        for candidate in (directory / (stem + ext), directory / (stem + ext.upper())):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
 # ------------------------------------------------------------------------------------ generic
-def _spec(**fields: Any) -> LabelledSpec:
-    from depth_anything_fast.data.sources import LabelledSpec
-
-    return LabelledSpec(**fields)
-
-
-# name -> `data.sources.LabelledSpec` fields of common RGB-D depth encodings
+# name -> `formats.spec.LabelledSpec` fields of common RGB-D depth encodings
 DEPTH_ENCODINGS: dict[str, dict[str, Any]] = {
     "metres": {},
     "mm": {"scale": 1e-3},
@@ -672,11 +661,6 @@ DEPTH_ENCODINGS: dict[str, dict[str, Any]] = {
 }
 
 
-_IMAGE_DIRS = ("color", "rgb", "image", "images")
-_DEPTH_DIRS = ("depth", "depths")
-_IMAGE_SUFFIXES = ("_color", "_rgb", "_image")
-
-
 def _stem_files(directory: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(directory.iterdir()) if p.is_file()}
 
@@ -687,7 +671,7 @@ class GenericReader(DatasetReader):
     Pairs come from `pairs=[(image, depth), ...]`, from a list file (root is a file with
     `image depth` per line, relative to its directory), from `color|rgb|image|images/` +
     `depth|depths/` sub-directories matched by stem, or from `X_color|X_rgb|X_image.*` +
-    `X_depth.*` files in one directory. `encoding`: a `data.sources.LabelledSpec` (scale,
+    `X_depth.*` files in one directory. `encoding`: a `formats.spec.LabelledSpec` (scale,
     offset, invalid values, bit rotation, depth or disparity, depth range) or a name in
     `DEPTH_ENCODINGS` (metres, mm, kitti, tum, redwood, sun3d, nyu_kinect). Its depth range
     is also the evaluation range unless min_depth/max_depth are given.
@@ -706,7 +690,7 @@ class GenericReader(DatasetReader):
         if isinstance(encoding, str):
             if encoding not in DEPTH_ENCODINGS:
                 raise ValueError(f"unknown depth encoding {encoding!r}: {sorted(DEPTH_ENCODINGS)}")
-            encoding = _spec(**DEPTH_ENCODINGS[encoding])
+            encoding = LabelledSpec(**DEPTH_ENCODINGS[encoding])
         kwargs.setdefault("min_depth", encoding.min_depth)
         kwargs.setdefault("max_depth", encoding.max_depth)
         super().__init__(root, **kwargs)
@@ -732,29 +716,23 @@ class GenericReader(DatasetReader):
 
     @staticmethod
     def _from_list_file(list_file: Path) -> list[tuple[Path, Path]]:
-        out = []
-        for line_no, line in enumerate(list_file.read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts or parts[0].startswith("#"):
-                continue
-            if len(parts) < 2:
-                raise ValueError(f"{list_file}:{line_no}: expected 'image depth', got {line!r}")
-            out.append((list_file.parent / parts[0], list_file.parent / parts[1]))
-        return out
+        rows = read_list_file(list_file, ("image", "depth"))
+        return [(Path(row[0]), Path(row[1])) for row in rows]
 
     @staticmethod
     def _from_directory(root: Path) -> list[tuple[Path, Path]]:
-        image_dir = next((root / d for d in _IMAGE_DIRS if (root / d).is_dir()), None)
-        depth_dir = next((root / d for d in _DEPTH_DIRS if (root / d).is_dir()), None)
+        image_dir = next((root / d for d in RGBD_IMAGE_DIRS if (root / d).is_dir()), None)
+        depth_dir = next((root / d for d in RGBD_DEPTH_DIRS if (root / d).is_dir()), None)
         if image_dir is not None and depth_dir is not None:
             images, depths = _stem_files(image_dir), _stem_files(depth_dir)
             return [(images[s], depths[s]) for s in sorted(images) if s in depths]
         files = _stem_files(root)
         out = []
         for stem, path in files.items():
-            for suffix in _IMAGE_SUFFIXES:
-                if stem.endswith(suffix) and stem[: -len(suffix)] + "_depth" in files:
-                    out.append((path, files[stem[: -len(suffix)] + "_depth"]))
+            for suffix in RGBD_IMAGE_SUFFIXES:
+                depth_stem = stem[: -len(suffix)] + RGBD_DEPTH_SUFFIX
+                if stem.endswith(suffix) and depth_stem in files:
+                    out.append((path, files[depth_stem]))
         if not out:
             raise _layout_error(
                 "generic",
@@ -766,8 +744,6 @@ class GenericReader(DatasetReader):
 
     def _load(self, entry: tuple[str, Path, Path]) -> Sample:
         name, image_path, depth_path = entry
-        from depth_anything_fast.data.sources import target_to_disparity
-
         disparity, valid = target_to_disparity(read_depth_file(depth_path), self.encoding)
         depth = np.where(valid, 1.0 / np.where(valid, disparity.astype(np.float64), 1.0), 0.0)
         return self._sample(name, image_path, self._image(image_path), depth, valid)

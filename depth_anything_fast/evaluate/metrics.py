@@ -1,4 +1,5 @@
-"""Zero-shot depth metrics with per-image alignment (REFERENCE.md §4).
+"""Zero-shot depth metrics with per-image alignment (the protocol of the Depth Anything paper,
+arXiv 2401.10891, Table 2, and of MiDaS, arXiv 1907.01341).
 
 Relative models predict *disparity* up to an unknown scale and shift. Per image, the prediction
 `p` is aligned to the ground-truth disparity `d = 1/z` by least squares over the valid pixels

@@ -1,7 +1,7 @@
 """Zero-shot relative depth numbers of the Depth Anything (V1) paper, Table 2.
 
 AbsRel (lower is better) and delta1 (higher is better), each after per-image least-squares
-scale-and-shift alignment in disparity space (REFERENCE.md §4).
+scale-and-shift alignment in disparity space (`metrics.relative_depth_metrics`).
 """
 
 from __future__ import annotations

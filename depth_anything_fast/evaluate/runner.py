@@ -1,6 +1,6 @@
 """Score a model or saved predictions on a benchmark reader.
 
-`evaluate_predictions(reader, predictions, ...)` takes either a function mapping a list of RGB
+`evaluate_predictions(reader, predictions, scoring=...)` takes either a function mapping a list of RGB
 uint8 images to a list of (H, W) predictions (e.g. `inference.Predictor.predict`) or a directory
 of saved predictions (the `pseudo-label` CLI output: `<rel>.png` 16-bit with min/max in
 `manifest*.jsonl`, or `<rel>.npy` float32), and returns per-image and mean metrics.
@@ -24,6 +24,10 @@ from depth_anything_fast.evaluate.metrics import (
     metric_depth_metrics,
     relative_depth_metrics,
 )
+from depth_anything_fast.formats.codec import decode_png16
+from depth_anything_fast.formats.manifest import read_all_records
+from depth_anything_fast.formats.spec import folder_spec
+from depth_anything_fast.models.transforms import as_tensor, resize_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +61,6 @@ class PredictionDirectory:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        from depth_anything_fast.data.sources import folder_spec
-        from depth_anything_fast.inference.manifest import read_all_records
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"predictions directory {self.root} does not exist")
@@ -146,8 +147,6 @@ class PredictionDirectory:
             return np.squeeze(np.load(stored.path)).astype(np.float32)
         if stored.lo is None or stored.hi is None:
             raise ValueError(f"{stored.path}: a 16-bit PNG prediction needs its manifest record")
-        from depth_anything_fast.inference.writers import decode_png16
-
         return decode_png16(str(stored.path), stored.lo, stored.hi)
 
 
@@ -187,6 +186,71 @@ class EvaluationResult:
         return clean(asdict(self))
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How predictions are compared with the ground truth.
+
+    Attributes:
+        predicted: what the predictions hold: "disparity" (relative models) or "depth" in
+            metres (metric models).
+        alignment: "scale_shift" (least squares on disparity; predicted depth is inverted
+            first, pixels predicted at depth <= 0 left out), or "median" / "none" (metric depth
+            compared in depth space).
+        space: where errors are computed after "scale_shift": "disparity" (the paper's Table
+            2) or "depth"; always "depth" for "median" / "none".
+    Use a name of `SCORINGS`, or `Scoring.choose` for the defaults the CLI applies.
+    """
+
+    predicted: Literal["disparity", "depth"] = "disparity"
+    alignment: Alignment = "scale_shift"
+    space: Literal["disparity", "depth"] = "disparity"
+
+    def __post_init__(self) -> None:
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
+        if self.predicted not in ("disparity", "depth"):
+            raise ValueError(f"predicted must be 'disparity' or 'depth', got {self.predicted!r}")
+        if self.space not in ("disparity", "depth"):
+            raise ValueError(f"space must be 'disparity' or 'depth', got {self.space!r}")
+        if self.alignment != "scale_shift" and self.space != "depth":
+            raise ValueError(f"alignment {self.alignment!r} scores metric depth: use space='depth'")
+        if self.alignment != "scale_shift" and self.predicted != "depth":
+            raise ValueError(
+                f"alignment {self.alignment!r} scores metric depth, but the predictions are "
+                "relative disparity (a metric model's output is predicted='depth')"
+            )
+
+    @classmethod
+    def choose(
+        cls, metric: bool, alignment: str | None = None, space: str | None = None
+    ) -> Scoring:
+        """The scoring of a relative (`metric` False) or metric model's predictions: alignment
+        default "scale_shift" for relative and "median" for metric predictions; space default
+        "disparity" after "scale_shift", else "depth"."""
+        alignment = alignment or ("median" if metric else "scale_shift")
+        space = space or ("disparity" if alignment == "scale_shift" else "depth")
+        return cls("depth" if metric else "disparity", alignment, space)  # type: ignore[arg-type]
+
+
+SCORINGS: dict[str, Scoring] = {
+    "relative": Scoring("disparity", "scale_shift", "disparity"),  # the paper's Table 2
+    "relative-depth": Scoring("disparity", "scale_shift", "depth"),
+    "metric-as-relative": Scoring("depth", "scale_shift", "disparity"),
+    "metric-as-relative-depth": Scoring("depth", "scale_shift", "depth"),
+    "metric-median": Scoring("depth", "median", "depth"),
+    "metric": Scoring("depth", "none", "depth"),
+}
+
+
+def scoring_named(scoring: str | Scoring) -> Scoring:
+    """`scoring` itself, or the preset of that name in `SCORINGS`."""
+    if isinstance(scoring, Scoring):
+        return scoring
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; expected one of {sorted(SCORINGS)}")
+    return SCORINGS[scoring]
+
+
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
     batch: list[Sample] = []
     for sample in samples:
@@ -198,18 +262,48 @@ def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
+def _prediction_store(
+    predictions: PredictFn | str | os.PathLike[str] | PredictionDirectory,
+) -> PredictionDirectory | None:
+    """The directory of saved predictions, or None for a predict function."""
+    if isinstance(predictions, PredictionDirectory):
+        return predictions
+    if isinstance(predictions, (str, os.PathLike)):
+        return PredictionDirectory(predictions)
+    if not callable(predictions):
+        raise TypeError(
+            "predictions must be a callable or a predictions directory, got "
+            f"{type(predictions).__name__}"
+        )
+    return None
+
+
+def _predict_batch(batch: list[Sample], predict: PredictFn) -> list[np.ndarray | None]:
+    """Run the model on the images of `batch` (one map per sample)."""
+    images = []
+    for s in batch:
+        if s.image is None:
+            raise ValueError(
+                f"sample {s.name} has no image (reader built with load_images=False) but a "
+                "model was given"
+            )
+        images.append(s.image)
+    outputs = list(predict(images))
+    if len(outputs) != len(batch):
+        raise ValueError(f"predict function returned {len(outputs)} maps for {len(batch)} images")
+    return outputs
+
+
 def evaluate_predictions(
     reader: Iterable[Sample],
     predictions: PredictFn | str | os.PathLike[str] | PredictionDirectory,
     *,
-    space: Literal["disparity", "depth"] = "disparity",
-    alignment: Alignment = "scale_shift",
+    scoring: str | Scoring = "relative",
     min_depth: float | None = None,
     max_depth: float | None = None,
     batch_size: int = 8,
     dataset: str | None = None,
     on_image: Callable[[dict[str, Any]], None] | None = None,
-    predicted: Literal["disparity", "depth"] = "disparity",
 ) -> EvaluationResult:
     """Score predictions on every sample of `reader`.
 
@@ -220,73 +314,48 @@ def evaluate_predictions(
             `batch_size` images at a time (e.g. `Predictor.predict`), or a directory of saved
             predictions (see `PredictionDirectory`). Predictions of another size are resized
             to the ground truth as `Predictor.predict` does (bilinear, align_corners=True).
-        space: "disparity" (paper) or "depth"; only for alignment "scale_shift".
-        alignment: "scale_shift" (relative disparity, least squares), or "median" / "none"
-            (metric depth predictions, compared in depth space).
+        scoring: a name of `SCORINGS` ("relative": the paper's aligned disparity; "metric":
+            a metric model's depth as it is; ...) or a `Scoring`.
         min_depth, max_depth: evaluation range in metres; None takes the reader's.
         dataset: name stored in the result (default: the reader's `name`).
         on_image: called with each per-image record as it is computed (progress display).
-        predicted: what the predictions hold: "disparity" (relative models) or "depth" in
-            metres (metric models). Alignments "median"/"none" need depth; "scale_shift" takes
-            either (depth is inverted first; pixels predicted at depth <= 0 are left out).
     Returns:
         `EvaluationResult`. Raises ValueError if no image could be scored.
     """
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    if predicted not in ("disparity", "depth"):
-        raise ValueError(f"predicted must be 'disparity' or 'depth', got {predicted!r}")
-    if alignment != "scale_shift" and space != "depth":
-        raise ValueError(f"alignment {alignment!r} scores metric depth: use space='depth'")
-    if alignment != "scale_shift" and predicted != "depth":
-        raise ValueError(
-            f"alignment {alignment!r} scores metric depth, but the predictions are relative "
-            "disparity (a metric model's output is predicted='depth')"
-        )
+    how = scoring_named(scoring)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     min_depth = getattr(reader, "min_depth", None) if min_depth is None else min_depth
     max_depth = getattr(reader, "max_depth", None) if max_depth is None else max_depth
-    store: PredictionDirectory | None = None
-    if isinstance(predictions, PredictionDirectory):
-        store = predictions
-    elif isinstance(predictions, (str, os.PathLike)):
-        store = PredictionDirectory(predictions)
-    elif not callable(predictions):
-        raise TypeError(
-            "predictions must be a callable or a predictions directory, got "
-            f"{type(predictions).__name__}"
-        )
-
+    store = _prediction_store(predictions)
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     for batch in _batches(reader, batch_size):
         if store is not None:
-            outputs: list[np.ndarray | None] = [store.load(s) for s in batch]
+            outputs = [store.load(s) for s in batch]
         else:
-            images = []
-            for s in batch:
-                if s.image is None:
-                    raise ValueError(
-                        f"sample {s.name} has no image (reader built with "
-                        "load_images=False) but a model was given"
-                    )
-                images.append(s.image)
-            outputs = list(predictions(images))  # type: ignore[operator]
-            if len(outputs) != len(batch):
-                raise ValueError(
-                    f"predict function returned {len(outputs)} maps for {len(batch)} images"
-                )
+            outputs = _predict_batch(batch, predictions)  # type: ignore[arg-type]
         for sample, prediction in zip(batch, outputs):
             if prediction is None:
                 missing.append(sample.name)
                 continue
-            rows.append(
-                _score(sample, prediction, space, alignment, min_depth, max_depth, predicted)
-            )
+            rows.append(_score(sample, prediction, how, min_depth, max_depth))
             if on_image is not None:
                 on_image(rows[-1])
+    dataset = dataset or getattr(reader, "name", "") or type(reader).__name__
+    return _summary(dataset, rows, missing, how, min_depth, max_depth)
 
+
+def _summary(
+    dataset: str,
+    rows: list[dict[str, Any]],
+    missing: list[str],
+    how: Scoring,
+    min_depth: float | None,
+    max_depth: float | None,
+) -> EvaluationResult:
+    """The result of the scored `rows`; warns about missing and degenerate images. Raises
+    ValueError when none could be scored."""
     if missing:
         logger.warning("%d images have no prediction (first: %s)", len(missing), missing[0])
     summary = mean_metrics(rows)
@@ -299,9 +368,9 @@ def evaluate_predictions(
     for entry in degenerate:
         logger.warning("excluded %s: %s", entry["name"], entry["reason"])
     return EvaluationResult(
-        dataset=dataset or getattr(reader, "name", "") or type(reader).__name__,
-        space=space,
-        alignment=alignment,
+        dataset=dataset,
+        space=how.space,
+        alignment=how.alignment,
         min_depth=min_depth,
         max_depth=max_depth,
         mean={k: summary[k] for k in METRIC_NAMES},
@@ -316,11 +385,9 @@ def evaluate_predictions(
 def _score(
     sample: Sample,
     prediction: np.ndarray,
-    space: Literal["disparity", "depth"],
-    alignment: str,
+    how: Scoring,
     min_depth: float | None,
     max_depth: float | None,
-    predicted: str,
 ) -> dict[str, Any]:
     """Metrics record of one sample."""
     prediction = np.squeeze(np.asarray(prediction, dtype=np.float32))
@@ -328,23 +395,21 @@ def _score(
         raise ValueError(f"{sample.name}: prediction must be (H, W), got shape {prediction.shape}")
     record: dict[str, Any] = {"name": sample.name}
     if prediction.shape != sample.depth.shape:
-        from depth_anything_fast.models.transforms import as_tensor, resize_prediction
-
         # the Predictor's own resize back to the input size: a map stored at network size
         # (pseudo-label's default) scores exactly as the same model run in-process
         record["resized_from"] = list(prediction.shape)
         resized = resize_prediction(as_tensor(prediction)[None], sample.depth.shape)
         prediction = resized[0].numpy()
-    if alignment == "scale_shift":
+    if how.alignment == "scale_shift":
         mask = sample.mask
-        if predicted == "depth":  # relative metrics align disparity
+        if how.predicted == "depth":  # relative metrics align disparity
             mask = mask & (prediction > 0)
             prediction = np.where(prediction > 0, 1.0 / np.maximum(prediction, 1e-12), 0.0)
         metrics = relative_depth_metrics(
             prediction,
             sample.depth,
             mask,
-            space=space,
+            space=how.space,
             min_depth=min_depth,
             max_depth=max_depth,
         )
@@ -353,7 +418,7 @@ def _score(
             prediction,
             sample.depth,
             sample.mask,
-            alignment=alignment,  # type: ignore[arg-type]
+            alignment=how.alignment,  # type: ignore[arg-type]
             min_depth=min_depth,
             max_depth=max_depth,
         )

@@ -11,11 +11,12 @@ Outputs: DST/<input path relative to SRC, extension replaced>.png (16-bit; code 
 to the manifest's min..max disparity) or .npy (float32), or tar shards (--format webdataset);
 DST/manifest.jsonl (input, output, shape, min, max, checksum) and DST/errors.jsonl; under
 torchrun one manifest.rank{r}.jsonl / errors.rank{r}.jsonl per rank, each rank a disjoint shard.
-Rerunning with the same arguments resumes (finished outputs are skipped). Ctrl-C stops after the
-current batch with the manifest flushed.
+Rerunning with the same arguments resumes (finished outputs are skipped); other weights (by
+content) or settings are refused unless --overwrite. Ctrl-C stops after the current batch with
+the manifest flushed; a second Ctrl-C aborts at once. A disk that fills up stops the run at once.
 Precision "auto": bf16 autocast on CUDA, fp32 on CPU.
 Exit status: 0 all done, 1 some inputs failed (see the errors file), 2 usage error,
-130 interrupted."""
+3 stopped because outputs could not be written (disk full, read-only), 130 interrupted."""
 
 
 # The Predictor's options, as CLI flags; `evaluate` takes the same ones.
@@ -40,9 +41,28 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument(
         "--weights",
-        help="checkpoint: an official Depth Anything V1/V2 .pth or a converted checkpoint",
+        help="checkpoint: an official Depth Anything V1/V2 .pth, a transformers or converted "
+        "checkpoint, or a Hugging Face Hub repo id org/name[@revision] "
+        "(e.g. depth-anything/Depth-Anything-V2-Small-hf)",
+    )
+    parser.add_argument(
+        "--version", choices=("v1", "v2"), default=None,
+        help="Depth Anything version of a checkpoint whose name does not say (V1 and V2 files "
+        "hold the same tensors; default: from the file name, else v2 with a warning)",
+    )
+    parser.add_argument(
+        "--metric", action="store_true", default=None,
+        help="the checkpoint is a metric-depth model (default: from the file name or config)",
+    )
+    parser.add_argument(
+        "--max-depth", type=float, default=None,
+        help="metric models: depth range in metres (20 indoor, 80 outdoor)",
     )
     add_predictor_options(parser, batch_size=batch_size)
+
+
+def _model_hints(args: argparse.Namespace) -> dict[str, Any]:
+    return {"version": args.version, "metric": args.metric, "max_depth": args.max_depth}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -71,6 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--backend", choices=("auto", "dali", "pil"), default="auto")
     p.add_argument("--verify-checksum", action="store_true", help="checksum outputs when resuming")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="label everything again in an output folder made with other weights or settings "
+        "(its manifests are replaced; single process)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_pseudo_label)
 
@@ -87,6 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     q.add_argument("--grayscale", action="store_true")
     q.add_argument("--pred-only", action="store_true")
     q.add_argument("--save-npy", action="store_true", help="also save raw disparity as .npy")
+    q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=_run_predict)
 
 
@@ -113,17 +139,25 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             **predictor_options(args),
+            **_model_hints(args),
             format=args.format,
             original_size=args.original_size,
             num_workers=args.num_workers,
             writer_threads=args.writer_threads,
             backend=args.backend,
             verify_checksum=args.verify_checksum,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\naborted: the outputs written are complete (with their manifest lines); rerun "
+              "the same command to resume", file=sys.stderr)
+        return 130
     if summary is not None:
+        if summary.error:
+            print(f"error: {summary.error}", file=sys.stderr)
         print(summary.line(), flush=True)
     if not distributed:
         return 2 if summary is None else summary.exit_code
@@ -151,9 +185,10 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
 
 def _init_process_group() -> bool:
     """Join torchrun's process group (gloo, only used to combine the ranks' summaries)."""
-    import os
+    from depth_anything_fast.runtime import launch_env
 
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or "MASTER_ADDR" not in os.environ:
+    env = launch_env()
+    if env.world_size <= 1 or not env.has_rendezvous:
         return False
     from datetime import timedelta
 
@@ -168,22 +203,37 @@ def _init_process_group() -> bool:
 def _run_predict(args: argparse.Namespace) -> int:
     if not args.weights:
         return _no_weights()
-    from depth_anything_fast.inference.predict import predict_files
+    import time
 
+    from depth_anything_fast.inference.predict import predict_files
+    from depth_anything_fast.inference.writers import OutputWriteError
+
+    start = time.perf_counter()
     try:
         written, failed = predict_files(
             args.weights,
             args.inputs,
             args.outdir,
             **predictor_options(args),
+            **_model_hints(args),
             grayscale=args.grayscale,
             pred_only=args.pred_only,
             save_npy=args.save_npy,
+            progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OutputWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted: the images written are complete", file=sys.stderr)
+        return 130
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"{len(written)} written to {args.outdir}, {len(failed)} failed", flush=True)
+    seconds = time.perf_counter() - start
+    print(f"{len(written)} written to {args.outdir}, {len(failed)} failed in {seconds:.1f}s "
+          f"({len(written) / max(seconds, 1e-9):.2f} images/s, model loading included)",
+          flush=True)
     return 1 if failed else 0

@@ -7,8 +7,9 @@ with AMX/AVX512-BF16 and is slower than fp32 elsewhere. Pass `precision` to over
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,20 +23,49 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or the first CUDA device when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, or the first CUDA device when available, else CPU. ValueError for a device
+    this torch cannot use (a CUDA device on a CPU-only build or without a visible GPU)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: not a torch device ({err})") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None \
+                else "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: {build}; use --device cpu (or leave it out)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast
+    emulates it and runs several times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False  # unknown: the warning below errs on the side of saying so
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "auto" -> "bf16" on CUDA, "fp32" elsewhere; other values are validated and returned."""
+    """ "auto" -> "bf16" on CUDA, "fp32" elsewhere; other values are validated and returned
+    (bf16 on a CPU without native bf16 with a warning: it is slower there than fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision fp16 is not supported on CPU; use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning("precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX) is "
+                       "emulated and several times slower than fp32; --precision auto picks "
+                       "fp32 on the CPU")
     return precision
 
 
@@ -43,7 +73,9 @@ class Predictor:
     """Runs a `DepthAnything` model on batches.
 
     Args:
-        model: a `DepthAnything` (moved to `device`, set to eval, gradients off).
+        model: a `DepthAnything`, moved to `device`. Each forward runs in eval mode under
+            `torch.inference_mode`; the model's train/eval flags and `requires_grad` are left
+            as the caller set them (a training loop can validate with its own model).
         batch_size: images per forward pass in `predict`.
         precision: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (CUDA only) or "fp32".
         compile: wrap the model in `torch.compile(dynamic=False)`; one graph per bucket shape.
@@ -72,7 +104,7 @@ class Predictor:
         self.batch_size = batch_size
         self.input_size = input_size
         self.resize = resize
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model = model.to(self.device)
         self._forward: torch.nn.Module = self.model
         if compile:
             import torch._dynamo
@@ -104,11 +136,23 @@ class Predictor:
             batch = batch.pin_memory()
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         with (
+            self._eval_mode(),
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "fp32"),
         ):
             out = self._forward(x)
         return out.float()
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode for one forward; every submodule's own flag is restored afterwards."""
+        training = [m for m in self.model.modules() if m.training]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module in training:
+                module.training = True  # not train(): that would also switch its children
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images (H, W, 3), any sizes -> disparity float32 (H, W) each, original size.
@@ -140,7 +184,8 @@ class Predictor:
 
 
 MISSING_WEIGHTS_MESSAGE = """\
-no weights given: pass --weights PATH.
+no weights given: pass --weights PATH or a Hugging Face Hub repo id, e.g.
+--weights depth-anything/Depth-Anything-V2-Small (needs the `hub` extra).
 Official checkpoints: Depth Anything V2 on the Hugging Face hub, e.g.
   https://huggingface.co/depth-anything/Depth-Anything-V2-Small/resolve/main/depth_anything_v2_vits.pth
   (also -Base/vitb, -Large/vitl; V1: https://huggingface.co/LiheYoung/depth_anything_vitl14 and

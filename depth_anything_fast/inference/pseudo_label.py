@@ -12,32 +12,44 @@ Pipeline (one process per rank):
 Resume: every rank reads all manifests in the output directory, keeps the records whose output
 still exists with the recorded size (or checksum with `verify_checksum=True`) and skips those
 inputs. Sharding (`items[rank::world_size]` of the sorted input list) happens before that
-filtering so all ranks agree on it however far each has got.
+filtering so all ranks agree on it however far each has got. `run_config.json` holds the
+weights' sha256 and the settings that change the outputs: a rerun with other weights (also new
+weights copied over the old file) or settings is refused unless `overwrite`. A lock file per
+rank refuses a second run writing the same rank's outputs at the same time.
+
+Faults: the output folder is checked (a folder, writable, room for an output) before the model
+runs; a disk that fills up or turns read-only stops the run at once with the reason in the
+`Summary`, leaving complete outputs, their manifest lines and no temporary file.
 
 Counts in the `Summary`: `succeeded` = written in this run, `skipped` = already finished before
-this run, `failed` = inputs that could not be decoded, predicted or written (listed with the
-reason in `errors.jsonl` / `errors.rank{r}.jsonl`).
+this run, `failed` = inputs that could not be decoded, predicted or written, and listed files
+that do not exist (each with the reason in `errors.jsonl` / `errors.rank{r}.jsonl`),
+`unsupported` = files of the input folder that are not supported images (listed there too, not
+failures); `error` = why the run stopped early (outputs could not be written).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
 import queue
-import signal
+import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from depth_anything_fast.inference.manifest import (
+from depth_anything_fast.formats.codec import FORMATS, encode, output_suffix, stored_spec
+from depth_anything_fast.formats.manifest import (
+    MANIFEST_GLOB,
     ErrorLog,
     Manifest,
     ManifestRecord,
@@ -48,23 +60,24 @@ from depth_anything_fast.inference.manifest import (
 )
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.writers import (
-    FORMATS,
     BackgroundWriter,
     TarShardWriter,
     atomic_write,
-    encode,
-    output_suffix,
+    check_output_dir,
+    is_fatal_write_error,
+    make_output_dir,
     remove_stale_temporaries,
-    stored_spec,
 )
+from depth_anything_fast.runtime import StopSignals, launch_env
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
-# options that change the stored values or names: a resumed run must use the same ones
-_RESUME_KEYS = ("weights", "input_size", "resize", "format", "original_size")
+# what changes the stored values or names: a resumed run must have the same (the weights by
+# content: new weights copied over the old file must not pass for the old ones)
+_RESUME_KEYS = ("weights_sha256", "model", "input_size", "resize", "format", "original_size")
 
-EXIT_OK, EXIT_FAILURES, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_FAILURES, EXIT_OUTPUT_ERROR, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 
 @dataclass
@@ -79,6 +92,8 @@ class Summary:
     elapsed_s: float
     rank: int = 0
     world_size: int = 1
+    unsupported: int = 0  # files of the input folder that are not supported images
+    error: str | None = None  # why the run stopped early (outputs could not be written)
 
     @property
     def images_per_s(self) -> float:
@@ -86,7 +101,10 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """0 all done, 1 some inputs failed, 130 interrupted (the CLI's exit status)."""
+        """0 all done, 1 some inputs failed, 3 stopped by an output error (disk full,
+        read-only), 130 interrupted (the CLI's exit status)."""
+        if self.error:
+            return EXIT_OUTPUT_ERROR
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_FAILURES if self.failed else EXIT_OK
@@ -95,10 +113,12 @@ class Summary:
         """One-line report; `who` prefixes it (default "rank r/w: " under several ranks)."""
         if who is None:
             who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
-        state = "interrupted, " if self.interrupted else ""
+        state = f"stopped ({self.error}), " if self.error else (
+            "interrupted, " if self.interrupted else "")
+        other = f", {self.unsupported} unsupported files skipped" if self.unsupported else ""
         return (
             f"{who}{state}{self.succeeded} succeeded, {self.skipped} skipped (already done), "
-            f"{self.failed} failed of {self.total} in {self.elapsed_s:.1f}s "
+            f"{self.failed} failed of {self.total}{other} in {self.elapsed_s:.1f}s "
             f"({self.images_per_s:.2f} images/s)"
         )
 
@@ -126,16 +146,12 @@ class Options:
     prefetch: int = 2  # batches decoded ahead of the model
     progress: bool = False
     handle_signals: bool = True  # first SIGINT/SIGTERM stops cleanly (main thread only)
-
-
-def distributed_rank() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from the torchrun environment, (0, 1, 0) without it."""
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if not 0 <= rank < world:
-        raise ValueError(f"invalid RANK={rank} for WORLD_SIZE={world}")
-    return rank, world, local
+    # start afresh in an output folder made with other weights or settings (single process)
+    overwrite: bool = False
+    # architecture hints for checkpoints that do not say (`DepthAnything.from_pretrained`)
+    version: str | None = None
+    metric: bool | None = None
+    max_depth: float | None = None
 
 
 def default_threads(device: torch.device) -> tuple[int, int]:
@@ -146,7 +162,7 @@ def default_threads(device: torch.device) -> tuple[int, int]:
     if device.type != "cuda":
         return 2, 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    local_ranks = launch_env().local_world_size
     share = max(2, min(16, (cores or 2) // max(1, local_ranks)))
     return share, max(2, share // 2)
 
@@ -157,16 +173,18 @@ def combine_summaries(summary: Summary) -> Summary:
     import torch.distributed as dist
 
     counts = torch.tensor(
-        [summary.total, summary.succeeded, summary.skipped, summary.failed, summary.interrupted],
+        [summary.total, summary.succeeded, summary.skipped, summary.failed, summary.interrupted,
+         summary.unsupported, summary.error is not None],
         dtype=torch.float64,
     )
     elapsed = torch.tensor([summary.elapsed_s], dtype=torch.float64)
     dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-    total, succeeded, skipped, failed, interrupted = (int(v) for v in counts.tolist())
-    return Summary(
-        total, succeeded, skipped, failed, interrupted > 0, float(elapsed), 0, summary.world_size
-    )
+    total, succeeded, skipped, failed, interrupted, unsupported, errors = (
+        int(v) for v in counts.tolist())
+    error = f"{errors} ranks could not write their outputs" if errors else None
+    return Summary(total, succeeded, skipped, failed, interrupted > 0, float(elapsed), 0,
+                   summary.world_size, unsupported, error)
 
 
 def _listing_root(src: str, paths: list[str]) -> str:
@@ -199,7 +217,7 @@ def output_names(src: str, paths: list[str], suffix: str) -> list[str]:
     `a.jpg.png`, `a.png.png`. Raises ValueError if names still collide (same member in two
     shards) or a name would leave the output directory (a tar member `../x.jpg`).
     """
-    from depth_anything_fast.data.sources import TAR_SEP
+    from depth_anything_fast.formats.paths import TAR_SEP
 
     files = [p for p in paths if TAR_SEP not in p]
     root = _listing_root(src, files) if files else ""
@@ -231,22 +249,88 @@ def check_unique_names(names: list[str]) -> None:
         raise ValueError(f"several inputs map to the output names {duplicates[:5]}; rename them")
 
 
-def _check_run_config(output_dir: Path, config: dict[str, Any]) -> None:
-    """Refuse to mix outputs of different settings in one directory; record them otherwise."""
+def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Module) -> str:
+    """`"sha256:<hex>"` of the weights' content: the file's bytes (a directory: each regular
+    file's name and bytes, sorted by name), or a model's state dict (names, dtypes, shapes,
+    values)."""
+    digest = hashlib.sha256()
+    if isinstance(weights_or_model, torch.nn.Module):
+        for name, tensor in weights_or_model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return "sha256:" + digest.hexdigest()
+    path = Path(weights_or_model)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():  # the file's own name is not content (a moved file is the same)
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _check_run_config(output_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix outputs of other weights or settings in one directory (or, with
+    `overwrite`, forget the earlier run's records); record this run's settings."""
     path = output_dir / RUN_CONFIG
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {
-            k: (previous.get(k), config[k]) for k in _RESUME_KEYS if previous.get(k) != config[k]
-        }
+    if path.exists() and not overwrite:
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); --overwrite starts afresh") \
+                from None
+        changed = {k: (previous.get(k), config[k]) for k in _RESUME_KEYS
+                   if previous.get(k) != config[k]}
+        if "weights_sha256" in changed:
+            raise ValueError(
+                f"{output_dir} holds labels made by other weights (then {previous.get('weights')}"
+                f", {previous.get('weights_sha256')}; now {config['weights']}, "
+                f"{config['weights_sha256']}): use another --output, the original weights, or "
+                "--overwrite to label everything again")
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise ValueError(
-                f"{output_dir} holds outputs made with other settings ({detail}); "
-                "use another --output directory or the original settings"
-            )
+                f"{output_dir} holds outputs made with other settings ({detail}); use another "
+                "--output directory, the original settings, or --overwrite")
         return
+    if overwrite:
+        # the old records must not vouch for old files under names this run may not rewrite
+        for old in [*output_dir.glob(MANIFEST_GLOB), *output_dir.glob("errors*.jsonl")]:
+            old.unlink()
     atomic_write(path, (json.dumps(config, indent=1) + "\n").encode(), rank=int(os.getpid()))
+
+
+class _OutputLock:
+    """An exclusive lock on `<output>/.lock.r<rank>` (released when the process ends, also by
+    a kill): a second run into the same folder and rank is refused instead of repeating the
+    work and the manifest lines."""
+
+    def __init__(self, output_dir: Path, rank: int) -> None:
+        self.path = output_dir / f".lock.r{rank}"
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"another pseudo-label run (pid {holder}) is writing rank {rank}'s outputs into "
+                f"{output_dir}: wait for it to finish, or use another --output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Prefetcher:
@@ -295,27 +379,6 @@ class _Prefetcher:
         self._thread.join(timeout=5)
 
 
-class _StopFlag:
-    """Set by the first SIGINT/SIGTERM; a second SIGINT raises KeyboardInterrupt."""
-
-    def __init__(self, install: bool) -> None:
-        self.is_set = False
-        self._previous: dict[int, Any] = {}
-        if install and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.is_set and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.is_set = True
-        logger.warning("stopping after the current batch (signal %d); again to abort", signum)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def pseudo_label(
     weights_or_model: str | os.PathLike[str] | torch.nn.Module | None,
     input: str | os.PathLike[str],
@@ -329,141 +392,274 @@ def pseudo_label(
         weights_or_model: checkpoint path (any format `DepthAnything.from_pretrained` reads) or a
             model. None raises ValueError saying where to get official checkpoints.
         input: directory (recursive), list file, glob or webdataset .tar shards
-            (`depth_anything_fast.data.sources.list_images`).
+            (`depth_anything_fast.formats.images.list_images`).
         output: output directory. Layout: `<relative input path without ext>.png` (16-bit,
             codes 0..65535 = manifest min..max; metric models: min 0, max = max_depth for every
             map) or `.npy` (float32), or for format "webdataset" `shard-r<rank>-<index>.tar`
             with members named like the files; `manifest.jsonl` / `manifest.rank{r}.jsonl`,
-            `errors.jsonl` / `errors.rank{r}.jsonl`, `run_config.json`, and `spec.json` (the
-            `LabelledSpec` that reads the maps back as training targets: kind "disparity", or
-            "depth" for a metric model).
+            `errors.jsonl` / `errors.rank{r}.jsonl` (absolute input paths: inputs that failed,
+            listed files that are missing, and files of the input folder that are not supported
+            images), `run_config.json` (the weights' sha256 and the settings a rerun must
+            match), and `spec.json` (the `LabelledSpec` that reads the maps back as training
+            targets: kind "disparity", or "depth" for a metric model).
         **options: fields of `Options`.
 
     Returns:
         This rank's `Summary`. Stored maps have the network resolution (the resize rule's
-        (h, w), multiples of 14) unless `original_size=True`.
+        (h, w), multiples of 14) unless `original_size=True`. A disk that fills up (or turns
+        read-only) stops the run at once: `Summary.error` says so, no temporary file is left.
+
+    Raises:
+        ValueError: bad options, an output folder that cannot be written or is in use by
+            another run, or that holds labels of other weights or settings.
+        FileNotFoundError: no images in `input`.
     """
-    from depth_anything_fast.data import inference_loader
-    from depth_anything_fast.data.sources import SPEC_FILE, list_images
-    from depth_anything_fast.models.transforms import resize_prediction
+    from depth_anything_fast.formats.spec import SPEC_FILE
 
     opts = Options(**options)
     if opts.format not in FORMATS:
         raise ValueError(f"unknown format {opts.format!r}; expected one of {FORMATS}")
-    env_rank, env_world, local_rank = distributed_rank()
-    rank = env_rank if opts.rank is None else opts.rank
-    world = env_world if opts.world_size is None else opts.world_size
+    env = launch_env()
+    rank = env.rank if opts.rank is None else opts.rank
+    world = env.world_size if opts.world_size is None else opts.world_size
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} out of range for world_size {world}")
+    if opts.overwrite and world > 1:
+        raise ValueError("--overwrite runs in a single process (ranks would remove each "
+                         "other's records); clear the folder or use a new --output instead")
     device = opts.device
     if device is None and torch.cuda.is_available():
-        device = f"cuda:{local_rank % torch.cuda.device_count()}"
+        device = f"cuda:{env.local_rank % torch.cuda.device_count()}"
 
     src = os.fspath(input)
     output_dir = Path(output)
-    model = load_model(weights_or_model)  # before any output is touched: fail fast
-    # outputs written inside the source tree are not inputs of a rerun
-    out_abs = os.path.abspath(output_dir) + os.sep
-    paths = sorted(p for p in list_images(src) if not os.path.abspath(p).startswith(out_abs))
-    if not paths:
-        raise FileNotFoundError(f"no images found in {src}")
+    check_output_dir(output_dir)  # before the model is loaded or anything is written
+    hints = {k: v for k, v in (("version", opts.version), ("metric", opts.metric),
+                               ("max_depth", opts.max_depth)) if v is not None}
+    model = load_model(weights_or_model, **hints)
+    paths, missing, unsupported = _list_inputs(src, output_dir)
     names = output_names(src, paths, output_suffix(opts.format))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    weights_id = (
-        os.path.abspath(os.fspath(weights_or_model))
-        if isinstance(weights_or_model, (str, os.PathLike))
-        else type(weights_or_model).__name__
-    )
-    run_config = {
-        "weights": weights_id,
-        **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
-    }
-    _check_run_config(output_dir, run_config)
-    # how data.LabelledSource (training) and evaluate read the outputs back
-    depth_range = metric_max_depth(model)
-    atomic_write(output_dir / SPEC_FILE, stored_spec(opts.format, depth_range).dumps().encode(), rank)
+    make_output_dir(output_dir, rank, min_free=_map_bytes(opts))
+    lock = _OutputLock(output_dir, rank)
+    try:
+        # a local file is hashed as stored; a module or a Hub repo id (as written) by the
+        # loaded state dict
+        source: str | torch.nn.Module = model
+        weights_id = type(model).__name__
+        if isinstance(weights_or_model, (str, os.PathLike)):
+            weights_id = os.fspath(weights_or_model)
+            if os.path.exists(weights_id):
+                weights_id = source = os.path.abspath(weights_id)
+        config = getattr(model, "config", None)
+        run_config = {
+            "weights": weights_id,
+            "weights_sha256": weights_fingerprint(source),
+            "model": config.to_dict() if hasattr(config, "to_dict") else None,
+            **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
+        }
+        _check_run_config(output_dir, run_config, opts.overwrite)
+        # how data.LabelledSource (training) and evaluate read the outputs back
+        depth_range = metric_max_depth(model)
+        atomic_write(output_dir / SPEC_FILE, stored_spec(opts.format, depth_range).dumps().encode(),
+                     rank)
+        remove_stale_temporaries(output_dir, rank)
+        mine = list(zip(paths, names, strict=True))[rank::world]
+        listing = (missing, unsupported) if rank == 0 else ([], [])  # recorded once
+        return _label(model, mine, output_dir, opts, rank, world, device, depth_range, listing)
+    finally:
+        lock.release()
 
-    mine = list(zip(paths, names, strict=True))[rank::world]
 
-    remove_stale_temporaries(output_dir, rank)
+def _list_inputs(src: str, output_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """(images, listed files that do not exist, files of an input folder that are not
+    supported images); outputs written inside the input tree are not inputs of a rerun."""
+    from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, list_images
+    from depth_anything_fast.formats.paths import TAR_SEP
+
+    out_abs = os.path.abspath(output_dir) + os.sep
+
+    def outside(path: str) -> bool:
+        return not os.path.abspath(path).startswith(out_abs)
+
+    listed = [p for p in list_images(src) if outside(p)]
+    missing = [p for p in listed if TAR_SEP not in p and not os.path.isfile(p)]
+    unsupported = []
+    if os.path.isdir(src):
+        for dirpath, _, files in os.walk(src):
+            unsupported += [os.path.join(dirpath, f) for f in files
+                            if not f.startswith(".") and not f.lower().endswith(IMAGE_EXTENSIONS)
+                            and outside(os.path.join(dirpath, f))]
+    paths = sorted(set(listed) - set(missing))
+    if not paths:
+        gone = f" ({len(missing)} listed files do not exist)" if missing else ""
+        raise FileNotFoundError(f"no images found in {src}{gone}")
+    return paths, sorted(missing), sorted(unsupported)
+
+
+def _map_bytes(opts: Options) -> int:
+    """About the size of one stored map at the network resolution (4:3 images)."""
+    per_pixel = 4 if opts.format == "npy" else 2
+    return int(opts.input_size * opts.input_size * 4 / 3 * per_pixel)
+
+
+def _label(
+    model: torch.nn.Module,
+    mine: list[tuple[str, str]],
+    output_dir: Path,
+    opts: Options,
+    rank: int,
+    world: int,
+    device: str | None,
+    depth_range: float | None,
+    listing: tuple[list[str], list[str]],
+) -> Summary:
+    """Predict and write this rank's share `mine` of (input, output name) pairs."""
+    from depth_anything_fast.formats.images import IMAGE_EXTENSIONS
+
     finished = finished_records(output_dir, verify_checksum=opts.verify_checksum)
     # an output's name without its shard: the same item whatever tar shard holds it
     done = {record.member or key for key, record in finished.items()}
     todo = [(p, n) for p, n in mine if n not in done]
-    skipped = len(mine) - len(todo)
-    name_of = dict(todo)
-
-    predictor = Predictor(
-        model,
-        batch_size=opts.batch_size,
-        precision=opts.precision,
-        compile=opts.compile,
-        input_size=opts.input_size,
-        resize=opts.resize,
-        device=device,
-    )
+    need, free = len(todo) * _map_bytes(opts), shutil.disk_usage(output_dir).free
+    if need > free:
+        logger.warning("%s: %.0f MB free, the %d outputs to write need about %.0f MB: the run "
+                       "will stop when the disk is full", output_dir, free / 1e6, len(todo),
+                       need / 1e6)
+    predictor = Predictor(model, batch_size=opts.batch_size, precision=opts.precision,
+                          compile=opts.compile, input_size=opts.input_size, resize=opts.resize,
+                          device=device)
     manifest = Manifest(output_dir / manifest_name(rank, world))
     errors = ErrorLog(output_dir / errors_name(rank, world))
-    succeeded = 0
-    count_lock = threading.Lock()
-
-    def on_done(record: ManifestRecord) -> None:
-        nonlocal succeeded
-        manifest.add(record)
-        with count_lock:
-            succeeded += 1
-
-    def on_write_error(path: str, reason: str) -> None:
-        errors.add(path, reason, "write")
-
-    use_tar = opts.format == "webdataset"
-    decode_threads, write_threads = default_threads(predictor.device)
-    if opts.num_workers is not None:
-        decode_threads = opts.num_workers
-    if opts.writer_threads is not None:
-        write_threads = opts.writer_threads
-    writer = BackgroundWriter(write_threads, on_done, on_write_error)
-    tar_lock = threading.Lock()
-    tar = TarShardWriter(
-        output_dir, f"shard-r{rank}", on_done, rank=rank, max_members=opts.shard_size
+    missing, unsupported = listing
+    start = time.perf_counter()
+    stop = StopSignals(install=opts.handle_signals, what="after the current batch")
+    try:
+        for path in missing:
+            errors.add(path, "file not found (listed in the input)", "list")
+        for path in unsupported:
+            errors.add(path, f"not a supported image type; supported: {' '.join(IMAGE_EXTENSIONS)}",
+                       "list", count=False)
+        with stop:
+            succeeded, fatal = _predict_and_write(predictor, todo, output_dir, opts, rank,
+                                                  depth_range, manifest, errors, stop)
+    except OSError as exc:  # the errors file could not be written
+        if not is_fatal_write_error(exc):
+            raise
+        succeeded, fatal = 0, exc
+    finally:
+        manifest.close()
+        errors.close()
+    error = None
+    if fatal is not None:
+        remove_stale_temporaries(output_dir, rank)
+        error = (f"cannot write to {output_dir}: {fatal.strerror or fatal}; the outputs written "
+                 "are complete and a rerun resumes")
+    return Summary(
+        total=len(mine) + len(missing),
+        succeeded=succeeded,
+        skipped=len(mine) - len(todo),
+        failed=errors.count,
+        interrupted=stop.requested,
+        elapsed_s=time.perf_counter() - start,
+        rank=rank,
+        world_size=world,
+        unsupported=len(unsupported),
+        error=error,
     )
 
-    def make_job(
-        path: str, disparity: torch.Tensor, ready: torch.cuda.Event | None
-    ) -> Callable[[], ManifestRecord | None]:
-        def job() -> ManifestRecord | None:
-            if ready is not None:
-                ready.synchronize()
-            encoded = encode(disparity.numpy(), opts.format, depth_range)
-            record = ManifestRecord(
-                # absolute: the manifest is read back (data.sources) from any working directory
-                input=os.path.abspath(path),
-                output=name_of[path],
-                shape=list(encoded.shape),
-                min=encoded.min,
-                max=encoded.max,
-                checksum=checksum(encoded.data),
-                bytes=len(encoded.data),
-                format=opts.format,
-            )
-            if use_tar:
-                with tar_lock:
-                    tar.add(name_of[path], encoded.data, record)  # reported when the shard closes
-                return None
-            atomic_write(output_dir / name_of[path], encoded.data, rank)
-            return record
 
-        return job
+class _OutputSink:
+    """Encodes and writes predicted maps on background threads (files or tar shards) and
+    appends their manifest lines; `fatal` holds a write error that stops the run."""
 
+    def __init__(self, output_dir: Path, names: dict[str, str], opts: Options, rank: int,
+                 depth_range: float | None, manifest: Manifest, errors: ErrorLog,
+                 threads: int) -> None:
+        self.output_dir, self.names, self.opts, self.rank = output_dir, names, opts, rank
+        self.depth_range, self.manifest = depth_range, manifest
+        self.succeeded = 0
+        self._count_lock, self._tar_lock = threading.Lock(), threading.Lock()
+        self._writer = BackgroundWriter(threads, self._done,
+                                        lambda path, reason: errors.add(path, reason, "write"))
+        self._tar = (TarShardWriter(output_dir, f"shard-r{rank}", self._done, rank=rank,
+                                    max_members=opts.shard_size)
+                     if opts.format == "webdataset" else None)
+        self.fatal: OSError | None = None
+
+    def _done(self, record: ManifestRecord) -> None:
+        self.manifest.add(record)
+        with self._count_lock:
+            self.succeeded += 1
+
+    @property
+    def stopped(self) -> bool:
+        return self.fatal is not None or self._writer.fatal is not None
+
+    def submit(self, path: str, disparity: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+        """Queue the map of input `path` (on the host; `ready` is set once it is there)."""
+        self._writer.submit(path, lambda: self._write(path, disparity, ready))
+
+    def _write(self, path: str, disparity: torch.Tensor,
+               ready: torch.cuda.Event | None) -> ManifestRecord | None:
+        if ready is not None:
+            ready.synchronize()
+        encoded = encode(disparity.numpy(), self.opts.format, self.depth_range)
+        name = self.names[path]
+        record = ManifestRecord(
+            # absolute: the manifest is read back (data.sources) from any working directory
+            input=os.path.abspath(path), output=name, shape=list(encoded.shape),
+            min=encoded.min, max=encoded.max, checksum=checksum(encoded.data),
+            bytes=len(encoded.data), format=self.opts.format,
+        )
+        if self._tar is not None:
+            with self._tar_lock:
+                self._tar.add(name, encoded.data, record)  # reported when the shard closes
+            return None
+        atomic_write(self.output_dir / name, encoded.data, self.rank)
+        return record
+
+    def close(self) -> OSError | None:
+        """Wait for every write; close the open tar shard (dropped after a fatal error).
+        Returns the fatal write error, if any."""
+        self._writer.close()
+        self.fatal = self.fatal or self._writer.fatal
+        if self._tar is not None:
+            try:
+                if self.fatal is None:
+                    self._tar.flush()
+            except OSError as exc:
+                if not is_fatal_write_error(exc):
+                    raise
+                self.fatal = exc
+            self._tar.discard()
+        return self.fatal
+
+
+def _predict_and_write(
+    predictor: Predictor,
+    todo: list[tuple[str, str]],
+    output_dir: Path,
+    opts: Options,
+    rank: int,
+    depth_range: float | None,
+    manifest: Manifest,
+    errors: ErrorLog,
+    stop: StopSignals,
+) -> tuple[int, OSError | None]:
+    """The loop: load -> predict -> hand to the writers. Returns (outputs written, the fatal
+    write error that stopped it or None)."""
+    from depth_anything_fast.data import inference_loader
+    from depth_anything_fast.models.transforms import resize_prediction
+
+    decode_threads, write_threads = default_threads(predictor.device)
+    sink = _OutputSink(output_dir, dict(todo), opts, rank, depth_range, manifest, errors,
+                       opts.writer_threads if opts.writer_threads is not None else write_threads)
     pin = predictor.device.type == "cuda"  # outputs come back through pinned host memory
-
-    stop = _StopFlag(opts.handle_signals)
     progress = None
     if opts.progress:
         from tqdm import tqdm
 
         progress = tqdm(total=len(todo), unit="img", dynamic_ncols=True, disable=rank != 0)
-    start = time.perf_counter()
     prefetcher = None
     try:
         if todo:
@@ -476,7 +672,7 @@ def pseudo_label(
                 num_shards=1,
                 backend=opts.backend,
                 device=predictor.device,  # on CUDA, DALI decodes JPEGs on the GPU
-                num_threads=decode_threads,
+                num_threads=opts.num_workers if opts.num_workers is not None else decode_threads,
                 prefetch=opts.prefetch,
                 on_error=lambda path, reason: errors.add(path, reason, "decode"),
             )
@@ -484,7 +680,7 @@ def pseudo_label(
             # thread between forward passes; on its own thread it overlaps with the model.
             prefetcher = _Prefetcher(loader, opts.prefetch)
         for batch in prefetcher or ():
-            if stop.is_set:
+            if stop.requested or sink.stopped:
                 break
             disparity = predictor.predict_tensor(batch["image"])
             items = [
@@ -504,28 +700,17 @@ def pseudo_label(
                 ready.record()
                 items = hosts
             for path, item in zip(batch["paths"], items, strict=True):
-                writer.submit(path, make_job(path, item, ready))
+                sink.submit(path, item, ready)
             if progress is not None:
                 progress.update(len(batch["paths"]))
+    except OSError as exc:  # the errors file itself could not be written (from the loader)
+        if not is_fatal_write_error(exc):
+            raise
+        sink.fatal = exc
     finally:
         if prefetcher is not None:
             prefetcher.close()
-        writer.close()
-        if use_tar:
-            tar.flush()
-        manifest.close()
-        errors.close()
-        stop.restore()
         if progress is not None:
             progress.close()
-    elapsed = time.perf_counter() - start
-    return Summary(
-        total=len(mine),
-        succeeded=succeeded,
-        skipped=skipped,
-        failed=errors.count,
-        interrupted=stop.is_set,
-        elapsed_s=elapsed,
-        rank=rank,
-        world_size=world,
-    )
+        fatal = sink.close()
+    return sink.succeeded, fatal

@@ -1,5 +1,4 @@
-"""Encoding predicted maps (relative disparity, or metric depth of a metric model) and writing
-them atomically on background threads.
+"""Writing stored maps (encoded by `formats.codec`) atomically on background threads.
 
 Every file appears under its final name only through `os.replace` of a complete temporary file
 in the same directory, so a process killed at any moment leaves either the old state or the full
@@ -10,116 +9,71 @@ own leftovers.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
+import shutil
 import tarfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
+from depth_anything_fast.formats.manifest import ManifestRecord
+from depth_anything_fast.formats.paths import TAR_SEP
 
-from depth_anything_fast.data.sources import PSEUDO_LABEL_SPEC, LabelledSpec
-from depth_anything_fast.inference.manifest import TAR_SEP, ManifestRecord
-
-FORMATS = ("png16", "npy", "webdataset")
-_SUFFIX = {"png16": ".png", "npy": ".npy", "webdataset": ".png"}
-
-
-def output_suffix(fmt: str) -> str:
-    """File suffix of one disparity map stored in format `fmt`."""
-    if fmt not in _SUFFIX:
-        raise ValueError(f"unknown output format {fmt!r}; expected one of {FORMATS}")
-    return _SUFFIX[fmt]
+# Write errors that every later write would hit too (disk full, quota, read-only file system):
+# the run stops at once instead of failing input after input.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-@dataclass
-class Encoded:
-    """Bytes of one stored disparity map and the values needed to decode it."""
-
-    data: bytes
-    shape: tuple[int, int]
-    min: float
-    max: float
+class OutputWriteError(OSError):
+    """Outputs cannot be written at all any more (disk full, quota, read-only): run stopped."""
 
 
-def encode_png16(disparity: np.ndarray, depth_range: float | None = None) -> Encoded:
-    """Quantise a (H, W) float map to a 16-bit PNG.
-
-    Relative disparity (`depth_range` None): code q in [0, 65535] stands for
-    `min + q / 65535 * (max - min)` with min/max of this map (a constant map is all zeros).
-    Metric depth in metres (`depth_range` = the model's max depth): one fixed scale for every
-    map, q stands for `q / 65535 * depth_range` (min 0, max depth_range; values are clipped to
-    that range), so depths stay metric and comparable across files. Raises ValueError on
-    non-finite values.
-    """
-    from PIL import Image
-
-    d = _checked(disparity)
-    if depth_range is None:
-        lo, hi = float(d.min()), float(d.max())
-    else:
-        if not depth_range > 0:
-            raise ValueError(f"depth_range must be positive, got {depth_range}")
-        lo, hi = 0.0, float(depth_range)
-        d = np.clip(d, lo, hi)
-    span = hi - lo
-    scaled = (d.astype(np.float64) - lo) * (65535.0 / span) if span > 0 else np.zeros(d.shape)
-    codes = np.rint(scaled).astype(np.uint16)
-    buf = io.BytesIO()
-    Image.fromarray(codes).save(buf, format="PNG", compress_level=1)  # speed over size
-    return Encoded(buf.getvalue(), (int(d.shape[0]), int(d.shape[1])), lo, hi)
+def is_fatal_write_error(exc: BaseException) -> bool:
+    """Whether `exc` is a write error that every later write would hit too."""
+    return isinstance(exc, OSError) and exc.errno in FATAL_WRITE_ERRNOS
 
 
-def decode_png16(data: bytes | str | os.PathLike[str], lo: float, hi: float) -> np.ndarray:
-    """Inverse of `encode_png16`: (H, W) float32 map from PNG bytes or a path; `lo`/`hi` are
-    the manifest record's min/max."""
-    from PIL import Image
-
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(src) as im:
-        codes = np.asarray(im, dtype=np.float64)
-    return (lo + codes / 65535.0 * (hi - lo)).astype(np.float32)
-
-
-def encode_npy(disparity: np.ndarray) -> Encoded:
-    """Store a (H, W) disparity losslessly as float32 .npy. Raises ValueError on non-finite."""
-    d = _checked(disparity).astype(np.float32, copy=False)
-    buf = io.BytesIO()
-    np.save(buf, d)
-    return Encoded(
-        buf.getvalue(), (int(d.shape[0]), int(d.shape[1])), float(d.min()), float(d.max())
-    )
+def check_output_dir(path: str | os.PathLike[str], flag: str = "--output") -> None:
+    """Raise ValueError when `path` cannot become an output directory (it or a parent is a
+    file, or the nearest existing folder is not writable), without creating anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a directory")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable")
 
 
-def encode(disparity: np.ndarray, fmt: str, depth_range: float | None = None) -> Encoded:
-    """Encode with `encode_png16` (formats png16 and webdataset; `depth_range` for metric
-    depth) or `encode_npy`."""
-    output_suffix(fmt)
-    return encode_npy(disparity) if fmt == "npy" else encode_png16(disparity, depth_range)
-
-
-def stored_spec(fmt: str, depth_range: float | None = None) -> LabelledSpec:
-    """How `data.LabelledSource` reads maps stored by `encode(..., fmt, depth_range)` back:
-    relative disparity (per-map 16-bit codes, or raw float32 .npy), or for metric models
-    (`depth_range` given) depth in metres (kind "depth", fixed 16-bit scale, or raw .npy)."""
-    output_suffix(fmt)
-    if depth_range is None:
-        return PSEUDO_LABEL_SPEC if fmt != "npy" else LabelledSpec(kind="disparity", invalid=())
-    # a zero code or value is depth 0: no valid metric depth (kind "depth" masks it anyway)
-    scale = 1.0 if fmt == "npy" else depth_range / 65535.0
-    return LabelledSpec(kind="depth", scale=scale, invalid=())
-
-
-def _checked(disparity: np.ndarray) -> np.ndarray:
-    if disparity.ndim != 2 or disparity.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) disparity, got shape {disparity.shape}")
-    if not np.isfinite(disparity).all():
-        raise ValueError("prediction contains non-finite values")
-    return disparity
+def make_output_dir(path: str | os.PathLike[str], rank: int = 0, flag: str = "--output",
+                    min_free: int = 0) -> Path:
+    """Create `path` and prove it writable with a small probe file; ValueError naming the
+    problem otherwise (also when fewer than `min_free` bytes are free on its disk)."""
+    check_output_dir(path, flag)
+    path = Path(path)
+    probe = path / f".write-probe.r{rank}.tmp"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0")
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < min_free:
+        raise ValueError(f"{flag} {path}: only {free / 1e6:.1f} MB free on its disk, "
+                         f"not enough for one output ({min_free / 1e6:.1f} MB)")
+    return path
 
 
 def temp_path(final: Path, rank: int) -> Path:
@@ -131,9 +85,13 @@ def atomic_write(final: Path, data: bytes, rank: int = 0) -> None:
     """Write `data` to `final` through a temporary file and `os.replace`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final, rank)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a partial hidden file
+        raise
 
 
 def remove_stale_temporaries(root: Path, rank: int) -> int:
@@ -153,7 +111,8 @@ class BackgroundWriter:
 
     `submit` blocks while `max_pending` jobs are queued, so a slow disk throttles the producer
     instead of filling memory. `on_done(record)` / `on_error(input, reason)` are called from the
-    worker threads when a job finishes.
+    worker threads when a job finishes. A fatal write error (`is_fatal_write_error`: disk full,
+    read-only) is not an input's failure: it is kept in `fatal`, and later jobs are dropped.
     """
 
     def __init__(
@@ -169,20 +128,36 @@ class BackgroundWriter:
         self._slots = threading.BoundedSemaphore(max_pending or 4 * num_threads)
         self._on_done = on_done
         self._on_error = on_error
+        self.fatal: OSError | None = None
 
-    def submit(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> Future[None]:
+    def submit(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> None:
         self._slots.acquire()
-        return self._pool.submit(self._run, input_path, job)
+        if self.fatal is not None:
+            self._slots.release()
+            return
+        self._pool.submit(self._run, input_path, job)
 
     def _run(self, input_path: str, job: Callable[[], ManifestRecord | None]) -> None:
         try:
+            if self.fatal is not None:
+                return
             record = job()
             if record is not None:
                 self._on_done(record)
         except Exception as exc:  # reported per input; one bad map must not stop the run
-            self._on_error(input_path, f"{type(exc).__name__}: {exc}")
+            self._fail(input_path, exc)
         finally:
             self._slots.release()
+
+    def _fail(self, input_path: str, exc: Exception) -> None:
+        if not is_fatal_write_error(exc):
+            try:
+                self._on_error(input_path, f"{type(exc).__name__}: {exc}")
+                return
+            except OSError as err:  # the error list itself cannot be written
+                exc = err
+        if self.fatal is None:
+            self.fatal = exc  # type: ignore[assignment]
 
     def close(self) -> None:
         """Wait for every submitted job."""
@@ -234,6 +209,17 @@ class TarShardWriter:
         self._pending.append(record)
         if len(self._pending) >= self.max_members:
             self.flush()
+
+    def discard(self) -> None:
+        """Drop the open shard (after a fatal write error): its temporary file is removed and
+        its members are not reported (a rerun writes them again)."""
+        if self._tar is None:
+            return
+        assert self._final is not None
+        with contextlib.suppress(OSError):
+            self._tar.close()
+        temp_path(self._final, self.rank).unlink(missing_ok=True)
+        self._tar, self._final, self._pending = None, None, []
 
     def flush(self) -> None:
         """Close the open shard, rename it into place and report its members."""

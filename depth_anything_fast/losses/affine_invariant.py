@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from depth_anything_fast.losses.inputs import as_images, flat, image_inputs
+from depth_anything_fast.losses.inputs import as_images, check_float, flat, image_inputs
 from depth_anything_fast.ops import affine_invariant as fused_affine_invariant
 
 REDUCTIONS = ("mean", "none")
@@ -55,12 +55,10 @@ def affine_invariant_loss(
         num_segments = max(int(segments.max()) + 1, 1) if segments.numel() else 1  # host sync
     elif not isinstance(num_segments, int) or num_segments < 1:
         raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
-    loss, n_valid = fused_affine_invariant(
-        flat(pred), flat(target), flat(mask), flat(segments), num_segments, backend
-    )
-    if reduction == "none":
-        return loss
-    return loss.sum() / (n_valid > 0).sum().clamp_min(1)
+    return fused_affine_invariant(
+        flat(pred), flat(target), None, flat(mask), flat(segments), num_segments, reduction,
+        backend,
+    )  # fmt: skip
 
 
 def cutmix_loss(
@@ -80,7 +78,7 @@ def cutmix_loss(
     Args:
         pred: `(B, H, W)` or `(B, 1, H, W)` float prediction on the mixed image.
         target_a, target_b: same shape, float pseudo-labels of the two source images.
-        box: same shape, bool, True where the pixel came from image a.
+        box: same shape, bool or uint8, True (non-zero) where the pixel came from image a.
         mask: optional bool validity mask of the same shape.
         backend: as for `affine_invariant_loss`.
 
@@ -88,19 +86,21 @@ def cutmix_loss(
         float32 scalar, mean over images with a valid pixel.
     """
     box = as_images(box, "box")
-    if box.dtype != torch.bool:
-        raise TypeError(f"box must be a bool tensor, got {box.dtype}")
-    target_a = as_images(target_a, "target_a")
+    if box.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"box must be a bool or uint8 tensor, got {box.dtype}")
+    pred, target_a, mask, _ = image_inputs(pred, target_a, mask, target_name="target_a")
     target_b = as_images(target_b, "target_b")
-    if target_a.shape != box.shape or target_b.shape != box.shape:
-        raise ValueError(
-            f"target_a {tuple(target_a.shape)}, target_b {tuple(target_b.shape)} and box "
-            f"{tuple(box.shape)} must have the same shape"
-        )
-    target = torch.where(box, target_a, target_b)
-    segments = (~box).to(torch.int32)  # segment 0: from image a, segment 1: from image b
-    return affine_invariant_loss(
-        pred, target, mask, segments, num_segments=2, reduction="mean", backend=backend
+    check_float(target_b, "target_b")
+    for x, name in ((target_b, "target_b"), (box, "box")):
+        if x.shape != pred.shape:
+            raise ValueError(
+                f"{name} shape {tuple(x.shape)} must be the same as pred's {tuple(pred.shape)}"
+            )
+        if x.device != pred.device:
+            raise ValueError(f"{name} is on {x.device} but pred is on {pred.device}")
+    # The kernels pick each pixel's target and segment from the box (0: from image a).
+    return fused_affine_invariant(
+        flat(pred), flat(target_a), flat(target_b), flat(mask), flat(box), 2, "mean", backend
     )
 
 

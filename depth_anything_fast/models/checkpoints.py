@@ -1,6 +1,6 @@
 """Checkpoint formats: detection, key conversion to our names, safe loading and saving.
 
-Formats (REFERENCE §2.1):
+Formats:
 - "official": Depth Anything V1/V2 `.pth` state dicts (`pretrained.*`, `depth_head.*`).
 - "hf": transformers `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`, `head.*`), both
   the on-disk names (`attention.attention.query`, `attention.output.dense`, SwiGLU
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,21 @@ def _read_torch(path: Path, map_location: str | torch.device) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(
-            f"cannot read torch checkpoint {path} with weights_only=True (truncated, corrupt, or "
-            f"it pickles objects other than tensors): {err}"
-        ) from err
+            f"cannot read torch checkpoint {path}: truncated or corrupt, not a PyTorch file, or "
+            "it pickles objects other than tensors, which are not loaded because unpickling "
+            f"them can run code ({_load_error_reason(err)})"
+        ) from None
+
+
+def _load_error_reason(err: Exception) -> str:
+    """The core of a `torch.load` error, without PyTorch's advice to retry with
+    weights_only=False (which would run whatever the file pickles)."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if match:
+        return " ".join(match.group(1).split())
+    lines = [line for line in text.strip().splitlines() if "weights_only" not in line]
+    return lines[0].strip() if lines else type(err).__name__
 
 
 def _unwrap(state: Any, path: Path) -> StateDict:
@@ -296,47 +309,118 @@ def infer_config(
     ("v2", "metric", "hypersim" -> indoor 20 m, "vkitti" -> outdoor 80 m); V2 relative is the
     fallback, with a logged warning.
     """
-    if "encoder.cls_token" not in state:
-        raise ValueError("checkpoint has no encoder.cls_token; cannot infer the model size")
-    embed_dim = state["encoder.cls_token"].shape[-1]
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
-    depth = max(blocks) + 1 if blocks else 0
-    ffn = "swiglu" if "encoder.blocks.0.mlp.w12.weight" in state else "mlp"
-    patch_size = state["encoder.patch_embed.proj.weight"].shape[-1]
-    grid = round((state["encoder.pos_embed"].shape[1] - 1) ** 0.5)
-    detected = _NAME_BY_DIM.get(embed_dim, "custom")
-    if detected != "custom" and depth != _SIZES[detected][1]:
+    sizes = _TensorSizes.of(state)
+    detected = _official_size(sizes, encoder)
+    overrides: dict[str, Any] = {"patch_size": sizes.patch_size,
+                                 "img_size": sizes.grid * sizes.patch_size}
+    if hf_config is not None:
+        hf_overrides, version, metric, max_depth = _read_hf_config(
+            hf_config, sizes, version, metric, max_depth
+        )
+        overrides.update(hf_overrides)
+    if version is None:
+        version = _version_from_name(source_name, sizes.ffn, metric)
+    metric, max_depth = _metric_from_name(source_name, metric, max_depth)
+    if metric:
+        overrides.update(metric=True, max_depth=float(max_depth))  # type: ignore[arg-type]
+    if detected != "custom":
+        if sizes.ffn == "swiglu" and version == "v1":
+            raise ValueError("a vitg (SwiGLU) checkpoint cannot be Depth Anything V1")
+        return DepthAnythingConfig.preset(detected, version, **overrides)
+    return _custom_config(state, sizes, encoder, version, overrides)
+
+
+@dataclass(frozen=True)
+class _TensorSizes:
+    """What the encoder's tensors say about its size."""
+
+    embed_dim: int
+    depth: int
+    ffn: str
+    patch_size: int
+    grid: int  # position-embedding grid side (37 for 518 px at patch 14)
+
+    @classmethod
+    def of(cls, state: StateDict) -> _TensorSizes:
+        needed = ("encoder.cls_token", "encoder.patch_embed.proj.weight", "encoder.pos_embed")
+        lacking = [key for key in needed if key not in state]
+        if lacking:
+            sample = ", ".join(sorted(state)[:5])
+            raise ValueError(
+                f"checkpoint lacks the encoder tensors {lacking} (a Depth Anything or DINOv2 "
+                "checkpoint has them); cannot infer the model size. First keys read, in this "
+                f"project's names: {sample}")
+        blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
+        return cls(
+            embed_dim=state["encoder.cls_token"].shape[-1],
+            depth=max(blocks) + 1 if blocks else 0,
+            ffn="swiglu" if "encoder.blocks.0.mlp.w12.weight" in state else "mlp",
+            patch_size=state["encoder.patch_embed.proj.weight"].shape[-1],
+            grid=round((state["encoder.pos_embed"].shape[1] - 1) ** 0.5),
+        )
+
+
+def _official_size(sizes: _TensorSizes, encoder: str | None) -> str:
+    """The official encoder name of these sizes, or "custom"; checks a requested `encoder`."""
+    detected = _NAME_BY_DIM.get(sizes.embed_dim, "custom")
+    if detected != "custom" and sizes.depth != _SIZES[detected][1]:
         detected = "custom"
     if encoder is not None and encoder in _SIZES and encoder != detected:
         raise ValueError(
-            f"checkpoint holds a {detected} encoder (embed_dim {embed_dim}, depth {depth}) but "
-            f"encoder={encoder!r} was requested"
+            f"checkpoint holds a {detected} encoder (embed_dim {sizes.embed_dim}, depth "
+            f"{sizes.depth}) but encoder={encoder!r} was requested"
         )
-    overrides: dict[str, Any] = {"patch_size": patch_size, "img_size": grid * patch_size}
+    return detected
+
+
+def _read_hf_config(
+    hf_config: dict[str, Any],
+    sizes: _TensorSizes,
+    version: str | None,
+    metric: bool | None,
+    max_depth: float | None,
+) -> tuple[dict[str, Any], str | None, bool | None, float | None]:
+    """(config overrides, version, metric, max_depth) with what a transformers config.json
+    adds to the arguments: heads, blocks fed to the head (1-based `out_indices`; the last four
+    means V1), metric type and range."""
+    backbone = hf_config.get("backbone_config") or {}
+    overrides: dict[str, Any] = {
+        "num_heads": backbone.get("num_attention_heads", _HEADS_BY_DIM.get(sizes.embed_dim))
+    }
+    if "out_indices" in backbone:
+        overrides["intermediate_layers"] = tuple(i - 1 for i in backbone["out_indices"])
+    if hf_config.get("depth_estimation_type") == "metric" and metric is None:
+        metric = True
+        max_depth = max_depth or float(hf_config.get("max_depth") or 0) or None
+    if version is None and "intermediate_layers" in overrides:
+        last_four = tuple(range(sizes.depth - 4, sizes.depth))
+        version = "v1" if overrides["intermediate_layers"] == last_four else "v2"
+    return overrides, version, metric, max_depth
+
+
+def _version_from_name(source_name: str, ffn: str, metric: bool | None) -> str:
+    """V1 or V2 from the file name (official V1 names), SwiGLU (vitg: V2 only) or metric (V2
+    only); V2 with a warning when nothing tells."""
     lower = source_name.lower()
-    if hf_config is not None:
-        backbone = hf_config.get("backbone_config") or {}
-        overrides["num_heads"] = backbone.get("num_attention_heads", _HEADS_BY_DIM.get(embed_dim))
-        if "out_indices" in backbone:
-            overrides["intermediate_layers"] = tuple(i - 1 for i in backbone["out_indices"])
-        if hf_config.get("depth_estimation_type") == "metric" and metric is None:
-            metric = True
-            max_depth = max_depth or float(hf_config.get("max_depth") or 0) or None
-        if version is None and "intermediate_layers" in overrides:
-            last_four = tuple(range(depth - 4, depth))
-            version = "v1" if overrides["intermediate_layers"] == last_four else "v2"
-    if version is None:
-        if "v2" in lower or ffn == "swiglu" or metric:
-            version = "v2"
-        elif re.search(r"depth_anything_vit[sblg]|depth-anything-(small|base|large)-hf", lower):
-            version = "v1"
-        else:
-            version = "v2"
-            logger.warning(
-                "%s: V1 and V2 checkpoints hold identical tensors and nothing names the "
-                "version; assuming v2 (pass version='v1' for a V1 checkpoint)",
-                source_name or "checkpoint",
-            )
+    if "v2" in lower or ffn == "swiglu" or metric:
+        return "v2"
+    if re.search(r"depth_anything_vit[sblg]|depth-anything-(small|base|large)-hf", lower):
+        return "v1"
+    logger.warning(
+        "%s: V1 and V2 checkpoints hold identical tensors and nothing names the "
+        "version; assuming v2 (for a V1 checkpoint: --version v1 on the command line, "
+        "version='v1' in Python)",
+        source_name or "checkpoint",
+    )
+    return "v2"
+
+
+def _metric_from_name(
+    source_name: str, metric: bool | None, max_depth: float | None
+) -> tuple[bool, float | None]:
+    """(metric, max_depth), the unknowns read from the file name ("metric", "hypersim" indoor
+    20 m, "vkitti" outdoor 80 m). Raises ValueError for a metric model of unknown range."""
+    lower = source_name.lower()
     if metric is None:
         metric = any(tag in lower for tag in ("metric", "hypersim", "vkitti"))
     if metric and max_depth is None:
@@ -349,18 +433,26 @@ def infer_config(
                 f"{source_name or 'checkpoint'} is a metric model but its max_depth is unknown; "
                 "pass max_depth (20 indoor, 80 outdoor)"
             )
-    if metric:
-        overrides.update(metric=True, max_depth=float(max_depth))
-    if detected != "custom":
-        if ffn == "swiglu" and version == "v1":
-            raise ValueError("a vitg (SwiGLU) checkpoint cannot be Depth Anything V1")
-        return DepthAnythingConfig.preset(detected, version, **overrides)
-    # custom size: widths from the tensors; heads from the transformers config or head_dim 64
-    heads = overrides.pop("num_heads", None) or (embed_dim // 64 if embed_dim % 64 == 0 else None)
+    return metric, max_depth
+
+
+def _custom_config(
+    state: StateDict,
+    sizes: _TensorSizes,
+    encoder: str | None,
+    version: str,
+    overrides: dict[str, Any],
+) -> DepthAnythingConfig:
+    """A custom size: widths from the tensors; heads from the transformers config or
+    head_dim 64."""
+    heads = overrides.pop("num_heads", None) or (
+        sizes.embed_dim // 64 if sizes.embed_dim % 64 == 0 else None
+    )
     if heads is None:
         raise ValueError(
-            f"custom checkpoint (embed_dim {embed_dim}, depth {depth}) without a config: the "
-            "number of heads cannot be read from the weights; pass config=DepthAnythingConfig(...)"
+            f"custom checkpoint (embed_dim {sizes.embed_dim}, depth {sizes.depth}) without a "
+            "config: the number of heads cannot be read from the weights; pass "
+            "config=DepthAnythingConfig(...)"
         )
     if "head.scratch.layer1_rn.weight" in state:
         overrides["features"] = state["head.scratch.layer1_rn.weight"].shape[0]
@@ -370,10 +462,10 @@ def infer_config(
     return DepthAnythingConfig.preset(
         encoder or "custom",
         version,
-        embed_dim=embed_dim,
-        depth=depth,
+        embed_dim=sizes.embed_dim,
+        depth=sizes.depth,
         num_heads=heads,
-        ffn=ffn,
+        ffn=sizes.ffn,
         **overrides,
     )
 

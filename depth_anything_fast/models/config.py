@@ -1,8 +1,9 @@
 """Architecture configuration of Depth Anything (DINOv2 encoder + DPT head).
 
-Official sizes (REFERENCE §2): vits/vitb/vitl for V1 and V2, vitg for V2. Any other size (used
-by tests and the tiny demo model) is a custom configuration: give at least `embed_dim`,
-`depth` and `num_heads`; the remaining fields follow the rules in `DepthAnythingConfig`.
+Official sizes (the `model_configs` of the official Depth Anything V1/V2 code): vits/vitb/vitl
+for V1 and V2, vitg for V2. Any other size (used by tests and the tiny demo model) is a custom
+configuration: give at least `embed_dim`, `depth` and `num_heads`; the remaining fields follow
+the rules in `DepthAnythingConfig`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`depth-anything-fast convert SRC DST`: write our safetensors format from any checkpoint.
 
 SRC: official V1/V2 .pth, a transformers directory or file (either key style), a bare DINOv2
-backbone, or our own format. DST: a directory (model.safetensors + config.json) or a
+backbone, our own format, or a Hugging Face Hub repo id (org/name[@revision], e.g.
+depth-anything/Depth-Anything-V2-Small; needs the `hub` extra). DST: a directory (model.safetensors + config.json) or a
 .safetensors file (config in its metadata).
 """
 
@@ -22,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", help="checkpoint file or directory")
+    parser.add_argument(
+        "src", help="checkpoint file or directory, or a Hugging Face Hub repo id org/name[@rev]"
+    )
     parser.add_argument("dst", help="output directory, or a file ending in .safetensors")
     parser.add_argument("--encoder", choices=ENCODERS, help="expected size (checked)")
     parser.add_argument(
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             max_depth=args.max_depth,
             strict=not args.non_strict,
         )
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
         print(f"convert: {err}", file=sys.stderr)
         return 1
     if args.interpolate_offset is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints
+from . import checkpoints, hub
 from .config import DepthAnythingConfig
 from .dinov2 import DinoVisionTransformer
 from .dpt import DPTHead
@@ -134,16 +134,26 @@ class DepthAnything(nn.Module):
         attn_backend: str = "auto",
         map_location: str | torch.device = "cpu",
         strict: bool = True,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
     ) -> DepthAnything:
         """Load official V1/V2 (.pth), transformers (dir / .safetensors / .bin, both key styles),
         a bare DINOv2 backbone (head left random) or our safetensors.
 
-        Format, size, version and metric-ness are detected where the keys, a config or the file
-        name allow (see `checkpoints.infer_config`); the keyword arguments override. A mismatch
-        raises a ValueError listing missing/unexpected keys and wrongly sized tensors.
+        `path` may also be a Hugging Face Hub repo id, e.g. "depth-anything/Depth-Anything-V2-
+        Small-hf" or "depth-anything/Depth-Anything-V2-Large" (`org/name[@revision]`, see
+        `hub.resolve_weights`; `revision` and `cache_dir` apply to it); an existing local path
+        of the same spelling wins. Format, size, version and metric-ness are detected where the
+        keys, a config, the official repo or the file name allow (see
+        `checkpoints.infer_config`); the keyword arguments override. A mismatch raises a
+        ValueError listing missing/unexpected keys and wrongly sized tensors.
         """
-        path = Path(path)
-        raw, file_config = checkpoints.read_checkpoint(path, map_location)
+        source = hub.resolve_weights(path, revision=revision, cache_dir=cache_dir)
+        # what an official repo says about the architecture, unless the caller says otherwise
+        asked = {"encoder": encoder, "version": version, "metric": metric, "max_depth": max_depth}
+        hinted = {k: source.hints.get(k) if v is None else v for k, v in asked.items()}
+        encoder, version, metric, max_depth = (hinted[k] for k in asked)
+        raw, file_config = checkpoints.read_checkpoint(source.path, map_location)
         fmt = checkpoints.detect_format(raw)
         state = checkpoints.to_ours(raw, fmt)
         if config is None:
@@ -158,7 +168,7 @@ class DepthAnything(nn.Module):
                     version = "v2"  # a bare backbone: the version only picks the head's layers
                 config = checkpoints.infer_config(
                     state,
-                    source_name=str(path),
+                    source_name=source.name,
                     hf_config=hf_config,
                     encoder=encoder,
                     version=version,

@@ -77,11 +77,16 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3]
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (B, 3, H, W) values in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of (..., 3, H, W) float values in [0, 1] (same dtype)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+def normalise_rgb(rgb: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) values in 0..255 (any dtype) -> (3, H, W) float32 ImageNet-normalised."""
+    return imagenet_normalise((rgb.to(torch.float32) / 255.0).permute(2, 0, 1).contiguous())
 
 
 def network_size(
@@ -200,7 +205,7 @@ def preprocess(
     h, w = rgb.shape[:2]
     x = as_tensor(rgb).to(device=device)
     x = resample_bicubic(x, network_size(h, w, input_size, resize))
-    return normalize(x.div_(255.0).permute(2, 0, 1).contiguous().unsqueeze(0))
+    return normalise_rgb(x)[None]
 
 
 def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

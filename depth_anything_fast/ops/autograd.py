@@ -1,7 +1,9 @@
 """Autograd formulas shared by the C++ and Triton custom ops.
 
 Both backends expose the same forward/backward pair (the kernel interface), so the backward
-registration is written once and attached to each backend's forward op.
+registration is written once and attached to each backend's forward op. Gradients of the
+outputs that are not differentiable (stats, counts, codes) are not materialised: no zero-fill
+launches in the backward.
 """
 
 from __future__ import annotations
@@ -11,33 +13,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depth_anything_fast.kernels.stats_layout import CODE_MAX_SEGMENTS
+
 
 def register_affine_invariant_autograd(forward_op: Any, backward_op: Any) -> None:
-    """Backward of `forward_op(pred, target, mask, segments, num_segments) -> (loss, stats, idx)`.
-
-    Only `pred` gets a gradient, computed by `backward_op` in one pass from the per-group sums
-    saved in `stats` and the median element of `median_index`.
-    """
+    """Backward of `forward_op(pred, target, target_b, mask, segments, num_segments, mean)
+    -> (loss, stats, counts, codes)`: one pass of `backward_op` over the code bytes."""
 
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        pred, target, mask, segments, num_segments = inputs
-        _, stats, median_index = output
-        ctx.save_for_backward(pred, target, mask, segments, stats, median_index)
-        ctx.num_segments = num_segments
+        pred, _, target_b, _, segments, num_segments, _ = inputs
+        _, stats, counts, codes = output
+        # The segment map is read again only when a code byte cannot hold the segment.
+        keep_map = target_b is None and num_segments > CODE_MAX_SEGMENTS
+        ctx.save_for_backward(codes, segments if keep_map else None, stats, counts)
+        ctx.grad_dtype = pred.dtype
+        ctx.set_materialize_grads(False)
 
-    def backward(ctx: Any, grad_loss: Tensor, _grad_stats: Tensor, _grad_index: Tensor) -> tuple:
-        pred, target, mask, segments, stats, median_index = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple:
+        codes, segments, stats, counts = ctx.saved_tensors
+        if grad_loss is None or not ctx.needs_input_grad[0]:
+            return (None,) * 7
         grad_pred = backward_op(
-            grad_loss.to(torch.float32).contiguous(),
-            pred,
-            target,
-            mask,
-            segments,
-            ctx.num_segments,
-            stats,
-            median_index,
-        )
-        return grad_pred, None, None, None, None
+            grad_loss.to(torch.float32).contiguous(), codes, segments, stats, counts,
+            ctx.grad_dtype,
+        )  # fmt: skip
+        return grad_pred, None, None, None, None, None, None
 
     forward_op.register_autograd(backward, setup_context=setup_context)
 
@@ -50,9 +50,12 @@ def register_feature_alignment_autograd(forward_op: Any, backward_op: Any) -> No
         _, cos, n_kept = output
         ctx.save_for_backward(features, frozen, cos, n_kept)
         ctx.alpha = alpha
+        ctx.set_materialize_grads(False)
 
-    def backward(ctx: Any, grad_loss: Tensor, _grad_cos: Tensor, _grad_kept: Tensor) -> tuple:
+    def backward(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple:
         features, frozen, cos, n_kept = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None
         grad_features = backward_op(
             grad_loss.to(torch.float32).contiguous(), features, frozen, ctx.alpha, cos, n_kept
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from depth_anything_fast.kernels import stats_layout as layout
 from depth_anything_fast.ops.autograd import (
     register_affine_invariant_autograd,
     register_feature_alignment_autograd,
@@ -22,7 +23,6 @@ from depth_anything_fast.ops.autograd import (
 if TYPE_CHECKING:
     import numpy as np
 
-STAT_COLUMNS = 9
 
 
 def extension() -> ModuleType | None:
@@ -53,53 +53,72 @@ def _optional(t: Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
     return None if t is None else t.detach().to(dtype).contiguous().numpy()
 
 
+def _int32_segments(segments: Tensor | None, num_segments: int) -> np.ndarray | None:
+    """int32 segment ids for the extension, out-of-range values still out of range (int64 ids
+    are clamped to [-1, S] first: the narrowing cast alone would wrap 2**32 to segment 0)."""
+    if segments is None:
+        return None
+    if segments.dtype == torch.int64:
+        segments = segments.clamp(-1, num_segments)
+    return segments.detach().to(torch.int32).contiguous().numpy()
+
+
 def affine_invariant_forward(
-    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Kernel interface: (B, L) inputs -> loss (B,), stats (B, S, 9), median_index (B, S)."""
+    pred: Tensor,
+    target: Tensor,
+    target_b: Tensor | None,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    mean: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Kernel interface (as `kernels.affine_invariant.affine_invariant_forward`): (B, L)
+    inputs -> loss `()` or `(B,)`, stats, counts, codes (layout: `kernels.stats_layout`)."""
     ext = require_extension()
-    batch = pred.shape[0]
-    loss = torch.empty(batch, dtype=torch.float32)
-    stats = torch.empty(batch, num_segments, STAT_COLUMNS, dtype=torch.float32)
-    median_index = torch.empty(batch, num_segments, dtype=torch.int64)
+    batch, length = pred.shape
+    loss = torch.empty(() if mean else (batch,), dtype=torch.float32)
+    stats = torch.empty(batch, num_segments, layout.NUM_STATS, dtype=torch.float32)
+    counts = torch.empty(batch, num_segments, layout.NUM_COUNTS, dtype=torch.int64)
+    codes = torch.empty(batch, length, dtype=torch.uint8)
+    box = target_b is not None
     ext.affine_invariant_forward(
         _f32(pred).numpy(),
         _f32(target).numpy(),
+        None if target_b is None else _f32(target_b).numpy(),
         _optional(mask, torch.bool),
-        _optional(segments, torch.int32),
+        None if box else _int32_segments(segments, num_segments),
+        (segments != 0).contiguous().numpy() if box else None,
         num_segments,
-        loss.numpy(),
+        mean,
+        loss.view(-1).numpy(),
         stats.numpy(),
-        median_index.numpy(),
+        counts.numpy(),
+        codes.numpy(),
     )
-    return loss, stats, median_index
+    return loss, stats, counts, codes
 
 
 def affine_invariant_backward(
     grad_loss: Tensor,
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor | None,
+    codes: Tensor,
     segments: Tensor | None,
-    num_segments: int,
     stats: Tensor,
-    median_index: Tensor,
+    counts: Tensor,
+    grad_dtype: torch.dtype,
 ) -> Tensor:
-    """Kernel interface: gradient of the per-image losses w.r.t. pred, (B, L) in pred.dtype."""
+    """Kernel interface: gradient w.r.t. pred `(B, L)` in grad_dtype from the code bytes."""
     ext = require_extension()
-    grad_pred = torch.empty(pred.shape, dtype=torch.float32)
+    grad_pred = torch.empty(codes.shape, dtype=torch.float32)
     ext.affine_invariant_backward(
-        _f32(grad_loss).numpy(),
-        _f32(pred).numpy(),
-        _f32(target).numpy(),
-        _optional(mask, torch.bool),
-        _optional(segments, torch.int32),
-        num_segments,
+        _f32(grad_loss).reshape(-1).numpy(),
+        grad_loss.dim() == 0,
+        codes.contiguous().numpy(),
+        _int32_segments(segments, stats.shape[1]),
         _f32(stats).numpy(),
-        median_index.detach().to(torch.int64).contiguous().numpy(),
+        counts.contiguous().numpy(),
         grad_pred.numpy(),
     )
-    return grad_pred.to(pred.dtype)
+    return grad_pred.to(grad_dtype)
 
 
 def feature_alignment_forward(
@@ -156,19 +175,29 @@ feature_alignment_backward_cpu = _cpu_op(
 
 @affine_invariant_cpu.register_fake
 def _affine_invariant_fake(
-    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    batch = pred.shape[0]
+    pred: Tensor,
+    target: Tensor,
+    target_b: Tensor | None,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    mean: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    batch, length = pred.shape
     return (
-        pred.new_empty(batch, dtype=torch.float32),
-        pred.new_empty(batch, num_segments, STAT_COLUMNS, dtype=torch.float32),
-        pred.new_empty(batch, num_segments, dtype=torch.int64),
+        pred.new_empty(() if mean else (batch,), dtype=torch.float32),
+        pred.new_empty(batch, num_segments, layout.NUM_STATS, dtype=torch.float32),
+        pred.new_empty(batch, num_segments, layout.NUM_COUNTS, dtype=torch.int64),
+        pred.new_empty(batch, length, dtype=torch.uint8),
     )
 
 
 @affine_invariant_backward_cpu.register_fake
-def _affine_invariant_backward_fake(grad_loss: Tensor, pred: Tensor, *_: object) -> Tensor:
-    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+def _affine_invariant_backward_fake(
+    grad_loss: Tensor, codes: Tensor, segments: Tensor | None, stats: Tensor, counts: Tensor,
+    grad_dtype: torch.dtype,
+) -> Tensor:  # fmt: skip
+    return codes.new_empty(codes.shape, dtype=grad_dtype)
 
 
 @feature_alignment_cpu.register_fake

@@ -4,8 +4,8 @@ Backends: "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1), "cpu" (the C
 "reference" (plain PyTorch). "auto" picks triton for CUDA tensors when Triton is installed,
 cpu for CPU tensors when the extension is built, else reference. A backend asked for by name
 that cannot run the given tensors raises a ValueError (tensors) or RuntimeError (installation)
-saying why. Inputs are validated by the caller; this module only routes. The reference
-implementations are imported inside the functions because `losses` imports this module.
+saying why. Inputs are validated by the caller; this module only routes (the reference
+implementations live beside it, in `ops.reference`; `losses` depends on `ops`, never back).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import torch
 from torch import Tensor
 
 from depth_anything_fast.ops import cpu
+from depth_anything_fast.ops.reference import (
+    affine_invariant_loss_reference,
+    feature_alignment_loss_reference,
+)
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -101,39 +105,41 @@ def resolve_backend(backend: str, kernel_module: str, *tensors: Tensor) -> str:
 def affine_invariant(
     pred: Tensor,
     target: Tensor,
+    target_b: Tensor | None,
     mask: Tensor | None,
     segments: Tensor | None,
     num_segments: int,
+    reduction: str,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """Per-image affine-invariant loss on validated flat images.
+) -> Tensor:
+    """Affine-invariant loss on validated flat images.
 
-    pred, target: `(B, L)` float; mask: `(B, L)` bool or None; segments: `(B, L)` integer or None.
-    Returns (loss `(B,)` float32 (float64 for float64 reference inputs), n_valid `(B,)`).
+    pred, target: `(B, L)` float; mask: `(B, L)` bool or None; segments: `(B, L)` integer or
+    None. With `target_b` (CutMix), `segments` is the box (bool/uint8, True: `target`, segment
+    0; else `target_b`, segment 1) and num_segments is 2. reduction: "mean" (over images with a
+    valid pixel) or "none" (`(B,)`). Returns float32 (float64 for float64 reference inputs).
+    The fused backends launch their kernels only: no torch op before or after them.
     """
-    resolved = resolve_backend(backend, "affine_invariant", pred, target)
+    floats = (pred, target) if target_b is None else (pred, target, target_b)
+    resolved = resolve_backend(backend, "affine_invariant", *floats)
+    mean = reduction == "mean"
     if resolved == "reference":
-        from depth_anything_fast.losses.reference import affine_invariant_loss_reference
-
-        return affine_invariant_loss_reference(pred, target, mask, segments, num_segments)
+        if target_b is not None:
+            box = segments != 0
+            target = torch.where(box, target, target_b)
+            segments = (~box).to(torch.int64)
+        loss, n_valid = affine_invariant_loss_reference(pred, target, mask, segments, num_segments)
+        return loss.sum() / (n_valid > 0).sum().clamp_min(1) if mean else loss
     op = cpu.affine_invariant_cpu if resolved == "cpu" else _triton_ops().affine_invariant_triton
-    if mask is not None:
-        mask = mask.contiguous()
-    if segments is not None:
-        segments = _int32_segments(segments, num_segments)
-    loss, stats, _ = op(pred.contiguous(), target.contiguous(), mask, segments, num_segments)
-    return loss, stats[..., 0].sum(-1)
+    loss, _, _, _ = op(
+        pred.contiguous(), target.contiguous(), _contiguous(target_b), _contiguous(mask),
+        _contiguous(segments), num_segments, mean,
+    )  # fmt: skip
+    return loss
 
 
-def _int32_segments(segments: Tensor, num_segments: int) -> Tensor:
-    """Contiguous int32 segment ids for the kernels, out-of-range values still out of range.
-
-    int64 values are clamped to [-1, S] first: the narrowing cast alone would wrap e.g. 2**32
-    to segment 0 instead of leaving the pixel ignored.
-    """
-    if segments.dtype == torch.int64:
-        segments = segments.clamp(-1, num_segments)
-    return segments.to(torch.int32).contiguous()
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
 
 def feature_alignment(
@@ -142,8 +148,6 @@ def feature_alignment(
     """Mean 1 - cos over kept tokens: validated `(M, C)` inputs -> scalar float32."""
     resolved = resolve_backend(backend, "feature_alignment", features, frozen)
     if resolved == "reference":
-        from depth_anything_fast.losses.reference import feature_alignment_loss_reference
-
         return feature_alignment_loss_reference(features, frozen, alpha)
     op = cpu.feature_alignment_cpu if resolved == "cpu" else _triton_ops().feature_alignment_triton
     loss, _, _ = op(features.contiguous(), frozen.detach().contiguous(), float(alpha))

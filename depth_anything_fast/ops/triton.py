@@ -28,31 +28,33 @@ def _on_device_of(t: Tensor) -> contextlib.AbstractContextManager[object]:
 
 @triton_op("depth_anything_fast::affine_invariant_triton", mutates_args=())
 def affine_invariant_triton(
-    pred: Tensor, target: Tensor, mask: Tensor | None, segments: Tensor | None, num_segments: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    pred: Tensor,
+    target: Tensor,
+    target_b: Tensor | None,
+    mask: Tensor | None,
+    segments: Tensor | None,
+    num_segments: int,
+    mean: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from depth_anything_fast.kernels.affine_invariant import affine_invariant_forward
 
     with _on_device_of(pred):
-        return affine_invariant_forward(pred, target, mask, segments, num_segments)
+        return affine_invariant_forward(pred, target, target_b, mask, segments, num_segments, mean)
 
 
 @triton_op("depth_anything_fast::affine_invariant_backward_triton", mutates_args=())
 def affine_invariant_backward_triton(
     grad_loss: Tensor,
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor | None,
+    codes: Tensor,
     segments: Tensor | None,
-    num_segments: int,
     stats: Tensor,
-    median_index: Tensor,
+    counts: Tensor,
+    grad_dtype: torch.dtype,
 ) -> Tensor:
     from depth_anything_fast.kernels.affine_invariant import affine_invariant_backward
 
-    with _on_device_of(pred):
-        return affine_invariant_backward(
-            grad_loss, pred, target, mask, segments, num_segments, stats, median_index
-        )
+    with _on_device_of(codes):
+        return affine_invariant_backward(grad_loss, codes, segments, stats, counts, grad_dtype)
 
 
 @triton_op("depth_anything_fast::feature_alignment_triton", mutates_args=())

@@ -9,6 +9,7 @@ result was looked at (see the README's demo section).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -22,7 +23,18 @@ import numpy as np
 
 from .semantic_encoder import SemanticTraining, train_semantic_encoder
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def _config_dir() -> Path:
+    """configs/ of the checkout, which the wheel ships as the package depth_anything_fast.configs."""
+    spec = importlib.util.find_spec("depth_anything_fast.configs")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "depth_anything_fast.configs not found: reinstall the package (pip install -e .)"
+        )
+    return Path(spec.origin).parent
+
+
+CONFIG_DIR = _config_dir()
 TEACHER_CONFIG = CONFIG_DIR / "demo_teacher.yaml"
 STUDENT_CONFIG = CONFIG_DIR / "demo_student.yaml"
 # Shorter side the models see at evaluation and pseudo-labelling (the training crop: same scale).
@@ -201,13 +213,14 @@ def evaluate_models(world: World, models: dict[str, Path]) -> Evaluation:
                               precision="fp32", input_size=EVAL_INPUT_SIZE, device="cpu")
         predictions = predictor.predict([s.image for s in samples])
         shown[name] = predictions
-        results[name] = evaluate_predictions(samples, _replay(predictions), space="depth",
-                                             batch_size=16)
+        results[name] = evaluate_predictions(samples, _replay(predictions),
+                                             scoring="relative-depth", batch_size=16)
     results["baseline_constant"] = evaluate_predictions(
         samples, lambda images: [np.ones(im.shape[:2], np.float32) for im in images],
-        space="depth", alignment="median", predicted="depth")
+        scoring="metric-median")
     results["baseline_row_prior"] = evaluate_predictions(
-        samples, lambda images: [row_prior(im.shape[:2]) for im in images], space="depth")
+        samples, lambda images: [row_prior(im.shape[:2]) for im in images],
+        scoring="relative-depth")
     per_image = {
         name: [{"name": r["name"], "kind": _kind_of(r["name"], world.val_kinds),
                 "abs_rel": r["abs_rel"], "delta1": r["delta1"]}

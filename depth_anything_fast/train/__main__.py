@@ -22,8 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file (see configs/); defaults when omitted")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="FIELD=VALUE", help="override a config field, e.g. optim.lr=1e-5")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in <out_dir>/checkpoints")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the newest readable checkpoint in "
+                            "<out_dir>/checkpoints")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an out_dir that holds an earlier run, removing its "
+                            "checkpoints, metrics, tensorboard logs and export")
     return parser
 
 
@@ -35,21 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from depth_anything_fast.runtime import EXIT_SIGINT, EXIT_SIGTERM
+
     from .distributed import shutdown_distributed
-    from .trainer import EXIT_TERMINATED, NonFiniteLossError, Trainer
+    from .trainer import NonFiniteLossError, Trainer, json_safe
 
     try:
-        result = Trainer(cfg, resume=args.resume).run()
-    except (ValueError, FileNotFoundError) as e:
+        result = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).run()
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("aborted by a second Ctrl-C: the steps since the last checkpoint are lost",
+              file=sys.stderr)
+        return EXIT_SIGINT
     finally:
         shutdown_distributed()
-    print(json.dumps(result))
-    return EXIT_TERMINATED if result["status"] == "terminated" else 0
+    print(json.dumps(json_safe(result), allow_nan=False))
+    return {"terminated": EXIT_SIGTERM, "interrupted": EXIT_SIGINT}.get(result["status"], 0)
 
 
 if __name__ == "__main__":

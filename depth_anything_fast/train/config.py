@@ -7,6 +7,7 @@ str 'abc'``), so a typo in a YAML file or on the command line never reaches the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -14,27 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from depth_anything_fast.formats.spec import LabelledSpec
+from depth_anything_fast.models.config import DepthAnythingConfig
+
+logger = logging.getLogger(__name__)
+
 STAGES = ("teacher", "student", "finetune-metric")
 
 
 @dataclass
 class ModelConfig:
-    """Network to train. ``encoder`` names a preset (vits/vitb/vitl/vitg); the optional size
-    fields override it, which is how the tiny test and demo models are made."""
+    """Network to train: the `DepthAnythingConfig` preset of ``encoder`` (vits/vitb/vitl/vitg)
+    and ``version``, with any other `DepthAnythingConfig` field written beside them overriding
+    the preset (``model: {encoder: tiny, embed_dim: 64, depth: 4, num_heads: 2}`` is how the
+    tiny test and demo models are made); those land in ``architecture``. The stage decides
+    ``metric``. `depth_anything_config` builds the schema the model is made from."""
 
     encoder: str = "vits"
     version: Literal["v1", "v2"] = "v2"
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    features: int | None = None
-    out_channels: list[int] | None = None
-    intermediate_layers: list[int] | None = None
-    ffn: Literal["mlp", "swiglu"] | None = None
+    # DepthAnythingConfig fields overriding the preset (written flat in YAML, see above)
+    architecture: dict[str, Any] = field(default_factory=dict)
     # finetune-metric: sigmoid * max_depth head (metres)
     max_depth: float = 20.0
     attn_backend: str = "auto"
-    # Local file: DINOv2 encoder weights or a Depth Anything checkpoint (encoder-only or full).
+    # DINOv2 encoder weights or a Depth Anything checkpoint (encoder-only or full): a local file
+    # or a Hugging Face Hub repo id (org/name[@revision]).
     init: str | None = None
     # Student only: the frozen encoder used for feature alignment (a DINOv2 / Depth Anything
     # checkpoint); None falls back to ``init``.
@@ -42,6 +47,22 @@ class ModelConfig:
     # Student only: accept an ``init`` checkpoint that holds a DPT head (the paper's student
     # starts from DINOv2, not from the teacher, so by default that is an error).
     allow_head_init: bool = False
+
+    def depth_anything_config(self, metric: bool) -> DepthAnythingConfig:
+        """The architecture: a metric model (sigmoid * ``max_depth`` head) or a relative one."""
+        return DepthAnythingConfig.preset(
+            self.encoder, self.version, metric=metric,
+            max_depth=self.max_depth if metric else None, **self.architecture,
+        )  # fmt: skip
+
+
+def _architecture_fields() -> dict[str, Any]:
+    """name -> annotation of the `DepthAnythingConfig` fields a `model` section may override
+    (not those `ModelConfig` sets itself: encoder, version, metric, max_depth)."""
+    hints = typing.get_type_hints(DepthAnythingConfig)
+    own = {"metric", *(f.name for f in dataclasses.fields(ModelConfig))}
+    return {f.name: hints[f.name] for f in dataclasses.fields(DepthAnythingConfig)
+            if f.name not in own}
 
 
 @dataclass
@@ -59,7 +80,8 @@ class DataConfig:
     crop_size: int = 518
     batch_size: int = 4
     unlabelled_ratio: int = 2
-    backend: Literal["auto", "dali", "pil"] = "auto"
+    # image decoding / augmentation pipeline of the loaders (`data.labelled_loader(backend=)`)
+    pipeline: Literal["auto", "dali", "pil"] = "auto"
     num_threads: int = 2
 
 
@@ -96,7 +118,8 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    backend: Literal["auto", "reference", "cpu", "triton"] = "auto"
+    # which implementation computes the losses (`losses.*(backend=)`)
+    implementation: Literal["auto", "reference", "cpu", "triton"] = "auto"
     # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
     gradient_weight: float = 0.0
     gradient_scales: int = 4
@@ -123,7 +146,10 @@ class DistConfig:
     compile: bool = False
     # "auto": bf16 parameters / autocast on CUDA, fp32 on CPU.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # torch.distributed process-group backend; "auto": nccl on CUDA, gloo on the CPU
+    comm_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # How long a collective waits for the slowest rank before the run fails as hung.
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -163,29 +189,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against annotation ``tp`` and convert the few lossless cases
     (int -> float, numeric strings -> float because PyYAML reads ``5e-6`` as a string)."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
-                          f"{value!r}")
+        return _coerce_union(value, tp, where)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got "
+                              f"{value!r}")
         return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (list, tuple):
+        return _coerce_sequence(value, tp, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -198,50 +212,115 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                               f"{type(value).__name__} {value!r}")
         return _from_dict(tp, value, where)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected float, got bool {value!r}")
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if isinstance(number, (int, float)):
-            if not math.isfinite(number):
-                raise ConfigError(f"{where}: expected a finite float, got {value!r}")
-            return float(number)
-        raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        return _coerce_float(value, where)
+    if tp in (int, bool, str):
+        # bool is an int subclass: an int field must not take True
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
-        raise ConfigError(f"{where}: expected int, got {type(value).__name__} {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected bool, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected str, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} "
+                          f"{value!r}")
     raise ConfigError(f"{where}: unsupported annotation {tp!r}")
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    """The first member of the union (`X | None`) that takes ``value``."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
+                      f"{value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, where: str) -> Any:
+    """A list (``list[X]``) or tuple (``tuple[X, ...]``, ``tuple[X, Y]``) from a YAML list."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    fixed = origin is tuple and args[-1] is not Ellipsis
+    if fixed and len(value) != len(args):
+        raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+    items = [_coerce(v, args[i] if fixed else args[0], f"{where}[{i}]")
+             for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected float, got bool {value!r}")
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, (int, float)):
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite float, got {value!r}")
+        return float(number)
+    raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+
+
+# Old names of renamed fields: (section class, old key) -> new key. Old YAML files keep working.
+RENAMED: dict[tuple[type, str], str] = {
+    (DataConfig, "backend"): "pipeline",
+    (LossConfig, "backend"): "implementation",
+    (DistConfig, "backend"): "comm_backend",
+}
+
+
+def _renamed(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    values = dict(values)
+    for (owner, old), new in RENAMED.items():
+        if owner is cls and old in values:
+            where, now = (f"{prefix}.{old}", f"{prefix}.{new}") if prefix else (old, new)
+            if new in values:
+                raise ConfigError(f"{where}: renamed to {now}; give only {now}")
+            logger.warning("%s is now called %s (the old name still works)", where, now)
+            values[new] = values.pop(old)
+    return values
 
 
 def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    values = _renamed(cls, values, prefix)
+    extra: dict[str, Any] = {}
+    if cls is ModelConfig:  # architecture overrides are written flat beside encoder/version
+        extra = _architecture_fields()
+        values = {**values, "architecture": {**(values.get("architecture") or {}),
+                                             **{k: v for k, v in values.items() if k in extra}}}
+        values = {k: v for k, v in values.items() if k not in extra}
     kwargs = {}
     for key, value in values.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"{where}: unknown field (known: {', '.join(sorted(names))})")
+            known = ", ".join(sorted((names | set(extra)) - {"architecture"}))
+            raise ConfigError(f"{where}: unknown field (known: {known})")
         kwargs[key] = _coerce(value, hints[key], where)
+    if cls is ModelConfig:
+        arch = kwargs["architecture"]
+        for key in arch:
+            if key not in extra:
+                raise ConfigError(f"{prefix}.architecture.{key}: unknown field (known: "
+                                  f"{', '.join(sorted(extra))})")
+            arch[key] = _coerce(arch[key], extra[key], f"{prefix}.{key}")
     return cls(**kwargs)
 
 
 def _parse_scalar(text: str) -> Any:
     import yaml
 
-    return yaml.safe_load(text) if text.strip() else ""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set value {text!r} is not valid YAML: {err}") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -271,6 +350,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "data.crop_size": cfg.data.crop_size,
         "data.num_threads": cfg.data.num_threads,
         "keep_checkpoints": cfg.keep_checkpoints,
+        "dist.timeout_minutes": cfg.dist.timeout_minutes,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -294,18 +374,25 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"loss.cutmix_p: must be in [0, 1], got {cfg.loss.cutmix_p}")
     if not -1 <= cfg.loss.alpha <= 1:
         raise ConfigError(f"loss.alpha: must be in [-1, 1], got {cfg.loss.alpha}")
+    _check_model_and_specs(cfg)
+    return cfg
+
+
+def _check_model_and_specs(cfg: TrainConfig) -> None:
+    """The architecture and the ground-truth specs build (their errors named by field)."""
     if cfg.model.max_depth <= 0:
         raise ConfigError(f"model.max_depth: must be > 0, got {cfg.model.max_depth}")
+    try:
+        cfg.model.depth_anything_config(metric=cfg.stage == "finetune-metric")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
     for name, spec in {"data.labelled_spec": cfg.data.labelled_spec,
                        "data.val_spec": cfg.data.val_spec}.items():
         if spec is not None:
-            from depth_anything_fast.data.sources import LabelledSpec
-
             try:
                 LabelledSpec(**spec)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{name}: {exc}") from exc
-    return cfg
 
 
 def _apply_optim_preset(values: dict[str, Any]) -> dict[str, Any]:
@@ -334,7 +421,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         values = loaded or {}
@@ -343,4 +433,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as a nested dict in YAML form (architecture overrides flat in ``model``)."""
+    values = dataclasses.asdict(cfg)
+    model = values["model"]
+    architecture = model.pop("architecture")
+    model.update({k: list(v) if isinstance(v, tuple) else v for k, v in architecture.items()})
+    return values

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from depth_anything_fast.runtime import launch_env
+
 from .config import DistConfig
 
 
@@ -33,17 +35,16 @@ class DistInfo:
 def init_distributed(cfg: DistConfig) -> DistInfo:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` set), NCCL on CUDA and
     gloo on CPU; a plain ``python -m`` run stays single-process without a process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and cfg.backend != "gloo"
+    env = launch_env()
+    world_size, rank, local_rank = env.world_size, env.rank, env.local_rank
+    use_cuda = torch.cuda.is_available() and cfg.comm_backend != "gloo"
     if use_cuda:
         visible = torch.cuda.device_count()
         if local_rank >= visible:
             raise ValueError(
                 f"LOCAL_RANK={local_rank} but {visible} CUDA device(s) are visible: start one "
                 f"process per GPU (torchrun --nproc-per-node={visible}), or set "
-                "dist.backend=gloo to train on the CPU"
+                "dist.comm_backend=gloo to train on the CPU"
             )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -60,10 +61,12 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
-        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+        backend = cfg.comm_backend if cfg.comm_backend != "auto" else ("nccl" if use_cuda else "gloo")
         dist.init_process_group(
             backend=backend,
-            timeout=datetime.timedelta(minutes=30),
+            # a collective waits this long for a slow rank (validation, a checkpoint on slow
+            # storage) before the job is declared hung
+            timeout=datetime.timedelta(minutes=cfg.timeout_minutes),
             device_id=device if backend == "nccl" else None,
         )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
@@ -85,6 +88,16 @@ def shutdown_distributed() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """True when `ok` is true on every rank (one collective; `ok` itself without a group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+        return int(flag.item()) == 0
+    return ok
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

@@ -8,42 +8,142 @@ optimiser, scheduler, data position, RNGs) or derived from ``(seed, rank, step)`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from depth_anything_fast.runtime import StopSignals
+
 from . import stages
-from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from .batch_stream import BatchStream
+from .checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .data import BatchStream
 from .distributed import (
     DistInfo,
     all_reduce_mean,
     autocast_context,
+    barrier,
     init_distributed,
-    reduce_step,
     resolve_param_dtype,
     use_fsdp,
     wrap_model,
 )
 from .optim import build_optimizer, build_scheduler, clip_gradients
+from .step_monitor import Settled, StepMonitor
 
 log = logging.getLogger(__name__)
 
-# Exit status of a run stopped by SIGTERM after its checkpoint was written (128 + SIGTERM).
-EXIT_TERMINATED = 143
+METRICS_FILE = "metrics.jsonl"
+# What a run writes into out_dir (removed by --overwrite; nothing else is touched).
+RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "final", "config.json")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the step and the batch's sources."""
+
+
+class RunDirError(ValueError):
+    """``out_dir`` holds another run, or its checkpoint does not fit this config."""
+
+
+@dataclass
+class _RunState:
+    """What the training loop carries from step to step."""
+
+    info: DistInfo
+    model: nn.Module
+    frozen: nn.Module | None
+    fsdp: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    streams: dict[str, BatchStream]
+    step: int = 0
+    last_loss: float = math.nan
+    grad_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    # step losses kept on the device, read once per log interval
+    monitor: StepMonitor = field(default_factory=StepMonitor)
+
+    def images_per_step(self, cfg: TrainConfig) -> int:
+        per_rank = cfg.data.batch_size * (
+            1 + cfg.data.unlabelled_ratio if cfg.stage == "student" else 1)
+        return self.info.world_size * per_rank
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf floats replaced by None (JSON has no such numbers; Python's json
+    would write the invalid tokens NaN / Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` from a metrics file (a resumed run computes
+    those steps again), atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                and record["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+class _MetricsLogger:
+    """Rank 0's metrics sink: ``metrics.jsonl`` (valid JSON, non-finite numbers as null) and,
+    when configured and installed, TensorBoard."""
+
+    def __init__(self, out_dir: Path, cfg: TrainConfig, info: DistInfo) -> None:
+        self._file = (out_dir / METRICS_FILE).open("a")
+        self._writer = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("tensorboard: true, but the tensorboard package is not installed: "
+                            "metrics go to %s only (pip install tensorboard, or set "
+                            "tensorboard=false)", out_dir / METRICS_FILE)
+            else:
+                self._writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["step"])
+
+    def __enter__(self) -> _MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def check_paths(cfg: TrainConfig) -> None:
@@ -59,9 +159,13 @@ def check_paths(cfg: TrainConfig) -> None:
     for name, value in needed.items():
         if value is None:
             raise ValueError(f"{name}: required for stage {cfg.stage!r} but not set")
-    optional = {"model.init": cfg.model.init, "model.frozen_encoder": cfg.model.frozen_encoder}
-    for name, value in {**needed, **optional}.items():
-        if value is not None and not Path(value).exists():
+    from depth_anything_fast.models.hub import parse_hub_id
+
+    # the weights may also be Hub repo ids, fetched when the model is built
+    weights = {"model.init": cfg.model.init, "model.frozen_encoder": cfg.model.frozen_encoder}
+    hub_ids = {name for name, value in weights.items() if value and parse_hub_id(value)}
+    for name, value in {**needed, **weights}.items():
+        if value is not None and name not in hub_ids and not Path(value).exists():
             raise FileNotFoundError(f"{name}: path does not exist: {value}")
 
 
@@ -69,20 +173,11 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
     """A DepthAnything of the configured size, initialised from ``model.init`` if given and
     ``initialise`` (DINOv2 encoder weights or any Depth Anything checkpoint, encoder-only or
     full)."""
-    from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+    from depth_anything_fast.models import DepthAnything
 
     m = cfg.model
-    sizes = {k: v for k, v in {
-        "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads,
-        "features": m.features, "ffn": m.ffn,
-        "out_channels": tuple(m.out_channels) if m.out_channels else None,
-        "intermediate_layers": tuple(m.intermediate_layers) if m.intermediate_layers else None,
-    }.items() if v is not None}
     metric = cfg.stage == "finetune-metric"
-    arch = DepthAnythingConfig.preset(
-        m.encoder, m.version, metric=metric, max_depth=m.max_depth if metric else None, **sizes
-    )
-    model = DepthAnything(config=arch, attn_backend=m.attn_backend)
+    model = DepthAnything(config=m.depth_anything_config(metric), attn_backend=m.attn_backend)
     head_loaded = initialise and m.init is not None and load_init_weights(model, m.init)
     if head_loaded and cfg.stage == "student" and not m.allow_head_init:
         raise ValueError(
@@ -102,27 +197,32 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
 
 def load_init_weights(model: nn.Module, path: str | Path) -> bool:
     """Copy weights from any checkpoint format the model loader reads (official, transformers,
-    bare DINOv2, ours). The DPT head may be absent (encoder-only files: it keeps its fresh
+    bare DINOv2, ours), a local path or a Hub repo id. The DPT head may be absent (encoder-only files: it keeps its fresh
     initialisation); any other missing key or a shape mismatch raises ValueError naming it.
     Returns whether the file had head weights."""
     from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
+    from depth_anything_fast.models.hub import resolve_weights
 
-    state, _ = read_checkpoint(path)
+    state, _ = read_checkpoint(resolve_weights(path).path)
     state = to_ours(state)
     load_into(model, state, strict=True, allow_missing="head.")
     return any(key.startswith("head.") for key in state)
 
 
 class Trainer:
-    """Runs one stage as configured. ``resume`` continues from the newest checkpoint in
-    ``<out_dir>/checkpoints`` (a fresh start when there is none)."""
+    """Runs one stage as configured. ``resume`` continues from the newest readable checkpoint
+    in ``<out_dir>/checkpoints`` (a fresh start when there is none); without it ``out_dir``
+    must be empty, unless ``overwrite`` (the old run's outputs are then removed).
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False) -> None:
+    Steps, as torchtitan splits them: ``_prepare_out_dir`` -> ``_build`` -> ``_resume`` ->
+    ``train_step`` / ``_after_step`` (log, validate) / ``_checkpoint`` -> ``_export``."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.resume = resume
+        self.overwrite = overwrite
         self.out_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self._terminate = False
 
     # ---------------------------------------------------------------- data
     def _streams(self, info: DistInfo) -> dict[str, BatchStream]:
@@ -132,7 +232,7 @@ class Trainer:
         cfg, d = self.cfg, self.cfg.data
         # batches are made on the training device: on CUDA, DALI decodes and augments there
         common = {"crop_size": d.crop_size, "shard_id": info.rank, "num_shards": info.world_size,
-                  "backend": d.backend, "num_threads": d.num_threads, "shuffle": True,
+                  "backend": d.pipeline, "num_threads": d.num_threads, "shuffle": True,
                   "drop_last": True, "device": info.device}
         spec = LabelledSpec(**d.labelled_spec) if d.labelled_spec is not None else None
         labelled = LabelledSource.from_path(d.labelled, spec)
@@ -149,21 +249,36 @@ class Trainer:
                 "data.pseudo_labels")
         return streams
 
-    # ---------------------------------------------------------------- signals
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._terminate = True
-
-    # ---------------------------------------------------------------- run
-    def run(self) -> dict[str, Any]:
-        """Train; returns ``{"status": "done"|"terminated", "step", "loss", "export"}``."""
-        cfg = self.cfg
-        check_paths(cfg)
-        info = init_distributed(cfg.dist)
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    # ---------------------------------------------------------------- set-up
+    def _prepare_out_dir(self, info: DistInfo) -> None:
+        """A fresh run needs an empty ``out_dir`` (its checkpoints, metrics and export would
+        mix with the old run's): refuse, or with ``overwrite`` remove the old run's outputs."""
+        # every rank looks (they all see the same folder) and all refuse together
+        if not self.resume and self.out_dir.is_dir():
+            existing = sorted(p.name for p in self.out_dir.iterdir())
+            if existing and not self.overwrite:
+                raise RunDirError(
+                    f"out_dir {self.out_dir} is not empty ({', '.join(existing[:5])}"
+                    f"{', ...' if len(existing) > 5 else ''}): pass --resume to continue that "
+                    "run, --overwrite to replace it, or set another out_dir")
+        barrier()
+        if info.is_main and self.overwrite:
+            for name in RUN_OUTPUTS:
+                path = self.out_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        barrier()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if info.is_main:
-            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.cfg),
+                                                                 indent=2))
 
+    def _build(self, info: DistInfo) -> _RunState:
+        """Model (wrapped), frozen encoder, optimiser, scheduler and data streams."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg).to(info.device)
         frozen = None
         if cfg.stage == "student":
@@ -176,104 +291,153 @@ class Trainer:
         fsdp = use_fsdp(cfg.dist, info)
         model = wrap_model(model, cfg.dist, info)
         optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-        streams = self._streams(info)
+        return _RunState(info=info, model=model, frozen=frozen, fsdp=fsdp, optimizer=optimizer,
+                         scheduler=build_scheduler(optimizer, cfg.optim, cfg.steps),
+                         streams=self._streams(info))
 
-        step = 0
-        resumed = False
+    def _resume(self, run: _RunState) -> None:
+        """Continue from the newest readable checkpoint (``--resume``), else seed a fresh run."""
+        found = None
         if self.resume:
-            path = latest_checkpoint(self.ckpt_dir)
-            if path is not None:
-                state = load_checkpoint(path, model, optimizer, info)
-                scheduler.load_state_dict(state["scheduler"])
-                for name, stream in streams.items():
-                    stream.load_state_dict(state["data"][name])
-                step = int(state["step"])
-                resumed = True  # the RNGs were restored with the checkpoint
-                if info.is_main:
-                    log.info("resumed from %s at step %d", path, step)
-        if not resumed:
-            torch.manual_seed(cfg.seed * 1000 + info.rank)  # per-rank augmentation streams
+            found = load_newest_readable(self.ckpt_dir, run.model, run.optimizer, run.info)
+        if found is None:
+            torch.manual_seed(self.cfg.seed * 1000 + run.info.rank)  # per-rank augmentations
+            if run.info.is_main:
+                _keep_metrics_until(self.out_dir / METRICS_FILE, 0)
+            return
+        path, state = found  # the RNGs were restored with the checkpoint
+        if state.get("steps") != self.cfg.steps:
+            raise RunDirError(
+                f"{path} belongs to a run of steps={state.get('steps')}, this config has "
+                f"steps={self.cfg.steps}: the learning rate schedule (warm-up, then poly decay "
+                "to zero at the last step) depends on it, so every remaining step would get "
+                f"another learning rate. Resume with steps={state.get('steps')}, or start a new "
+                "run (another out_dir) initialised from an export (model.init)")
+        run.scheduler.load_state_dict(state["scheduler"])
+        for name, stream in run.streams.items():
+            stream.load_state_dict(state["data"][name])
+        run.step = int(state["step"])
+        if run.info.is_main:
+            # steps after the checkpoint are computed again: their old records would repeat
+            _keep_metrics_until(self.out_dir / METRICS_FILE, run.step)
+            log.info("resumed from %s at step %d", path, run.step)
 
-        def checkpoint(at: int) -> Path:
-            return save_checkpoint(
-                self.ckpt_dir, at, model, optimizer,
-                {"scheduler": scheduler.state_dict(),
-                 "data": {k: s.state_dict() for k, s in streams.items()}},
-                info, keep=cfg.keep_checkpoints,
-            )
+    def _checkpoint(self, run: _RunState) -> Path:
+        return save_checkpoint(
+            self.ckpt_dir, run.step, run.model, run.optimizer,
+            {"scheduler": run.scheduler.state_dict(), "steps": self.cfg.steps,
+             "data": {k: s.state_dict() for k, s in run.streams.items()}},
+            run.info, keep=self.cfg.keep_checkpoints,
+        )
 
-        metrics_file = (self.out_dir / "metrics.jsonl").open("a") if info.is_main else None
-        writer = self._tensorboard() if info.is_main else None
-        bar = self._progress(step, info)
-        # Signal handlers can only be installed from the main thread.
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
-        images_per_step = info.world_size * cfg.data.batch_size * (
-            1 + cfg.data.unlabelled_ratio if cfg.stage == "student" else 1)
-        last_loss = math.nan
+    # ---------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Train; returns ``{"status", "step", "loss", "export"}`` with status "done",
+        "terminated" (SIGTERM) or "interrupted" (Ctrl-C), the last two after a checkpoint.
+        Raises RunDirError for a reused ``out_dir`` or a resume that does not fit."""
+        cfg = self.cfg
+        check_paths(cfg)
+        if self.resume and self.overwrite:
+            raise RunDirError("--resume and --overwrite exclude each other")
+        info = init_distributed(cfg.dist)
+        self._prepare_out_dir(info)
+        run = self._build(info)
+        self._resume(run)
         status = "done"
-        tick = time.perf_counter()
-        try:
-            model.train()
-            while step < cfg.steps:
-                batches = {k: next(s) for k, s in streams.items()}
-                with autocast_context(cfg.dist, info, fsdp):
-                    loss, parts = self._stage_loss(model, batches, frozen, info, step)
-                # SIGTERM (on any rank) is acted on after this step: checkpoint and stop.
-                mean_loss, nonfinite, terminate = reduce_step(loss, self._terminate)
-                if nonfinite:
-                    checkpoint(step)
-                    sources = [p for b in batches.values() for p in b.get("paths", [])]
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach())} on rank {info.rank}) at step "
-                        f"{step + 1}; batch sources: {sources}; parts: "
-                        f"{ {k: float(v) for k, v in parts.items()} }; the state before this "
-                        f"step is saved in {self.ckpt_dir / checkpoint_name(step)}")
-                loss.backward()
-                grad_norm = clip_gradients(model, cfg.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                last_loss = mean_loss
+        with contextlib.ExitStack() as stack:
+            stop = stack.enter_context(StopSignals(what="after this step and save a checkpoint"))
+            logger = stack.enter_context(_MetricsLogger(self.out_dir, cfg, info)) \
+                if info.is_main else None
+            bar = self._progress(run.step, info)
+            if bar is not None:
+                stack.callback(bar.close)
+            run.model.train()
+            tick = time.perf_counter()
+            while run.step < cfg.steps:
+                terminate = self.train_step(run, stop)
                 now = time.perf_counter()
-                images_per_s = images_per_step / max(now - tick, 1e-9)
+                self._after_step(run, logger, bar, now - tick)
                 tick = now
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.1f}")
-                if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
-                    record = {"step": step, "loss": mean_loss,
-                              **{k: float(all_reduce_mean(v.float())) for k, v in parts.items()},
-                              "grad_norm": float(grad_norm),
-                              "lr": [g["lr"] for g in optimizer.param_groups],
-                              "images_per_s": images_per_s}
-                    self._log(record, metrics_file, writer)
-                if cfg.val_every and step % cfg.val_every == 0:
-                    self._log({"step": step, **self._validate(model, info)}, metrics_file, writer)
-                if terminate and step < cfg.steps:
-                    checkpoint(step)
-                    status = "terminated"
+                if terminate and run.step < cfg.steps:
+                    self._checkpoint(run)
+                    status = "interrupted" if stop.signum == signal.SIGINT else "terminated"
                     break
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    checkpoint(step)
+                if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 \
+                        and run.step < cfg.steps:
+                    self._checkpoint(run)
             export = None
             if status == "done":
-                checkpoint(step)
+                self._checkpoint(run)
                 if cfg.export:
-                    export = self._export(model, info)
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous)
-            if bar is not None:
-                bar.close()
-            if metrics_file is not None:
-                metrics_file.close()
-            if writer is not None:
-                writer.close()
-        return {"status": status, "step": step, "loss": last_loss,
+                    export = self._export(run.model, info)
+        return {"status": status, "step": run.step, "loss": run.last_loss,
                 "export": str(export) if export else None}
+
+    def train_step(self, run: _RunState, stop: StopSignals) -> bool:
+        """One optimiser step. Returns whether any rank asked to stop (a signal). The loss
+        stays on the device (no host sync before the backward); the pending steps are read
+        once per log interval (and before checkpoints, validation, the end), where a
+        non-finite loss raises NonFiniteLossError and a signal is acted on."""
+        cfg, info = self.cfg, run.info
+        batches = {k: next(s) for k, s in run.streams.items()}
+        with autocast_context(cfg.dist, info, run.fsdp):
+            loss, parts = self._stage_loss(run.model, batches, run.frozen, info, run.step)
+        sources = [p for b in batches.values() for p in b.get("paths", [])]
+        run.monitor.record(run.step + 1, loss, sources)  # no host sync before the backward
+        loss.backward()
+        terminate = False
+        if self._sync_due(run.step + 1):
+            settled = run.monitor.settle(stop.requested)
+            run.last_loss, terminate = settled.loss, settled.stop
+            if settled.nonfinite_step is not None:
+                self._stop_nonfinite(settled, run)
+        run.grad_norm = clip_gradients(run.model, cfg.optim.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        run.parts = parts
+        return terminate
+
+    def _sync_due(self, step: int) -> bool:
+        """Whether the loop reads the pending step checks after `step`'s backward."""
+        cfg = self.cfg
+        return any(every and step % every == 0 for every in
+                   (cfg.log_every or 1, cfg.checkpoint_every, cfg.val_every)) or step == cfg.steps
+
+    def _stop_nonfinite(self, settled: Settled, run: _RunState) -> None:
+        """Raise NonFiniteLossError; when the bad step is this one (its optimiser step not taken
+        yet) the state before it is saved first, else the newest checkpoint is named."""
+        bad = settled.nonfinite_step
+        if bad == run.step + 1:
+            saved = f"the state before this step is saved in {self._checkpoint(run)}"
+        else:
+            newest = latest_checkpoint(self.ckpt_dir)
+            saved = (f"steps {bad}..{run.step + 1} updated the parameters with it; resume from "
+                     f"{newest}" if newest else "no checkpoint was saved before it")
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad}; batch sources: {settled.nonfinite_sources}; {saved}")
+
+    def _after_step(self, run: _RunState, logger: _MetricsLogger | None, bar: Any,
+                    seconds: float) -> None:
+        """Progress bar, metrics record and validation of the step just taken."""
+        cfg, step = self.cfg, run.step
+        images_per_s = run.images_per_step(cfg) / max(seconds, 1e-9)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.last_loss:.4f}", img_s=f"{images_per_s:.1f}")
+        if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+            # every rank joins the reductions; rank 0 writes
+            parts = {k: float(all_reduce_mean(v.float())) for k, v in run.parts.items()}
+            if logger is not None:
+                logger.log({"step": step, "loss": run.last_loss, **parts,
+                            "grad_norm": float(run.grad_norm),
+                            "lr": [g["lr"] for g in run.optimizer.param_groups],
+                            "images_per_s": images_per_s})
+        if cfg.val_every and step % cfg.val_every == 0:
+            scores = self._validate(run.model, run.info)
+            if logger is not None:
+                logger.log({"step": step, **scores})
 
     def _stage_loss(self, model: nn.Module, batches: dict, frozen: nn.Module | None,
                     info: DistInfo, step: int) -> tuple[torch.Tensor, dict]:
@@ -298,32 +462,12 @@ class Trainer:
         return tqdm(total=self.cfg.steps, initial=step, desc=self.cfg.stage, unit="step",
                     dynamic_ncols=True)
 
-    def _tensorboard(self):
-        if not self.cfg.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: JSONL only
-            return None
-        return SummaryWriter(str(self.out_dir / "tensorboard"))
-
-    @staticmethod
-    def _log(record: dict, metrics_file, writer) -> None:
-        if metrics_file is None:
-            return
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        if writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, record["step"])
-
     def _validate(self, model: nn.Module, info: DistInfo) -> dict[str, float]:
         """AbsRel / delta1 on ``data.val`` through the evaluate module's runner. Every rank
         runs the same images (FSDP2 forward passes are collective); rank 0 records them."""
-        from depth_anything_fast.data.sources import LabelledSpec, folder_spec
         from depth_anything_fast.evaluate.datasets import get_reader
         from depth_anything_fast.evaluate.runner import evaluate_predictions
+        from depth_anything_fast.formats.spec import LabelledSpec, folder_spec
         from depth_anything_fast.inference.predictor import Predictor
 
         d = self.cfg.data
@@ -333,20 +477,12 @@ class Trainer:
         else:
             encoding = folder_spec(d.val) or "metres"
         reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        try:
-            predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
-                                  input_size=self.cfg.val_input_size, device=info.device)
-            if self.cfg.stage == "finetune-metric":  # metric depth, scored as it is
-                scoring = {"space": "depth", "alignment": "none", "predicted": "depth"}
-            else:
-                scoring = {}
-            result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
-                                          **scoring)
-        finally:
-            model.train()
-            for p in trainable:
-                p.requires_grad_(True)
+        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
+                              input_size=self.cfg.val_input_size, device=info.device)
+        # a metric model's depth is scored as it is
+        scoring = "metric" if self.cfg.stage == "finetune-metric" else "relative"
+        result = evaluate_predictions(reader, predictor.predict, batch_size=d.batch_size,
+                                      scoring=scoring)
         return {"val_abs_rel": result.mean["abs_rel"], "val_delta1": result.mean["delta1"],
                 "val_images": result.n_evaluated}
 

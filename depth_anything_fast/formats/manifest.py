@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth_anything_fast.data.sources import TAR_SEP
+from depth_anything_fast.formats.paths import TAR_SEP
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ManifestRecord:
     """One finished output.
 
     `output` is relative to the output directory; an entry of a tar shard is written
-    `shard.tar::member` (the convention of `data.sources.read_bytes`). `shape` is the (H, W) of
+    `shard.tar::member` (the convention of `formats.paths.read_bytes`). `shape` is the (H, W) of
     the stored map (disparity; metric models: depth); `min`/`max` are the values that 16-bit
     PNG codes 0 and 65535 stand for (for .npy they are informational). `checksum` and `bytes`
     describe the stored file (or tar member) bytes.
@@ -204,8 +204,9 @@ class JsonlAppender:
 
     Opening cuts a truncated last line left by a killed process so new lines start on a line
     boundary. `truncate=True` starts the file afresh (used for the per-run errors file).
-    Each line is flushed to the OS at once: a SIGKILL of this process then loses nothing already
-    appended (no fsync: surviving power loss is not a goal, and fsync per image would be slow).
+    Each line goes to the OS at once (unbuffered): a SIGKILL of this process then loses nothing
+    already appended, and a line a full disk refused is not retried at close (no fsync:
+    surviving power loss is not a goal, and fsync per image would be slow).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, truncate: bool = False) -> None:
@@ -217,19 +218,19 @@ class JsonlAppender:
             good_end = max((end for _, end, _ in _complete_lines(self.path)), default=0)
             if good_end != self.path.stat().st_size:
                 os.truncate(self.path, good_end)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
 
     def append(self, obj: dict[str, Any]) -> None:
         line = json.dumps(obj, separators=(",", ":")) + "\n"
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            data = memoryview(line.encode())
+            while data:
+                data = data[self._file.write(data) or 0:]
 
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:
-                self._file.flush()
                 self._file.close()
 
     def __enter__(self) -> JsonlAppender:
@@ -250,13 +251,17 @@ class Manifest(JsonlAppender):
 
 
 class ErrorLog(JsonlAppender):
-    """Appender of `{"input", "reason", "stage"}` lines for skipped inputs."""
+    """Appender of `{"input", "reason", "stage"}` lines for skipped inputs (`input` made
+    absolute, as in the manifest). `count` counts failures; `count=False` lines (files that are
+    not images) are only recorded."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path, truncate=True)
         self.count = 0
 
-    def add(self, input_path: str, reason: str, stage: str) -> None:
-        self.append({"input": input_path, "reason": reason, "stage": stage})
+    def add(self, input_path: str, reason: str, stage: str, *, count: bool = True) -> None:
+        if TAR_SEP not in input_path:
+            input_path = os.path.abspath(input_path)
         with self._lock:
-            self.count += 1
+            self.count += int(count)  # counted even when a full disk refuses the line
+        self.append({"input": input_path, "reason": reason, "stage": stage})

@@ -1,0 +1,128 @@
+"""Export: a torch.export program (.pt2) and ONNX (run in onnxruntime on the CPU) against the
+PyTorch model, at several batch sizes and input sizes (multiples of 14), one export each.
+
+Tolerance: max |exported - eager| <= 1e-4 * max |eager|. The position-embedding interpolation
+of the export (interpolation matrices) is checked against `F.interpolate` in float64.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from depth_anything_fast.cli import main
+from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+from depth_anything_fast.models.export import (
+    bicubic_matrix,
+    exportable,
+    interpolate_pos_encoding,
+)
+
+TOL = 1e-4
+# (batch, height, width): shapes unlike the traced example, the 37 x 37 training grid, and one
+# side on it (interpolated all the same)
+SHAPES = ((1, 56, 84), (3, 126, 42), (1, 518, 518), (2, 518, 686))
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.0])
+def test_bicubic_matrix_matches_interpolate(offset: float) -> None:
+    side = 37
+    grid = torch.randn(1, 1, side, side, dtype=torch.float64)
+    for n in (1, 4, 36, 37, 38, 80):
+        matrix = bicubic_matrix(side, torch.arange(n, dtype=torch.float64), offset)
+        if offset:
+            scale = ((n + offset) / side, (n + offset) / side)
+            expected = F.interpolate(grid, scale_factor=scale, mode="bicubic")
+        else:
+            expected = F.interpolate(grid, size=(n, n), mode="bicubic", align_corners=False)
+        got = matrix @ grid[0, 0] @ matrix.T
+        assert got.shape == (n, n)
+        torch.testing.assert_close(got, expected[0, 0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.0])
+def test_exportable_pos_encoding_matches_the_model(offset: float) -> None:
+    config = DepthAnythingConfig.preset("custom", "v2", embed_dim=64, depth=4, num_heads=2,
+                                        interpolate_offset=offset)
+    model = DepthAnything(config=config)
+    with torch.no_grad():
+        model.encoder.pos_embed.normal_()
+    encoder = model.encoder
+    for grid in ((37, 37), (37, 49), (49, 37), (5, 7), (1, 1)):
+        expected = encoder.interpolate_pos_encoding(*grid)
+        with exportable(model):
+            got = interpolate_pos_encoding(encoder, *grid)
+        assert got.shape == expected.shape
+        if grid == (37, 37):
+            assert torch.equal(got, expected)  # the training grid: unchanged
+        # float32 rounding of two summation orders, on N(0, 1) embeddings
+        torch.testing.assert_close(got, expected, rtol=0, atol=3e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model (official 0.1 interpolation offset) saved in our format."""
+    config = DepthAnythingConfig.preset("custom", "v2", embed_dim=64, depth=4, num_heads=2,
+                                        features=16)
+    model = DepthAnything(config=config)
+    with torch.no_grad():
+        model.encoder.pos_embed.normal_()  # interpolation errors must show
+        model.head.scratch.output_conv2[2].bias.fill_(0.5)  # final ReLU active
+    path = tmp_path_factory.mktemp("export") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+def max_rel_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_export_pt2_and_onnx_match_the_model(tiny_weights: Path, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from depth_anything_fast.models.export import export_program, save_export
+
+    model = DepthAnything.from_pretrained(tiny_weights).eval()
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in SHAPES]
+    with torch.no_grad():
+        expected = [model(x).numpy() for x in inputs]
+    assert all(np.abs(e).max() > 0 for e in expected)
+
+    program = export_program(model)  # one export (the slow part) for both formats
+    save_export(program, tmp_path / "tiny.pt2", "pt2")
+    module = torch.export.load(str(tmp_path / "tiny.pt2")).module()
+    for x, e in zip(inputs, expected, strict=True):
+        with torch.no_grad():
+            got = module(x).numpy()
+        assert got.shape == e.shape and max_rel_diff(got, e) <= TOL, x.shape
+
+    save_export(program, tmp_path / "tiny.onnx", "onnx")
+    session = ort.InferenceSession(str(tmp_path / "tiny.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    for x, e in zip(inputs, expected, strict=True):
+        (got,) = session.run(None, {"x": x.numpy()})
+        assert got.shape == e.shape and max_rel_diff(got, e) <= TOL, x.shape
+
+
+def test_export_cli_errors(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from depth_anything_fast.models import export, export_cli
+
+    assert export_cli.FORMATS == export.FORMATS
+    assert main(["export", "--weights", str(tmp_path / "missing.pth"), "--format", "pt2",
+                 str(tmp_path / "a.pt2")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["export", "--weights", str(tiny_weights), "--format", "onnx",
+                 str(tmp_path / "a.onnx")]) == 1
+    assert "depth_anything_fast[export]" in capsys.readouterr().err
+    assert not (tmp_path / "a.onnx").exists()
