@@ -99,11 +99,11 @@ def test_student_ablation_switches() -> None:
     g = torch.Generator().manual_seed(0)
     labelled, pseudo = _student_batches(nan_strong=True)
     # the clean view is used when the strong perturbation is off: the NaN strong view is unseen
-    off = LossConfig(strong_perturbation=False, feature_alignment=False, backend="reference")
+    off = LossConfig(strong_perturbation=False, feature_alignment=False, implementation="reference")
     total, parts = student_loss(model, labelled, pseudo, frozen, off, g)
     assert torch.isfinite(total) and set(parts) == {"labelled", "unlabelled"}
     torch.testing.assert_close(total, (parts["labelled"] + parts["unlabelled"]) / 2)
-    on = LossConfig(strong_perturbation=True, feature_alignment=True, backend="reference")
+    on = LossConfig(strong_perturbation=True, feature_alignment=True, implementation="reference")
     assert not torch.isfinite(student_loss(model, labelled, pseudo, frozen, on, g)[0])
     labelled, pseudo = _student_batches(nan_strong=False)
     total, parts = student_loss(model, labelled, pseudo, frozen, on, g)

@@ -27,11 +27,13 @@ from .semantic_encoder import SemanticTraining, train_semantic_encoder
 def _config_dir() -> Path:
     """configs/ of the checkout, which the wheel ships as the package depth_anything_fast.configs."""
     spec = importlib.util.find_spec("depth_anything_fast.configs")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "depth_anything_fast.configs not found: reinstall the package (pip install -e .)"
-        )
-    return Path(spec.origin).parent
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).parent
+    checkout = Path(__file__).resolve().parents[2] / "configs"  # an older editable install
+    if checkout.is_dir():
+        return checkout
+    raise FileNotFoundError(
+        "depth_anything_fast.configs not found: reinstall the package (pip install -e .)")
 
 
 CONFIG_DIR = _config_dir()

@@ -90,7 +90,7 @@ def _batch(images: torch.Tensor, classes: torch.Tensor, crop: int, g: torch.Gene
            train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (train) or centre crops, flips and jitter: normalised images (B, 3, c, c) and
     class maps (B, c, c)."""
-    from depth_anything_fast.models.transforms import normalize
+    from depth_anything_fast.models.transforms import imagenet_normalise
 
     n, _, h, w = images.shape
     if h < crop or w < crop:
@@ -109,7 +109,7 @@ def _batch(images: torch.Tensor, classes: torch.Tensor, crop: int, g: torch.Gene
         x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
         c = torch.where(flip.view(n, 1, 1), c.flip(-1), c)
         x = _jitter(x, g)
-    return normalize(x), c
+    return imagenet_normalise(x), c
 
 
 def _patch_histograms(classes: torch.Tensor, n_classes: int, patch: int) -> torch.Tensor:
