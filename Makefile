@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # CUDA 13 driver; on a CUDA 12 machine: make test EXTRAS=dev,dali-cuda12
 EXTRAS ?= dev,dali
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo ablation bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m depth_anything_fast.demo --out demo_out
+
+# The paper's ablation on the demo's synthetic world (5 rows x 3 seeds, ~40 min on 2 cores;
+# not part of `make test`). Reuses demo_out's data and semantic encoder when present.
+ablation: $(STAMP)
+	$(PY) -m depth_anything_fast.recipe.ablation --out ablation_out --world demo_out --seeds 0 1 2
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only -q

@@ -22,7 +22,14 @@ from depth_anything_fast.data.geometry import (
     sample_rng,
 )
 from depth_anything_fast.data.sources import LabelledSource, load_target
-from depth_anything_fast.data.synthetic import MAX_DEPTH, render_scene
+from depth_anything_fast.data.synthetic import (
+    KINDS,
+    MAX_DEPTH,
+    SEMANTIC_CLASSES,
+    read_kinds,
+    render,
+    render_scene,
+)
 from depth_anything_fast.formats.targets import read_pfm, read_raw_target
 
 
@@ -95,15 +102,50 @@ def test_disparity_kind_sky_mask_and_empty(tmp_path: Path) -> None:
     out, mask = load_target(str(tmp_path / "d.npy"), spec)
     value = disp.astype(np.float64) * 2 + 1
     ground = ~sky.astype(bool)
-    expected = (value - value[ground].min()) / (value[ground].max() - value[ground].min())
+    # affine disparity reaching below 0: sky sits 5% of the ground's range below its minimum
+    lo, hi = value[ground].min(), value[ground].max()
+    assert lo < 0
+    floor = lo - 0.05 * (hi - lo)
+    expected = (value - floor) / (hi - floor)
     np.testing.assert_allclose(out[ground], expected[ground], atol=1e-6)
-    assert mask.all() and np.all(out[:2] == 0)
+    assert mask.all() and np.all(out[:2] == 0) and out[ground].min() > 0.04
     # Nothing valid: zeros and an empty mask, never NaN.
     np.save(tmp_path / "z.npy", np.zeros((4, 4), np.float32))
     out, mask = load_target(str(tmp_path / "z.npy"), LabelledSpec())
     assert not mask.any() and np.all(out == 0)
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         load_target(str(tmp_path / "nope.npy"), LabelledSpec())
+
+
+@pytest.mark.parametrize("far", [40.0, 400.0])
+def test_sky_stays_strictly_farthest_after_normalisation(tmp_path: Path, far: float) -> None:
+    """Depth ground truth with a sky mask: sky gets disparity 0 and every ground pixel, the
+    farthest included, stays strictly above it (the ground is normalised from disparity 0, the
+    sky's, not from its own minimum, which would also map the farthest ground pixel to 0)."""
+    rng = _fresh_rng()
+    depth = rng.uniform(0.5, far, (12, 16))
+    depth[5, 7] = far  # the farthest ground pixel
+    raw = np.round(depth * 1000).astype(np.uint16) if far < 65 else depth.astype(np.float32)
+    name = "d.png" if far < 65 else "d.npy"
+    metres = raw * 0.001 if far < 65 else raw.astype(np.float64)
+    sky = np.zeros((12, 16), np.uint8)
+    sky[:3] = 255
+    raw[:3] = 0  # no depth in the sky, as sensors give
+    if far < 65:
+        Image.fromarray(raw).save(tmp_path / name)
+    else:
+        np.save(tmp_path / name, raw)
+    Image.fromarray(sky).save(tmp_path / "d_sky.png")
+    scale = 0.001 if far < 65 else 1.0
+    out, mask = load_target(str(tmp_path / name), LabelledSpec(scale=scale, sky_mask="_sky.png"))
+    ground = ~sky.astype(bool)
+    assert mask.all() and np.all(out[~ground] == 0)
+    assert out[ground].min() > 0 and out[5, 7] == out[ground].min()
+    # exactly disparity / max disparity of the ground (float64 oracle)
+    disparity = 1.0 / metres
+    np.testing.assert_allclose(out[ground], disparity[ground] / disparity[ground].max(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out[5, 7], (1 / metres[5, 7]) / disparity[ground].max(), rtol=1e-6)
 
 
 def test_pfm_orientation_and_spec_json(tmp_path: Path) -> None:
@@ -370,16 +412,82 @@ def test_cutmix_masks_and_partners(batch: int) -> None:
     assert torch.equal(unmixed, images) and ubox.all() and torch.equal(upartner, rows)
 
 
-def test_cutmix_box_statistics_and_generator() -> None:
+def _unimatch_box_reference(size: tuple[int, int], p: float,
+                            rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """UniMatch's `obtain_cutmix_box` loop for one box (the oracle): (y0, y1, x0, x1), empty
+    when not applied; generalised from square images to (H, W) as our sampler is."""
+    h, w = size
+    if rng.random() > p:
+        return 0, 0, 0, 0
+    area = rng.uniform(0.02, 0.4) * h * w
+    while True:
+        ratio = rng.uniform(0.3, 1 / 0.3)
+        cut_w, cut_h = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        if x + cut_w <= w and y + cut_h <= h:
+            return y, y + cut_h, x, x + cut_w
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / a.size
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / b.size
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+@pytest.mark.parametrize("size", [(40, 40), (30, 50)])
+def test_cutmix_unimatch_box_distribution(size: tuple[int, int]) -> None:
+    """The default sampler draws the authors' boxes: p = 0.5, every box fully inside (never
+    clipped), area fraction and aspect distributed as UniMatch's rejection loop (two-sample
+    Kolmogorov-Smirnov against the plain-Python oracle: ~2000 applied boxes vs 4000, the
+    threshold 0.07 is the critical value at p ~ 1e-5, so a correct sampler fails about once in
+    20000 runs; Yun et al.'s boxes are rejected by the same test)."""
+    n, (h, w) = 4000, size
+    seed = int(_fresh_rng().integers(0, 2**31))
+    images = torch.randn(n, 1, h, w)
+    _, keep, _ = cutmix(images, p=0.5, generator=torch.Generator().manual_seed(seed))
+    pasted = ~keep
+    applied = pasted.view(n, -1).any(dim=1)
+    assert 0.46 < applied.float().mean() < 0.54, seed
+    ys, xs = pasted.any(dim=2), pasted.any(dim=1)  # rows / columns touched, (n, h) / (n, w)
+    box_h, box_w = ys.sum(1)[applied].numpy(), xs.sum(1)[applied].numpy()
+    # one rectangle, inside the image: its pixel count is height x width
+    assert torch.equal(pasted.view(n, -1).sum(1)[applied], torch.from_numpy(box_h * box_w))
+    rng = np.random.default_rng(seed)
+    ref = [_unimatch_box_reference(size, 1.0, rng) for _ in range(n)]
+    ref_h = np.array([r[1] - r[0] for r in ref])
+    ref_w = np.array([r[3] - r[2] for r in ref])
+    area, ref_area = box_h * box_w / (h * w), ref_h * ref_w / (h * w)
+    assert area.min() > 0.008 and area.max() <= 0.4, seed  # U(0.02, 0.4), sides truncated
+    assert _ks_statistic(area, ref_area) < 0.07, seed
+    keep_ref = (ref_h > 0) & (ref_w > 0)
+    assert _ks_statistic(box_h / np.maximum(box_w, 1), ref_h[keep_ref] / ref_w[keep_ref]) < 0.07
+    # where boxes sit: the corner is uniform over the places where the box fits
+    top = ys.float().argmax(1)[applied].numpy()
+    assert _ks_statistic(top / h, np.array([r[0] for r in ref]) / h) < 0.07, seed
+    # the test tells samplers apart: Yun et al.'s boxes fail it
+    _, yun_keep, _ = cutmix(images, p=1.0, box="yun", generator=torch.Generator().manual_seed(seed))
+    yun_area = (~yun_keep).view(n, -1).float().mean(1).numpy()
+    assert _ks_statistic(yun_area[yun_area > 0], ref_area) > 0.15, seed
+
+
+def test_cutmix_yun_sampler_stays_selectable() -> None:
     images = torch.randn(4000, 1, 20, 20)
-    _, box, _ = cutmix(images, p=0.5)
+    _, box, _ = cutmix(images, p=0.5, box="yun")
     mixed_rows = ~box.view(4000, -1).all(dim=1)
     assert 0.42 < mixed_rows.float().mean() < 0.58  # p = 0.5 (minus boxes too small to exist)
-    # lam ~ U(0,1), side sqrt(1-lam) before clipping: mean pasted fraction well under 0.5.
+    # lam ~ U(0,1), side sqrt(1-lam) before clipping: mean pasted fraction well under 0.5,
+    # and boxes are clipped at the border (some touch it far more often than UniMatch's)
     frac = (~box[mixed_rows]).float().mean()
     assert 0.15 < frac < 0.45
+    with pytest.raises(ValueError, match="box sampler"):
+        cutmix(images, box="square")
+
+
+def test_cutmix_generator_and_errors() -> None:
+    images = torch.randn(8, 1, 20, 20)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    a, b = cutmix(images[:8], generator=g1), cutmix(images[:8], generator=g2)
+    a, b = cutmix(images, generator=g1), cutmix(images, generator=g2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="B, C, H, W"):
         cutmix(torch.zeros(3, 4, 4))
@@ -424,8 +532,41 @@ def test_generate_dataset_roundtrip(tmp_path: Path) -> None:
     with Image.open(src.pairs[0][0]) as img:
         assert img.size == (40, 30)
     raw = read_raw_target(src.pairs[0][1])
-    _, depth = render_scene(np.random.SeedSequence([7, 0, 0]), (30, 40))
+    scene = render(np.random.SeedSequence([7, 0, 0]), (30, 40), KINDS[0])
     kept = raw > 0  # holes only remove pixels
     assert kept.mean() > 0.3
-    np.testing.assert_allclose(raw[kept] / 1000.0, depth[kept], atol=5e-4 + 1e-6)
-    assert np.all(raw[depth == 0] == 0)
+    np.testing.assert_allclose(raw[kept] / 1000.0, scene.depth[kept], atol=5e-4 + 1e-6)
+    assert np.all(raw[scene.depth == 0] == 0)
+    # kinds in turn, semantic maps for every split, sky masks beside the labelled depth
+    assert read_kinds(tmp_path, "labelled") == {"00000": KINDS[0], "00001": KINDS[1],
+                                                "00002": KINDS[2]}
+    assert read_kinds(tmp_path, "val") == {"00000": KINDS[0]}
+    with Image.open(tmp_path / "semantic" / "labelled" / "00000.png") as img:
+        np.testing.assert_array_equal(np.array(img), scene.semantic)
+    street = render(np.random.SeedSequence([7, 0, 2]), (30, 40), KINDS[2])
+    with Image.open(tmp_path / "labelled" / "depth" / "00002_sky.png") as img:
+        np.testing.assert_array_equal(np.array(img) > 0, street.semantic == 0)
+    assert (street.semantic == 0).any() and src.spec.sky_mask == "_sky.png"
+    with pytest.raises(ValueError, match="scene kinds"):
+        generate_dataset(tmp_path / "x", n_labelled=1, n_unlabelled=0, n_val=0,
+                         labelled_kinds=["moon"])
+
+
+def test_scene_kinds_differ_and_semantics_follow_geometry() -> None:
+    """Each kind has its own depth range and classes; semantic classes come from what the ray
+    hit (sky exactly where depth is missing above the horizon, never on a valid pixel)."""
+    seed = int(_fresh_rng().integers(0, 2**31))
+    stats = {}
+    for kind in KINDS:
+        scenes = [render([seed, i], (48, 64), kind) for i in range(6)]
+        for sc in scenes:
+            assert sc.kind == kind and sc.semantic.shape == (48, 64)
+            sky = sc.semantic == SEMANTIC_CLASSES.index("sky")
+            assert np.all(sc.depth[sky] == 0), (kind, seed)
+        stats[kind] = (np.median([np.median(sc.depth[sc.depth > 0]) for sc in scenes]),
+                       np.mean([(sc.semantic == 0).mean() for sc in scenes]))
+    assert stats["closeup"][0] < 2.0 < stats["room"][0] < stats["street"][0], (stats, seed)
+    assert stats["room"][1] == stats["closeup"][1] == 0  # no sky indoors
+    assert stats["street"][1] > 0.01 and stats["field"][1] > 0.01, (stats, seed)
+    with pytest.raises(ValueError, match="unknown scene kind"):
+        render(0, (8, 8), "moon")

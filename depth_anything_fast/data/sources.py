@@ -149,13 +149,22 @@ def _pseudo_label_pairs(folder: str) -> list[tuple[str, str]]:
 # Training targets
 
 
-def normalise_disparity(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Min-max normalise to 0..1 over valid pixels (float32); invalid -> 0; constant -> 0."""
+def normalise_disparity(
+    disparity: np.ndarray, valid: np.ndarray, floor: float | None = None
+) -> np.ndarray:
+    """Min-max normalise to 0..1 over valid pixels (float32); invalid -> 0; constant -> 0.
+
+    `floor`: the disparity mapped to 0 (default: the minimum over the valid pixels); it must
+    not exceed that minimum."""
     out = np.zeros(disparity.shape, np.float32)
     if not valid.any():
         return out
     d = disparity[valid].astype(np.float64)
     lo, hi = d.min(), d.max()
+    if floor is not None:
+        if floor > lo:
+            raise ValueError(f"normalise_disparity: floor {floor} is above the minimum {lo}")
+        lo = floor
     if hi > lo:
         out[valid] = ((d - lo) / (hi - lo)).astype(np.float32)
     return out
@@ -165,7 +174,9 @@ def load_target(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth file -> (disparity float32 (H, W) in 0..1, mask bool (H, W)).
 
     Disparity is normalised per image over the valid pixels; sky pixels (from the
-    `spec.sky_mask` file) are valid with disparity 0. Raises `FileNotFoundError` for a missing
+    `spec.sky_mask` file) are valid with disparity 0 and stay strictly farthest: the ground is
+    normalised from the sky's disparity (0 for depth, see `_sky_floor`), so its farthest pixel
+    keeps a positive value. Raises `FileNotFoundError` for a missing
     file or sky mask, `ValueError`/`TypeError` for unreadable content.
     """
     if not path_exists(path):
@@ -180,9 +191,27 @@ def load_target(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:
     if sky.shape != valid.shape:
         raise ValueError(f"sky mask {sky_path} has shape {sky.shape}, target has {valid.shape}")
     ground = valid & ~sky
-    out = normalise_disparity(disparity, ground)
+    out = normalise_disparity(disparity, ground, _sky_floor(disparity[ground]))
     out[sky] = 0.0
     return out, ground | sky
+
+
+# Affine disparity with sky: the sky sits this fraction of the ground's range below its minimum.
+SKY_GAP = 0.05
+
+
+def _sky_floor(ground: np.ndarray) -> float | None:
+    """Disparity that sky takes before normalisation, strictly below every ground pixel: 0 (the
+    true disparity of infinite depth) when all ground disparity is positive, as it is for
+    depth; otherwise (affine disparity reaching 0 or below) `SKY_GAP` of the ground's range
+    below its minimum. Min-max over the ground alone would map its farthest pixel to 0, the
+    sky's value."""
+    if ground.size == 0:
+        return None
+    lo, hi = float(ground.min()), float(ground.max())
+    if lo > 0:
+        return 0.0
+    return lo - SKY_GAP * (hi - lo if hi > lo else 1.0)
 
 
 def load_depth(path: str, spec: LabelledSpec) -> tuple[np.ndarray, np.ndarray]:

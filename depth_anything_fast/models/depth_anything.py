@@ -182,8 +182,10 @@ class DepthAnything(nn.Module):
         expected = model.state_dict().keys()
         if any(key not in state for key in expected):
             model.reset_parameters()  # what the checkpoint does not cover stays initialised
+        # a bare backbone, or an encoder-only file of ours, leaves the head initialised
+        encoder_only = fmt == "dinov2" or not any(k.startswith("head.") for k in state)
         checkpoints.load_into(
-            model, state, strict=strict, allow_missing="head." if fmt == "dinov2" else ""
+            model, state, strict=strict, allow_missing="head." if encoder_only else ""
         )
         return model
 

@@ -44,6 +44,9 @@ class ModelConfig:
     # Student only: the frozen encoder used for feature alignment (a DINOv2 / Depth Anything
     # checkpoint); None falls back to ``init``.
     frozen_encoder: str | None = None
+    # Student only: accept an ``init`` checkpoint that holds a DPT head (the paper's student
+    # starts from DINOv2, not from the teacher, so by default that is an error).
+    allow_head_init: bool = False
 
     def depth_anything_config(self, metric: bool) -> DepthAnythingConfig:
         """The architecture: a metric model (sigmoid * ``max_depth`` head) or a relative one."""
@@ -82,11 +85,23 @@ class DataConfig:
     num_threads: int = 2
 
 
+# Optimiser presets: values an ``optim.preset`` fills in for the fields a config does not set.
+# "default": this project's choices (the field defaults: no decay on norms, biases and tokens,
+# gradient clipping at 1.0). "paper": the authors' V2 metric code (no warm-up, weight decay on
+# every parameter, no gradient clipping).
+OPTIM_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"warmup_steps": 0, "grad_clip": 0.0, "decay_all_params": True},
+}
+
+
 @dataclass
 class OptimConfig:
     """AdamW with separate encoder / decoder learning rates, linear warm-up then poly decay
-    ``(1 - it / total) ** poly_power`` as in the V2 metric code."""
+    ``(1 - it / total) ** poly_power`` as in the V2 metric code. ``preset`` fills in the fields
+    of ``OPTIM_PRESETS[preset]`` that the config does not set itself."""
 
+    preset: Literal["default", "paper"] = "default"
     lr: float = 5e-6
     decoder_lr_mult: float = 10.0
     weight_decay: float = 0.01
@@ -95,6 +110,8 @@ class OptimConfig:
     warmup_steps: int = 0
     poly_power: float = 0.9
     grad_clip: float = 1.0
+    # False: no weight decay on 1-D tensors (norms, biases) and learned tokens (usual for ViTs)
+    decay_all_params: bool = False
     # None: fused AdamW where the parameters' device supports it, else foreach.
     fused: bool | None = None
 
@@ -109,6 +126,13 @@ class LossConfig:
     # Student: feature-alignment tolerance and CutMix probability on the unlabelled part.
     alpha: float = 0.85
     cutmix_p: float = 0.5
+    # CutMix box sampler: "unimatch" (the authors' obtain_cutmix_box) or "yun" (Yun et al.).
+    cutmix_box: Literal["unimatch", "yun"] = "unimatch"
+    # Student ablation switches (the paper's recipe: both on). strong_perturbation=False feeds
+    # the clean view of the pseudo-labelled images; feature_alignment=False drops L_feat from
+    # the mean (total = (L_l + L_u) / 2).
+    strong_perturbation: bool = True
+    feature_alignment: bool = True
     # finetune-metric
     silog_lambda: float = 0.5
 
@@ -371,9 +395,20 @@ def _check_model_and_specs(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{name}: {exc}") from exc
 
 
+def _apply_optim_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``optim.preset``'s fields filled in where the config does not set them."""
+    optim = values.get("optim")
+    if not isinstance(optim, dict) or "preset" not in optim:
+        return values
+    preset = optim["preset"]
+    if preset not in OPTIM_PRESETS:
+        raise ConfigError(f"optim.preset: expected one of {list(OPTIM_PRESETS)}, got {preset!r}")
+    return {**values, "optim": {**OPTIM_PRESETS[preset], **optim}}
+
+
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from a nested dict (YAML content)."""
-    return validate(_from_dict(TrainConfig, values))
+    return validate(_from_dict(TrainConfig, _apply_optim_preset(values)))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,4 +1,9 @@
-"""AdamW with encoder / decoder learning rates, warm-up + poly decay, gradient clipping."""
+"""AdamW with encoder / decoder learning rates, warm-up + poly decay, gradient clipping.
+
+Two presets (``optim.preset``, see ``config.OPTIM_PRESETS``): "default" (this project: no weight
+decay on norms, biases and learned tokens, clipping at 1.0, warm-up as configured) and "paper"
+(the authors' V2 code: no warm-up, weight decay on every parameter, no clipping).
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,16 @@ _FUSED_DEVICES = ("cuda", "cpu", "xpu", "mps")
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Split trainable parameters into encoder / decoder groups, each with and without weight
     decay (1-D tensors — norms, biases — and the learned position / class / register tokens get
-    none, as is usual for ViTs). The encoder is every parameter under ``encoder.``."""
+    none, as is usual for ViTs, unless ``cfg.decay_all_params``: the "paper" preset decays every
+    parameter). The encoder is every parameter under ``encoder.``."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_encoder = name.startswith("encoder.") or ".encoder." in name
-        no_decay = param.ndim <= 1 or any(
+        no_decay = not cfg.decay_all_params and (param.ndim <= 1 or any(
             token in name for token in ("pos_embed", "cls_token", "register_tokens", "mask_token")
-        )
+        ))
         groups.setdefault((is_encoder, no_decay), []).append(param)
     if not groups:
         raise ValueError("the model has no trainable parameters")

@@ -49,10 +49,13 @@ def student_loss(
     perturbed pseudo-labelled images, and feature alignment to the frozen encoder.
 
     labelled: image (B,3,c,c), disparity (B,c,c), mask (B,c,c).
-    pseudo: strong (U,3,c,c) colour-perturbed view, disparity (U,c,c) teacher disparity of the
-    clean view, mask (U,c,c). CutMix (probability ``cfg.cutmix_p``) mixes the strong images;
-    the pseudo-labels and masks follow the same boxes. One forward pass over the B + U images
-    keeps FSDP2 at one all-gather per block; the alignment covers all of them.
+    pseudo: image (U,3,c,c) clean view, strong (U,3,c,c) colour-perturbed view, disparity
+    (U,c,c) teacher disparity of the clean view, mask (U,c,c). CutMix (probability
+    ``cfg.cutmix_p``, boxes from ``cfg.cutmix_box``) mixes the strong images (the clean ones
+    with ``cfg.strong_perturbation`` off); the pseudo-labels and masks follow the same boxes.
+    One forward pass over the B + U images keeps FSDP2 at one all-gather per block; the
+    alignment covers all of them. With ``cfg.feature_alignment`` off the total is the mean of
+    the two depth terms and the frozen encoder is not run.
     """
     from depth_anything_fast.data.cutmix import cutmix
     from depth_anything_fast.losses import (
@@ -62,7 +65,8 @@ def student_loss(
     )
 
     n_labelled = labelled["image"].shape[0]
-    mixed, box, partner = cutmix(pseudo["strong"], p=cfg.cutmix_p, generator=generator)
+    view = pseudo["strong"] if cfg.strong_perturbation else pseudo["image"]
+    mixed, box, partner = cutmix(view, p=cfg.cutmix_p, generator=generator, box=cfg.cutmix_box)
     box = box.to(mixed.device)
     partner = partner.to(mixed.device)
     target_a = pseudo["disparity"]
@@ -72,23 +76,26 @@ def student_loss(
     inputs = torch.cat([labelled["image"], mixed])
     pred, tokens = model(inputs, return_features=True)
     pred = pred.float()
-    frozen_dtype = next(frozen_encoder.parameters()).dtype
-    with torch.no_grad():
-        frozen_tokens = frozen_encoder.patch_tokens(inputs.to(frozen_dtype))
 
     loss_l = affine_invariant_loss(
         pred[:n_labelled], labelled["disparity"], labelled["mask"], backend=cfg.implementation
     )
-    loss_u = cutmix_loss(pred[n_labelled:], target_a, target_b, box, mask, backend=cfg.implementation)
+    loss_u = cutmix_loss(pred[n_labelled:], target_a, target_b, box, mask,
+                         backend=cfg.implementation)
+    parts = {"labelled": loss_l.detach(), "unlabelled": loss_u.detach()}
+    if not cfg.feature_alignment:
+        return (loss_l + loss_u) / 2, parts
+    frozen_dtype = next(frozen_encoder.parameters()).dtype
+    with torch.no_grad():
+        frozen_tokens = frozen_encoder.patch_tokens(inputs.to(frozen_dtype))
     loss_f = feature_alignment_loss(
         tokens.flatten(0, 1).float(),
         frozen_tokens.flatten(0, 1).float(),
         cfg.alpha,
         backend=cfg.implementation,
     )
-    total = (loss_l + loss_u + loss_f) / 3
-    return total, {"labelled": loss_l.detach(), "unlabelled": loss_u.detach(),
-                   "feature": loss_f.detach()}
+    parts["feature"] = loss_f.detach()
+    return (loss_l + loss_u + loss_f) / 3, parts
 
 
 def metric_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tensor, dict]:

@@ -179,6 +179,12 @@ def build_model(cfg: TrainConfig, *, initialise: bool = True) -> nn.Module:
     metric = cfg.stage == "finetune-metric"
     model = DepthAnything(config=m.depth_anything_config(metric), attn_backend=m.attn_backend)
     head_loaded = initialise and m.init is not None and load_init_weights(model, m.init)
+    if head_loaded and cfg.stage == "student" and not m.allow_head_init:
+        raise ValueError(
+            f"model.init: {m.init} holds a DPT head (a trained depth model such as the "
+            "teacher), but the paper's student starts from the pretrained encoder alone, not "
+            "from the teacher. Give an encoder-only checkpoint (DINOv2 weights), or set "
+            "model.allow_head_init=true to start the student from this model anyway")
     if initialise and not head_loaded and not metric:
         # A fresh DPT head ends in ReLU; with PyTorch's default init its last conv is often
         # negative everywhere, the ReLU outputs 0 and no gradient flows (seen on 3 of 4 seeds
