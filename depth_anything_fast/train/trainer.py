@@ -345,7 +345,8 @@ class Trainer:
         self._resume(run)
         status = "done"
         with contextlib.ExitStack() as stack:
-            stop = stack.enter_context(StopSignals(what="after this step and save a checkpoint"))
+            stop = stack.enter_context(
+                StopSignals(what="at the next log interval and saving a checkpoint"))
             logger = stack.enter_context(_MetricsLogger(self.out_dir, cfg, info)) \
                 if info.is_main else None
             bar = self._progress(run.step, info)
