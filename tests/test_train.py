@@ -22,8 +22,8 @@ import torch
 
 from depth_anything_fast.train import stages
 from depth_anything_fast.train.config import load_config
-from depth_anything_fast.train.distributed import reduce_step
 from depth_anything_fast.train.optim import build_optimizer, lr_factor, param_groups
+from depth_anything_fast.train.step_monitor import StepMonitor
 from depth_anything_fast.train.trainer import NonFiniteLossError, Trainer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,11 +195,17 @@ def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
         init_distributed(DistConfig())
 
 
-def test_reduce_step_single_process() -> None:
-    assert reduce_step(torch.tensor(2.5), False) == (2.5, False, False)
-    assert reduce_step(torch.tensor(2.5), True) == (2.5, False, True)
+def test_step_monitor_single_process_loss_stop_and_nonfinite() -> None:
+    def settle(loss: torch.Tensor, stop: bool):
+        monitor = StepMonitor()
+        monitor.record(1, loss, [])
+        settled = monitor.settle(stop)
+        return settled.loss, settled.nonfinite_step is not None, settled.stop
+
+    assert settle(torch.tensor(2.5), False) == (2.5, False, False)
+    assert settle(torch.tensor(2.5), True) == (2.5, False, True)
     for bad in (math.nan, math.inf, -math.inf):
-        assert reduce_step(torch.tensor(bad, dtype=torch.bfloat16), False)[1:] == (True, False)
+        assert settle(torch.tensor(bad, dtype=torch.bfloat16), False)[1:] == (True, False)
 
 
 def test_batch_stream_resume_is_exact_without_decoding_consumed_batches(

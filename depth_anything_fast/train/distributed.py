@@ -109,21 +109,6 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def reduce_step(loss: torch.Tensor, terminate: bool) -> tuple[float, bool, bool]:
-    """``(mean of the scalar `loss` over ranks, whether it is NaN/inf on any rank, whether
-    `terminate` is true on any rank)`` with one collective and one host sync: the training
-    loop's only per-step synchronisation. Every rank gets the same answers, so all of them stop
-    at the same step when one rank received SIGTERM first."""
-    local = loss.detach().float().reshape(1)
-    packed = torch.cat([local, (~torch.isfinite(local)).float(),
-                        local.new_tensor([1.0 if terminate else 0.0])])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed[0] /= dist.get_world_size()
-    mean, nonfinite, terminated = packed.tolist()
-    return mean, nonfinite > 0, terminated > 0
-
-
 def resolve_param_dtype(cfg: DistConfig, device: torch.device) -> torch.dtype:
     """bf16 on CUDA and fp32 on CPU for ``precision="auto"`` (CPU bf16 matmuls are slow on most
     hosts and gloo reductions of bf16 lose the tolerance the tests rely on)."""
