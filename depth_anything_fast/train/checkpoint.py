@@ -344,19 +344,6 @@ def _load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) ->
                    optim_state_dict=optim_wrapped["optim"])
 
 
-def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
-) -> dict[str, Any]:
-    """Collective: load model and optimiser state in place, restore the RNGs, and return this
-    rank's trainer state. Raises CheckpointError when a file is unreadable or not plain data,
-    and when the world size differs from the saving run (the data position is per rank)."""
-    path = Path(path)
-    state = _read_local(path, info)
-    _load_dcp(path, model, optimizer)
-    set_rng_state(state.pop("rng"))
-    return state
-
-
 def load_newest_readable(
     root: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
 ) -> tuple[Path, dict[str, Any]] | None:
