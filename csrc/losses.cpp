@@ -5,19 +5,26 @@
 // Arrays come in through the buffer protocol (numpy views of torch tensors); outputs are
 // preallocated by the caller and written in place, so no torch headers are needed.
 //
-// Affine-invariant loss: per group g = (image, segment) the lower median t (rank (n-1)/2,
-// radix select on a gathered copy) and s = max(mean|x - t|, 1e-6) of pred and of target,
-// then one fused pass for the loss and the per-group sums the backward needs.
+// Affine-invariant loss: per group g = (image, segment) the lower median t (rank (n-1)/2) and
+// s = max(mean|x - t|, 1e-6) of pred and of target, then one fused pass for the loss, the code
+// byte of each pixel and the per-group sums the backward needs; the backward is one pass over the
+// code bytes. Reads of an image per forward: a group-id pass (target, mask, segments), for each
+// group of >= 4096 pixels one sample-select pass giving the exact median and deviation of pred
+// and target together (`sample_select_group`), and the loss pass. Smaller groups, and the rare
+// sample that misses the median, are gathered and radix-selected instead (`radix_select`).
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -33,6 +40,20 @@
 
 namespace py = pybind11;
 
+// The per-pixel passes of the affine-invariant forward are compiled twice: for the baseline ISA
+// and for AVX2 (x86-64 only), and each call picks one (`set_cpu_isa`, default: the best the CPU
+// has), so the wheel stays portable while AVX2 machines get 8-wide loops and a table-driven
+// compaction. Both compile from the same source (templates inlined into the two entry points)
+// without FMA: they round alike; only the order of float partial sums within a block differs.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define DAF_X86_AVX2 1
+#else
+#define DAF_X86_AVX2 0
+#endif
+// Inlined into each ISA's entry point, so compiled for that ISA.
+#define DAF_INLINE [[gnu::always_inline]] inline
+
 namespace {
 
 constexpr double kCosEps = 1e-8;
@@ -41,9 +62,6 @@ template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
 
 constexpr int64_t kBlock = 512;  // float partial sums per block, double across blocks
-
-// Branch-free (comparisons as 0/1) so that the loops using it vectorise.
-inline float sign(float x) { return static_cast<float>(x > 0.0f) - static_cast<float>(x < 0.0f); }
 
 // isfinite on the exponent bits (all ones for inf and NaN).
 inline bool is_finite(float x) {
@@ -173,14 +191,13 @@ float radix_select(const float* values, int64_t n, int64_t k, std::vector<float>
   return key_value(key);
 }
 
-// Lower median of values[0, n) and mean|x - t| (in double).
+// Lower median t of a group's values (rank (n-1)/2) and mean|x - t| (accumulated in double).
 struct Location {
-  float t;
-  double mean_abs_dev;
+  float t = 0.0f;
+  double mean_abs_dev = 0.0;
 };
 
-Location lower_median_and_deviation(const float* values, int64_t n,
-                                    std::vector<float>& candidates) {
+Location radix_location(const float* values, int64_t n, std::vector<float>& candidates) {
   const float t = radix_select(values, n, (n - 1) / 2, candidates);
   double dev = 0.0;
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
@@ -193,70 +210,300 @@ Location lower_median_and_deviation(const float* values, int64_t n,
   return {t, dev / static_cast<double>(n)};
 }
 
+// Groups with fewer pixels than this are gathered and radix-selected (a sample would be most of
+// them); larger ones go through the sample select below.
+constexpr int64_t kSampleSelectMin = 4096;
+
+// Sample select (Floyd-Rivest) of one array of a group, in place in the image: the keys of a
+// strided sample give pivots lo <= c <= hi whose ranks in the group bracket rank k with ~4
+// standard deviations to spare. One pass (`bracket_pass`) counts the group's values below lo,
+// sums x - c below lo and above hi, and collects the few keys in [lo, hi]; the exact rank is
+// then selected among those, and sum|x - t| = S_above - S_below + (t - c)(n_below - n_above) +
+// sum over the bracket of |x - t| needs no second pass (x - c, not x, keeps the sums small).
+// Keys, not floats, are compared: NaN ranks as in the radix select (beyond +-inf), ties exact.
+// The keys here are signed (`signed_key`): AVX2 has signed 32-bit compares only.
+inline int32_t signed_key(float x) {
+  const int32_t bits = __builtin_bit_cast(int32_t, x);
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF);  // negatives: flip all but the sign bit
+}
+
+inline float signed_key_value(int32_t key) {  // signed_key is its own inverse on the bits
+  return __builtin_bit_cast(float, key ^ ((key >> 31) & 0x7FFFFFFF));
+}
+
+// x where flag is 1, +0.0 where it is 0, in integer lanes: a select on floats would keep GCC
+// from vectorising the passes below for SSE2, and x * flag would turn masked-out inf into NaN.
+inline float keep_if(float x, int32_t flag) {
+  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, x) & -flag);
+}
+
+struct Bracket {
+  int32_t key_lo = 0, key_hi = 0;
+  float c = 0.0f;
+  double sum_below = 0.0, sum_above = 0.0;
+  int64_t below = 0, above = 0, size = 0;
+};
+
+// Pivots from the sample's keys (reordered in place); false when the sample cannot bracket
+// rank k reliably (too small) or its centre is not finite (x - c would lose the deviations).
+bool choose_pivots(std::vector<int32_t>& sample, int64_t n, Bracket& bracket) {
+  const auto m = static_cast<int64_t>(sample.size());
+  if (m < 256) return false;
+  const double q = (static_cast<double>((n - 1) / 2) + 0.5) / static_cast<double>(n);
+  const int64_t centre = std::min<int64_t>(static_cast<int64_t>(q * static_cast<double>(m)), m - 1);
+  const auto margin =
+      static_cast<int64_t>(4.0 * std::sqrt(static_cast<double>(m) * q * (1.0 - q))) + 2;
+  const int64_t lo = std::max<int64_t>(centre - margin, 0);
+  const int64_t hi = std::min<int64_t>(centre + margin, m - 1);
+  const auto begin = sample.begin();
+  std::nth_element(begin, begin + centre, sample.end());
+  std::nth_element(begin, begin + lo, begin + centre);
+  std::nth_element(begin + centre, begin + hi, sample.end());
+  bracket.key_lo = sample[lo];
+  bracket.key_hi = sample[hi];
+  bracket.c = signed_key_value(sample[centre]);
+  return is_finite(bracket.c);
+}
+
+// The location from a bracket filled by `bracket_pass` over a group of n values and the
+// bracket's keys (reordered); nullopt when the bracket missed rank k (an unlucky or adversarial
+// sample: the caller radix-selects instead).
+std::optional<Location> bracket_location(Bracket bracket, int32_t* keys, int64_t n) {
+  const int64_t k = (n - 1) / 2;
+  if (k < bracket.below || k >= bracket.below + bracket.size) return std::nullopt;
+  std::nth_element(keys, keys + (k - bracket.below), keys + bracket.size);
+  const float t = signed_key_value(keys[k - bracket.below]);
+  double dev = 0.0;
+#pragma omp simd reduction(+ : dev)
+  for (int64_t j = 0; j < bracket.size; ++j) {
+    dev += std::fabs(static_cast<double>(signed_key_value(keys[j])) - t);
+  }
+  bracket.above = n - bracket.below - bracket.size;
+  dev += bracket.sum_above - bracket.sum_below +
+         (static_cast<double>(t) - bracket.c) * static_cast<double>(bracket.below - bracket.above);
+  return Location{t, dev / static_cast<double>(n)};
+}
+
+#if DAF_X86_AVX2
+// out[j...] = keys[i] for the i of [0, kBlock) with flags[i] = 1, in order: eight at a time,
+// each eight permuted by a table indexed with their flag bits and stored unaligned (writes up to
+// 7 slots past the last kept key). Branch-free: the bracket is a few per cent of the pixels,
+// scattered, so a per-pixel branch would mispredict on most of its hits.
+struct LeftPackTable {
+  uint64_t lanes[256];  // byte k: the lane of the k-th set bit of the index
+  constexpr LeftPackTable() : lanes() {
+    for (int bits = 0; bits < 256; ++bits) {
+      int k = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        if ((bits >> lane) & 1) lanes[bits] |= static_cast<uint64_t>(lane) << (8 * k++);
+      }
+    }
+  }
+};
+constexpr LeftPackTable kLeftPack;
+
+__attribute__((target("avx2"))) int64_t append_flagged_avx2(const int32_t* flags,
+                                                            const int32_t* keys, int32_t* out,
+                                                            int64_t j) {
+  for (int64_t i = 0; i < kBlock; i += 8) {
+    const __m256i f = _mm256_load_si256(reinterpret_cast<const __m256i*>(flags + i));
+    const auto bits = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(f, 31))));
+    const __m256i lanes = _mm256_cvtepu8_epi32(
+        _mm_cvtsi64_si128(static_cast<long long>(kLeftPack.lanes[bits])));
+    const __m256i k = _mm256_load_si256(reinterpret_cast<const __m256i*>(keys + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j),
+                        _mm256_permutevar8x32_epi32(k, lanes));
+    j += __builtin_popcount(bits);
+  }
+  return j;
+}
+#endif
+
+template <bool kAvx2>
+int64_t append_flagged(const int32_t* flags, const int32_t* keys, int32_t* out, int64_t j) {
+#if DAF_X86_AVX2
+  if constexpr (kAvx2) return append_flagged_avx2(flags, keys, out, j);
+#endif
+  for (int64_t i = 0; i < kBlock; ++i) {  // branch-free compaction (writes one slot past)
+    out[j] = keys[i];
+    j += flags[i];
+  }
+  return j;
+}
+
+// The pass of the sample select over one image for group `segment`, pred and target at once.
+// All lanes are 32-bit (flags and keys go through int32 block buffers) so that the loop
+// vectorises at the full register width.
+template <bool kAvx2>
+DAF_INLINE void bracket_pass(const float* __restrict p, const float* __restrict g,
+                             const int32_t* __restrict gid, int32_t segment, int64_t L,
+                             Bracket& bp, Bracket& bg, int32_t* __restrict keys_p,
+                             int32_t* __restrict keys_g) {
+  alignas(64) int32_t flags_p[kBlock], flags_g[kBlock], block_p[kBlock], block_g[kBlock];
+  const int32_t p_lo = bp.key_lo, p_hi = bp.key_hi, g_lo = bg.key_lo, g_hi = bg.key_hi;
+  const float p_c = bp.c, g_c = bg.c;
+  int64_t jp = 0, jg = 0;
+  for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
+    const int64_t len = L - i0 < kBlock ? L - i0 : kBlock;
+    const float* pb = p + i0;
+    const float* gb = g + i0;
+    const int32_t* gidb = gid + i0;
+    float sp_lo = 0.0f, sp_hi = 0.0f, sg_lo = 0.0f, sg_hi = 0.0f;
+    int32_t np_lo = 0, ng_lo = 0;
+#pragma omp simd reduction(+ : sp_lo, sp_hi, sg_lo, sg_hi, np_lo, ng_lo)
+    for (int64_t i = 0; i < len; ++i) {
+      const int32_t in = gidb[i] == segment;
+      const int32_t kp = signed_key(pb[i]), kg = signed_key(gb[i]);
+      block_p[i] = kp;
+      block_g[i] = kg;
+      const int32_t below_p = in & (kp < p_lo), above_p = in & (kp > p_hi);
+      const int32_t below_g = in & (kg < g_lo), above_g = in & (kg > g_hi);
+      flags_p[i] = in & (kp >= p_lo) & (kp <= p_hi);
+      flags_g[i] = in & (kg >= g_lo) & (kg <= g_hi);
+      const float dp = pb[i] - p_c, dg = gb[i] - g_c;
+      sp_lo += keep_if(dp, below_p);
+      sp_hi += keep_if(dp, above_p);
+      sg_lo += keep_if(dg, below_g);
+      sg_hi += keep_if(dg, above_g);
+      np_lo += below_p, ng_lo += below_g;
+    }
+    for (int64_t i = len; i < kBlock; ++i) flags_p[i] = flags_g[i] = 0;  // the last block's tail
+    bp.sum_below += sp_lo, bp.sum_above += sp_hi, bp.below += np_lo;
+    bg.sum_below += sg_lo, bg.sum_above += sg_hi, bg.below += ng_lo;
+    jp = append_flagged<kAvx2>(flags_p, block_p, keys_p, jp);
+    jg = append_flagged<kAvx2>(flags_g, block_g, keys_g, jg);
+  }
+  bp.size = jp;
+  bg.size = jg;
+}
+
+// Per-thread buffers of one image's forward, kept across calls (see affine_invariant_forward):
+// fresh multi-MiB buffers would be page-faulted in (zeroed by the kernel) on every call.
+struct ForwardScratch {
+  std::vector<int32_t> gid;                 // L: group of each pixel, -1 if invalid
+  std::vector<float> pred_buf, target_buf;  // L + 1: gathered values of small groups
+  std::vector<float> candidates;            // L: radix select
+  std::vector<int32_t> keys_p, keys_g;      // L + 8: the sample select's brackets
+  std::vector<int32_t> sample_p, sample_g;
+  std::vector<float> picked;  // L: CutMix's per-pixel target
+
+  void reserve(int64_t L, bool cutmix) {
+    const auto n = static_cast<size_t>(L);
+    if (gid.size() < n) {
+      gid.resize(n);
+      // +1 / +8: the branch-free compactions write past the last kept element
+      pred_buf.resize(n + 1);
+      target_buf.resize(n + 1);
+      candidates.resize(n);
+      keys_p.resize(n + 8);
+      keys_g.resize(n + 8);
+    }
+    if (cutmix && picked.size() < n) picked.resize(n);
+  }
+};
+
+// Sample select of group `segment` (count n >= kSampleSelectMin) for pred and target. The sample
+// takes the group's pixels among evenly spaced positions, ~8 sqrt(n) of them expected in the group.
+template <bool kAvx2>
+DAF_INLINE std::pair<std::optional<Location>, std::optional<Location>> sample_select_group(
+    const float* p, const float* g, const int32_t* gid, int32_t segment, int64_t L, int64_t n,
+    ForwardScratch& scratch) {
+  const double m = 8.0 * std::sqrt(static_cast<double>(n));
+  const int64_t positions = std::min<int64_t>(
+      L, static_cast<int64_t>(m * static_cast<double>(L) / static_cast<double>(n)));
+  const double step = static_cast<double>(L) / static_cast<double>(positions);
+  scratch.sample_p.clear();
+  scratch.sample_g.clear();
+  for (int64_t j = 0; j < positions; ++j) {
+    const auto i = static_cast<int64_t>((static_cast<double>(j) + 0.5) * step);
+    if (gid[i] != segment) continue;
+    scratch.sample_p.push_back(signed_key(p[i]));
+    scratch.sample_g.push_back(signed_key(g[i]));
+  }
+  Bracket bp, bg;
+  const bool ok_p = choose_pivots(scratch.sample_p, n, bp);
+  const bool ok_g = choose_pivots(scratch.sample_g, n, bg);
+  if (!ok_p && !ok_g) return {std::nullopt, std::nullopt};
+  bracket_pass<kAvx2>(p, g, gid, segment, L, bp, bg, scratch.keys_p.data(),
+                      scratch.keys_g.data());
+  return {ok_p ? bracket_location(bp, scratch.keys_p.data(), n) : std::nullopt,
+          ok_g ? bracket_location(bg, scratch.keys_g.data(), n) : std::nullopt};
+}
+
 struct GroupSums {
   double loss = 0.0, r = 0.0, rp = 0.0;
   int64_t sign_p = 0;
+  int64_t median_index = -1;  // lowest pixel of the group whose pred equals the median
 };
 
 // Loss pass over one image in pixel order, for the pixels with gid == segment:
-// sum|p^ - g^|, A = sum sign(r), Bsum = sum sign(r) p^, C = sum sign(p - t), and the code byte
-// of each pixel (stats_layout.h). Float partial sums per block. Other pixels may hold inf/NaN, so they are selected out (selects vectorise with
-// -fno-trapping-math, see setup.py).
-GroupSums loss_pass(const float* __restrict p, const float* __restrict g,
-                    const int32_t* __restrict gid, int32_t segment, int64_t n, float tp,
-                    float inv_sp, float tg, float inv_sg, uint8_t segment_bits,
-                    uint8_t* __restrict codes) {
+// sum|p^ - g^|, A = sum sign(r), Bsum = sum sign(r) p^, C = sum sign(p - t), the code byte of each
+// pixel (stats_layout.h) and the median index. Float partial sums per block. Other pixels may
+// hold inf/NaN, so they are masked out (`keep_if`), never multiplied by 0. Signs are 0/1 int32
+// lanes and the codes go through an int32 block buffer, so that the loop has 32-bit lanes only.
+template <bool kAvx2>
+DAF_INLINE GroupSums loss_pass(const float* __restrict p, const float* __restrict g,
+                               const int32_t* __restrict gid, int32_t segment, int64_t L,
+                               float tp, float inv_sp, float tg, float inv_sg,
+                               int32_t segment_bits, uint8_t* __restrict codes) {
   using namespace stats_layout;
   GroupSums sums;
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    const int64_t i1 = std::min(n, i0 + kBlock);
-    float l = 0.0f, a = 0.0f, bs = 0.0f, c = 0.0f;
-#pragma omp simd reduction(+ : l, a, bs, c)
-    for (int64_t i = i0; i < i1; ++i) {
-      const bool in = gid[i] == segment;
-      const float ph = (p[i] - tp) * inv_sp;
-      const float gh = (g[i] - tg) * inv_sg;
+  alignas(64) int32_t code_block[kBlock];
+  for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
+    const int64_t len = L - i0 < kBlock ? L - i0 : kBlock;
+    const float* pb = p + i0;
+    const float* gb = g + i0;
+    const int32_t* gidb = gid + i0;
+    float l = 0.0f, bs = 0.0f;
+    int32_t r_pos = 0, r_neg = 0, q_pos = 0, q_neg = 0, at_median = 0;
+#pragma omp simd reduction(+ : l, bs, r_pos, r_neg, q_pos, q_neg, at_median)
+    for (int64_t i = 0; i < len; ++i) {
+      const int32_t in = gidb[i] == segment;
+      const float ph = (pb[i] - tp) * inv_sp;
+      const float gh = (gb[i] - tg) * inv_sg;
       const float d = ph - gh;
-      const float r = in ? sign(d) : 0.0f;
-      const float sp = in ? sign(p[i] - tp) : 0.0f;
-      l += in ? std::fabs(d) : 0.0f;
-      a += r;
-      bs += in ? r * ph : 0.0f;
-      c += sp;
-      const int code = static_cast<int>(r > 0.0f) * kCodeRPos +
-                       static_cast<int>(r < 0.0f) * kCodeRNeg +
-                       static_cast<int>(sp > 0.0f) * kCodePPos +
-                       static_cast<int>(sp < 0.0f) * kCodePNeg;
-      codes[i] |= static_cast<uint8_t>(code + static_cast<int>(code != 0) * segment_bits);
+      const int32_t rp = in & (d > 0.0f), rn = in & (d < 0.0f);  // r = sign(p^ - g^)
+      const int32_t qp = in & (pb[i] > tp), qn = in & (pb[i] < tp);  // q = sign(p - t)
+      l += keep_if(std::fabs(d), in);
+      bs += keep_if(ph, rp) - keep_if(ph, rn);
+      r_pos += rp, r_neg += rn, q_pos += qp, q_neg += qn;
+      at_median += in & (pb[i] == tp);
+      const int32_t code = rp * kCodeRPos + rn * kCodeRNeg + qp * kCodePPos + qn * kCodePNeg;
+      code_block[i] = code + (code != 0) * segment_bits;
     }
-    sums.loss += l, sums.r += a, sums.rp += bs, sums.sign_p += static_cast<int64_t>(c);
+    for (int64_t i = 0; i < len; ++i) codes[i0 + i] |= static_cast<uint8_t>(code_block[i]);
+    sums.loss += l, sums.r += r_pos - r_neg, sums.rp += bs, sums.sign_p += q_pos - q_neg;
+    if (at_median > 0 && sums.median_index < 0) {  // once per group: find it in this block
+      int64_t i = i0;
+      while (!(gid[i] == segment && p[i] == tp)) ++i;
+      sums.median_index = i;
+    }
   }
   return sums;
 }
 
-// Forward for one image; per-thread scratch: gid (L), pred_buf/target_buf (L + 1), candidates
-// (L), picked (L, CutMix's per-pixel target). Writes the image's stats/counts rows and codes;
-// returns the image's loss (0 without a valid pixel) and its valid-pixel count.
-std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::vector<int32_t>& gid,
-                                         std::vector<float>& pred_buf,
-                                         std::vector<float>& target_buf,
-                                         std::vector<float>& candidates,
-                                         std::vector<float>& picked, float* stats,
-                                         int64_t* counts, uint8_t* codes) {
+// Forward for one image. Writes the image's stats/counts rows and codes; returns the image's
+// loss (0 without a valid pixel) and its valid-pixel count.
+template <bool kAvx2>
+DAF_INLINE std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b,
+                                                    ForwardScratch& scratch, float* stats,
+                                                    int64_t* counts, uint8_t* codes) {
   using namespace stats_layout;
   const int S = x.num_segments;
   const int64_t L = x.length;
   const float* p = x.pred + b * L;
   const float* g = x.target + b * L;
-  std::vector<int64_t> count(S, 0), offset(S, 0);
+  int32_t* gid = scratch.gid.data();
   const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
   const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
   if (x.box != nullptr) {  // CutMix: each pixel's target and segment from the box
     const uint8_t* box = reinterpret_cast<const uint8_t*>(x.box + b * L);
     const float* gb = x.target_b + b * L;
+    float* picked = scratch.picked.data();
 #pragma omp simd
     for (int64_t i = 0; i < L; ++i) picked[i] = box[i] ? g[i] : gb[i];
-    g = picked.data();
+    g = picked;
 #pragma omp simd
     for (int64_t i = 0; i < L; ++i) gid[i] = is_finite(g[i]) ? 1 - box[i] : -1;
   } else {
@@ -276,70 +523,78 @@ std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::ve
       gid[i] = static_cast<uint32_t>(seg[i]) < num ? (gid[i] | seg[i]) : -1;
     }
   }
-  // Gather each group's (pred, target) pairs contiguously for the selection. Few groups: one
-  // branchless compaction pass per group; many: one counting pass and one scatter pass.
+
+  // Few groups: each one's count in a vectorised pass, its selection in place in the image when
+  // large (sample select), otherwise on a branch-free gathered copy. Many groups: one counting
+  // pass and one scatter pass gather them all.
   constexpr int kMaxCompactionPasses = 8;
+  std::vector<int64_t> count(S, 0);
+  std::vector<Location> loc_p(S), loc_g(S);
   if (S <= kMaxCompactionPasses) {
-    int64_t k = 0;
     for (int s = 0; s < S; ++s) {
-      offset[s] = k;
+      int64_t n = 0;
+#pragma omp simd reduction(+ : n)
+      for (int64_t i = 0; i < L; ++i) n += gid[i] == s;
+      count[s] = n;
+      if (n == 0) continue;
+      std::optional<Location> lp, lg;
+      if (n >= kSampleSelectMin) {
+        std::tie(lp, lg) = sample_select_group<kAvx2>(p, g, gid, s, L, n, scratch);
+      }
+      if (lp && lg) {
+        loc_p[s] = *lp, loc_g[s] = *lg;
+        continue;
+      }
+      float* pb = scratch.pred_buf.data();
+      float* tb = scratch.target_buf.data();
+      int64_t k = 0;
       for (int64_t i = 0; i < L; ++i) {
-        pred_buf[k] = p[i];
-        target_buf[k] = g[i];
+        pb[k] = p[i];
+        tb[k] = g[i];
         k += gid[i] == s;
       }
-      count[s] = k - offset[s];
+      loc_p[s] = lp ? *lp : radix_location(pb, n, scratch.candidates);
+      loc_g[s] = lg ? *lg : radix_location(tb, n, scratch.candidates);
     }
   } else {
     for (int64_t i = 0; i < L; ++i) {
       if (gid[i] >= 0) ++count[gid[i]];
     }
+    std::vector<int64_t> offset(S, 0);
     for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
     std::vector<int64_t> fill(offset);
     for (int64_t i = 0; i < L; ++i) {
       const int grp = gid[i];
       if (grp < 0) continue;
       const int64_t k = fill[grp]++;
-      pred_buf[k] = p[i];
-      target_buf[k] = g[i];
+      scratch.pred_buf[k] = p[i];
+      scratch.target_buf[k] = g[i];
+    }
+    for (int s = 0; s < S; ++s) {
+      if (count[s] == 0) continue;
+      loc_p[s] = radix_location(scratch.pred_buf.data() + offset[s], count[s], scratch.candidates);
+      loc_g[s] = radix_location(scratch.target_buf.data() + offset[s], count[s], scratch.candidates);
     }
   }
 
-  std::vector<float> t_p(S, 0.f), s_p(S, kScaleEps), t_g(S, 0.f), s_g(S, kScaleEps);
+  std::vector<float> s_p(S, kScaleEps), s_g(S, kScaleEps);
   std::vector<uint8_t> active(S, 0);
   for (int s = 0; s < S; ++s) {
     if (count[s] == 0) continue;
-    const Location lp =
-        lower_median_and_deviation(pred_buf.data() + offset[s], count[s], candidates);
-    const Location lg =
-        lower_median_and_deviation(target_buf.data() + offset[s], count[s], candidates);
-    t_p[s] = lp.t;
-    s_p[s] = std::max(static_cast<float>(lp.mean_abs_dev), kScaleEps);
-    t_g[s] = lg.t;
-    s_g[s] = std::max(static_cast<float>(lg.mean_abs_dev), kScaleEps);
-    active[s] = lp.mean_abs_dev > kScaleEps;
+    s_p[s] = std::max(static_cast<float>(loc_p[s].mean_abs_dev), kScaleEps);
+    s_g[s] = std::max(static_cast<float>(loc_g[s].mean_abs_dev), kScaleEps);
+    active[s] = loc_p[s].mean_abs_dev > kScaleEps;
   }
 
-  // Loss pass in pixel order: sums per group and the code bytes.
+  // Loss pass in pixel order: sums per group, the code bytes and the median indices.
   std::fill(codes, codes + L, uint8_t{0});
   std::vector<GroupSums> sums(S);
   const bool segment_in_code = S > 1 && S <= kCodeMaxSegments;
   for (int s = 0; s < S; ++s) {
     if (count[s] == 0) continue;
-    const auto bits = static_cast<uint8_t>(segment_in_code ? s << kCodeSegmentShift : 0);
-    sums[s] = loss_pass(p, g, gid.data(), s, L, t_p[s], 1.0f / s_p[s], t_g[s], 1.0f / s_g[s],
-                        bits, codes);
-  }
-  // Median index: the lowest valid index holding the median value (early exit once all found).
-  std::vector<int64_t> median_index(S, -1);
-  int missing = 0;
-  for (int s = 0; s < S; ++s) missing += count[s] > 0;
-  for (int64_t i = 0; i < L && missing > 0; ++i) {
-    const int s = gid[i];
-    if (s >= 0 && median_index[s] < 0 && p[i] == t_p[s]) {
-      median_index[s] = i;
-      --missing;
-    }
+    const int32_t bits = segment_in_code ? s << kCodeSegmentShift : 0;
+    sums[s] = loss_pass<kAvx2>(p, g, gid, s, L, loc_p[s].t, 1.0f / s_p[s], loc_g[s].t,
+                               1.0f / s_g[s], bits, codes);
   }
 
   double total = 0.0;
@@ -354,9 +609,9 @@ std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::ve
     const double n = static_cast<double>(std::max<int64_t>(count[s], 1));
     const double coef_r = weight / s_p[s];
     const double coef_p = weight * active[s] * sums[s].rp / (s_p[s] * n);
-    st[kTPred] = t_p[s];
+    st[kTPred] = loc_p[s].t;
     st[kSPred] = s_p[s];
-    st[kTTarget] = t_g[s];
+    st[kTTarget] = loc_g[s].t;
     st[kSTarget] = s_g[s];
     st[kASum] = static_cast<float>(sums[s].r);
     st[kBSum] = static_cast<float>(sums[s].rp);
@@ -367,9 +622,51 @@ std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b, std::ve
     st[kCoefMedian] = static_cast<float>(static_cast<double>(sums[s].sign_p) * coef_p -
                                          sums[s].r * coef_r);
     counts[s * kNumCounts + kCount] = count[s];
-    counts[s * kNumCounts + kMedianIndex] = median_index[s];
+    counts[s * kNumCounts + kMedianIndex] = sums[s].median_index;
   }
   return {total * weight, n_image};
+}
+
+using ForwardImage = std::pair<double, int64_t> (*)(const ImageBatch&, int64_t, ForwardScratch&,
+                                                     float*, int64_t*, uint8_t*);
+
+std::pair<double, int64_t> forward_image_baseline(const ImageBatch& x, int64_t b,
+                                                  ForwardScratch& scratch, float* stats,
+                                                  int64_t* counts, uint8_t* codes) {
+  return forward_image<false>(x, b, scratch, stats, counts, codes);
+}
+
+#if DAF_X86_AVX2
+__attribute__((target("avx2"))) std::pair<double, int64_t> forward_image_avx2(
+    const ImageBatch& x, int64_t b, ForwardScratch& scratch, float* stats, int64_t* counts,
+    uint8_t* codes) {
+  return forward_image<true>(x, b, scratch, stats, counts, codes);
+}
+#endif
+
+bool cpu_has_avx2() {
+#if DAF_X86_AVX2
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+// The ISA the forward runs with: "auto" (the best the CPU has), or forced by set_cpu_isa.
+std::atomic<bool> g_force_baseline{false};
+
+bool use_avx2() { return cpu_has_avx2() && !g_force_baseline.load(std::memory_order_relaxed); }
+
+void set_cpu_isa(const std::string& name) {
+  if (name == "auto" || name == "baseline") {
+    g_force_baseline = name == "baseline";
+  } else if (name == "avx2") {
+    if (!cpu_has_avx2()) throw std::invalid_argument("this CPU (or build) has no AVX2");
+    g_force_baseline = false;
+  } else {
+    throw std::invalid_argument("cpu isa must be 'auto', 'baseline' or 'avx2', got '" + name + "'");
+  }
 }
 
 void affine_invariant_forward(Array<float> pred, Array<float> target,
@@ -388,27 +685,19 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
   advise_huge_pages(codes_out, static_cast<size_t>(x.batch * x.length));
   std::vector<double> image_loss(x.batch, 0.0);
   std::vector<int64_t> image_count(x.batch, 0);
+  ForwardImage forward = forward_image_baseline;
+#if DAF_X86_AVX2
+  if (use_avx2()) forward = forward_image_avx2;
+#endif
   {
     py::gil_scoped_release release;
 #pragma omp parallel
     {
-      // Per-thread scratch kept across calls: fresh multi-MiB buffers would be page-faulted in
-      // (zeroed by the kernel) on every call, which cost as much as the selection itself.
-      thread_local std::vector<int32_t> gid;
-      thread_local std::vector<float> pred_buf, target_buf, candidates, picked;
-      if (gid.size() < static_cast<size_t>(x.length)) {
-        gid.resize(x.length);
-        // +1: the branchless compaction writes one slot past the last kept element
-        pred_buf.resize(x.length + 1);
-        target_buf.resize(x.length + 1);
-        candidates.resize(x.length);
-      }
-      if (x.box != nullptr && picked.size() < static_cast<size_t>(x.length)) {
-        picked.resize(x.length);
-      }
+      thread_local ForwardScratch scratch;
+      scratch.reserve(x.length, x.box != nullptr);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t b = 0; b < x.batch; ++b) {
-        const auto [l, n] = forward_image(x, b, gid, pred_buf, target_buf, candidates, picked,
+        const auto [l, n] = forward(x, b, scratch,
                                           stats_out + b * num_segments * kNumStats,
                                           counts_out + b * num_segments * kNumCounts,
                                           codes_out + b * x.length);
@@ -600,6 +889,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_loss").noconvert(), py::arg("features").noconvert(),
         py::arg("frozen").noconvert(), py::arg("alpha"), py::arg("cos").noconvert(),
         py::arg("n_kept").noconvert(), py::arg("grad_features").noconvert());
+  m.def("set_cpu_isa", &set_cpu_isa, py::arg("name"),
+        "Instruction set of the affine-invariant forward: 'auto' (default), 'baseline', 'avx2'");
+  m.def("cpu_isa", []() { return std::string(use_avx2() ? "avx2" : "baseline"); });
   m.def("num_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();

@@ -31,6 +31,24 @@ TOLERANCES = {
 }
 
 
+# Groups of at least this many pixels take the C++ sample select (kSampleSelectMin in
+# csrc/losses.cpp), smaller ones the radix select on a gathered copy.
+SAMPLE_SELECT_MIN = 4096
+
+
+@pytest.fixture(params=["baseline", "avx2"])
+def cpu_isa(request):
+    """Run the test with each instruction set of the C++ forward (`_C.set_cpu_isa`)."""
+    ext = cpu.require_extension()
+    try:
+        ext.set_cpu_isa(request.param)
+    except ValueError:
+        pytest.skip(f"no {request.param} on this CPU/build")
+    assert ext.cpu_isa() == request.param
+    yield request.param
+    ext.set_cpu_isa("auto")
+
+
 def make_inputs(batch, height, width, num_segments, dtype, *, masked=True, tied=False):
     if tied:  # few distinct values: many pixels equal the median
         pred = torch.randint(0, 4, (batch, height, width)).to(dtype)
@@ -95,7 +113,9 @@ def check_against_oracle(pred, target, mask, segments, num_segments):
     (loss * weights.float()).sum().backward()
     assert p.grad.dtype == pred.dtype and torch.isfinite(p.grad).all()
     ties = tied_median_pixels(pred, target, mask, segments, num_segments)
-    scale = expected_grad.abs().max().item() or 1.0
+    # Gradients are means over an image's pixels: O(1/L) where they do not cancel exactly (they do
+    # for a constant target: the loss is then 1 whatever pred is), so 1/L floors the scale.
+    scale = max(expected_grad.abs().max().item(), 1.0 / pred[0].numel())
     assert_grad_close_tie_aware(p.grad, expected_grad, ties, grad_tol * scale)
 
 
@@ -112,6 +132,7 @@ def check_against_oracle(pred, target, mask, segments, num_segments):
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.usefixtures("cpu_isa")
 def test_affine_invariant_matches_oracle(shape, num_segments, masked, dtype):
     check_against_oracle(*make_inputs(*shape, num_segments, dtype, masked=masked), num_segments)
 
@@ -126,11 +147,13 @@ def test_ignored_and_out_of_range_segments():
 
 
 @pytest.mark.parametrize("num_segments", [1, 3])
+@pytest.mark.usefixtures("cpu_isa")
 def test_ties_at_median(num_segments):
     pred, target, mask, segments = make_inputs(3, 15, 16, num_segments, torch.float32, tied=True)
     check_against_oracle(pred, target, mask, segments, num_segments)
 
 
+@pytest.mark.usefixtures("cpu_isa")
 def test_edge_cases_all_invalid_single_pixel_constant_nonfinite():
     pred, target, mask, _ = make_inputs(5, 12, 13, 1, torch.float32)
     mask[0] = False  # all-invalid image
@@ -201,6 +224,7 @@ def test_stats_and_lowest_median_index():
                 assert stats[b, s, layout.T_PRED] == flat[0][b, hits[0, 0]]
 
 
+@pytest.mark.usefixtures("cpu_isa")
 def test_cutmix_loss_cpu_matches_reference():
     pred, target_a, mask, _ = make_inputs(3, 20, 21, 1, torch.float32)
     target_b = torch.rand(3, 20, 21) + 2
@@ -214,6 +238,70 @@ def test_cutmix_loss_cpu_matches_reference():
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
     as_bytes = cutmix_loss(pred, target_a, target_b, box.to(torch.uint8), mask, backend="cpu")
     torch.testing.assert_close(as_bytes, got)
+
+
+def large_group_pred(pattern: str, batch: int, length: int) -> torch.Tensor:
+    """`(batch, length)` predictions whose groups are large enough for the sample select."""
+    i = torch.arange(length, dtype=torch.float32).expand(batch, length)
+    if pattern == "normal":
+        return torch.randn(batch, length)
+    if pattern == "tied":  # most pixels tie with the median
+        return torch.randint(0, 3, (batch, length)).float()
+    if pattern == "ramp":
+        return i / length
+    if pattern == "reversed":
+        return 1 - i / length
+    if pattern == "constant":
+        return torch.full((batch, length), 0.25)
+    if pattern == "heavy_tails":  # most of the mass at +-1e30, a few finite values between
+        x = torch.randn(batch, length)
+        return torch.where(x.abs() > 0.2, torch.sign(x) * 1e30, x)
+    if pattern == "sampled_positions_extreme":
+        # Huge values on every 16th pixel: for an unmasked 128 x 128 image these are the pixels
+        # the strided sample reads (8 sqrt(n) of them), so its bracket misses the median and the
+        # radix select takes over. Other sample formulas still have to get it right.
+        return torch.where(i % 16 == 8, 1e6 + i, torch.randn(batch, length))
+    raise ValueError(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["normal", "tied", "ramp", "reversed", "constant", "heavy_tails", "sampled_positions_extreme"],
+)
+@pytest.mark.parametrize("num_segments,masked", [(1, False), (1, True), (2, True)])
+@pytest.mark.usefixtures("cpu_isa")
+def test_large_groups_match_oracle(pattern, num_segments, masked):
+    """Groups above SAMPLE_SELECT_MIN (the sample select), against the float64 oracle."""
+    batch, height, width = 2, 128, 128
+    pred = large_group_pred(pattern, batch, height * width).reshape(batch, height, width)
+    _, target, mask, segments = make_inputs(batch, height, width, num_segments, torch.float32)
+    if not masked:
+        mask = None
+    groups = height * width * (0.7 if masked else 1.0) / num_segments
+    assert groups > SAMPLE_SELECT_MIN
+    check_against_oracle(pred, target, mask, segments, num_segments)
+    # the target's selection too, on the same patterns
+    check_against_oracle(target, pred.clamp(-1e3, 1e3), mask, segments, num_segments)
+
+
+@pytest.mark.usefixtures("cpu_isa")
+def test_large_cutmix_matches_reference():
+    pred, target_a, mask, _ = make_inputs(2, 128, 128, 1, torch.float32)
+    target_b = torch.rand(2, 128, 128) + 2
+    box = torch.zeros(2, 128, 128, dtype=torch.bool)
+    box[:, 10:90, 20:110] = True  # 7200 of 16384 pixels inside
+    expected = cutmix_loss(
+        pred.double(), target_a.double(), target_b.double(), box, mask, backend="reference"
+    )
+    got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
+    torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_set_cpu_isa_rejects_unknown_names():
+    ext = cpu.require_extension()
+    with pytest.raises(ValueError, match="'auto', 'baseline' or 'avx2'"):
+        ext.set_cpu_isa("sse9")
+    assert ext.cpu_isa() in ("baseline", "avx2")
 
 
 @pytest.mark.parametrize("shape", [(2, 37, 64), (1, 5, 3), (3, 10, 257)])

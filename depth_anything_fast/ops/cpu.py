@@ -16,13 +16,14 @@ from torch import Tensor
 
 from depth_anything_fast.kernels import stats_layout as layout
 from depth_anything_fast.ops.autograd import (
+    AffineInvariantKernels,
+    FeatureAlignmentKernels,
     register_affine_invariant_autograd,
     register_feature_alignment_autograd,
 )
 
 if TYPE_CHECKING:
     import numpy as np
-
 
 
 def extension() -> ModuleType | None:
@@ -158,7 +159,12 @@ def feature_alignment_backward(
     return grad_features.to(features.dtype)
 
 
-# Custom ops over the implementations above: their type hints are the op schemas.
+AFFINE_INVARIANT = AffineInvariantKernels(affine_invariant_forward, affine_invariant_backward)
+FEATURE_ALIGNMENT = FeatureAlignmentKernels(feature_alignment_forward, feature_alignment_backward)
+
+
+# Custom ops over the implementations above (the torch.compile path): their type hints are the
+# op schemas.
 def _cpu_op(name: str, implementation: Callable[..., Any]) -> torch.library.CustomOpDef:
     return torch.library.custom_op(
         f"depth_anything_fast::{name}", implementation, mutates_args=(), device_types="cpu"

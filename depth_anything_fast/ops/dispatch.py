@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from depth_anything_fast.ops import cpu
+from depth_anything_fast.ops.autograd import AffineInvariantFunction, FeatureAlignmentFunction
 from depth_anything_fast.ops.reference import (
     affine_invariant_loss_reference,
     feature_alignment_loss_reference,
@@ -130,12 +131,16 @@ def affine_invariant(
             segments = (~box).to(torch.int64)
         loss, n_valid = affine_invariant_loss_reference(pred, target, mask, segments, num_segments)
         return loss.sum() / (n_valid > 0).sum().clamp_min(1) if mean else loss
-    op = cpu.affine_invariant_cpu if resolved == "cpu" else _triton_ops().affine_invariant_triton
-    loss, _, _, _ = op(
+    inputs = (
         pred.contiguous(), target.contiguous(), _contiguous(target_b), _contiguous(mask),
         _contiguous(segments), num_segments, mean,
     )  # fmt: skip
-    return loss
+    backend_ops = cpu if resolved == "cpu" else _triton_ops()
+    if torch.compiler.is_compiling():  # the custom op: one node for the compiler
+        op = cpu.affine_invariant_cpu if resolved == "cpu" else backend_ops.affine_invariant_triton
+        loss, _, _, _ = op(*inputs)
+        return loss
+    return AffineInvariantFunction.apply(backend_ops.AFFINE_INVARIANT, *inputs)
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -149,6 +154,12 @@ def feature_alignment(
     resolved = resolve_backend(backend, "feature_alignment", features, frozen)
     if resolved == "reference":
         return feature_alignment_loss_reference(features, frozen, alpha)
-    op = cpu.feature_alignment_cpu if resolved == "cpu" else _triton_ops().feature_alignment_triton
-    loss, _, _ = op(features.contiguous(), frozen.detach().contiguous(), float(alpha))
-    return loss
+    inputs = (features.contiguous(), frozen.detach().contiguous(), float(alpha))
+    backend_ops = cpu if resolved == "cpu" else _triton_ops()
+    if torch.compiler.is_compiling():
+        op = (
+            cpu.feature_alignment_cpu if resolved == "cpu" else backend_ops.feature_alignment_triton
+        )
+        loss, _, _ = op(*inputs)
+        return loss
+    return FeatureAlignmentFunction.apply(backend_ops.FEATURE_ALIGNMENT, *inputs)

@@ -99,5 +99,3 @@ def feature_alignment_loss_reference(
     cos = F.cosine_similarity(features.to(dtype), frozen.detach().to(dtype), dim=-1)
     kept = cos.detach() <= alpha
     return torch.where(kept, 1.0 - cos, 0.0).sum() / kept.sum().clamp_min(1)
-
-

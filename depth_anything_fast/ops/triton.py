@@ -1,4 +1,6 @@
-"""Triton backend: the kernels of `depth_anything_fast.kernels` wrapped as `triton_op`s.
+"""Triton backend: the kernels of `depth_anything_fast.kernels`, as the kernel interface (the
+eager path, `AFFINE_INVARIANT` / `FEATURE_ALIGNMENT`) and wrapped as `triton_op`s (the
+torch.compile path).
 
 `triton_op` makes the launchers visible to `torch.compile` (their kernels must be launched
 through `torch.library.wrap_triton`), and the launcher itself serves as the fake implementation.
@@ -15,6 +17,8 @@ from torch import Tensor
 from torch.library import triton_op
 
 from depth_anything_fast.ops.autograd import (
+    AffineInvariantKernels,
+    FeatureAlignmentKernels,
     register_affine_invariant_autograd,
     register_feature_alignment_autograd,
 )
@@ -26,8 +30,7 @@ def _on_device_of(t: Tensor) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-@triton_op("depth_anything_fast::affine_invariant_triton", mutates_args=())
-def affine_invariant_triton(
+def _affine_invariant(
     pred: Tensor,
     target: Tensor,
     target_b: Tensor | None,
@@ -42,8 +45,7 @@ def affine_invariant_triton(
         return affine_invariant_forward(pred, target, target_b, mask, segments, num_segments, mean)
 
 
-@triton_op("depth_anything_fast::affine_invariant_backward_triton", mutates_args=())
-def affine_invariant_backward_triton(
+def _affine_invariant_backward(
     grad_loss: Tensor,
     codes: Tensor,
     segments: Tensor | None,
@@ -57,8 +59,7 @@ def affine_invariant_backward_triton(
         return affine_invariant_backward(grad_loss, codes, segments, stats, counts, grad_dtype)
 
 
-@triton_op("depth_anything_fast::feature_alignment_triton", mutates_args=())
-def feature_alignment_triton(
+def _feature_alignment(
     features: Tensor, frozen: Tensor, alpha: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     from depth_anything_fast.kernels.feature_alignment import feature_alignment_forward
@@ -67,8 +68,7 @@ def feature_alignment_triton(
         return feature_alignment_forward(features, frozen, alpha)
 
 
-@triton_op("depth_anything_fast::feature_alignment_backward_triton", mutates_args=())
-def feature_alignment_backward_triton(
+def _feature_alignment_backward(
     grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
 ) -> Tensor:
     from depth_anything_fast.kernels.feature_alignment import feature_alignment_backward
@@ -77,5 +77,21 @@ def feature_alignment_backward_triton(
         return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
 
 
+AFFINE_INVARIANT = AffineInvariantKernels(_affine_invariant, _affine_invariant_backward)
+FEATURE_ALIGNMENT = FeatureAlignmentKernels(_feature_alignment, _feature_alignment_backward)
+
+
+def _op(name: str, launcher: object) -> torch.library.CustomOpDef:
+    return triton_op(f"depth_anything_fast::{name}", mutates_args=())(launcher)
+
+
+affine_invariant_triton = _op("affine_invariant_triton", _affine_invariant)
+affine_invariant_backward_triton = _op(
+    "affine_invariant_backward_triton", _affine_invariant_backward
+)
+feature_alignment_triton = _op("feature_alignment_triton", _feature_alignment)
+feature_alignment_backward_triton = _op(
+    "feature_alignment_backward_triton", _feature_alignment_backward
+)
 register_affine_invariant_autograd(affine_invariant_triton, affine_invariant_backward_triton)
 register_feature_alignment_autograd(feature_alignment_triton, feature_alignment_backward_triton)
