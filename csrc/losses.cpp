@@ -443,7 +443,6 @@ struct GroupSums {
 // pixel (stats_layout.h) and the median index. Float partial sums per block. Other pixels may
 // hold inf/NaN, so they are masked out (`keep_if`), never multiplied by 0. Signs are 0/1 int32
 // lanes and the codes go through an int32 block buffer, so that the loop has 32-bit lanes only.
-template <bool kAvx2>
 DAF_INLINE GroupSums loss_pass(const float* __restrict p, const float* __restrict g,
                                const int32_t* __restrict gid, int32_t segment, int64_t L,
                                float tp, float inv_sp, float tg, float inv_sg,
@@ -595,8 +594,8 @@ DAF_INLINE std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t
   for (int s = 0; s < S; ++s) {
     if (count[s] == 0) continue;
     const int32_t bits = segment_in_code ? s << kCodeSegmentShift : 0;
-    sums[s] = loss_pass<kAvx2>(p, g, gid, s, L, loc_p[s].t, 1.0f / s_p[s], loc_g[s].t,
-                               1.0f / s_g[s], bits, codes);
+    sums[s] = loss_pass(p, g, gid, s, L, loc_p[s].t, 1.0f / s_p[s], loc_g[s].t, 1.0f / s_g[s],
+                        bits, codes);
   }
 
   double total = 0.0;
