@@ -242,7 +242,7 @@ struct Bracket {
   int32_t key_lo = 0, key_hi = 0;
   float c = 0.0f;
   double sum_below = 0.0, sum_above = 0.0;
-  int64_t below = 0, above = 0, size = 0;
+  int64_t below = 0, size = 0;  // counts below lo and in [lo, hi]; the rest are above hi
 };
 
 // Pivots from the sample's keys (reordered in place); false when the sample cannot bracket
@@ -269,7 +269,7 @@ bool choose_pivots(std::vector<int32_t>& sample, int64_t n, Bracket& bracket) {
 // The location from a bracket filled by `bracket_pass` over a group of n values and the
 // bracket's keys (reordered); nullopt when the bracket missed rank k (an unlucky or adversarial
 // sample: the caller radix-selects instead).
-std::optional<Location> bracket_location(Bracket bracket, int32_t* keys, int64_t n) {
+std::optional<Location> bracket_location(const Bracket& bracket, int32_t* keys, int64_t n) {
   const int64_t k = (n - 1) / 2;
   if (k < bracket.below || k >= bracket.below + bracket.size) return std::nullopt;
   std::nth_element(keys, keys + (k - bracket.below), keys + bracket.size);
@@ -279,9 +279,9 @@ std::optional<Location> bracket_location(Bracket bracket, int32_t* keys, int64_t
   for (int64_t j = 0; j < bracket.size; ++j) {
     dev += std::fabs(static_cast<double>(signed_key_value(keys[j])) - t);
   }
-  bracket.above = n - bracket.below - bracket.size;
+  const int64_t above = n - bracket.below - bracket.size;
   dev += bracket.sum_above - bracket.sum_below +
-         (static_cast<double>(t) - bracket.c) * static_cast<double>(bracket.below - bracket.above);
+         (static_cast<double>(t) - bracket.c) * static_cast<double>(bracket.below - above);
   return Location{t, dev / static_cast<double>(n)};
 }
 
@@ -647,8 +647,11 @@ __attribute__((target("avx2"))) std::pair<double, int64_t> forward_image_avx2(
 
 bool cpu_has_avx2() {
 #if DAF_X86_AVX2
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
+  static const bool has = [] {  // probed once, not on every forward call
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return has;
 #else
   return false;
 #endif
@@ -698,10 +701,9 @@ void affine_invariant_forward(Array<float> pred, Array<float> target,
       scratch.reserve(x.length, x.box != nullptr);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t b = 0; b < x.batch; ++b) {
-        const auto [l, n] = forward(x, b, scratch,
-                                          stats_out + b * num_segments * kNumStats,
-                                          counts_out + b * num_segments * kNumCounts,
-                                          codes_out + b * x.length);
+        const auto [l, n] = forward(x, b, scratch, stats_out + b * num_segments * kNumStats,
+                                    counts_out + b * num_segments * kNumCounts,
+                                    codes_out + b * x.length);
         image_loss[b] = l;
         image_count[b] = n;
       }
