@@ -3,26 +3,68 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# Extras of the editable install: tests (dev: pytest, transformers, Hub, ONNX) and DALI for the
-# CUDA 13 driver; on a CUDA 12 machine: make test EXTRAS=dev,dali-cuda12
+# The torch build every venv gets first (the CPU wheel on our machines), so that no dependency
+# ever resolves another torch.
+TORCH := 2.13.0
+# Every package `make test` and `make demo` install, pinned: CPython 3.11 on x86_64 Linux, torch
+# $(TORCH)+cpu, the extras below. `make lock` regenerates it from pyproject.toml's ranges.
+LOCK := requirements/lock.txt
+LOCK_EXTRAS := dev dali
+# uv installs the lock (much faster than pip, see README); pip does where uv cannot be had.
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+# Where `make lock` finds the CPU torch wheel's metadata (a local wheel folder on our machines).
+TORCH_FIND_LINKS ?= /opt/wheels
+# `make test-latest`: a second venv from the ranges alone, newest releases of everything.
+LATEST_VENV := .venv-latest
 EXTRAS ?= dev,dali
 
-.PHONY: install test demo ablation bench lint clean
+.PHONY: install test test-latest lock demo ablation bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
-# torch==2.13.0 first (the CPU wheel on our machines) so that no dependency resolves another torch.
-$(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	$(PIP) install "setuptools>=77" wheel "pybind11>=2.12"
-	$(PIP) install --no-build-isolation -e ".[$(EXTRAS)]"
+$(STAMP): $(PY) $(LOCK) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH)
+	if $(PIP) install -q uv==$(UV_VERSION); then \
+		$(UV) pip install --python $(PY) --no-deps -r $(LOCK); \
+	else \
+		$(PIP) install --no-deps -r $(LOCK); \
+	fi
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q
+
+# Run before refreshing the lock, and now and then (weekly): a fresh venv with the newest releases
+# the ranges admit (torch stays $(TORCH)), then the whole suite.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	python3 -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install torch==$(TORCH)
+	$(LATEST_VENV)/bin/python -m pip install --upgrade pip setuptools wheel pybind11
+	$(LATEST_VENV)/bin/python -m pip install --upgrade --no-build-isolation -e ".[$(EXTRAS)]"
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/freeze.txt
+	$(LATEST_VENV)/bin/ruff check .
+	$(LATEST_VENV)/bin/python -m pytest tests -q
+
+# The lock: pyproject.toml's ranges (project, extras, build requirements) resolved to the newest
+# releases for CPython 3.11 on x86_64 Linux with torch $(TORCH)+cpu, which is left out of the
+# file (installed first, above).
+lock: $(PY)
+	$(PIP) install -q uv==$(UV_VERSION)
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" > $(VENV)/build-requirements.in
+	echo "torch==$(TORCH)+cpu" > $(VENV)/torch-override.txt
+	$(UV) pip compile pyproject.toml $(VENV)/build-requirements.in \
+		$(addprefix --extra ,$(LOCK_EXTRAS)) --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_FIND_LINKS) \
+		--override $(VENV)/torch-override.txt --no-emit-package torch \
+		--custom-compile-command "make lock" -o $(LOCK)
 
 demo: $(STAMP)
 	$(PY) -m depth_anything_fast.demo --out demo_out

@@ -7,6 +7,7 @@ It talks to torch only through the buffer protocol (numpy arrays), so building i
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
@@ -15,6 +16,11 @@ import warnings
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+# Top-level folders whose files the wheel carries inside a subpackage: (folder, pattern). They
+# have no __init__.py (see depth_anything_fast/_checkout.py), so package-dir cannot map them.
+FOLDERS_INTO_PACKAGE = {"kernels": "*.py", "configs": "*.yaml"}
 
 
 def _cpp_extensions() -> list:
@@ -63,12 +69,22 @@ class OptionalBuildExt(build_ext):
                           stacklevel=1)
 
 
+class BuildPyWithFolders(build_py):
+    """Copies `kernels/*.py` and `configs/*.yaml` into the built depth_anything_fast.kernels and
+    .configs (whose `__init__.py` files live in the package)."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:  # the editable package reads the folders where they are
+            return
+        for folder, pattern in FOLDERS_INTO_PACKAGE.items():
+            target = os.path.join(self.build_lib, "depth_anything_fast", folder)
+            for name in sorted(glob.glob(os.path.join(folder, pattern))):
+                self.copy_file(name, os.path.join(target, os.path.basename(name)))
+
+
 setup(
-    packages=[
-        *find_packages(include=["depth_anything_fast", "depth_anything_fast.*"]),
-        "depth_anything_fast.kernels",
-        "depth_anything_fast.configs",
-    ],
+    packages=find_packages(include=["depth_anything_fast", "depth_anything_fast.*"]),
     ext_modules=_cpp_extensions(),
-    cmdclass={"build_ext": OptionalBuildExt},
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithFolders},
 )

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from support import SHARED_IMAGES
+from benchmark_support import SHARED_IMAGES
 
 from depth_anything_fast.data import list_images, unlabelled_loader
 from depth_anything_fast.data.dali_pipelines import dali_available

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import SHARED_IMAGES
+from benchmark_support import SHARED_IMAGES
 
 from depth_anything_fast.formats.codec import encode_png16
 from depth_anything_fast.inference.pseudo_label import pseudo_label

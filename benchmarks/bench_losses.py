@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from support import peak_memory_mib
+from benchmark_support import peak_memory_mib
 
 from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
 from depth_anything_fast.ops import affine_invariant as affine_invariant_op

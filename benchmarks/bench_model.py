@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from support import peak_memory_mib
+from benchmark_support import peak_memory_mib
 
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
 from depth_anything_fast.models import checkpoints as ckpt

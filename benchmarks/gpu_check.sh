@@ -10,7 +10,7 @@
 # Every step has its own time budget; its results (benchmark JSON, JUnit XML) are written when
 # it finishes, with $OUT/<step>.json saying how it ended, so a run killed at its limit keeps
 # what the finished steps measured.
-# Then, back here: python benchmarks/report.py $OUT/*_gpu.json (tables + targets).
+# Then, back here: python benchmarks/benchmark_report.py $OUT/*_gpu.json (tables + targets).
 # The GPU machines have torch, triton, transformers and pytest-benchmark but no network and
 # no DALI: the project is installed without dependencies. Before the call, copy the real test
 # images and build tools into the checkout and carry them (both folders are ignored by git):
@@ -98,6 +98,6 @@ step inference 100 "${BENCH[@]}" --benchmark-json="$OUT/inference_gpu.json" \
     "benchmarks/bench_inference.py::test_inference_throughput[cuda-vitl-official-loop]" \
     "benchmarks/bench_inference.py::test_inference_throughput[cuda-vitl-pseudo-label]"
 if [ "$DRY_RUN" = 1 ]; then
-    $PY benchmarks/gpu_check_collect.py "$OUT" >>"$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
+    $PY benchmarks/benchmark_gpu_collect.py "$OUT" >>"$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 fi
 echo "done in $(( $(date +%s) - START ))s" | tee -a "$LOG"

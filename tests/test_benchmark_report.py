@@ -1,4 +1,4 @@
-"""benchmarks/report.py: baselines and the speed targets computed from pytest-benchmark JSON."""
+"""benchmarks/benchmark_report.py: baselines and the speed targets computed from pytest-benchmark JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
+REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_report.py"
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,8 @@ def _compile_all(out: Path) -> None:
         sys.exit(3)
 
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from depth_anything_fast.kernels import (
         affine_invariant,
         feature_alignment,
@@ -98,7 +100,6 @@ def _compile_all(out: Path) -> None:
         segmented,
         stats_layout,
     )
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     modules = (affine_invariant, feature_alignment, radix_select)
     kernels = sorted({

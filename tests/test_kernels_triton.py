@@ -12,8 +12,6 @@ import math
 
 import pytest
 import torch
-from depth_anything_fast.kernels import feature_alignment, segmented
-from depth_anything_fast.kernels import stats_layout as layout
 from depth_anything_fast.kernels.affine_invariant import (
     affine_invariant_backward,
     affine_invariant_forward,
@@ -23,6 +21,9 @@ from depth_anything_fast.kernels.feature_alignment import (
     feature_alignment_forward,
 )
 from depth_anything_fast.kernels.radix_select import lower_median
+
+from depth_anything_fast.kernels import feature_alignment, segmented
+from depth_anything_fast.kernels import stats_layout as layout
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: dict[str, int] = {
     "formats": 0,
     "kernels": 0,
+    "configs": 0,  # YAML files; the package only says where they are
+    "_checkout": -1,  # where kernels/ and configs/ live in a checkout (stdlib only)
     "_C": 0,
     "runtime": 0,  # torchrun environment and SIGTERM handling (issue 14; stdlib only)
     "ops": 1,

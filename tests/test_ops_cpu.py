@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from depth_anything_fast.kernels import stats_layout as layout
 
+from depth_anything_fast.kernels import stats_layout as layout
 from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
 from depth_anything_fast.losses.reference import (
     affine_invariant_loss_reference,

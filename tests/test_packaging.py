@@ -33,8 +33,10 @@ def checkout_packages() -> list[str]:
     for directory in sorted((ROOT / "depth_anything_fast").rglob("*")):
         if directory.is_dir() and directory.name != "__pycache__" and any(directory.glob("*.py")):
             names.append(".".join(directory.relative_to(ROOT).parts))
-    return ["depth_anything_fast", *names, "depth_anything_fast.kernels",
-            "depth_anything_fast.configs"]
+    # the Triton kernels: files of the top-level kernels/ folder, carried in the wheel's subpackage
+    kernels = [f"depth_anything_fast.kernels.{p.stem}"
+               for p in sorted((ROOT / "kernels").glob("*.py"))]
+    return ["depth_anything_fast", *names, *kernels]
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +79,16 @@ def test_wheel_imports_every_subpackage_without_dali(installed: Path) -> None:
         "import importlib, json; from pathlib import Path; "
         f"mods = [importlib.import_module(n) for n in {packages!r}]; "
         "from depth_anything_fast.data.loaders import resolve_pipeline; "
+        "from depth_anything_fast.configs import CONFIG_DIR; "
         "print(json.dumps({'files': [m.__file__ for m in mods], "
-        "'backend': resolve_pipeline('auto'), 'configs': sorted(p.name for p in "
-        "Path(mods[-1].__file__).parent.glob('*.yaml'))}))"
+        "'backend': resolve_pipeline('auto'), 'config_dir': str(CONFIG_DIR), "
+        "'configs': sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))}))"
     )
     report = json.loads(run_installed(installed, [sys.executable, "-c", script]).stdout)
     for name, file in zip(packages, report["files"], strict=True):
         assert file is not None and Path(file).is_relative_to(installed), (name, file)
     assert report["backend"] == "pil"  # no DALI: the PIL loaders
+    assert Path(report["config_dir"]).is_relative_to(installed)
     assert {"demo_teacher.yaml", "demo_student.yaml", "teacher.yaml"} <= set(report["configs"])
 
 

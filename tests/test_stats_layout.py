@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from depth_anything_fast.kernels import stats_layout as layout
 
+from depth_anything_fast.kernels import stats_layout as layout
 from depth_anything_fast.ops import cpu_available
 
 HEADER = Path(__file__).resolve().parents[1] / "csrc" / "stats_layout.h"

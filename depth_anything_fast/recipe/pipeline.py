@@ -9,7 +9,6 @@ result was looked at (see the README's demo section).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -21,22 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from depth_anything_fast.configs import CONFIG_DIR
+
 from .semantic_encoder import SemanticTraining, train_semantic_encoder
 
-
-def _config_dir() -> Path:
-    """configs/ of the checkout, which the wheel ships as the package depth_anything_fast.configs."""
-    spec = importlib.util.find_spec("depth_anything_fast.configs")
-    if spec is not None and spec.origin is not None:
-        return Path(spec.origin).parent
-    checkout = Path(__file__).resolve().parents[2] / "configs"  # an older editable install
-    if checkout.is_dir():
-        return checkout
-    raise FileNotFoundError(
-        "depth_anything_fast.configs not found: reinstall the package (pip install -e .)")
-
-
-CONFIG_DIR = _config_dir()
 TEACHER_CONFIG = CONFIG_DIR / "demo_teacher.yaml"
 STUDENT_CONFIG = CONFIG_DIR / "demo_student.yaml"
 # Shorter side the models see at evaluation and pseudo-labelling (the training crop: same scale).

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: where the real test images live, peak memory of one call.
 
-Imported as `support` (pytest puts this folder on sys.path for the bench_*.py files in it).
+Imported as `benchmark_support` (pytest puts this folder on sys.path for the bench_*.py files in it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Markdown summary of pytest-benchmark JSON files, with the issues' speed targets checked.
 
-    python benchmarks/report.py benchmarks/results/losses_gpu.json [...] > summary.md
+    python benchmarks/benchmark_report.py benchmarks/results/losses_gpu.json [...] > summary.md
 
 One table per file: each group's rows with mean/min time, speed-up against the group's baseline
 (the eager reference, transformers, or the official-style loop), and the `extra_info` figures

@@ -1,6 +1,6 @@
 """Dry run of benchmarks/gpu_check.sh: collect each step's pytest selection, in one process.
 
-    python benchmarks/gpu_check_collect.py OUT   # reads OUT/dry_steps.txt, writes OUT/<step>.json
+    python benchmarks/benchmark_gpu_collect.py OUT   # reads OUT/dry_steps.txt, writes OUT/<step>.json
 
 `dry_steps.txt` holds one step per line: the step's name and its pytest arguments, separated by
 tabs (written by gpu_check.sh with DRY_RUN=1). Each step's JSON records how many tests its

@@ -1,1 +1,0 @@
-"""Triton kernels (installed as depth_anything_fast.kernels)."""
