@@ -1,5 +1,5 @@
-"""Process runtime shared by training and pseudo-labelling: the torchrun environment and
-graceful stops on SIGTERM / Ctrl-C.
+"""Process runtime shared by training and inference: the torchrun environment, graceful stops on
+SIGTERM / Ctrl-C, and what the host CPU can do (native bf16).
 
 ``torchrun`` (and other launchers) describe a process's place in the job through environment
 variables; ``launch_env`` is the one reader of them. ``StopSignals`` turns the first SIGTERM or
@@ -100,3 +100,14 @@ class StopSignals:
     def exit_code(self) -> int:
         """128 + the first signal received (130 for Ctrl-C, 143 for SIGTERM); 0 without one."""
         return 128 + self.signum if self.signum else 0
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast
+    emulates it and runs several times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False  # unknown: callers then keep fp32 and warn where bf16 is asked for
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from depth_anything_fast.models.transforms import RESIZE_MODES, preprocess, resize_prediction
+from depth_anything_fast.runtime import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +41,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
                              "device(s) are visible")
     return resolved
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast
-    emulates it and runs several times slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False  # unknown: the warning below errs on the side of saying so
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
