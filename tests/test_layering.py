@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "kernels": 0,
     "configs": 0,  # YAML files; the package only says where they are
     "_checkout": -1,  # where kernels/ and configs/ live in a checkout (stdlib only)
+    "_lazy": -1,  # the packages' lazy re-exports (stdlib only)
     "_C": 0,
     "runtime": 0,  # torchrun environment and SIGTERM handling (issue 14; stdlib only)
     "ops": 1,

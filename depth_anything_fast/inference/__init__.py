@@ -5,8 +5,7 @@ Names are imported on first use so that the CLI's `--help` does not import torch
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from depth_anything_fast._lazy import lazy_exports
 
 _EXPORTS = {
     "Predictor": "depth_anything_fast.inference.predictor",
@@ -19,8 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

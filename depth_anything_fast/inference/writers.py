@@ -239,14 +239,3 @@ def _shard_index(path: Path) -> int:
     except (IndexError, ValueError):
         return -1
 
-
-def read_output(output_dir: Path, record: ManifestRecord) -> bytes:
-    """Stored bytes of `record` (a file, or a member of a tar shard)."""
-    path = output_dir / record.file
-    if record.member is None:
-        return path.read_bytes()
-    with tarfile.open(path, "r") as tar:
-        f = tar.extractfile(record.member)
-        if f is None:
-            raise FileNotFoundError(f"{record.member} not found in {path}")
-        return f.read()

@@ -20,9 +20,6 @@ from depth_anything_fast.models.config import DepthAnythingConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("teacher", "student", "finetune-metric")
-
-
 @dataclass
 class ModelConfig:
     """Network to train: the `DepthAnythingConfig` preset of ``encoder`` (vits/vitb/vitl/vitg)
