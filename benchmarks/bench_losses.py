@@ -26,8 +26,8 @@ import torch
 from benchmark_support import peak_memory_mib
 
 from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
+from depth_anything_fast.ops import AffineInvariantArgs, cpu_available
 from depth_anything_fast.ops import affine_invariant as affine_invariant_op
-from depth_anything_fast.ops import cpu_available
 from depth_anything_fast.ops.reference import feature_alignment_loss_reference
 
 CUDA = torch.cuda.is_available()
@@ -152,19 +152,19 @@ def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Te
     target, target_b, mask, box, num_segments = inputs
     batch = pred.shape[0]
     if impl == "fused":
-        backend = "cpu" if device == "cpu" else "triton"
+        implementation = "cpu" if device == "cpu" else "triton"
         if target_b is None:
             def loss_fn() -> torch.Tensor:
-                return affine_invariant_loss(pred, target, mask, backend=backend)
+                return affine_invariant_loss(pred, target, mask, implementation=implementation)
         else:
             def loss_fn() -> torch.Tensor:
-                return cutmix_loss(pred, target, target_b, box, mask, backend=backend)
+                return cutmix_loss(pred, target, target_b, box, mask, implementation=implementation)
     else:
 
         def reference(p, t, tb, m, bx) -> torch.Tensor:  # noqa: ANN001
             flat = [None if x is None else x.reshape(batch, -1) for x in (p, t, tb, m, bx)]
-            return affine_invariant_op(*flat[:3], flat[3], flat[4], num_segments, "mean",
-                                       "reference")  # fmt: skip
+            args = AffineInvariantArgs(*flat, num_segments, mean=True)
+            return affine_invariant_op(args, "reference")
 
         fn = reference
         if impl == "compiled":
@@ -199,10 +199,10 @@ def test_feature_alignment(
     elements = batch * tokens * channels
     bytes_moved = elements * 4 * 2 + (elements * 4 if training else 0)
     if impl == "fused":
-        backend = "cpu" if device == "cpu" else "triton"
+        implementation = "cpu" if device == "cpu" else "triton"
 
         def loss_fn() -> torch.Tensor:
-            return feature_alignment_loss(features, frozen, 0.85, backend=backend)
+            return feature_alignment_loss(features, frozen, 0.85, implementation=implementation)
     else:
         fn = feature_alignment_loss_reference
         if impl == "compiled":

@@ -174,6 +174,48 @@ def test_imports_go_down_the_layers():
     assert not upward, "imports that go up or sideways:\n" + "\n".join(sorted(upward))
 
 
+# One fused op reads top to bottom (ops/__init__.py): losses -> dispatch -> autograd -> a backend
+# -> kernels. Inside `ops`, a module imports only modules of a lower rank here.
+OPS_RANKS = {"interface": 0, "reference": 0, "cpu": 1, "triton": 1, "autograd": 2, "dispatch": 3}
+# What `losses` may take from `ops`: the dispatch and the argument tuples (through the package),
+# and the references.
+LOSSES_USE = {f"{PACKAGE}.ops", f"{PACKAGE}.ops.reference"}
+
+
+def test_fused_op_route_goes_one_way():
+    ops = {m: bs for m, bs in _graph().items() if m.startswith(f"{PACKAGE}.ops.")}
+    assert set(OPS_RANKS) == {m.rsplit(".", 1)[1] for m in ops}, "new ops module: rank it"
+    wrong = [
+        f"{a} imports {b}"
+        for a, bs in ops.items()
+        for b in bs
+        if b.startswith(f"{PACKAGE}.ops.")
+        and OPS_RANKS[b.rsplit(".", 1)[1]] >= OPS_RANKS[a.rsplit(".", 1)[1]]
+    ]
+    assert not wrong, "ops modules that import sideways or back up the route:\n" + "\n".join(wrong)
+    losses = {b for m, bs in _graph().items() if m.startswith(f"{PACKAGE}.losses") for b in bs}
+    reached = {b for b in losses if b.startswith(f"{PACKAGE}.ops")}
+    assert reached <= LOSSES_USE, f"losses reach past the dispatch: {sorted(reached - LOSSES_USE)}"
+
+
+def test_kernels_import_only_kernels():
+    """kernels/ (the top-level folder of `depth_anything_fast.kernels`) holds Triton code only:
+    besides torch, triton and the stdlib it imports its own modules, nothing of the package."""
+    files = sorted((ROOT.parent / "kernels").glob("*.py"))
+    assert any(f.name == "affine_invariant.py" for f in files)
+    wrong = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            wrong += [f"{path.name} imports {n}" for n in names if n.split(".")[0] == PACKAGE]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_checks_see_cycles_and_upward_imports():
     """The checks above fail on a planted cycle and a planted upward import."""
     planted = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

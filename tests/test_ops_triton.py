@@ -47,7 +47,7 @@ def test_affine_invariant_triton_values_and_grads():
     (expected_grad,) = torch.autograd.grad((expected * weights).sum(), p64)
     p = pred.clone().requires_grad_()
     loss = affine_invariant_loss(
-        p, target, mask, segments, num_segments=segments_n, reduction="none", backend="triton"
+        p, target, mask, segments, num_segments=segments_n, reduction="none", implementation="triton"
     )
     (loss * weights.float()).sum().backward()
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
@@ -65,12 +65,12 @@ def test_cutmix_and_feature_alignment_triton():
     mask = torch.rand(2, 8, 10, device=DEVICE) > 0.2
     p64 = pred.double().requires_grad_()
     expected = cutmix_loss(
-        p64, target_a.double(), target_b.double(), box, mask, backend="reference"
+        p64, target_a.double(), target_b.double(), box, mask, implementation="reference"
     )
     (expected_grad,) = torch.autograd.grad(expected, p64)
     for as_box in (box, box.to(torch.uint8)):
         p = pred.clone().requires_grad_()
-        got = cutmix_loss(p, target_a, target_b, as_box, mask, backend="triton")
+        got = cutmix_loss(p, target_a, target_b, as_box, mask, implementation="triton")
         got.backward()
         torch.testing.assert_close(got.double(), expected.detach(), rtol=2e-5, atol=2e-5)
         scale = expected_grad.abs().max().item()
@@ -82,7 +82,7 @@ def test_cutmix_and_feature_alignment_triton():
     expected = feature_alignment_loss_reference(f64, frozen.double(), 0.85)
     (expected_grad,) = torch.autograd.grad(expected, f64)
     f = features.clone().requires_grad_()
-    loss = feature_alignment_loss(f, frozen, 0.85, backend="triton")
+    loss = feature_alignment_loss(f, frozen, 0.85, implementation="triton")
     loss.backward()
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
     scale = expected_grad.abs().max().item() or 1.0
@@ -91,7 +91,7 @@ def test_cutmix_and_feature_alignment_triton():
 
 def test_opcheck_triton_ops():
     """Full opcheck on CUDA; the interpreter runs kernels on FakeTensors, so not the fake test."""
-    from depth_anything_fast.ops import triton as triton_ops
+    from depth_anything_fast.ops.autograd import CUSTOM_OPS
 
     checks = ("test_schema", "test_autograd_registration")
     if DEVICE == "cuda":
@@ -101,19 +101,19 @@ def test_opcheck_triton_ops():
     target = torch.rand(2, 40, device=DEVICE)
     mask = torch.rand(2, 40, device=DEVICE) > 0.2
     torch.library.opcheck(
-        triton_ops.affine_invariant_triton,
+        CUSTOM_OPS["affine_invariant", "triton"],
         (pred, target, None, mask, None, 1, True),
         test_utils=checks,
     )
     box = torch.rand(2, 40, device=DEVICE) > 0.5
     torch.library.opcheck(
-        triton_ops.affine_invariant_triton,
+        CUSTOM_OPS["affine_invariant", "triton"],
         (pred, target, target + 1, None, box, 2, False),
         test_utils=checks,
     )
     features = torch.randn(5, 16, device=DEVICE, requires_grad=True)
     torch.library.opcheck(
-        triton_ops.feature_alignment_triton,
+        CUSTOM_OPS["feature_alignment", "triton"],
         (features, torch.randn(5, 16, device=DEVICE), 0.85),
         test_utils=checks,
     )
@@ -126,14 +126,14 @@ def test_triton_ops_on_a_device_that_is_not_current():
     assert torch.cuda.current_device() == 0
     pred = torch.randn(3, 20, 24, device=device, requires_grad=True)
     target = torch.rand(3, 20, 24, device=device)
-    expected = affine_invariant_loss(pred.double(), target.double(), backend="reference")
-    loss = affine_invariant_loss(pred, target, backend="triton")
+    expected = affine_invariant_loss(pred.double(), target.double(), implementation="reference")
+    loss = affine_invariant_loss(pred, target, implementation="triton")
     loss.backward()
     assert loss.device == device and pred.grad.device == device
     torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=2e-5)
     features = torch.randn(2, 6, 32, device=device, requires_grad=True)
     frozen = torch.randn(2, 6, 32, device=device)
-    got = feature_alignment_loss(features, frozen, 0.85, backend="triton")
+    got = feature_alignment_loss(features, frozen, 0.85, implementation="triton")
     got.backward()
     expected = feature_alignment_loss_reference(features.double(), frozen.double(), 0.85)
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)

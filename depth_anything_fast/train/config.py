@@ -115,7 +115,7 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    # which implementation computes the losses (`losses.*(backend=)`)
+    # which implementation computes the losses (`losses.*(implementation=)`)
     implementation: Literal["auto", "reference", "cpu", "triton"] = "auto"
     # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
     gradient_weight: float = 0.0
