@@ -290,12 +290,15 @@ def test_sharding_disjoint_complete_and_deterministic(tmp_path: Path) -> None:
     assert all(torch.equal(x["disparity"], y["disparity"]) for x, y in zip(a, b))
 
     paths = [p for p, _ in source.pairs]
+    names = [f"name-{i}" for i in range(len(paths))]  # each job carries its name through
     seen = []
     for r in range(3):
-        for batch in inference_loader(paths, batch_size=3, input_size=14, shard_id=r,
-                                      num_shards=3, backend="pil"):
-            seen.extend(batch["paths"])
-    assert sorted(seen) == sorted(paths) and len(seen) == len(set(seen))
+        for batch in inference_loader(paths, names=names, batch_size=3, input_size=14,
+                                      shard_id=r, num_shards=3, backend="pil"):
+            seen.extend(zip(batch["paths"], batch["names"], strict=True))
+    assert sorted(seen) == sorted(zip(paths, names)) and len(seen) == len(set(seen))
+    with pytest.raises(ValueError, match="2 names for"):
+        inference_loader(paths, names=names[:2], batch_size=1)
 
 
 def _check_matches_preprocess(
