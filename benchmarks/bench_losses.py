@@ -28,7 +28,7 @@ from benchmark_support import peak_memory_mib
 from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
 from depth_anything_fast.ops import AffineInvariantArgs, cpu_available
 from depth_anything_fast.ops import affine_invariant as affine_invariant_op
-from depth_anything_fast.ops.reference import feature_alignment_loss_reference
+from depth_anything_fast.ops.pytorch import feature_alignment_loss_reference
 
 CUDA = torch.cuda.is_available()
 IMPLS = ("fused", "eager", "compiled")

@@ -311,7 +311,7 @@ def _check_matches_preprocess(
     inference resampling to it, its Catmull-Rom uint8 resize was 0.008-0.019 normalised units
     off on average, up to 0.8.)
     """
-    from depth_anything_fast.models.transforms import preprocess
+    from depth_anything_fast.transforms import preprocess
 
     ref = preprocess(rgb, input_size=input_size, resize=resize)[0]
     assert got.shape == ref.shape

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from depth_anything_fast.train import stages
-from depth_anything_fast.train.__main__ import main as train_main
+from depth_anything_fast.train.cli import main as train_main
 from depth_anything_fast.train.config import ConfigError, load_config
 from depth_anything_fast.train.trainer import RunDirError, Trainer
 
@@ -44,7 +44,7 @@ class _Marker:
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory) -> Path:
-    from depth_anything_fast.data.synthetic import generate_dataset
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("faults_data")
     return generate_dataset(root / "data", n_labelled=8, n_unlabelled=0, n_val=0,

@@ -25,7 +25,7 @@ from depth_anything_fast.formats.manifest import read_all_records, read_records
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
-from depth_anything_fast.models.transforms import lower_bound_size
+from depth_anything_fast.transforms import lower_bound_size
 
 INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _source(root: Path) -> tuple[Path, list[str]]:
 
     Returns (source dir, relative stems of the good images).
     """
-    from depth_anything_fast.data.synthetic import generate_dataset
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     layout = generate_dataset(root / "gen", n_labelled=0, n_unlabelled=4, n_val=0, size=(48, 64))
     src = root / "src"

@@ -25,7 +25,7 @@ from depth_anything_fast.models import (
     DinoVisionTransformer,
     build_frozen_encoder,
 )
-from depth_anything_fast.models import checkpoints as ckpt
+from depth_anything_fast.models import weights as ckpt
 
 transformers = pytest.importorskip("transformers")
 
@@ -571,7 +571,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from depth_anything_fast.models import convert
+    from depth_anything_fast.models import cli as convert
 
     hf = make_hf_model(**TINY)
     hf.save_pretrained(tmp_path / "hf")

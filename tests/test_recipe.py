@@ -22,7 +22,7 @@ TINY = ["model.encoder=tiny", "model.embed_dim=32", "model.depth=4", "model.num_
 
 # ------------------------------------------------------------------------------ init guard
 def _save_tiny(tmp_path: Path, encoder_only: bool) -> Path:
-    from depth_anything_fast.models.checkpoints import save_file
+    from depth_anything_fast.models.weights import save_file
 
     model = build_model(load_config(None, TINY))
     state = model.state_dict()
@@ -117,13 +117,13 @@ def test_semantic_encoder_learns_semantics_only_and_is_cached(tmp_path: Path) ->
     first), saved encoder-only, loaded as init and as frozen encoder, reused when unchanged."""
     import shutil
 
-    from depth_anything_fast.data.synthetic import generate_dataset
     from depth_anything_fast.models import DepthAnythingConfig, build_frozen_encoder
-    from depth_anything_fast.models.checkpoints import read_checkpoint
+    from depth_anything_fast.models.weights import read_checkpoint
     from depth_anything_fast.recipe.semantic_encoder import (
         SemanticTraining,
         train_semantic_encoder,
     )
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     root = tmp_path / "world"
     generate_dataset(root, n_labelled=2, n_unlabelled=8, n_val=4, size=(60, 80), seed=1)

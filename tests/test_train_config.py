@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from depth_anything_fast.train.__main__ import main as train_main
+from depth_anything_fast.train.cli import main as train_main
 from depth_anything_fast.train.config import (
     ConfigError,
     config_from_dict,
@@ -85,6 +85,17 @@ def test_student_needs_pseudo_labelled_images() -> None:
     with pytest.raises(ConfigError, match=r"data\.unlabelled_ratio: the student stage"):
         load_config(None, ["stage=student", "data.unlabelled_ratio=0"])
     assert load_config(None, ["data.unlabelled_ratio=0"]).data.unlabelled_ratio == 0  # teacher
+
+
+def test_train_subcommand_is_the_module_command(tmp_path: Path, capsys) -> None:
+    """`depth-anything-fast train` parses and runs as `python -m depth_anything_fast.train`."""
+    from depth_anything_fast.cli import main
+
+    assert main(["train", "--set", "optim.momentum=0.9"]) == 2
+    assert "optim.momentum: unknown field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "--overwrite"])  # mutually exclusive, as in the module
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_cli_bad_config_and_missing_path(tmp_path: Path, capsys) -> None:

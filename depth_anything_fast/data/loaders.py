@@ -490,7 +490,7 @@ def inference_loader(
 
     resize="keep-aspect": the official lower-bound size (sides multiples of 14, the shorter one
     `input_size`); "square": input_size raised to a multiple of 14, squared (both
-    `models.transforms.network_size`, as `preprocess`). Batches: {"image": (B, 3, h, w) float32
+    `transforms.network_size`, as `preprocess`). Batches: {"image": (B, 3, h, w) float32
     ImageNet-normalised, "paths": list[str], "sizes": list[(H0, W0)] original sizes, and with
     `names` "names": list[str]}. Every readable file of this shard appears exactly once; the
     others go to `on_error`.

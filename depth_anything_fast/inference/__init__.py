@@ -1,4 +1,5 @@
-"""Fast inference: batched `Predictor`, the `pseudo_label` engine and the `predict` engine.
+"""Fast inference: batched `Predictor`, the `pseudo_label` engine and the `predict` command's
+engine (`pictures`).
 
 Names are imported on first use so that the CLI's `--help` does not import torch.
 """
@@ -12,7 +13,7 @@ _EXPORTS = {
     "load_model": "depth_anything_fast.inference.predictor",
     "pseudo_label": "depth_anything_fast.inference.pseudo_label",
     "Summary": "depth_anything_fast.inference.pseudo_label",
-    "predict_files": "depth_anything_fast.inference.predict",
+    "predict_files": "depth_anything_fast.inference.pictures",
     "colorize": "depth_anything_fast.inference.visualize",
 }
 

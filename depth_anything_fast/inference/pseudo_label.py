@@ -66,8 +66,8 @@ from depth_anything_fast.inference.writers import (
     make_output_dir,
     remove_stale_temporaries,
 )
-from depth_anything_fast.models.transforms import resize_prediction
 from depth_anything_fast.runtime import StopSignals, launch_env
+from depth_anything_fast.transforms import resize_prediction
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from depth_anything_fast._lazy import lazy_exports
 
-from .config import DepthAnythingConfig
+from .architecture import DepthAnythingConfig
 
 _EXPORTS = {
     "ATTENTION_BACKENDS": ".layers",

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints, hub
-from .config import DepthAnythingConfig
+from depth_anything_fast.transforms import preprocess, resize_prediction
+
+from . import hub, weights
+from .architecture import DepthAnythingConfig
 from .dinov2 import DinoVisionTransformer
 from .dpt import DPTHead
-from .transforms import preprocess, resize_prediction
 
 
 class DepthAnything(nn.Module):
@@ -120,7 +121,7 @@ class DepthAnything(nn.Module):
         """Switch the encoder's attention kernel ("auto" | "sdpa" | "xformers" | "math")."""
         self.encoder.set_attention_backend(backend)
 
-    # ------------------------------------------------------------------------- checkpoints
+    # ----------------------------------------------------------------------------- weights
     @classmethod
     def from_pretrained(
         cls,
@@ -145,7 +146,7 @@ class DepthAnything(nn.Module):
         `hub.resolve_weights`; `revision` and `cache_dir` apply to it); an existing local path
         of the same spelling wins. Format, size, version and metric-ness are detected where the
         keys, a config, the official repo or the file name allow (see
-        `checkpoints.infer_config`); the keyword arguments override. A mismatch raises a
+        `weights.infer_config`); the keyword arguments override. A mismatch raises a
         ValueError listing missing/unexpected keys and wrongly sized tensors.
         """
         source = hub.resolve_weights(path, revision=revision, cache_dir=cache_dir)
@@ -153,9 +154,9 @@ class DepthAnything(nn.Module):
         asked = {"encoder": encoder, "version": version, "metric": metric, "max_depth": max_depth}
         hinted = {k: source.hints.get(k) if v is None else v for k, v in asked.items()}
         encoder, version, metric, max_depth = (hinted[k] for k in asked)
-        raw, file_config = checkpoints.read_checkpoint(source.path, map_location)
-        fmt = checkpoints.detect_format(raw)
-        state = checkpoints.to_ours(raw, fmt)
+        raw, file_config = weights.read_checkpoint(source.path, map_location)
+        fmt = weights.detect_format(raw)
+        state = weights.to_ours(raw, fmt)
         if config is None:
             if fmt == "ours" and file_config is not None:
                 values = {k: v for k, v in file_config.items() if k != "format"}
@@ -166,7 +167,7 @@ class DepthAnything(nn.Module):
                 hf_config = file_config if fmt == "hf" else None
                 if fmt == "dinov2" and version is None:
                     version = "v2"  # a bare backbone: the version only picks the head's layers
-                config = checkpoints.infer_config(
+                config = weights.infer_config(
                     state,
                     source_name=source.name,
                     hf_config=hf_config,
@@ -184,7 +185,7 @@ class DepthAnything(nn.Module):
             model.reset_parameters()  # what the checkpoint does not cover stays initialised
         # a bare backbone, or an encoder-only file of ours, leaves the head initialised
         encoder_only = fmt == "dinov2" or not any(k.startswith("head.") for k in state)
-        checkpoints.load_into(
+        weights.load_into(
             model, state, strict=strict, allow_missing="head." if encoder_only else ""
         )
         return model
@@ -206,14 +207,14 @@ class DepthAnything(nn.Module):
         path = Path(path)
         if path.suffix == ".safetensors":
             path.parent.mkdir(parents=True, exist_ok=True)
-            weights = path
+            weights_file = path
         else:
             path.mkdir(parents=True, exist_ok=True)
-            weights = path / checkpoints.WEIGHTS_NAME
-            config_json = {"format": checkpoints.FORMAT_TAG, **self.config.to_dict()}
-            (path / checkpoints.CONFIG_NAME).write_text(json.dumps(config_json, indent=2) + "\n")
-        checkpoints.save_file(self.state_dict(), weights, self.config)
-        return weights
+            weights_file = path / weights.WEIGHTS_NAME
+            config_json = {"format": weights.FORMAT_TAG, **self.config.to_dict()}
+            (path / weights.CONFIG_NAME).write_text(json.dumps(config_json, indent=2) + "\n")
+        weights.save_file(self.state_dict(), weights_file, self.config)
+        return weights_file
 
 
 def build_frozen_encoder(

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .config import _SIZES, METRIC_MAX_DEPTH, DepthAnythingConfig
+from .architecture import _SIZES, METRIC_MAX_DEPTH, DepthAnythingConfig
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ The route of a fused op, top to bottom (the affine-invariant loss; feature align
 1. `losses/affine_invariant.py`: `affine_invariant_loss` / `AffineInvariantLoss` (and
    `cutmix_loss`) check the inputs and flatten them into an `AffineInvariantArgs`;
 2. `ops/dispatch.py`: `affine_invariant(args, implementation)` resolves the implementation
-   ("auto" | "triton" | "cpu" | "reference") and either runs `ops/reference.py` (plain
+   ("auto" | "triton" | "cpu" | "reference") and either runs `ops/pytorch.py` (plain
    PyTorch, autograd) or hands the args to
 3. `ops/autograd.py`: `fused(op, implementation, args)`, the autograd formula (eager) or the
    custom op (`torch.compile`), which calls the backend's kernels:

@@ -40,7 +40,8 @@ def extension() -> ModuleType | None:
 
 
 def require_extension() -> ModuleType:
-    """The compiled `depth_anything_fast._C` module; RuntimeError saying how to build it if absent."""
+    """The compiled `depth_anything_fast._C` module; a RuntimeError saying how to build it if
+    it is absent."""
     ext = extension()
     if ext is None:
         raise RuntimeError(

@@ -1,7 +1,7 @@
 """The one dispatch of the fused ops: which implementation computes a loss, then that one.
 
 Implementations: "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1), "cpu" (the C++
-extension), "reference" (plain PyTorch, `ops.reference`). "auto" picks triton for CUDA tensors
+extension), "reference" (plain PyTorch, `ops.pytorch`). "auto" picks triton for CUDA tensors
 when Triton is installed, cpu for CPU tensors when the extension is built, else reference. An
 implementation asked for by name that cannot run the given tensors raises a ValueError (tensors)
 or RuntimeError (installation) saying why. Inputs are validated by the caller (`losses`); this
@@ -24,7 +24,7 @@ from depth_anything_fast.ops.interface import (
     AffineInvariantArgs,
     FeatureAlignmentArgs,
 )
-from depth_anything_fast.ops.reference import (
+from depth_anything_fast.ops.pytorch import (
     affine_invariant_loss_reference,
     feature_alignment_loss_reference,
 )

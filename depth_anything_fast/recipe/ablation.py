@@ -259,7 +259,7 @@ def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
     `train=False` scores the finished rows only (the table of an interrupted run)."""
     import platform
 
-    from depth_anything_fast.data.synthetic import KINDS
+    from depth_anything_fast.recipe.synthetic import KINDS
     from depth_anything_fast.train.config import load_config
 
     pipeline.set_threads()

@@ -53,7 +53,7 @@ def _load_split(data_root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor
     """Images (N, 3, H, W) uint8, class maps (N, H, W) int64, kind index (N,) of one split."""
     from PIL import Image
 
-    from depth_anything_fast.data.synthetic import KINDS, read_kinds
+    from depth_anything_fast.recipe.synthetic import KINDS, read_kinds
 
     kinds = read_kinds(data_root, split)
     if not kinds:
@@ -90,7 +90,7 @@ def _batch(images: torch.Tensor, classes: torch.Tensor, crop: int, g: torch.Gene
            train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (train) or centre crops, flips and jitter: normalised images (B, 3, c, c) and
     class maps (B, c, c)."""
-    from depth_anything_fast.models.transforms import imagenet_normalise
+    from depth_anything_fast.transforms import imagenet_normalise
 
     n, _, h, w = images.shape
     if h < crop or w < crop:
@@ -158,9 +158,9 @@ def train_semantic_encoder(
         out_dir: where `encoder.safetensors` and `info.json` go; an existing pair trained with
             the same data index, architecture and settings is reused.
     """
-    from depth_anything_fast.data.synthetic import SEMANTIC_CLASSES
     from depth_anything_fast.models import DepthAnything
-    from depth_anything_fast.models.checkpoints import save_file
+    from depth_anything_fast.models.weights import save_file
+    from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
     from depth_anything_fast.train.optim import lr_factor
 
     data_root, out_dir = Path(data_root), Path(out_dir)
@@ -216,7 +216,7 @@ def train_semantic_encoder(
 def _accuracy(encoder: nn.Module, probe: _Probe, data_root: Path, crop: int,
               patch: int) -> dict[str, float]:
     """Majority-class accuracy per patch and kind accuracy on the val split (centre crops)."""
-    from depth_anything_fast.data.synthetic import SEMANTIC_CLASSES
+    from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
 
     images, classes, kinds, _, _ = _load_split(data_root, "val")
     encoder.eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from depth_anything_fast.formats.spec import LabelledSpec
-from depth_anything_fast.models.config import DepthAnythingConfig
+from depth_anything_fast.models.architecture import DepthAnythingConfig
 
 logger = logging.getLogger(__name__)
 
