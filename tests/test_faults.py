@@ -531,13 +531,13 @@ def test_bad_checkpoints_are_named_without_unsafe_advice(tmp_path) -> None:
 def test_ctrl_c_in_the_inference_commands_is_one_line(photos, tmp_path, capsys,
                                                       monkeypatch) -> None:
     from depth_anything_fast.cli import main
-    from depth_anything_fast.inference import predict, pseudo_label
+    from depth_anything_fast.inference import pictures, pseudo_label
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pseudo_label, "pseudo_label", interrupted)
-    monkeypatch.setattr(predict, "predict_files", interrupted)
+    monkeypatch.setattr(pictures, "predict_files", interrupted)
     weights = str(photos / "weights_a.safetensors")
     assert main(["pseudo-label", "--weights", weights, "--input", str(photos / "src"),
                  "--output", str(tmp_path / "o")]) == 130
