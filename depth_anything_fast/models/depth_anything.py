@@ -153,29 +153,11 @@ class DepthAnything(nn.Module):
         # what an official repo says about the architecture, unless the caller says otherwise
         asked = {"encoder": encoder, "version": version, "metric": metric, "max_depth": max_depth}
         hinted = {k: source.hints.get(k) if v is None else v for k, v in asked.items()}
-        encoder, version, metric, max_depth = (hinted[k] for k in asked)
         raw, file_config = weights.read_checkpoint(source.path, map_location)
         fmt = weights.detect_format(raw)
         state = weights.to_ours(raw, fmt)
         if config is None:
-            if fmt == "ours" and file_config is not None:
-                values = {k: v for k, v in file_config.items() if k != "format"}
-                given = {"version": version, "metric": metric, "max_depth": max_depth}
-                values.update({k: v for k, v in given.items() if v is not None})
-                config = DepthAnythingConfig.from_dict(values)
-            else:
-                hf_config = file_config if fmt == "hf" else None
-                if fmt == "dinov2" and version is None:
-                    version = "v2"  # a bare backbone: the version only picks the head's layers
-                config = weights.infer_config(
-                    state,
-                    source_name=source.name,
-                    hf_config=hf_config,
-                    encoder=encoder,
-                    version=version,
-                    metric=metric,
-                    max_depth=max_depth,
-                )
+            config = _checkpoint_config(state, fmt, file_config, source.name, **hinted)
         # built without initialisation (meta tensors): vitg has 1.3B parameters to fill
         with torch.device("meta"):
             model = cls(config=config, attn_backend=attn_backend)
@@ -215,6 +197,39 @@ class DepthAnything(nn.Module):
             (path / weights.CONFIG_NAME).write_text(json.dumps(config_json, indent=2) + "\n")
         weights.save_file(self.state_dict(), weights_file, self.config)
         return weights_file
+
+
+def _checkpoint_config(
+    state: dict[str, torch.Tensor],
+    fmt: str,
+    file_config: dict[str, Any] | None,
+    source_name: str,
+    *,
+    encoder: str | None,
+    version: str | None,
+    metric: bool | None,
+    max_depth: float | None,
+) -> DepthAnythingConfig:
+    """The architecture of a checkpoint in format `fmt`: our file's config (with the given
+    version / metric / max_depth over it), else inferred from the keys, a transformers config
+    and the file name (`weights.infer_config`)."""
+    if fmt == "ours" and file_config is not None:
+        values = {k: v for k, v in file_config.items() if k != "format"}
+        given = {"version": version, "metric": metric, "max_depth": max_depth}
+        values.update({k: v for k, v in given.items() if v is not None})
+        return DepthAnythingConfig.from_dict(values)
+    hf_config = file_config if fmt == "hf" else None
+    if fmt == "dinov2" and version is None:
+        version = "v2"  # a bare backbone: the version only picks the head's layers
+    return weights.infer_config(
+        state,
+        source_name=source_name,
+        hf_config=hf_config,
+        encoder=encoder,
+        version=version,
+        metric=metric,
+        max_depth=max_depth,
+    )
 
 
 def build_frozen_encoder(

@@ -48,22 +48,40 @@ class KittiReader(DatasetReader):
         self.crop = crop
         if crop not in ("garg", "eigen", None):
             raise ValueError(f"kitti crop must be 'garg', 'eigen' or None, got {crop!r}")
-        if split_file is None:
-            candidates = [self.root / n for n in KITTI_SPLIT_FILES]
-            split_path = next((p for p in candidates if p.is_file()), None)
-            if split_path is None:
-                raise layout_error(
-                    "kitti",
-                    self.root,
-                    f"an Eigen test split file ({' or '.join(KITTI_SPLIT_FILES)}) in {self.root} "
-                    "or split_file=",
-                )
-        else:
+        split_path = self._split_path(split_file)
+        image_root = Path(image_root) if image_root is not None else self.root
+        depth_root = Path(depth_root) if depth_root is not None else self.root
+        missing = self._read_split(split_path, image_root, depth_root)
+        if missing:
+            raise layout_error(
+                "kitti",
+                self.root,
+                f"every file listed in {split_path.name} under image_root={image_root} and "
+                f"depth_root={depth_root}[/val|/train]",
+                f"{len(missing)} of {len(missing) + len(self.entries)} missing, e.g. {missing[0]}",
+            )
+
+    def _split_path(self, split_file: PathLike | None) -> Path:
+        """The split file given, or the first of `KITTI_SPLIT_FILES` in the root."""
+        if split_file is not None:
             split_path = Path(split_file)
             if not split_path.is_file():
                 raise layout_error("kitti", split_path.parent, f"split file {split_path}")
-        image_root = Path(image_root) if image_root is not None else self.root
-        depth_root = Path(depth_root) if depth_root is not None else self.root
+            return split_path
+        candidates = [self.root / n for n in KITTI_SPLIT_FILES]
+        split_path = next((p for p in candidates if p.is_file()), None)
+        if split_path is None:
+            raise layout_error(
+                "kitti",
+                self.root,
+                f"an Eigen test split file ({' or '.join(KITTI_SPLIT_FILES)}) in {self.root} "
+                "or split_file=",
+            )
+        return split_path
+
+    def _read_split(self, split_path: Path, image_root: Path, depth_root: Path) -> list[str]:
+        """Fill `entries` (and `skipped`) from the split file; returns the listed files that are
+        missing."""
         depth_dirs = [depth_root, depth_root / "val", depth_root / "train"]
         missing: list[str] = []
         for line_no, line in enumerate(split_path.read_text().splitlines(), 1):
@@ -88,14 +106,7 @@ class KittiReader(DatasetReader):
                 )
                 continue
             self.entries.append((image_rel, image_path, depth_path))
-        if missing:
-            raise layout_error(
-                "kitti",
-                self.root,
-                f"every file listed in {split_path.name} under image_root={image_root} and "
-                f"depth_root={depth_root}[/val|/train]",
-                f"{len(missing)} of {len(missing) + len(self.entries)} missing, e.g. {missing[0]}",
-            )
+        return missing
 
     def _load(self, entry: tuple[str, Path, Path]) -> Sample:
         image_rel, image_path, depth_path = entry
