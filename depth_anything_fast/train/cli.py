@@ -12,8 +12,6 @@ import json
 import logging
 import sys
 
-from .config import ConfigError, load_config
-
 DESCRIPTION = ("Train Depth Anything: teacher, student (pseudo-labels + CutMix + feature "
                "alignment) or finetune-metric. Launch with torchrun for FSDP2 "
                "(torchrun --nproc-per-node N -m depth_anything_fast.train ...).")
@@ -57,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print the result as JSON. Returns the exit code: 0 done, 2 bad
     config or data, 3 non-finite loss, 130/143 interrupted/terminated."""
+    from .config import ConfigError, load_config
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
