@@ -2,9 +2,9 @@
 
 The sections are pydantic (v2) models in strict mode: pydantic checks every field's type (an int
 field takes no float or bool, a float no NaN or inf; numeric strings, which PyYAML makes of
-`5e-6`, are read as floats), rejects unknown fields and turns YAML lists into tuples; `ConfigError` names the offending field with its dotted path
-(``optim.lr: expected float, got str 'abc'``), so a typo in a YAML file or on the command line
-never reaches the training loop. Why pydantic rather than OmegaConf structured configs: it is
+`5e-6`, are read as floats), rejects unknown fields and turns YAML lists into tuples;
+`ConfigError` names the offending field with its dotted path (``optim.lr: expected float, got
+str 'abc'``), so a typo in a YAML file or on the command line never reaches the training loop. Why pydantic rather than OmegaConf structured configs: it is
 already installed (a dependency of our dependencies), checks `Literal` choices and `X | None`
 unions, which OmegaConf's structured configs do not support, and leaves the YAML and `--set`
 syntax as they were (OmegaConf has its own interpolation and merge rules).
@@ -66,19 +66,24 @@ def _tuple_from_list(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value  # YAML has lists, no tuples
 
 
+def _from_yaml(hint: Any) -> Any:
+    """`hint` taking what YAML gives for it: a list for a tuple, a numeric string for a float."""
+    if hint is float or float in typing.get_args(hint):
+        return Annotated[hint, BeforeValidator(_tuple_from_list), BeforeValidator(_float_or_same)]
+    return Annotated[hint, BeforeValidator(_tuple_from_list)]
+
+
 # The `DepthAnythingConfig` fields a `model` section may override, written flat beside encoder
 # and version (not those `ModelConfig` sets itself).
 _SET_BY_MODEL_CONFIG = ("encoder", "version", "metric", "max_depth")
 ARCHITECTURE_FIELDS: dict[str, Any] = {
-    name: Annotated[hint, BeforeValidator(_tuple_from_list), BeforeValidator(_float_or_same)]
-    if hint is float or float in typing.get_args(hint)
-    else Annotated[hint, BeforeValidator(_tuple_from_list)]
-    for name, hint in typing.get_type_hints(DepthAnythingConfig).items()
+    name: _from_yaml(hint) for name, hint in typing.get_type_hints(DepthAnythingConfig).items()
     if name not in _SET_BY_MODEL_CONFIG
 }
 Architecture = with_config(ConfigDict(strict=True, extra="forbid", allow_inf_nan=False))(
     TypedDict("Architecture", ARCHITECTURE_FIELDS, total=False)  # type: ignore[operator]
 )
+
 
 class ModelConfig(_Section):
     """Network to train: the `DepthAnythingConfig` preset of ``encoder`` (vits/vitb/vitl/vitg)
