@@ -13,7 +13,6 @@ from PIL import Image
 from depth_anything_fast.data import (
     LabelledSource,
     LabelledSpec,
-    generate_dataset,
     inference_loader,
     labelled_loader,
     unlabelled_loader,
@@ -21,6 +20,7 @@ from depth_anything_fast.data import (
 from depth_anything_fast.data.augment import apply_strong, sample_strong
 from depth_anything_fast.data.dali_pipelines import dali_available
 from depth_anything_fast.data.geometry import lower_bound_size
+from depth_anything_fast.recipe.synthetic import generate_dataset
 
 BACKENDS = [
     "pil",

@@ -22,31 +22,9 @@ from depth_anything_fast.kernels.feature_alignment import (
     feature_alignment_backward,
     feature_alignment_forward,
 )
-from depth_anything_fast.kernels.radix_select import (
-    HIST_WORDS,
-    NUM_PASSES,
-    atomic_histogram,
-    hist_rows,
-    histogram_bins,
-    histogram_digits,
-    program_prefix,
-    publish_histogram,
-    select_median,
-)
-from depth_anything_fast.kernels.segmented import (
-    SEG_MAP,
-    SEG_NONE,
-    check_images,
-    image_groups,
-    load_pixels,
-    per_pixel,
-    segment_pow2,
-    tile_columns,
-    tile_plan,
-)
 from torch.library import wrap_triton
 
-from depth_anything_fast.kernels import feature_alignment, segmented
+from depth_anything_fast.kernels import feature_alignment, radix_select, segmented
 from depth_anything_fast.kernels import stats_layout as layout
 
 ON_CUDA = torch.cuda.is_available()
@@ -88,20 +66,20 @@ def _lower_median_pass_kernel(
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     total_rows = tl.num_programs(0) * num_segments
-    rows, live = image_groups(b, num_segments, SEG_POW2)
+    rows, live = segmented.image_groups(b, num_segments, SEG_POW2)
     hist = tl.zeros([HIST_BINS], dtype=tl.int32)
     below = tl.zeros([SEG_POW2], dtype=tl.float32)
     above = tl.zeros([SEG_POW2], dtype=tl.float32)
-    prefix = program_prefix(scratch_ptr, rows, live, total_rows, PASS)
+    prefix = radix_select.program_prefix(scratch_ptr, rows, live, total_rows, PASS)
     for t in range(tiles_per_prog):
-        _, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
-        x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
+        _, in_row, offs = segmented.tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
+        x, _, valid, seg = segmented.load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
                                        num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
-        hist, below, above = histogram_digits(
+        hist, below, above = radix_select.histogram_digits(
             x, valid, seg, prefix, hist, below, above,
-            hist_rows(scratch_ptr, b * num_segments, total_rows, PASS), PASS, SEG_POW2, ATOMIC,
+            radix_select.hist_rows(scratch_ptr, b * num_segments, total_rows, PASS), PASS, SEG_POW2, ATOMIC,
         )  # fmt: skip
-    publish_histogram(scratch_ptr, hist, below, above, b * num_segments, num_segments,
+    radix_select.publish_histogram(scratch_ptr, hist, below, above, b * num_segments, num_segments,
                       total_rows, PASS, SEG_POW2, ATOMIC)  # fmt: skip
 
 
@@ -109,9 +87,9 @@ def _lower_median_pass_kernel(
 def _lower_median_value_kernel(scratch_ptr, value_ptr, count_ptr, num_segments,
                                SEG_POW2: tl.constexpr):  # fmt: skip
     b = tl.program_id(0)
-    rows, live = image_groups(b, num_segments, SEG_POW2)
+    rows, live = segmented.image_groups(b, num_segments, SEG_POW2)
     total_rows = tl.num_programs(0) * num_segments
-    t, count, _, _, _, _ = select_median(scratch_ptr, rows, live, total_rows)
+    t, count, _, _, _, _ = radix_select.select_median(scratch_ptr, rows, live, total_rows)
     tl.store(value_ptr + rows, t, mask=live)
     tl.store(count_ptr + rows, count, mask=live)
 
@@ -130,15 +108,15 @@ def _median_index_kernel(
 ):  # fmt: skip
     b = tl.program_id(0)
     chunk = tl.program_id(1)
-    rows, live = image_groups(b, num_segments, SEG_POW2)
+    rows, live = segmented.image_groups(b, num_segments, SEG_POW2)
     median = tl.load(median_ptr + rows, mask=live, other=0.0)
     best = tl.full([SEG_POW2], 2147483647, dtype=tl.int32)
     for t in range(tiles_per_prog):
-        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
-        x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
+        cols, in_row, offs = segmented.tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
+        x, _, valid, seg = segmented.load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
                                        num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
         onehot = valid[:, None] & (seg[:, None] == tl.arange(0, SEG_POW2)[None, :])
-        best = tl.minimum(best, first_index_of(x, per_pixel(median, seg, SEG_POW2), onehot, cols))
+        best = tl.minimum(best, first_index_of(x, segmented.per_pixel(median, seg, SEG_POW2), onehot, cols))
     tl.atomic_min(index_ptr + rows, best, mask=live)
 
 
@@ -167,25 +145,25 @@ def lower_median(
         (lowest column whose value equals the median, -1 for an empty group), count `(B, S)`
         int32.
     """
-    check_images("x", x, mask, segments, num_segments)
+    segmented.check_images("x", x, mask, segments, num_segments)
     B, L = x.shape
     groups = B * num_segments
     device = x.device
-    plan = tile_plan(B, L, device)
-    seg_pow2 = segment_pow2(segments, num_segments)
-    seg_mode = SEG_NONE if segments is None else SEG_MAP
-    scratch = torch.zeros(groups * (HIST_WORDS + 2), dtype=torch.int32, device=device)
+    plan = segmented.tile_plan(B, L, device)
+    seg_pow2 = segmented.segment_pow2(segments, num_segments)
+    seg_mode = segmented.SEG_NONE if segments is None else segmented.SEG_MAP
+    scratch = torch.zeros(groups * (radix_select.HIST_WORDS + 2), dtype=torch.int32, device=device)
     values = torch.empty(groups, dtype=torch.float32, device=device)
     counts = torch.empty(groups, dtype=torch.int32, device=device)
     index = torch.full((groups,), NO_INDEX, dtype=torch.int32, device=device)
     mask_arg = x if mask is None else mask
     seg_arg = x if segments is None else segments
-    for radix_pass in range(NUM_PASSES):
+    for radix_pass in range(radix_select.NUM_PASSES):
         wrap_triton(_lower_median_pass_kernel)[(B, plan.chunks)](
             x, mask_arg, seg_arg, scratch, L, num_segments, plan.tiles_per_prog,
             HAS_MASK=mask is not None, SEG_MODE=seg_mode, PASS=radix_pass, BLOCK=plan.block,
-            SEG_POW2=seg_pow2, HIST_BINS=histogram_bins(seg_pow2, radix_pass),
-            ATOMIC=atomic_histogram(seg_pow2), num_warps=plan.num_warps,
+            SEG_POW2=seg_pow2, HIST_BINS=radix_select.histogram_bins(seg_pow2, radix_pass),
+            ATOMIC=radix_select.atomic_histogram(seg_pow2), num_warps=plan.num_warps,
         )  # fmt: skip
     wrap_triton(_lower_median_value_kernel)[(B,)](
         scratch, values, counts, num_segments, SEG_POW2=seg_pow2
