@@ -152,13 +152,13 @@ def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Te
     target, target_b, mask, box, num_segments = inputs
     batch = pred.shape[0]
     if impl == "fused":
-        implementation = "cpu" if device == "cpu" else "triton"
+        backend = "cpu" if device == "cpu" else "triton"
         if target_b is None:
             def loss_fn() -> torch.Tensor:
-                return affine_invariant_loss(pred, target, mask, implementation=implementation)
+                return affine_invariant_loss(pred, target, mask, backend=backend)
         else:
             def loss_fn() -> torch.Tensor:
-                return cutmix_loss(pred, target, target_b, box, mask, implementation=implementation)
+                return cutmix_loss(pred, target, target_b, box, mask, backend=backend)
     else:
 
         def reference(p, t, tb, m, bx) -> torch.Tensor:  # noqa: ANN001
@@ -199,10 +199,10 @@ def test_feature_alignment(
     elements = batch * tokens * channels
     bytes_moved = elements * 4 * 2 + (elements * 4 if training else 0)
     if impl == "fused":
-        implementation = "cpu" if device == "cpu" else "triton"
+        backend = "cpu" if device == "cpu" else "triton"
 
         def loss_fn() -> torch.Tensor:
-            return feature_alignment_loss(features, frozen, 0.85, implementation=implementation)
+            return feature_alignment_loss(features, frozen, 0.85, backend=backend)
     else:
         fn = feature_alignment_loss_reference
         if impl == "compiled":

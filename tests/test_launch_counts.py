@@ -114,7 +114,7 @@ def _report(name: str, launches: Counter[str]) -> str:
 def test_affine_invariant_launches() -> None:
     x = _images()
     launches = count_launches(
-        lambda: affine_invariant_loss(x["pred"], x["target"], x["mask"], implementation="triton"),
+        lambda: affine_invariant_loss(x["pred"], x["target"], x["mask"], backend="triton"),
         x["pred"],
     )
     assert sum(launches.values()) <= LIMITS["affine_invariant"], _report(
@@ -126,7 +126,7 @@ def test_cutmix_launches() -> None:
     x = _images()
     launches = count_launches(
         lambda: cutmix_loss(
-            x["pred"], x["target"], x["target_b"], x["box"], x["mask"], implementation="triton"
+            x["pred"], x["target"], x["target_b"], x["box"], x["mask"], backend="triton"
         ),
         x["pred"],
     )
@@ -137,7 +137,7 @@ def test_feature_alignment_launches() -> None:
     features = torch.randn(2, 5, 16, requires_grad=True)
     frozen = torch.randn(2, 5, 16)
     launches = count_launches(
-        lambda: feature_alignment_loss(features, frozen, 0.85, implementation="triton"), features
+        lambda: feature_alignment_loss(features, frozen, 0.85, backend="triton"), features
     )
     assert sum(launches.values()) <= LIMITS["feature_alignment"], _report(
         "feature_alignment", launches

@@ -100,7 +100,7 @@ def test_gradcheck_reference():
     features = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
     frozen = features.detach() + torch.randn(6, 8, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda f: feature_alignment_loss(f, frozen, 0.85, implementation="reference"), (features,)
+        lambda f: feature_alignment_loss(f, frozen, 0.85, backend="reference"), (features,)
     )
     p = torch.rand(2, 9, 10, dtype=torch.float64, requires_grad=True)
     g, m = torch.rand(2, 9, 10, dtype=torch.float64) + 0.5, torch.rand(2, 9, 10) > 0.2
@@ -108,41 +108,41 @@ def test_gradcheck_reference():
     assert torch.autograd.gradcheck(lambda p: silog_loss(p + 0.5, g, m), (p,))
 
 
-@pytest.mark.parametrize("implementation", ["reference", "cpu"])
-def test_public_api_shapes_reductions_and_dtypes(implementation):
-    if implementation == "cpu" and not cpu_available():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_public_api_shapes_reductions_and_dtypes(backend):
+    if backend == "cpu" and not cpu_available():
         pytest.skip("C++ extension not built")
     pred = torch.randn(3, 1, 10, 12, dtype=torch.bfloat16, requires_grad=True)
     target = torch.rand(3, 10, 12)
     mask = torch.rand(3, 1, 10, 12) > 0.4
     mask[2] = False
-    loss = affine_invariant_loss(pred, target, mask, implementation=implementation)
+    loss = affine_invariant_loss(pred, target, mask, backend=backend)
     assert loss.shape == () and loss.dtype == torch.float32
     loss.backward()
     assert pred.grad.dtype == torch.bfloat16 and pred.grad[2].abs().sum() == 0
-    criterion = AffineInvariantLoss(reduction="none", implementation=implementation)
+    criterion = AffineInvariantLoss(reduction="none", backend=backend)
     per_image = criterion(pred, target, mask)
     assert per_image.shape == (3,) and per_image[2] == 0
     torch.testing.assert_close(loss, per_image[:2].mean())
     empty = affine_invariant_loss(
-        pred, target, torch.zeros_like(mask), implementation=implementation
+        pred, target, torch.zeros_like(mask), backend=backend
     )
     assert empty.item() == 0.0
 
 
-@pytest.mark.parametrize("implementation", ["reference", *fused_backends()])
-def test_empty_batch_gives_zero_loss_and_empty_grad(implementation):
+@pytest.mark.parametrize("backend", ["reference", *fused_backends()])
+def test_empty_batch_gives_zero_loss_and_empty_grad(backend):
     pred = torch.randn(0, 1, 6, 7, requires_grad=True)
     target, mask = torch.rand(0, 6, 7), torch.ones(0, 6, 7, dtype=torch.bool)
-    loss = affine_invariant_loss(pred, target, mask, implementation=implementation)
+    loss = affine_invariant_loss(pred, target, mask, backend=backend)
     loss.backward()
     assert loss.item() == 0.0 and pred.grad.shape == pred.shape
-    per_image = affine_invariant_loss(pred, target, reduction="none", implementation=implementation)
+    per_image = affine_invariant_loss(pred, target, reduction="none", backend=backend)
     assert per_image.shape == (0,)
 
 
-@pytest.mark.parametrize("implementation", fused_backends())
-def test_fused_backends_take_strided_inputs_and_wide_int64_segments(implementation):
+@pytest.mark.parametrize("backend", fused_backends())
+def test_fused_backends_take_strided_inputs_and_wide_int64_segments(backend):
     """Every other image of a batch (strided views) and int64 segment ids beyond int32's range,
     which mark ignored pixels and must not wrap into a valid segment when narrowed to int32."""
     pred = torch.randn(6, 9, 11)
@@ -154,12 +154,12 @@ def test_fused_backends_take_strided_inputs_and_wide_int64_segments(implementati
     pred, target, mask, segments = pred[::2], target[::2], mask[::2], segments[::2]
     p64 = pred.double().requires_grad_()
     expected = affine_invariant_loss(
-        p64, target.double(), mask, segments, num_segments=2, implementation="reference"
+        p64, target.double(), mask, segments, num_segments=2, backend="reference"
     )
     (expected_grad,) = torch.autograd.grad(expected, p64)
     p = pred.clone().requires_grad_()
     loss = affine_invariant_loss(
-        p, target, mask, segments, num_segments=2, implementation=implementation
+        p, target, mask, segments, num_segments=2, backend=backend
     )
     loss.backward()
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
@@ -196,9 +196,9 @@ def test_input_validation_errors():
 def test_segments_inferred_and_equal_to_explicit():
     pred, target = torch.randn(2, 8, 9), torch.randn(2, 8, 9)
     segments = torch.randint(0, 3, (2, 8, 9))
-    inferred = affine_invariant_loss(pred, target, segments=segments, implementation="reference")
+    inferred = affine_invariant_loss(pred, target, segments=segments, backend="reference")
     explicit = affine_invariant_loss(
-        pred, target, segments=segments, num_segments=3, implementation="reference"
+        pred, target, segments=segments, num_segments=3, backend="reference"
     )
     torch.testing.assert_close(inferred, explicit)
 
@@ -215,15 +215,15 @@ def test_cutmix_is_area_weighted_sum_of_region_losses():
     box[:, 2:9, 4:15] = True
     mask = torch.rand(batch, h, w) > 0.2
     loss_a = affine_invariant_loss(
-        pred, target_a, mask & box, reduction="none", implementation="reference"
+        pred, target_a, mask & box, reduction="none", backend="reference"
     )
     loss_b = affine_invariant_loss(
-        pred, target_b, mask & ~box, reduction="none", implementation="reference"
+        pred, target_b, mask & ~box, reduction="none", backend="reference"
     )
     n_a, n_b = (mask & box).sum((1, 2)), (mask & ~box).sum((1, 2))
     expected = ((n_a * loss_a + n_b * loss_b) / (n_a + n_b)).mean()
     torch.testing.assert_close(
-        cutmix_loss(pred, target_a, target_b, box, mask, implementation="reference"), expected
+        cutmix_loss(pred, target_a, target_b, box, mask, backend="reference"), expected
     )
     torch.testing.assert_close(
         CutMixLoss("reference")(pred, target_a, target_b, box, mask), expected
@@ -238,7 +238,7 @@ def test_feature_alignment_reference_and_module():
     cos = torch.nn.functional.cosine_similarity(features, frozen, dim=-1)
     kept = cos <= 0.85
     expected = (1 - cos[kept]).mean() if kept.any() else torch.zeros((), dtype=torch.float64)
-    got = FeatureAlignmentLoss(0.85, implementation="reference")(features, frozen)
+    got = FeatureAlignmentLoss(0.85, backend="reference")(features, frozen)
     torch.testing.assert_close(got, expected)
 
 
@@ -336,9 +336,9 @@ def test_compiled_training_step_fullgraph_matches_eager():
         pred = head(images)[:, 0]
         tokens = pred.reshape(2, -1)[:, :48].reshape(2, 6, 8)
         return (
-            affine_invariant_loss(pred, target_a, box, implementation="cpu")
-            + cutmix_loss(pred, target_a, target_b, box, implementation="cpu")
-            + feature_alignment_loss(tokens, frozen, implementation="cpu")
+            affine_invariant_loss(pred, target_a, box, backend="cpu")
+            + cutmix_loss(pred, target_a, target_b, box, backend="cpu")
+            + feature_alignment_loss(tokens, frozen, backend="cpu")
         )
 
     eager = forward(images, target_a, target_b, box, frozen)

@@ -19,7 +19,7 @@ from depth_anything_fast.losses.reference import (
     masked_lower_median,
     valid_pixels,
 )
-from depth_anything_fast.ops import AffineInvariantArgs, cpu, cpu_available, resolve_implementation
+from depth_anything_fast.ops import AffineInvariantArgs, cpu, cpu_available, resolve_backend
 from depth_anything_fast.ops.autograd import CUSTOM_OPS
 
 pytestmark = pytest.mark.skipif(not cpu_available(), reason="C++ extension _C not built")
@@ -107,7 +107,7 @@ def check_against_oracle(pred, target, mask, segments, num_segments):
     expected_loss, expected_grad = oracle(pred, target, mask, segments, num_segments, weights)
     p = pred.clone().requires_grad_()
     loss = affine_invariant_loss(
-        p, target, mask, segments, num_segments=num_segments, reduction="none", implementation="cpu"
+        p, target, mask, segments, num_segments=num_segments, reduction="none", backend="cpu"
     )
     assert loss.dtype == torch.float32 and loss.shape == (pred.shape[0],)
     torch.testing.assert_close(loss.double(), expected_loss, rtol=rtol, atol=rtol)
@@ -165,7 +165,7 @@ def test_edge_cases_all_invalid_single_pixel_constant_nonfinite():
     target[3, 1, :5] = float("inf")
     target[4, 2, :5] = -float("inf")
     check_against_oracle(pred, target, mask, None, 1)
-    loss = affine_invariant_loss(pred, target, mask, reduction="none", implementation="cpu")
+    loss = affine_invariant_loss(pred, target, mask, reduction="none", backend="cpu")
     assert loss[0] == 0 and loss[1] == 0
 
 
@@ -174,7 +174,7 @@ def test_nan_prediction_gives_nan_for_its_image_only():
     pred, target, _, segments = make_inputs(3, 10, 11, 2, torch.float32)
     pred[1, 4, 5] = float("nan")
     loss = affine_invariant_loss(
-        pred, target, None, segments, num_segments=2, reduction="none", implementation="cpu"
+        pred, target, None, segments, num_segments=2, reduction="none", backend="cpu"
     )
     expected = affine_invariant_loss(
         pred.double(),
@@ -183,7 +183,7 @@ def test_nan_prediction_gives_nan_for_its_image_only():
         segments,
         num_segments=2,
         reduction="none",
-        implementation="reference",
+        backend="reference",
     )
     assert torch.isnan(loss[1]) and torch.isnan(expected[1])
     torch.testing.assert_close(loss[[0, 2]].double(), expected[[0, 2]], rtol=2e-5, atol=2e-5)
@@ -192,7 +192,7 @@ def test_nan_prediction_gives_nan_for_its_image_only():
 def test_all_empty_batch_gives_zero_and_zero_grad():
     pred = torch.randn(3, 8, 9, requires_grad=True)
     target = torch.full((3, 8, 9), float("nan"))
-    loss = affine_invariant_loss(pred, target, implementation="cpu")
+    loss = affine_invariant_loss(pred, target, backend="cpu")
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
 
@@ -200,8 +200,8 @@ def test_all_empty_batch_gives_zero_and_zero_grad():
 def test_mean_reduction_skips_empty_images():
     pred, target, mask, _ = make_inputs(4, 10, 10, 1, torch.float32)
     mask[1] = False
-    per_image = affine_invariant_loss(pred, target, mask, reduction="none", implementation="cpu")
-    mean = affine_invariant_loss(pred, target, mask, implementation="cpu")
+    per_image = affine_invariant_loss(pred, target, mask, reduction="none", backend="cpu")
+    mean = affine_invariant_loss(pred, target, mask, backend="cpu")
     torch.testing.assert_close(mean, per_image[[0, 2, 3]].mean())
 
 
@@ -233,12 +233,12 @@ def test_cutmix_loss_cpu_matches_reference():
     box[:, 3:12, 5:17] = True
     box[2] = True  # an image that was not mixed
     expected = cutmix_loss(
-        pred.double(), target_a.double(), target_b.double(), box, mask, implementation="reference"
+        pred.double(), target_a.double(), target_b.double(), box, mask, backend="reference"
     )
-    got = cutmix_loss(pred, target_a, target_b, box, mask, implementation="cpu")
+    got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
     as_bytes = cutmix_loss(
-        pred, target_a, target_b, box.to(torch.uint8), mask, implementation="cpu"
+        pred, target_a, target_b, box.to(torch.uint8), mask, backend="cpu"
     )
     torch.testing.assert_close(as_bytes, got)
 
@@ -294,9 +294,9 @@ def test_large_cutmix_matches_reference():
     box = torch.zeros(2, 128, 128, dtype=torch.bool)
     box[:, 10:90, 20:110] = True  # 7200 of 16384 pixels inside
     expected = cutmix_loss(
-        pred.double(), target_a.double(), target_b.double(), box, mask, implementation="reference"
+        pred.double(), target_a.double(), target_b.double(), box, mask, backend="reference"
     )
-    got = cutmix_loss(pred, target_a, target_b, box, mask, implementation="cpu")
+    got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
 
 
@@ -317,7 +317,7 @@ def test_feature_alignment_matches_oracle(shape, dtype):
     expected = feature_alignment_loss_reference(f64, frozen.double(), 0.85)
     (expected_grad,) = torch.autograd.grad(expected, f64)
     f = features.clone().requires_grad_()
-    loss = feature_alignment_loss(f, frozen, 0.85, implementation="cpu")
+    loss = feature_alignment_loss(f, frozen, 0.85, backend="cpu")
     loss.backward()
     rtol, grad_tol = TOLERANCES[dtype]
     assert loss.dtype == torch.float32 and f.grad.dtype == dtype
@@ -328,7 +328,7 @@ def test_feature_alignment_matches_oracle(shape, dtype):
 
 def test_feature_alignment_nothing_kept():
     features = torch.randn(2, 7, 16, requires_grad=True)
-    loss = feature_alignment_loss(features, features.detach() * 2, 0.85, implementation="cpu")
+    loss = feature_alignment_loss(features, features.detach() * 2, 0.85, backend="cpu")
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(features.grad, torch.zeros_like(features))
 
@@ -358,21 +358,21 @@ def test_opcheck_feature_alignment():
 
 def test_implementation_selection_and_errors(monkeypatch):
     x = torch.randn(2, 4, 4)
-    assert resolve_implementation("auto", x) == "cpu"
-    assert resolve_implementation("auto", x.double()) == "reference"
+    assert resolve_backend("auto", x) == "cpu"
+    assert resolve_backend("auto", x.double()) == "reference"
     with pytest.raises(ValueError, match="float64"):
-        affine_invariant_loss(x.double(), x.double(), implementation="cpu")
-    with pytest.raises(ValueError, match="implementation must be one of"):
-        affine_invariant_loss(x, x, implementation="cuda")
+        affine_invariant_loss(x.double(), x.double(), backend="cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        affine_invariant_loss(x, x, backend="cuda")
     with pytest.raises(ValueError, match="CPU tensors"):
-        resolve_implementation("cpu", torch.empty(2, 3, device="meta"))
+        resolve_backend("cpu", torch.empty(2, 3, device="meta"))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises((ValueError, RuntimeError), match="triton"):
-        affine_invariant_loss(x, x, implementation="triton")
+        affine_invariant_loss(x, x, backend="triton")
     monkeypatch.setattr(cpu, "extension", lambda: None)  # as if _C had not been built
-    assert resolve_implementation("auto", x) == "reference"
+    assert resolve_backend("auto", x) == "reference"
     with pytest.raises(RuntimeError, match="not built"):
-        resolve_implementation("cpu", x)
+        resolve_backend("cpu", x)
 
 
 def test_counts_are_exact_beyond_2_to_the_24_pixels():

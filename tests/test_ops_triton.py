@@ -47,7 +47,7 @@ def test_affine_invariant_triton_values_and_grads():
     (expected_grad,) = torch.autograd.grad((expected * weights).sum(), p64)
     p = pred.clone().requires_grad_()
     loss = affine_invariant_loss(
-        p, target, mask, segments, num_segments=segments_n, reduction="none", implementation="triton"
+        p, target, mask, segments, num_segments=segments_n, reduction="none", backend="triton"
     )
     (loss * weights.float()).sum().backward()
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
@@ -65,12 +65,12 @@ def test_cutmix_and_feature_alignment_triton():
     mask = torch.rand(2, 8, 10, device=DEVICE) > 0.2
     p64 = pred.double().requires_grad_()
     expected = cutmix_loss(
-        p64, target_a.double(), target_b.double(), box, mask, implementation="reference"
+        p64, target_a.double(), target_b.double(), box, mask, backend="reference"
     )
     (expected_grad,) = torch.autograd.grad(expected, p64)
     for as_box in (box, box.to(torch.uint8)):
         p = pred.clone().requires_grad_()
-        got = cutmix_loss(p, target_a, target_b, as_box, mask, implementation="triton")
+        got = cutmix_loss(p, target_a, target_b, as_box, mask, backend="triton")
         got.backward()
         torch.testing.assert_close(got.double(), expected.detach(), rtol=2e-5, atol=2e-5)
         scale = expected_grad.abs().max().item()
@@ -82,7 +82,7 @@ def test_cutmix_and_feature_alignment_triton():
     expected = feature_alignment_loss_reference(f64, frozen.double(), 0.85)
     (expected_grad,) = torch.autograd.grad(expected, f64)
     f = features.clone().requires_grad_()
-    loss = feature_alignment_loss(f, frozen, 0.85, implementation="triton")
+    loss = feature_alignment_loss(f, frozen, 0.85, backend="triton")
     loss.backward()
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
     scale = expected_grad.abs().max().item() or 1.0
@@ -126,14 +126,14 @@ def test_triton_ops_on_a_device_that_is_not_current():
     assert torch.cuda.current_device() == 0
     pred = torch.randn(3, 20, 24, device=device, requires_grad=True)
     target = torch.rand(3, 20, 24, device=device)
-    expected = affine_invariant_loss(pred.double(), target.double(), implementation="reference")
-    loss = affine_invariant_loss(pred, target, implementation="triton")
+    expected = affine_invariant_loss(pred.double(), target.double(), backend="reference")
+    loss = affine_invariant_loss(pred, target, backend="triton")
     loss.backward()
     assert loss.device == device and pred.grad.device == device
     torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=2e-5)
     features = torch.randn(2, 6, 32, device=device, requires_grad=True)
     frozen = torch.randn(2, 6, 32, device=device)
-    got = feature_alignment_loss(features, frozen, 0.85, implementation="triton")
+    got = feature_alignment_loss(features, frozen, 0.85, backend="triton")
     got.backward()
     expected = feature_alignment_loss_reference(features.double(), frozen.double(), 0.85)
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)

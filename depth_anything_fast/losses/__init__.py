@@ -1,7 +1,7 @@
 """Depth Anything losses: affine-invariant (median/MAD, segmented, CutMix), feature alignment,
 MiDaS scale-shift-invariant + gradient matching, SILog.
 
-Each fused loss takes `implementation="auto" | "triton" | "cpu" | "reference"`; plain PyTorch
+Each fused loss takes `backend="auto" | "triton" | "cpu" | "reference"`; plain PyTorch
 oracles live in `depth_anything_fast.losses.reference`.
 """
 

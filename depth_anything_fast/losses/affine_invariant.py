@@ -20,7 +20,7 @@ def affine_invariant_loss(
     *,
     num_segments: int | None = None,
     reduction: str = "mean",
-    implementation: str = "auto",
+    backend: str = "auto",
 ) -> Tensor:
     """Depth Anything's affine-invariant loss, with optional per-segment statistics.
 
@@ -30,7 +30,7 @@ def affine_invariant_loss(
 
     Args:
         pred: `(B, H, W)` or `(B, 1, H, W)` float32/float16/bfloat16 (float64 on the reference
-            implementation) predicted disparity; the only input that gets a gradient.
+            backend) predicted disparity; the only input that gets a gradient.
         target: same shape, float; non-finite values are invalid pixels.
         mask: same shape, bool, True = valid; None = all pixels (with finite target) valid.
         segments: same shape, integer, values in [0, num_segments); pixels with other values are
@@ -39,10 +39,10 @@ def affine_invariant_loss(
             `segments.max() + 1`, which synchronises with the device: pass it in training loops.
         reduction: "mean" (over images with at least one valid pixel; 0 with zero gradient when
             there is none) or "none" (`(B,)`, 0 for empty images).
-        implementation: "auto" | "triton" | "cpu" | "reference" (see `depth_anything_fast.ops`).
+        backend: "auto" | "triton" | "cpu" | "reference" (see `depth_anything_fast.ops`).
 
     Returns:
-        float32 scalar (or `(B,)`), float64 for float64 inputs on the reference implementation.
+        float32 scalar (or `(B,)`), float64 for float64 inputs on the reference backend.
         Half-precision inputs are accumulated in float32; the gradient has pred's dtype.
     """
     if reduction not in REDUCTIONS:
@@ -58,7 +58,7 @@ def affine_invariant_loss(
         raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
     args = AffineInvariantArgs(flat(pred), flat(target), None, flat(mask), flat(segments),
                                num_segments, mean=reduction == "mean")  # fmt: skip
-    return fused_affine_invariant(args, implementation)
+    return fused_affine_invariant(args, backend)
 
 
 def cutmix_loss(
@@ -68,7 +68,7 @@ def cutmix_loss(
     box: Tensor,
     mask: Tensor | None = None,
     *,
-    implementation: str = "auto",
+    backend: str = "auto",
 ) -> Tensor:
     """Affine-invariant loss of a CutMix-ed prediction (Depth Anything's unlabelled loss).
 
@@ -80,7 +80,7 @@ def cutmix_loss(
         target_a, target_b: same shape, float pseudo-labels of the two source images.
         box: same shape, bool or uint8, True (non-zero) where the pixel came from image a.
         mask: optional bool validity mask of the same shape.
-        implementation: as for `affine_invariant_loss`.
+        backend: as for `affine_invariant_loss`.
 
     Returns:
         float32 scalar, mean over images with a valid pixel.
@@ -101,18 +101,18 @@ def cutmix_loss(
     # The kernels pick each pixel's target and segment from the box (0: from image a).
     args = AffineInvariantArgs(flat(pred), flat(target_a), flat(target_b), flat(mask), flat(box),
                                2, mean=True)  # fmt: skip
-    return fused_affine_invariant(args, implementation)
+    return fused_affine_invariant(args, backend)
 
 
 class AffineInvariantLoss(nn.Module):
     """Module form of `affine_invariant_loss` (same arguments, same shapes and dtypes)."""
 
-    def __init__(self, reduction: str = "mean", implementation: str = "auto") -> None:
+    def __init__(self, reduction: str = "mean", backend: str = "auto") -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self.implementation = implementation
+        self.backend = backend
 
     def forward(
         self,
@@ -129,16 +129,16 @@ class AffineInvariantLoss(nn.Module):
             segments,
             num_segments=num_segments,
             reduction=self.reduction,
-            implementation=self.implementation,
+            backend=self.backend,
         )
 
 
 class CutMixLoss(nn.Module):
     """Module form of `cutmix_loss`."""
 
-    def __init__(self, implementation: str = "auto") -> None:
+    def __init__(self, backend: str = "auto") -> None:
         super().__init__()
-        self.implementation = implementation
+        self.backend = backend
 
     def forward(
         self,
@@ -148,4 +148,4 @@ class CutMixLoss(nn.Module):
         box: Tensor,
         mask: Tensor | None = None,
     ) -> Tensor:
-        return cutmix_loss(pred, target_a, target_b, box, mask, implementation=self.implementation)
+        return cutmix_loss(pred, target_a, target_b, box, mask, backend=self.backend)

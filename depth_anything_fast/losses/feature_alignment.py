@@ -10,7 +10,7 @@ from depth_anything_fast.ops import feature_alignment as fused_feature_alignment
 
 
 def feature_alignment_loss(
-    features: Tensor, frozen: Tensor, alpha: float = 0.85, *, implementation: str = "auto"
+    features: Tensor, frozen: Tensor, alpha: float = 0.85, *, backend: str = "auto"
 ) -> Tensor:
     """Mean of 1 - cos(f_i, f'_i) over tokens whose cosine similarity is <= alpha.
 
@@ -19,10 +19,10 @@ def feature_alignment_loss(
         frozen: same shape, float, tokens of the frozen encoder (no gradient reaches them;
             converted to features' dtype when it differs).
         alpha: tolerance; tokens already more similar than alpha are left out.
-        implementation: "auto" | "triton" | "cpu" | "reference" (see `depth_anything_fast.ops`).
+        backend: "auto" | "triton" | "cpu" | "reference" (see `depth_anything_fast.ops`).
 
     Returns:
-        float32 scalar (float64 for float64 inputs on the reference implementation); 0 with a zero
+        float32 scalar (float64 for float64 inputs on the reference backend); 0 with a zero
         gradient when no token is kept. Cosine as `torch.nn.functional.cosine_similarity`.
     """
     check_float(features, "features")
@@ -40,18 +40,18 @@ def feature_alignment_loss(
         frozen.detach().to(features.dtype).reshape(-1, channels),
         float(alpha),
     )
-    return fused_feature_alignment(args, implementation)
+    return fused_feature_alignment(args, backend)
 
 
 class FeatureAlignmentLoss(nn.Module):
     """Module form of `feature_alignment_loss`."""
 
-    def __init__(self, alpha: float = 0.85, implementation: str = "auto") -> None:
+    def __init__(self, alpha: float = 0.85, backend: str = "auto") -> None:
         super().__init__()
         self.alpha = alpha
-        self.implementation = implementation
+        self.backend = backend
 
     def forward(self, features: Tensor, frozen: Tensor) -> Tensor:
         return feature_alignment_loss(
-            features, frozen, self.alpha, implementation=self.implementation
+            features, frozen, self.alpha, backend=self.backend
         )

@@ -1,4 +1,4 @@
-"""The autograd and custom-op layer of the fused ops: `fused(op, implementation, args)`.
+"""The autograd and custom-op layer of the fused ops: `fused(op, backend, args)`.
 
 One formula serves every op and backend: the forward's outputs and inputs give the backward's
 inputs (`FusedOp.saved`), the backend's backward kernel gives the gradient of the op's first
@@ -7,8 +7,8 @@ argument (pred, features); no other input gets one. Two paths run it:
 - eager: the `FusedFunction` autograd.Function calls the backend's kernels directly, skipping
   the custom-op dispatch (about 0.3 ms of Python per forward+backward, comparable to the
   kernels themselves on small images);
-- under `torch.compile`: the custom ops `depth_anything_fast::<op>_<implementation>` and
-  `<op>_backward_<implementation>` (schema read from the op's argument tuples, fake
+- under `torch.compile`: the custom ops `depth_anything_fast::<op>_<backend>` and
+  `<op>_backward_<backend>` (schema read from the op's argument tuples, fake
   implementations from its shape rules), so that the compiler sees one node per op and
   `torch.compile(fullgraph=True)` traces a step without breaks.
 
@@ -29,19 +29,19 @@ from torch import Tensor
 from depth_anything_fast.ops import cpu, triton
 from depth_anything_fast.ops.interface import FUSED_OPS, FusedOp, Kernels
 
-# The backends, by implementation name (`ops.dispatch.IMPLEMENTATIONS` less auto/reference).
-BACKENDS: dict[str, dict[FusedOp, Kernels]] = {"cpu": cpu.KERNELS, "triton": triton.KERNELS}
+# The fused backends' kernels (`ops.dispatch.BACKENDS` less auto/reference).
+KERNELS_BY_BACKEND: dict[str, dict[FusedOp, Kernels]] = {"cpu": cpu.KERNELS, "triton": triton.KERNELS}
 # Where each backend's custom ops run: C++ on CPU tensors; Triton on CUDA tensors, or on CPU
 # tensors under its interpreter.
 _DEVICE_TYPES: dict[str, str | None] = {"cpu": "cpu", "triton": None}
 
 
-def fused(op: FusedOp, implementation: str, args: tuple) -> Tensor:
+def fused(op: FusedOp, backend: str, args: tuple) -> Tensor:
     """The loss (first output) of `op` on `args` (an `op.args` tuple of contiguous tensors) by
-    the backend `implementation` ("cpu" or "triton"), differentiable in `args[0]`."""
+    the fused backend `backend` ("cpu" or "triton"), differentiable in `args[0]`."""
     if torch.compiler.is_compiling():
-        return CUSTOM_OPS[op.name, implementation](*args)[0]
-    return FusedFunction.apply(op, BACKENDS[implementation][op], *args)
+        return CUSTOM_OPS[op.name, backend](*args)[0]
+    return FusedFunction.apply(op, KERNELS_BY_BACKEND[backend][op], *args)
 
 
 def _save(ctx: Any, op: FusedOp, args: tuple, outputs: tuple) -> None:
@@ -98,17 +98,17 @@ def _flat(fn: Callable[[Any], Any], args_type: type[tuple], returns: Any) -> Cal
     return flat
 
 
-def _define_custom_op(op: FusedOp, implementation: str) -> torch.library.CustomOpDef:
-    """The forward custom op of `op` by `implementation`, its backward op and autograd."""
-    kernels = BACKENDS[implementation][op]
-    device_types = _DEVICE_TYPES[implementation]
+def _define_custom_op(op: FusedOp, backend: str) -> torch.library.CustomOpDef:
+    """The forward custom op of `op` by `backend`, its backward op and autograd."""
+    kernels = KERNELS_BY_BACKEND[backend][op]
+    device_types = _DEVICE_TYPES[backend]
     outputs = tuple[tuple(typing.get_type_hints(op.outputs).values())]  # type: ignore[misc]
     forward = torch.library.custom_op(
-        f"depth_anything_fast::{op.name}_{implementation}",
+        f"depth_anything_fast::{op.name}_{backend}",
         _flat(kernels.forward, op.args, outputs), mutates_args=(), device_types=device_types,
     )  # fmt: skip
     backward = torch.library.custom_op(
-        f"depth_anything_fast::{op.name}_backward_{implementation}",
+        f"depth_anything_fast::{op.name}_backward_{backend}",
         _flat(kernels.backward, op.grad_args, Tensor), mutates_args=(),
         device_types=device_types,
     )  # fmt: skip
@@ -129,7 +129,7 @@ def _define_custom_op(op: FusedOp, implementation: str) -> torch.library.CustomO
 
 
 CUSTOM_OPS: dict[tuple[str, str], torch.library.CustomOpDef] = {
-    (op.name, implementation): _define_custom_op(op, implementation)
+    (op.name, backend): _define_custom_op(op, backend)
     for op in FUSED_OPS
-    for implementation in BACKENDS
+    for backend in KERNELS_BY_BACKEND
 }

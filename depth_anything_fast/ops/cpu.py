@@ -45,7 +45,7 @@ def require_extension() -> ModuleType:
     ext = extension()
     if ext is None:
         raise RuntimeError(
-            "implementation='cpu' needs the C++ extension depth_anything_fast._C, which is not "
+            "backend='cpu' needs the C++ extension depth_anything_fast._C, which is not "
             "built: reinstall with a C++ compiler and pybind11 (pip install --no-build-isolation "
             "-e .)"
         )

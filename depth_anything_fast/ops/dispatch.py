@@ -1,9 +1,9 @@
-"""The one dispatch of the fused ops: which implementation computes a loss, then that one.
+"""The one dispatch of the fused ops: which backend computes a loss, then that one.
 
 Implementations: "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1), "cpu" (the C++
 extension), "reference" (plain PyTorch, `ops.pytorch`). "auto" picks triton for CUDA tensors
 when Triton is installed, cpu for CPU tensors when the extension is built, else reference. An
-implementation asked for by name that cannot run the given tensors raises a ValueError (tensors)
+backend asked for by name that cannot run the given tensors raises a ValueError (tensors)
 or RuntimeError (installation) saying why. Inputs are validated by the caller (`losses`); this
 module only routes.
 """
@@ -29,7 +29,7 @@ from depth_anything_fast.ops.pytorch import (
     feature_alignment_loss_reference,
 )
 
-IMPLEMENTATIONS = ("auto", "triton", "cpu", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -52,14 +52,14 @@ def _triton_device_ok(device: torch.device) -> bool:
     )
 
 
-def resolve_implementation(implementation: str, *tensors: Tensor) -> str:
-    """The concrete implementation for `tensors` (floating inputs first); raises if it cannot
+def resolve_backend(backend: str, *tensors: Tensor) -> str:
+    """The concrete backend for `tensors` (floating inputs first); raises if it cannot
     run them."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     device = tensors[0].device
     dtypes_ok = all(t.dtype in FUSED_DTYPES for t in tensors if t.is_floating_point())
-    if implementation == "auto":
+    if backend == "auto":
         if not dtypes_ok:
             return "reference"
         if device.type == "cuda" and triton_available():
@@ -67,44 +67,44 @@ def resolve_implementation(implementation: str, *tensors: Tensor) -> str:
         if device.type == "cpu" and cpu_available():
             return "cpu"
         return "reference"
-    if implementation == "reference":
-        return implementation
+    if backend == "reference":
+        return backend
     if not dtypes_ok:
         found = sorted({str(t.dtype) for t in tensors if t.is_floating_point()})
         raise ValueError(
-            f"implementation={implementation!r} supports float32/float16/bfloat16 inputs, got "
-            f"{found}; use implementation='reference' for float64"
+            f"backend={backend!r} supports float32/float16/bfloat16 inputs, got "
+            f"{found}; use backend='reference' for float64"
         )
-    if implementation == "cpu":
+    if backend == "cpu":
         if device.type != "cpu":
-            raise ValueError(f"implementation='cpu' runs on CPU tensors, got tensors on {device}")
+            raise ValueError(f"backend='cpu' runs on CPU tensors, got tensors on {device}")
         cpu.require_extension()
-        return implementation
+        return backend
     if not triton_available():
         raise RuntimeError(
-            "implementation='triton' needs the triton package, which is not installed"
+            "backend='triton' needs the triton package, which is not installed"
         )
     if not _triton_device_ok(device):
         raise ValueError(
-            "implementation='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
+            "backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
             f"set before triton is imported), got tensors on {device}"
         )
-    return implementation
+    return backend
 
 
 def _contiguous(args: tuple) -> tuple:
     return type(args)(*(v.contiguous() if isinstance(v, Tensor) else v for v in args))
 
 
-def affine_invariant(args: AffineInvariantArgs, implementation: str = "auto") -> Tensor:
+def affine_invariant(args: AffineInvariantArgs, backend: str = "auto") -> Tensor:
     """Affine-invariant loss of validated flat images (`AffineInvariantArgs`): float32 `()`
     with `args.mean` (over images with a valid pixel), else `(B,)`; float64 for float64 inputs
-    on the reference implementation. The fused backends launch their kernels only: no torch op
+    on the reference backend. The fused backends launch their kernels only: no torch op
     before or after them."""
     floats = [t for t in (args.pred, args.target, args.target_b) if t is not None]
-    implementation = resolve_implementation(implementation, *floats)
-    if implementation != "reference":
-        return fused(AFFINE_INVARIANT, implementation, _contiguous(args))
+    backend = resolve_backend(backend, *floats)
+    if backend != "reference":
+        return fused(AFFINE_INVARIANT, backend, _contiguous(args))
     target, segments = args.target, args.segments
     if args.target_b is not None:  # CutMix: the box picks each pixel's target and segment
         box = segments != 0
@@ -116,9 +116,9 @@ def affine_invariant(args: AffineInvariantArgs, implementation: str = "auto") ->
     return loss.sum() / (n_valid > 0).sum().clamp_min(1) if args.mean else loss
 
 
-def feature_alignment(args: FeatureAlignmentArgs, implementation: str = "auto") -> Tensor:
+def feature_alignment(args: FeatureAlignmentArgs, backend: str = "auto") -> Tensor:
     """Mean 1 - cos over kept tokens of validated `(M, C)` inputs -> scalar float32."""
-    implementation = resolve_implementation(implementation, args.features, args.frozen)
-    if implementation != "reference":
-        return fused(FEATURE_ALIGNMENT, implementation, _contiguous(args))
+    backend = resolve_backend(backend, args.features, args.frozen)
+    if backend != "reference":
+        return fused(FEATURE_ALIGNMENT, backend, _contiguous(args))
     return feature_alignment_loss_reference(*args)

@@ -141,7 +141,7 @@ def _feature_alignment_grad(grad: FeatureAlignmentGradArgs) -> Tensor:
 # ----------------------------------------------------------------------------- the ops
 @dataclass(frozen=True)
 class FusedOp:
-    """One fused op: its name (custom ops `depth_anything_fast::<name>_<implementation>`), the
+    """One fused op: its name (custom ops `depth_anything_fast::<name>_<backend>`), the
     tuples of its kernel interface, and the shape rules above."""
 
     name: str
@@ -166,7 +166,7 @@ FUSED_OPS = (AFFINE_INVARIANT, FEATURE_ALIGNMENT)
 
 
 class Kernels(NamedTuple):
-    """A backend's implementation of one `FusedOp`: `forward(args) -> outputs` and
+    """A backend's backend of one `FusedOp`: `forward(args) -> outputs` and
     `backward(grad_args) -> gradient of the first argument` (its shape, in its dtype)."""
 
     forward: Callable[[Any], Any]

@@ -1,6 +1,6 @@
 """Plain PyTorch references of the fused losses (affine-invariant, feature alignment).
 
-The implementation `"reference"` of `depth_anything_fast.ops`, the oracles the tests compare the
+The backend `"reference"` of `depth_anything_fast.ops`, the oracles the tests compare the
 fused backends against (run them in float64) and the baselines the benchmarks time. They favour
 readability over speed: autograd provides the reference gradients, with the median's gradient
 going to the element `torch.nanmedian` selects. Re-exported, with the MiDaS and SILog

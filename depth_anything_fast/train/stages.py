@@ -26,7 +26,7 @@ def teacher_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tenso
     from depth_anything_fast.losses import affine_invariant_loss, scale_shift_invariant_loss
 
     pred = model(batch["image"]).float()
-    loss = affine_invariant_loss(pred, batch["disparity"], batch["mask"], implementation=cfg.implementation)
+    loss = affine_invariant_loss(pred, batch["disparity"], batch["mask"], backend=cfg.implementation)
     parts = {"affine": loss.detach()}
     if cfg.gradient_weight > 0:
         midas = scale_shift_invariant_loss(
@@ -78,10 +78,10 @@ def student_loss(
     pred = pred.float()
 
     loss_l = affine_invariant_loss(
-        pred[:n_labelled], labelled["disparity"], labelled["mask"], implementation=cfg.implementation
+        pred[:n_labelled], labelled["disparity"], labelled["mask"], backend=cfg.implementation
     )
     loss_u = cutmix_loss(pred[n_labelled:], target_a, target_b, box, mask,
-                         implementation=cfg.implementation)
+                         backend=cfg.implementation)
     parts = {"labelled": loss_l.detach(), "unlabelled": loss_u.detach()}
     if not cfg.feature_alignment:
         return (loss_l + loss_u) / 2, parts
@@ -92,7 +92,7 @@ def student_loss(
         tokens.flatten(0, 1).float(),
         frozen_tokens.flatten(0, 1).float(),
         cfg.alpha,
-        implementation=cfg.implementation,
+        backend=cfg.implementation,
     )
     parts["feature"] = loss_f.detach()
     return (loss_l + loss_u + loss_f) / 3, parts
