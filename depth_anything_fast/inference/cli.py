@@ -104,18 +104,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     q = subparsers.add_parser(
         "predict",
-        help="colourised depth for images (like the official run.py, batched)",
-        description="Writes OUTDIR/<name>.png: the image, a white gap and its depth in "
-        "Spectral_r (a metric model's depth in Spectral: near is red either way; or grayscale), "
-        "or only the depth with --pred-only.",
+        help="colourised depth for images and videos (like the official run.py and "
+        "run_video.py, batched), point clouds of metric depth",
+        description="Writes OUTDIR/<name>.png per image: the image, a white gap and its depth "
+        "in Spectral_r (a metric model's depth in Spectral: near is red either way; or "
+        "grayscale), or only the depth with --pred-only; and OUTDIR/<name>.mp4 per video (any "
+        "container and codec PyAV decodes: the `video` extra), the same pictures at the "
+        "source's frame rate and size. A video's disparity is aligned frame to frame to a "
+        "running reference (robust least-squares scale and shift) and every frame is coloured "
+        "with one range (set by its first 8 frames), so the depth does not flicker.",
     )
     _add_model_options(q, batch_size=4)
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="image, directory, list file or glob")
     q.add_argument("--outdir", default="./vis_depth")
     q.add_argument("--grayscale", action="store_true")
     q.add_argument("--pred-only", action="store_true")
-    q.add_argument("--save-npy", action="store_true", help="also save raw disparity as .npy")
+    q.add_argument("--save-npy", action="store_true",
+                   help="also save raw disparity as .npy (videos: OUTDIR/<name>_frames/"
+                   "NNNNNN.npy per frame, aligned unless --no-temporal-align)")
     q.add_argument("--no-progress", action="store_true")
+    v = q.add_argument_group("videos")
+    v.add_argument("--no-temporal-align", dest="temporal_align", action="store_false",
+                   help="colour each frame's disparity as it comes (per-frame min-max, as the "
+                   "official run_video.py) instead of aligned to the video's reference")
+    v.add_argument("--save-png16", action="store_true",
+                   help="also save each frame's disparity as a 16-bit PNG (as pseudo-label "
+                   "writes it) in OUTDIR/<name>_frames/, min/max in its manifest.jsonl")
+    c = q.add_argument_group("point clouds (metric models; the `pointcloud` extra)")
+    c.add_argument("--pointcloud", action="store_true",
+                   help="also write OUTDIR/<name>.ply per image: every pixel back-projected "
+                   "with the focal length, coloured by the image (metric models only)")
+    focal = c.add_mutually_exclusive_group()
+    focal.add_argument("--focal-length", type=float, default=None, metavar="PX",
+                       help="focal length in pixels (default 470.4, as the official "
+                       "depth_to_pointcloud.py)")
+    focal.add_argument("--fov", type=float, default=None, metavar="DEG",
+                       help="horizontal field of view in degrees, instead of --focal-length")
     q.set_defaults(func=_run_predict)
 
 
@@ -231,6 +255,11 @@ def _run_predict(args: argparse.Namespace) -> int:
             pred_only=args.pred_only,
             save_npy=args.save_npy,
             progress=not args.no_progress,
+            pointcloud=args.pointcloud,
+            focal_length=args.focal_length,
+            fov=args.fov,
+            temporal_align=args.temporal_align,
+            save_png16=args.save_png16,
         )
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -239,12 +268,12 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("\ninterrupted: the images written are complete", file=sys.stderr)
+        print("\ninterrupted: the images and videos written are complete", file=sys.stderr)
         return 130
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     seconds = time.perf_counter() - start
     print(f"{len(written)} written to {args.outdir}, {len(failed)} failed in {seconds:.1f}s "
-          f"({len(written) / max(seconds, 1e-9):.2f} images/s, model loading included)",
+          f"({len(written) / max(seconds, 1e-9):.2f} files/s, model loading included)",
           flush=True)
     return 1 if failed else 0
