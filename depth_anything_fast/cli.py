@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "depth_anything_fast.evaluate.cli",  # evaluate
     "depth_anything_fast.models.convert",  # convert
     "depth_anything_fast.models.export_cli",  # export
+    "depth_anything_fast.app.cli",  # app
 )
 
 

@@ -3,7 +3,7 @@ functions included, so a cycle cannot hide behind a deferred import).
 
 Layers, lowest first: formats, kernels, the C++ extension < ops < losses < models < data <
 inference, evaluate < train < drivers (`cli.py`, `__main__.py`, `*/cli.py`, `demo.py`,
-`recipe/`). A module imports its own package or lower layers only; drivers may also use
+`recipe/`, `app/`). A module imports its own package or lower layers only; drivers may also use
 each other (the evaluate command shares the predictor options of the inference commands).
 """
 
@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
 DRIVER_LAYER = 7
 DRIVERS = ("cli", "__main__", "demo")
 LAYERS["recipe"] = DRIVER_LAYER  # the recipe's pipeline and ablation drivers (issue 11)
+LAYERS["app"] = DRIVER_LAYER  # the web page (issue 21)
 # Imports waiting for another change (none now: the losses' float64 references live beside the
 # ops since issue 12).
 PENDING: frozenset[tuple[str, str]] = frozenset()

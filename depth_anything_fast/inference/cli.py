@@ -41,7 +41,8 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in PREDICTOR_OPTIONS}
 
 
-def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """Add --weights, the checkpoint hints (`model_hints`) and the `Predictor` flags."""
     parser.add_argument(
         "--weights",
         help="checkpoint: an official Depth Anything V1/V2 .pth, a transformers or converted "
@@ -64,7 +65,8 @@ def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None
     add_predictor_options(parser, batch_size=batch_size)
 
 
-def _model_hints(args: argparse.Namespace) -> dict[str, Any]:
+def model_hints(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed checkpoint hints as keyword arguments of `load_model`."""
     return {"version": args.version, "metric": args.metric, "max_depth": args.max_depth}
 
 
@@ -76,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=PSEUDO_LABEL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_model_options(p, batch_size=8)
+    add_model_options(p, batch_size=8)
     p.add_argument("--input", required=True, help="directory, list file, glob or .tar shards")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--format", choices=("png16", "npy", "webdataset"), default="png16")
@@ -114,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "running reference (robust least-squares scale and shift) and every frame is coloured "
         "with one range (set by its first 8 frames), so the depth does not flicker.",
     )
-    _add_model_options(q, batch_size=4)
+    add_model_options(q, batch_size=4)
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="image, directory, list file or glob")
     q.add_argument("--outdir", default="./vis_depth")
     q.add_argument("--grayscale", action="store_true")
@@ -166,7 +168,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             **predictor_options(args),
-            **_model_hints(args),
+            **model_hints(args),
             format=args.format,
             original_size=args.original_size,
             num_workers=args.num_workers,
@@ -250,7 +252,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             args.inputs,
             args.outdir,
             **predictor_options(args),
-            **_model_hints(args),
+            **model_hints(args),
             grayscale=args.grayscale,
             pred_only=args.pred_only,
             save_npy=args.save_npy,
