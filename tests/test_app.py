@@ -64,8 +64,8 @@ def test_page_computes_a_batch_and_refuses_bad_uploads(
     (tmp_path / "bomb.png").write_bytes(_png_header_only(20_000, 20_000))  # 400 MP
     (tmp_path / "big.png").write_bytes(_png_header_only(5_000, 4_000))  # over the page's 10 MP
     (tmp_path / "cut.png").write_bytes(paths[0].read_bytes()[:200])
-    uploads = [{"path": str(paths[0]), "orig_name": "a b.png"}, {"path": str(tmp_path / "notes.png")},
-               str(paths[1]), None, {"path": str(tmp_path / "bomb.png")}, str(paths[2]),
+    uploads = [{"path": str(paths[0]), "orig_name": "a b.png"},
+               {"path": str(tmp_path / "notes.png")}, str(paths[1]), None, {"path": str(tmp_path / "bomb.png")}, str(paths[2]),
                {"path": str(tmp_path / "cut.png")}, str(tmp_path / "big.png")]
     results = page.compute(uploads, ["Spectral_r", "magma", "gray", "magma", "magma", "nope",
                                      "magma", "magma"], [None] * 8)

@@ -191,12 +191,13 @@ def predict_files(
     script's); it needs a metric model (ValueError otherwise, before anything is written).
 
     `<name>` is the image's path relative to its INPUT argument without extension (the file name
-    for a single image, as in the official script). Returns (written PNG paths, [(input, reason)]
-    for inputs that could not be read or written), in completion order. Raises ValueError if two
-    inputs get the same name (x.jpg in two INPUT folders), as one output would overwrite the
-    other, or if `outdir` cannot be written (checked before the model runs). `version`, `metric`
-    and `max_depth` describe a checkpoint whose name does not (`DepthAnything.from_pretrained`);
-    `progress` shows a progress bar with the speed; `num_threads` decode and as many write.
+    for a single image, as in the official script). Returns (written PNG and video paths,
+    [(input, reason)] for inputs that could not be read or written), in completion order.
+    Raises ValueError if two inputs get the same name (x.jpg in two INPUT folders), as one
+    output would overwrite the other, or if `outdir` cannot be written (checked before the
+    model runs). `version`, `metric` and `max_depth` describe a checkpoint whose name does not
+    (`DepthAnything.from_pretrained`); `progress` shows a progress bar with the speed;
+    `num_threads` decode and as many write.
     A video that cannot be read, or stops decoding part-way (its frames read so far are
     written), is listed among the failed inputs.
 
