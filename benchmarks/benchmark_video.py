@@ -11,12 +11,15 @@ by `predict` (--pred-only) from the same clip, decoded, and measured with
 depth, 0..255 levels). Mean over clips with a 95% t-interval, and the paired difference.
 
 Streaming: a 300-frame clip (and a 100-frame one) through `predict_video` in a fresh process
-each; peak RSS (ru_maxrss) of each process and frames/s, against the Predictor's images/s on
-batches of the same frames (forward only, network-sized inputs prepared beforehand).
+each. In that process, first the Predictor alone on 24 of the clip's frames (forward only,
+network-sized inputs prepared beforehand: images/s), then the video (frames/s, decoding,
+alignment and encoding included), while a thread samples the resident set size (VmRSS) every
+0.1 s: its peak over the run and over the first and last third of the run.
 
-The model is the tests' tiny random-weight model (`tests/conftest.varied_tiny_model`): no
-pretrained weights can be downloaded on the machines this runs on. Its maps are not depth, but
-it exercises the same code and its per-frame extremes move with the noise as a real model's do.
+Models: by default the tests' tiny random-weight model (`tests/conftest.varied_tiny_model`) at
+input size 518; `--weights W --input-size N` takes another (e.g. the demo's teacher, trained on
+its synthetic world, at 112). No pretrained weights can be downloaded on the machines this runs
+on.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import argparse
 import json
 import math
 import platform
-import resource
+import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +40,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # conftest.varied_tiny_model: the tests' tiny model
 
-INPUT_SIZE = 518
 BATCH = 4
 
 
@@ -79,7 +82,8 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return float(a.mean()), float(a.mean() - half), float(a.mean() + half)
 
 
-def flicker(weights: Path, photos: list[Path], frames: int, work: Path) -> list[dict]:
+def flicker(weights: Path, photos: list[Path], frames: int, work: Path, input_size: int
+            ) -> list[dict]:
     from depth_anything_fast.inference.predict import predict_files
     from depth_anything_fast.inference.temporal import mean_frame_change
 
@@ -91,65 +95,96 @@ def flicker(weights: Path, photos: list[Path], frames: int, work: Path) -> list[
         for name, align in (("per_frame", False), ("ours", True)):
             out = work / name
             predict_files(str(weights), [str(clip)], out, batch_size=BATCH,
-                          input_size=INPUT_SIZE, pred_only=True, temporal_align=align)
+                          input_size=input_size, pred_only=True, temporal_align=align)
             row[name] = mean_frame_change(read_frames(out / f"static{i}.mp4"))
         rows.append(row)
         print(row, flush=True)
     return rows
 
 
-def _stream_child(weights: str, clip: str, out: str) -> None:
-    """Run in a fresh process: one video through predict_video; print frames/s and peak RSS."""
-    from depth_anything_fast.inference.predictor import Predictor, load_model
-    from depth_anything_fast.inference.video import predict_video
-
-    predictor = Predictor(load_model(weights), batch_size=BATCH, input_size=INPUT_SIZE)
-    start = time.perf_counter()
-    result = predict_video(predictor, clip, Path(out))
-    seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"frames": result.frames, "seconds": seconds,
-                      "frames_per_s": result.frames / seconds, "peak_rss_mb": peak_mb}))
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-def stream(weights: Path, photo: Path, work: Path) -> dict:
+def _stream_child(weights: str, clip: str, out: str, input_size: str) -> None:
+    """Run in a fresh process: the Predictor alone, then one video through predict_video;
+    print images/s, frames/s and the RSS samples' peaks."""
     import torch
 
     from depth_anything_fast.inference.predictor import Predictor, load_model
+    from depth_anything_fast.inference.video import predict_video
     from depth_anything_fast.models.transforms import preprocess
 
-    runs = {}
-    for frames in (100, 300):
-        clip = work / f"long{frames}.mp4"
-        make_clip(photo, clip, frames, seed=frames)
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", str(weights), str(clip),
-             str(work / f"long{frames}_depth.mp4")],
-            capture_output=True, text=True, check=True)
-        runs[frames] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(frames, runs[frames], flush=True)
-    frames = read_frames(work / "long100.mp4")[:48]
-    predictor = Predictor(load_model(str(weights)), batch_size=BATCH, input_size=INPUT_SIZE)
-    batches = [torch.cat([preprocess(f, INPUT_SIZE) for f in frames[i:i + BATCH]])
+    size = int(input_size)
+    predictor = Predictor(load_model(weights), batch_size=BATCH, input_size=size)
+    frames = read_frames(Path(clip))[:24]
+    batches = [torch.cat([preprocess(f, size) for f in frames[i:i + BATCH]])
                for i in range(0, len(frames), BATCH)]
     predictor.predict_tensor(batches[0])  # warm-up
     start = time.perf_counter()
     for x in batches[1:]:
         predictor.predict_tensor(x)
     images_per_s = (len(frames) - BATCH) / (time.perf_counter() - start)
-    return {"runs": runs, "predictor_images_per_s": images_per_s,
-            "network_size": list(batches[0].shape[-2:])}
+    del frames, batches
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append((time.perf_counter(), _rss_mb()))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    sampler.start()
+    result = predict_video(predictor, clip, Path(out))
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    third = seconds / 3
+    first = max(r for t, r in samples if t - start <= third)
+    last = max(r for t, r in samples if t - start >= 2 * third)
+    print(json.dumps({"frames": result.frames, "seconds": seconds,
+                      "frames_per_s": result.frames / seconds,
+                      "predictor_images_per_s": images_per_s,
+                      "network_size": list(predictor.predict_tensor(
+                          preprocess(read_frames(Path(clip))[0], size)).shape[-2:]),
+                      "peak_rss_mb": max(r for _, r in samples),
+                      "peak_rss_first_third_mb": first, "peak_rss_last_third_mb": last}))
+
+
+def stream(weights: Path, photo: Path, work: Path, input_size: int) -> dict:
+    runs = {}
+    for frames in (100, 300):
+        clip = work / f"long{frames}.mp4"
+        make_clip(photo, clip, frames, seed=frames)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(weights), str(clip),
+             str(work / f"long{frames}_depth.mp4"), str(input_size)],
+            capture_output=True, text=True, check=True)
+        runs[frames] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(frames, runs[frames], flush=True)
+    return runs
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _stream_child(*sys.argv[2:5])
+        _stream_child(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "video.md"))
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--work", default="/tmp/daf_video_bench")
+    parser.add_argument("--weights", default=None, help="default: the tests' tiny model")
+    parser.add_argument("--input-size", type=int, default=518)
+    parser.add_argument("--model-name", default="tests' tiny random-weight model (embed 32, "
+                        "depth 4)")
+    parser.add_argument("--skip-stream", action="store_true")
     args = parser.parse_args()
     import torch
     from conftest import SHARED_DATA, varied_tiny_model
@@ -157,10 +192,11 @@ def main() -> None:
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    weights = varied_tiny_model().save_pretrained(work / "tiny.safetensors")
+    weights = Path(args.weights) if args.weights else varied_tiny_model().save_pretrained(
+        work / "tiny.safetensors")
     photos = sorted((SHARED_DATA / "images").glob("*.jpg"))[: args.images]
-    rows = flicker(weights, photos, args.frames, work)
-    streaming = stream(weights, photos[0], work)
+    rows = flicker(weights, photos, args.frames, work, args.input_size)
+    streaming = {} if args.skip_stream else stream(weights, photos[0], work, args.input_size)
     per_frame = t_interval([r["per_frame"] for r in rows])
     ours = t_interval([r["ours"] for r in rows])
     diff = t_interval([r["ours"] - r["per_frame"] for r in rows])
@@ -169,9 +205,9 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads (2-core shared development machine), "
-        f"torch {torch.__version__}, CPU fp32. Model: tests' tiny random-weight model "
-        f"(embed 32, depth 4), input size {INPUT_SIZE}, batch {BATCH}. "
-        "Command: `.venv/bin/python benchmarks/benchmark_video.py`.",
+        f"torch {torch.__version__}, CPU fp32. Model: {args.model_name}, input size "
+        f"{args.input_size}, batch {BATCH}. "
+        f"Command: `.venv/bin/python benchmarks/benchmark_video.py {shlex.join(sys.argv[1:])}`.",
         "",
         f"## Flicker on static-camera clips ({len(rows)} photos, {args.frames} frames each)",
         "",
@@ -188,17 +224,20 @@ def main() -> None:
         f"Paired difference ours - official: {diff[0]:.2f} ({diff[1]:.2f} .. {diff[2]:.2f}) "
         f"levels; ratio of means {ours[0] / per_frame[0]:.2f}.",
         "",
-        "## Streaming",
-        "",
-        "| clip | frames/s | peak RSS of the process |",
-        "|---|---|---|",
-        *[f"| {n} frames, 640 px wide | {r['frames_per_s']:.2f} | {r['peak_rss_mb']:.0f} MB |"
-          for n, r in streaming["runs"].items()],
-        f"| Predictor alone (forward, {streaming['network_size'][0]}x"
-        f"{streaming['network_size'][1]}) | {streaming['predictor_images_per_s']:.2f} images/s"
-        " | |",
-        "",
     ]
+    if streaming:
+        lines += [
+            "## Streaming",
+            "",
+            "| clip (640 px wide) | video frames/s | Predictor alone, images/s | peak RSS | "
+            "peak RSS, first / last third of the run |",
+            "|---|---|---|---|---|",
+            *[f"| {n} frames | {r['frames_per_s']:.2f} | {r['predictor_images_per_s']:.2f} "
+              f"({r['network_size'][0]}x{r['network_size'][1]}) | {r['peak_rss_mb']:.0f} MB | "
+              f"{r['peak_rss_first_third_mb']:.0f} / {r['peak_rss_last_third_mb']:.0f} MB |"
+              for n, r in streaming.items()],
+            "",
+        ]
     Path(args.out).write_text("\n".join(lines))
     (Path(args.out).with_suffix(".json")).write_text(json.dumps(
         {"flicker": rows, "streaming": streaming}, indent=1))

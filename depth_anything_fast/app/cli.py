@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from depth_anything_fast.inference.cli import add_model_options, model_hints, predictor_options
 
@@ -51,7 +50,7 @@ def _run_app(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    page = DepthPage(predictor, Path(str(args.weights)).name, max_pixels=int(args.max_pixels))
+    page = DepthPage(predictor, str(args.weights), max_pixels=int(args.max_pixels))
     try:
         serve(page, host=args.host, port=args.port)
     except KeyboardInterrupt:
