@@ -22,7 +22,7 @@ from depth_anything_fast.inference.temporal import (
     fit_scale_shift,
     mean_frame_change,
 )
-from depth_anything_fast.inference.visualize import colorize
+from depth_anything_fast.inference.visualize import colorize, to_uint8
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
@@ -121,7 +121,7 @@ def test_predict_video_frames_rate_size_and_maps(
     out = tmp_path / "out"
     argv = ["predict", "--weights", str(weights), str(tmp_path / "in" / "clip.mkv"), "--outdir",
             str(out), "--input-size", str(INPUT_SIZE), "--batch-size", "4", "--no-progress"]
-    assert main([*argv, "--no-temporal-align", "--save-npy"]) == 0
+    assert main([*argv, "--no-temporal-align", "--save-npy", "--grayscale"]) == 0
     pictures, rate = read_video(out / "clip.mp4")
     assert rate == RATE and len(pictures) == 6
     # frame | 50 px white | depth, padded to even sides for 4:2:0 (47 x 180 -> 48 x 180)
@@ -148,6 +148,52 @@ def test_predict_video_frames_rate_size_and_maps(
     records = (out / "clip_frames" / "manifest.jsonl").read_text().splitlines()
     assert len(records) == 6 and '"input":' in records[0] and "#frame=0" in records[0]
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("temporal_align", [True, False])
+def test_colour_range_one_for_the_video_or_per_frame(
+    tiny: tuple[torch.nn.Module, Path], tmp_path: Path, np_rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch, temporal_align: bool,
+) -> None:
+    """Controlled predictions: frame t is a ramp with its own scale and shift, and frame 9 (after
+    the 8 frames that fix the range) also has a spike. Aligned, every frame is the first frame's
+    ramp in one range (the spike clipped); unaligned, each frame is scaled by its own min-max
+    (frame 9's ramp squeezed under its spike), as the official script."""
+    from depth_anything_fast.inference.video import predict_video
+
+    model, _ = tiny
+    h, w = 32, 48
+    clip = write_video(tmp_path / "clip.mkv", static_clip(np_rng, 10, h, w))
+    ramp = np.tile(np.linspace(1.0, 2.0, w, dtype=np.float32), (h, 1))
+    scales, shifts = np_rng.uniform(0.5, 2.0, 10), np_rng.uniform(-1.0, 1.0, 10)
+    maps = [scales[t] * ramp + shifts[t] for t in range(10)]
+    maps[9][10:14, 20:24] += 40.0 * scales[9]
+    served = iter(maps)
+    predictor = Predictor(model, batch_size=3, input_size=INPUT_SIZE)
+
+    def fake_forward(x: torch.Tensor) -> torch.Tensor:  # network size: resized back after
+        return torch.stack([torch.nn.functional.interpolate(
+            torch.from_numpy(next(served))[None, None], size=tuple(x.shape[-2:]),
+            mode="bilinear", align_corners=True)[0, 0] for _ in range(len(x))])
+
+    monkeypatch.setattr(predictor, "predict_tensor", fake_forward)
+    out = tmp_path / "out.mp4"
+    predict_video(predictor, str(clip), out, pred_only=True, grayscale=True,
+                  temporal_align=temporal_align)
+    grey = [p[..., 0].astype(int) for p in read_video(out)[0]]
+    lossy = 4  # H.264 rounding, mean absolute levels
+    if temporal_align:
+        expected = to_uint8(ramp).astype(int)  # frame 0's range: the ramp's own
+        for t in range(10):
+            spike = np.zeros((h, w), bool)
+            if t == 9:
+                spike[10:14, 20:24] = True
+            assert np.abs(grey[t] - expected)[~spike].mean() < lossy
+        assert grey[9][11:13, 21:23].min() > 240  # clipped at the top of the range
+    else:
+        for t in range(10):
+            assert np.abs(grey[t] - to_uint8(maps[t]).astype(int)).mean() < lossy
+        assert grey[9][:, -8:].max() < 60  # squeezed under the spike: the official flicker
 
 
 def test_one_colour_range_flickers_less_than_per_frame_min_max(

@@ -6,8 +6,9 @@ whatever the length: PyAV decodes the frames and `models.transforms.preprocess` 
 (`_decoded_batches`), the `Predictor` runs each batch of `batch_size` frames, and the writer
 (`_VideoWriter`) aligns each frame's disparity to the video's running reference
 (`temporal.TemporalAligner`, relative models), colours every frame with one value range (fixed
-from the first `range_frames` frames; values beyond it are clipped) and encodes the pictures at
-the source's frame rate and size (H.264 in MP4, or MPEG-4 Part 2 where PyAV lacks libx264).
+from the first `range_frames` frames; values beyond it are clipped; without temporal alignment
+each frame by its own min-max, as the official script) and encodes the pictures at the
+source's frame rate and size (H.264 in MP4, or MPEG-4 Part 2 where PyAV lacks libx264).
 The audio track is not copied.
 
 The video is written under a temporary name and renamed into place once its container is
@@ -33,7 +34,7 @@ from depth_anything_fast.formats.codec import encode, encode_npy
 from depth_anything_fast.formats.manifest import Manifest, ManifestRecord, checksum
 from depth_anything_fast.inference.predictor import Predictor, original_size_maps
 from depth_anything_fast.inference.temporal import TemporalAligner
-from depth_anything_fast.inference.visualize import colorize, side_by_side
+from depth_anything_fast.inference.visualize import SEPARATOR_WIDTH, colorize, side_by_side
 from depth_anything_fast.inference.writers import atomic_write, temp_path
 from depth_anything_fast.models.transforms import preprocess
 
@@ -241,7 +242,7 @@ class _VideoWriter:
     """
 
     def __init__(self, final: Path, rate: Fraction, size: tuple[int, int], *, source: str,
-                 grayscale: bool, pred_only: bool, cmap: str, align: bool,
+                 grayscale: bool, pred_only: bool, cmap: str, temporal: bool,
                  depth_range: float | None, save_npy: bool, save_png16: bool, range_frames: int,
                  on_frame: Callable[[], None]) -> None:
         av = _av()
@@ -250,14 +251,16 @@ class _VideoWriter:
         self.depth_range = depth_range
         self.save_npy, self.save_png16 = save_npy, save_png16
         self.range_frames, self.on_frame = max(1, range_frames), on_frame
-        self.aligner = TemporalAligner() if align else None
+        # a metric model's depth is in metres: one range, never rescaled
+        self.aligner = TemporalAligner() if temporal and depth_range is None else None
+        self.one_range = temporal
         self.value_range: tuple[float, float] | None = None
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.frames = 0
         self.frames_dir = final.with_name(final.stem + "_frames")
         self.manifest: Manifest | None = None
         h, w = size
-        width = w if pred_only else 2 * w + 50
+        width = w if pred_only else 2 * w + SEPARATOR_WIDTH
         # 4:2:0 chroma needs even sides: an odd side gets one more (edge-replicated) pixel
         self.padding = (h % 2, width % 2)
         self.tmp = temp_path(final, 0)
@@ -276,12 +279,13 @@ class _VideoWriter:
                 disparity = self.aligner.align(disparity)[0]
             self._save_maps(disparity)
             self.pending.append((rgb, disparity))
-            if self.value_range is None and len(self.pending) < self.range_frames:
+            if (self.one_range and self.value_range is None
+                    and len(self.pending) < self.range_frames):
                 continue
             self._flush()
 
     def _flush(self) -> None:
-        if self.value_range is None and self.pending:
+        if self.one_range and self.value_range is None and self.pending:
             lo = min(float(d.min()) for _, d in self.pending)
             hi = max(float(d.max()) for _, d in self.pending)
             self.value_range = (lo, hi)
@@ -364,9 +368,10 @@ def predict_video(
     frame size.
 
     `temporal_align` aligns a relative model's disparity to the video's running reference
-    (`temporal.TemporalAligner`); a metric model's depth (`depth_range` = its max depth) is in
-    metres already and is never rescaled. All frames are coloured with one range, fixed from the
-    first `range_frames` frames. `save_npy` / `save_png16` also write each frame's (aligned)
+    (`temporal.TemporalAligner`; a metric model's depth, `depth_range` = its max depth, is in
+    metres already and is never rescaled) and colours all frames with one range, fixed from the
+    first `range_frames` frames; without it each frame is coloured by its own min-max, as the
+    official `run_video.py` does. `save_npy` / `save_png16` also write each frame's (aligned)
     map to `<final stem>_frames/NNNNNN.npy` (float32) / `.png` (16-bit as `pseudo-label` writes
     it, min and max of each in that folder's `manifest.jsonl`).
 
@@ -384,7 +389,7 @@ def predict_video(
     try:
         writer = _VideoWriter(
             final, source.rate, source.size, source=path, grayscale=grayscale,
-            pred_only=pred_only, cmap=cmap, align=temporal_align and depth_range is None,
+            pred_only=pred_only, cmap=cmap, temporal=temporal_align,
             depth_range=depth_range, save_npy=save_npy, save_png16=save_png16,
             range_frames=range_frames, on_frame=bar.update if bar is not None else _nothing)
         sink = _InBackground(lambda item: writer.add(*item))
