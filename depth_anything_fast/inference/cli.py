@@ -276,6 +276,6 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     seconds = time.perf_counter() - start
     print(f"{len(written)} written to {args.outdir}, {len(failed)} failed in {seconds:.1f}s "
-          f"({len(written) / max(seconds, 1e-9):.2f} files/s, model loading included)",
+          f"({len(written) / max(seconds, 1e-9):.2f} images/s, model loading included)",
           flush=True)
     return 1 if failed else 0
