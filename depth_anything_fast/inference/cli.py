@@ -270,7 +270,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("\ninterrupted: the images and videos written are complete", file=sys.stderr)
+        print("\ninterrupted: the images written are complete", file=sys.stderr)
         return 130
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
