@@ -86,7 +86,7 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
 
 def flicker(weights: Path, photos: list[Path], frames: int, work: Path, input_size: int
             ) -> list[dict]:
-    from depth_anything_fast.inference.predict import predict_files
+    from depth_anything_fast.inference.pictures import predict_files
     from depth_anything_fast.inference.temporal import mean_frame_change
 
     rows = []
@@ -119,7 +119,7 @@ def _stream_child(weights: str, clip: str, out: str, input_size: str) -> None:
 
     from depth_anything_fast.inference.predictor import Predictor, load_model
     from depth_anything_fast.inference.video import predict_video
-    from depth_anything_fast.models.transforms import preprocess
+    from depth_anything_fast.transforms import preprocess
 
     size = int(input_size)
     predictor = Predictor(load_model(weights), batch_size=BATCH, input_size=size)

@@ -248,7 +248,7 @@ def test_interrupted_or_failing_video_leaves_no_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from depth_anything_fast.inference import video
-    from depth_anything_fast.inference.predict import predict_files
+    from depth_anything_fast.inference.pictures import predict_files
     from depth_anything_fast.inference.writers import OutputWriteError
 
     model, _ = tiny

@@ -117,7 +117,7 @@ def test_installed_video_pointcloud_and_page(installed: Path, tmp_path: Path) ->
         "import sys, numpy as np, av, plyfile\n"
         "from pathlib import Path\n"
         "from depth_anything_fast.models import DepthAnything, DepthAnythingConfig\n"
-        "from depth_anything_fast.inference.predict import predict_files\n"
+        "from depth_anything_fast.inference.pictures import predict_files\n"
         "from depth_anything_fast.app.page import DepthPage\n"
         "from depth_anything_fast.inference.predictor import Predictor\n"
         "out = Path(sys.argv[1])\n"

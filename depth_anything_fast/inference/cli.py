@@ -125,14 +125,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="also save raw disparity as .npy (videos: OUTDIR/<name>_frames/"
                    "NNNNNN.npy per frame, aligned unless --no-temporal-align)")
     q.add_argument("--no-progress", action="store_true")
-    v = q.add_argument_group("videos")
+    _add_video_and_pointcloud_options(q)
+    q.set_defaults(func=_run_predict)
+
+
+def _add_video_and_pointcloud_options(parser: argparse.ArgumentParser) -> None:
+    """`predict`'s options for videos and point clouds."""
+    v = parser.add_argument_group("videos")
     v.add_argument("--no-temporal-align", dest="temporal_align", action="store_false",
                    help="colour each frame's disparity as it comes (per-frame min-max, as the "
                    "official run_video.py) instead of aligned to the video's reference")
     v.add_argument("--save-png16", action="store_true",
                    help="also save each frame's disparity as a 16-bit PNG (as pseudo-label "
                    "writes it) in OUTDIR/<name>_frames/, min/max in its manifest.jsonl")
-    c = q.add_argument_group("point clouds (metric models; the `pointcloud` extra)")
+    c = parser.add_argument_group("point clouds (metric models; the `pointcloud` extra)")
     c.add_argument("--pointcloud", action="store_true",
                    help="also write OUTDIR/<name>.ply per image: every pixel back-projected "
                    "with the focal length, coloured by the image (metric models only)")
@@ -142,7 +148,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        "depth_to_pointcloud.py)")
     focal.add_argument("--fov", type=float, default=None, metavar="DEG",
                        help="horizontal field of view in degrees, instead of --focal-length")
-    q.set_defaults(func=_run_predict)
 
 
 def _no_weights() -> int:
@@ -242,7 +247,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         return _no_weights()
     import time
 
-    from depth_anything_fast.inference.predict import predict_files
+    from depth_anything_fast.inference.pictures import predict_files
     from depth_anything_fast.inference.writers import OutputWriteError
 
     start = time.perf_counter()

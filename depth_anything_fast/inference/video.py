@@ -2,7 +2,7 @@
 without flicker.
 
 Three stages overlap, each on its own thread, joined by bounded queues so memory stays constant
-whatever the length: PyAV decodes the frames and `models.transforms.preprocess` resizes them
+whatever the length: PyAV decodes the frames and `transforms.preprocess` resizes them
 (`_decoded_batches`), the `Predictor` runs each batch of `batch_size` frames, and the writer
 (`_VideoWriter`) aligns each frame's disparity to the video's running reference
 (`temporal.TemporalAligner`, relative models), colours every frame with one value range (fixed
@@ -36,7 +36,7 @@ from depth_anything_fast.inference.predictor import Predictor, original_size_map
 from depth_anything_fast.inference.temporal import TemporalAligner
 from depth_anything_fast.inference.visualize import SEPARATOR_WIDTH, colorize, side_by_side
 from depth_anything_fast.inference.writers import atomic_write, temp_path
-from depth_anything_fast.models.transforms import preprocess
+from depth_anything_fast.transforms import preprocess
 
 RANGE_FRAMES = 8  # frames whose aligned values fix the colour range of the whole video
 _QUEUE_DEPTH = 2  # batches waiting between two stages
@@ -348,6 +348,20 @@ class _VideoWriter:
             self.manifest = None
 
 
+def _run(source: _Source, predictor: Predictor, writer: _VideoWriter) -> None:
+    """The three stages: decode + resize (thread) -> model (here) -> writer (thread)."""
+    sink = _InBackground(lambda item: writer.add(*item))
+    try:
+        with contextlib.closing(_in_background(_decoded_batches(source, predictor))) as batches:
+            for frames, x in batches:
+                maps = original_size_maps(predictor.predict_tensor(x), [source.size] * len(x))
+                sink.put((frames, maps))
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+
+
 def predict_video(
     predictor: Predictor,
     path: str,
@@ -392,16 +406,10 @@ def predict_video(
             pred_only=pred_only, cmap=cmap, temporal=temporal_align,
             depth_range=depth_range, save_npy=save_npy, save_png16=save_png16,
             range_frames=range_frames, on_frame=bar.update if bar is not None else _nothing)
-        sink = _InBackground(lambda item: writer.add(*item))
         try:
-            with contextlib.closing(_in_background(_decoded_batches(source, predictor))) as batches:
-                for frames, x in batches:
-                    maps = original_size_maps(predictor.predict_tensor(x), [source.size] * len(x))
-                    sink.put((frames, maps))
-            sink.close()
+            _run(source, predictor, writer)
             output = writer.finish()
         except BaseException:
-            sink.abort()
             writer.discard()
             raise
     finally:

@@ -108,9 +108,9 @@ class _PictureSink:
     """Writes the pictures on background threads and keeps the outcome: `written` PNG paths,
     `failed` (input, reason) pairs (decode and write failures), and a progress bar."""
 
-    def __init__(self, names: dict[str, str], out_root: Path, num_threads: int, progress: bool,
+    def __init__(self, total: int, out_root: Path, num_threads: int, progress: bool,
                  **picture: Any) -> None:
-        self.names, self.out_root, self.picture = names, out_root, picture
+        self.out_root, self.picture = out_root, picture
         self.written: list[Path] = []
         self.failed: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -119,7 +119,7 @@ class _PictureSink:
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=len(names), unit="img", dynamic_ncols=True)
+            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True)
 
     @property
     def fatal(self) -> OSError | None:
@@ -136,12 +136,13 @@ class _PictureSink:
             self.failed.append((path, reason))
             self._tick()
 
-    def submit(self, path: str, disparity: np.ndarray) -> None:
-        """Queue the picture of input `path` (blocks while the writers are behind)."""
-        self._writer.submit(path, lambda: self._write(path, disparity))
+    def submit(self, path: str, name: str, disparity: np.ndarray) -> None:
+        """Queue the picture of input `path`, named `name` (blocks while the writers are
+        behind)."""
+        self._writer.submit(path, lambda: self._write(path, name, disparity))
 
-    def _write(self, path: str, disparity: np.ndarray) -> None:
-        target = _save(self.out_root / self.names[path], path, disparity, **self.picture)
+    def _write(self, path: str, name: str, disparity: np.ndarray) -> None:
+        target = _save(self.out_root / name, path, disparity, **self.picture)
         with self._lock:
             self.written.append(target)
             self._tick()
@@ -180,66 +181,60 @@ def predict_files(
     temporal_align: bool = True,
     save_png16: bool = False,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Write `outdir/<name>.png` (image | gap | colour-mapped prediction, or the prediction only)
-    per input image: Spectral_r on disparity, or for a metric model Spectral on depth, as the
-    official `run.py` scripts, so near is red either way; and `outdir/<name>.mp4` per input
-    video (`video.predict_video`: `temporal_align`, one colour range, `save_npy` and
-    `save_png16` per frame into `outdir/<name>_frames/`).
+    """Write `outdir/<name>.png` per image (image | gap | coloured prediction, or the prediction
+    only; Spectral_r on disparity, Spectral on a metric model's depth: near is red either way,
+    as the official `run.py`) and `outdir/<name>.mp4` per video (`video.predict_video`);
+    `pointcloud` adds `outdir/<name>.ply` per image (`pointcloud.pointcloud_ply`, metric models
+    only: else ValueError at once). `<name>`: the path relative to its INPUT, no extension.
 
-    `pointcloud` also writes `outdir/<name>.ply` per image (`pointcloud.pointcloud_ply` with
-    `focal_length` in pixels or the horizontal `fov` in degrees; default 470.4 px, the official
-    script's); it needs a metric model (ValueError otherwise, before anything is written).
-
-    `<name>` is the image's path relative to its INPUT argument without extension (the file name
-    for a single image, as in the official script). Returns (written PNG and video paths,
-    [(input, reason)] for inputs that could not be read or written), in completion order.
-    Raises ValueError if two inputs get the same name (x.jpg in two INPUT folders), as one
-    output would overwrite the other, or if `outdir` cannot be written (checked before the
-    model runs). `version`, `metric` and `max_depth` describe a checkpoint whose name does not
-    (`DepthAnything.from_pretrained`); `progress` shows a progress bar with the speed;
-    `num_threads` decode and as many write.
-    A video that cannot be read, or stops decoding part-way (its frames read so far are
-    written), is listed among the failed inputs.
-
-    Raises OutputWriteError (nothing more can be written: disk full, read-only) at once,
-    leaving the files already written complete and no temporary file.
+    Returns (written PNG and video paths, [(input, reason)] for inputs that could not be read
+    or written, including a video that stopped decoding part-way: its frames read are written).
+    Raises ValueError if two inputs get one name or `outdir` cannot be written (checked before
+    the model runs), OutputWriteError (disk full, read-only) at once, leaving the files written
+    complete and no temporary file. `version`, `metric`, `max_depth` describe a checkpoint whose
+    name does not; `progress` shows a progress bar; `num_threads` decode and as many write.
     """
     check_output_dir(outdir, "--outdir")
     model = load_model(weights_or_model, version=version, metric=metric, max_depth=max_depth)
-    depth_range = metric_max_depth(model)
+    depth_range = metric_max_depth(model)  # None: relative disparity
     cmap = "Spectral_r" if depth_range is None else "Spectral"
     cloud = _pointcloud_options(depth_range, focal_length, fov) if pointcloud else None
     predictor = Predictor(model, batch_size=batch_size, precision=precision, compile=compile,
                           input_size=input_size, resize=resize, device=device)
     images, videos = _list_items(inputs)
     make_output_dir(outdir, flag="--outdir")
-    written: list[Path] = []
-    failed: list[tuple[str, str]] = []
-    if images:
-        sink = _PictureSink(dict(images), Path(outdir), num_threads, progress,
-                            grayscale=grayscale, pred_only=pred_only, save_npy=save_npy,
-                            cmap=cmap, pointcloud=cloud)
-        try:
-            _predict_into(predictor, [path for path, _ in images], sink, num_threads)
-        finally:
-            sink.close()
-        if sink.fatal is not None:
-            raise OutputWriteError(
-                f"cannot write to {outdir}: {sink.fatal}; stopped after {len(sink.written)} of "
-                f"{len(images)} images (those files are complete)")
-        written, failed = sink.written, sink.failed
+    written, failed = _predict_images(
+        predictor, images, Path(outdir), num_threads, progress, grayscale=grayscale,
+        pred_only=pred_only, save_npy=save_npy, cmap=cmap, pointcloud=cloud)
     if videos and pointcloud:
         logger.warning("--pointcloud: point clouds are written for images only, not for the "
                        "%d video(s)", len(videos))
     for path, name in videos:
-        written_video, failure = _predict_video(
+        outcome = _predict_video(
             predictor, path, Path(outdir) / f"{name}.mp4", grayscale=grayscale,
             pred_only=pred_only, cmap=cmap, temporal_align=temporal_align,
-            depth_range=depth_range, save_npy=save_npy, save_png16=save_png16,
-            progress=progress)
-        written += written_video
-        failed += failure
+            depth_range=depth_range, save_npy=save_npy, save_png16=save_png16, progress=progress)
+        written, failed = written + outcome[0], failed + outcome[1]
     return written, failed
+
+
+def _predict_images(predictor: Predictor, images: list[tuple[str, str]], outdir: Path,
+                    num_threads: int, progress: bool, **picture: Any
+                    ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The pictures of `images` ((path, name) pairs): (written PNG paths, failures); raises
+    OutputWriteError when nothing more can be written."""
+    if not images:
+        return [], []
+    sink = _PictureSink(len(images), outdir, num_threads, progress, **picture)
+    try:
+        _predict_into(predictor, images, sink, num_threads)
+    finally:
+        sink.close()
+    if sink.fatal is not None:
+        raise OutputWriteError(
+            f"cannot write to {outdir}: {sink.fatal}; stopped after {len(sink.written)} of "
+            f"{len(images)} images (those files are complete)")
+    return sink.written, sink.failed
 
 
 def _pointcloud_options(depth_range: float | None, focal_length: float | None,
@@ -278,12 +273,13 @@ def _predict_video(predictor: Predictor, path: str, final: Path, **options: Any
     return written, [(path, result.error + kept)]
 
 
-def _predict_into(predictor: Predictor, paths: list[str], sink: _PictureSink,
+def _predict_into(predictor: Predictor, items: list[tuple[str, str]], sink: _PictureSink,
                   num_threads: int) -> None:
-    """The loop: inference loader -> model -> original size -> `sink`, until done or a fatal
-    write error."""
+    """The loop: inference loader -> model -> original size -> `sink` (each map with its
+    output name), until done or a fatal write error."""
     loader = inference_loader(
-        paths, batch_size=predictor.batch_size, input_size=predictor.input_size,
+        [path for path, _ in items], names=[name for _, name in items],
+        batch_size=predictor.batch_size, input_size=predictor.input_size,
         resize=predictor.resize, device=predictor.device, num_threads=num_threads,
         on_error=sink.fail,
     )
@@ -291,6 +287,6 @@ def _predict_into(predictor: Predictor, paths: list[str], sink: _PictureSink,
         if sink.fatal is not None:
             break
         disparity = predictor.predict_tensor(batch["image"])
-        for path, item in zip(batch["paths"], original_size_maps(disparity, batch["sizes"]),
-                              strict=True):
-            sink.submit(path, item)
+        maps = original_size_maps(disparity, batch["sizes"])
+        for path, name, item in zip(batch["paths"], batch["names"], maps, strict=True):
+            sink.submit(path, name, item)
