@@ -400,3 +400,92 @@ def test_student_and_control_of_a_seed_start_alike_and_see_the_labelled_images_a
         assert big["paths"] == [p for b in small for p in b["paths"]]
         torch.testing.assert_close(big["image"], torch.cat([b["image"] for b in small]))
         torch.testing.assert_close(big["disparity"], torch.cat([b["disparity"] for b in small]))
+
+
+# ------------------------------------------------------------------------------ unseen kind
+def test_split_scene_renders_a_generated_image_again(tmp_path: Path, test_seed: int) -> None:
+    """The unlabelled split's depth, rendered again for the pseudo-label analysis, belongs to
+    the stored image: the val split's stored depth is re-rendered exactly (but for its sensor
+    holes), an unlabelled JPEG is its scene's colours encoded the same way."""
+    import io
+
+    from PIL import Image
+
+    from depth_anything_fast.recipe.synthetic import (
+        depth_to_png16,
+        generate_dataset,
+        read_kinds,
+        split_scene,
+    )
+
+    seed = test_seed % 10_000
+    root = tmp_path / "world"
+    generate_dataset(root, n_labelled=1, n_unlabelled=3, n_val=3, size=(40, 56), seed=seed)
+    for split in ("val", "unlabelled"):
+        for name, kind in read_kinds(root, split).items():
+            scene = split_scene(seed, split, int(name), kind, (40, 56))
+            if split == "val":
+                stored = np.array(Image.open(root / "val" / "depth" / f"{name}.png"))
+                holes = (stored == 0) & (scene.depth > 0)
+                np.testing.assert_array_equal(stored[~holes], depth_to_png16(scene.depth)[~holes])
+                assert holes.mean() < 0.2
+            else:  # the same colours, JPEG-encoded as generate_dataset does
+                stored = np.array(Image.open(root / "unlabelled" / "images" / f"{name}.jpg"))
+                encoded = io.BytesIO()
+                Image.fromarray(scene.rgb).save(encoded, format="JPEG", quality=92)
+                np.testing.assert_array_equal(stored, np.array(Image.open(encoded)))
+    with pytest.raises(ValueError, match="unknown split"):
+        split_scene(seed, "train", 0, "room")
+
+
+def test_follows_pools_each_student_with_its_own_teacher(np_rng) -> None:
+    from depth_anything_fast.recipe.unseen_kind import follows
+
+    kinds = ["room", "field"]
+    teacher, student, pairs = {}, {}, {"field": [], "room": []}
+    for seed in (0, 1):
+        t = np_rng.uniform(0.1, 0.5, 12)
+        s = 0.5 * t + np_rng.normal(0.05, 0.01, 12)
+        names = [f"{seed}-{j}" for j in range(12)]
+        teacher[seed] = [{"name": n, "kind": kinds[j % 2], "abs_rel": float(v)}
+                         for j, (n, v) in enumerate(zip(names, t))]
+        student[seed] = [{"name": n, "kind": kinds[j % 2], "abs_rel": float(v)}
+                         for j, (n, v) in enumerate(zip(names, s))][::-1]
+        for j in range(12):
+            pairs[kinds[j % 2]].append((t[j], s[j]))
+    student[2] = student[0]  # no teacher for seed 2: not used
+    result = follows(teacher, student, kinds)
+    for kind in kinds:
+        x, y = np.array(pairs[kind]).T
+        assert result[kind]["n"] == 12
+        assert result[kind]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+        assert result[kind]["slope"] == pytest.approx(np.cov(x, y)[0, 1] / x.var(ddof=1))
+        assert result[kind]["student_better_share"] == pytest.approx((y < x).mean())
+    assert result["overall"]["n"] == 24 and result["overall"]["slope"] == pytest.approx(0.5,
+                                                                                        abs=0.1)
+
+
+def test_budget_pairs_students_and_controls_at_each_budget(np_rng) -> None:
+    from depth_anything_fast.recipe.budget import budget_arms, summarise
+
+    assert [a.name for a in budget_arms(400, 400)] == ["teacher", "student"]
+    control, student = budget_arms(1600, 400)
+    assert control.overrides == student.overrides == ("steps=1600",)
+    assert student.teacher == "teacher" and control.teacher is None
+    kinds = ["room", "field"]
+
+    def records(shift: float) -> list[dict]:
+        return [{"name": f"i{j}", "kind": kinds[j % 2], "abs_rel": 0.3 + shift + 0.01 * j,
+                 "delta1": 0.5} for j in range(6)]
+
+    scores = {"teacher": {0: records(0), 1: records(0)},
+              "student": {0: records(-0.01), 1: records(-0.01)},
+              "control_1600": {0: records(-0.02), 1: records(-0.02)},
+              "student_1600": {0: records(-0.05)}}
+    out = summarise(scores, [400, 800, 1600], 400, kinds)
+    assert [e["steps"] for e in out] == [400, 1600]  # no run at 800 yet
+    assert out[0]["student - control"]["overall"]["mean"] == pytest.approx(-0.01)
+    assert out[1]["student - control"]["overall"]["mean"] == pytest.approx(-0.03)
+    assert out[1]["student - teacher"]["field"]["mean"] == pytest.approx(-0.05)
+    assert out[1]["seeds"] == [0]
+    assert out[1]["mean"]["control"]["overall"]["abs_rel"] == pytest.approx(0.305)

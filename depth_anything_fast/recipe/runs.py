@@ -105,40 +105,50 @@ def run_jobs(jobs: dict[str, Job], workers: int,
     if unknown:
         raise ValueError(f"jobs wait for unknown jobs: {sorted(unknown)}")
     done: dict[str, Any] = {}
+    pending = dict(jobs)
+
+    def ready() -> list[str]:
+        return [n for n, j in pending.items() if all(d in done for d in j.after)]
+
+    def finish(name: str, result: Any) -> None:
+        done[name] = result
+        if on_done is not None:
+            on_done(name)
+
     if workers <= 1:
-        pending = dict(jobs)
         while pending:
-            name = next((n for n, j in pending.items() if all(d in done for d in j.after)), None)
-            if name is None:
+            if not ready():
                 raise ValueError(f"jobs wait for each other: {sorted(pending)}")
+            name = ready()[0]
             job = pending.pop(name)
-            done[name] = job.fn(*job.args)
-            if on_done is not None:
-                on_done(name)
+            finish(name, job.fn(*job.args))
         return done
+    _run_in_pool(pending, ready, finish, workers)
+    return done
+
+
+def _run_in_pool(pending: dict[str, Job], ready: Callable[[], list[str]],
+                 finish: Callable[[str, Any], None], workers: int) -> None:
+    """`run_jobs` on a pool of `workers` spawned processes."""
     import multiprocessing
 
-    pending = dict(jobs)
     running: dict[Future, str] = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(workers,)) as pool:
         while pending or running:
-            for name in [n for n, j in pending.items() if all(d in done for d in j.after)]:
-                if len(running) < workers:
-                    job = pending.pop(name)
-                    running[pool.submit(job.fn, *job.args)] = name
+            for name in ready()[:workers - len(running)]:
+                job = pending.pop(name)
+                running[pool.submit(job.fn, *job.args)] = name
             if not running:
                 raise ValueError(f"jobs wait for each other: {sorted(pending)}")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 name = running.pop(future)
-                if future.exception() is not None:
+                error = future.exception()
+                if error is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()  # type: ignore[misc]
-                done[name] = future.result()
-                if on_done is not None:
-                    on_done(name)
-    return done
+                    raise error
+                finish(name, future.result())
 
 
 def _train_job(config: Path, overrides: list[str], label: str) -> Path:
