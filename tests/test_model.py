@@ -340,6 +340,49 @@ def test_attention_backends_agree_with_float64_math() -> None:
             assert max_rel_diff(got.double(), expected) <= TOL, backend
 
 
+def test_cpu_bf16_attention_computes_in_fp32() -> None:
+    """bf16 q, k, v on the CPU (also under autocast, which would cast SDPA back to bf16) are
+    computed by the fp32 kernel and rounded once: the bf16 kernel is slower backward there."""
+    from depth_anything_fast.models.layers.attention import attention
+
+    q, k, v = (torch.randn(3, 2, 17, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, "sdpa")
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    out.float().square().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+
+
+def test_depth_map_is_computed_in_fp32() -> None:
+    """The head's last 1x1 conv runs in fp32 under bf16 autocast and for bf16 weights (a depth
+    map rounded to bf16 keeps ~3 significant digits): equal to that conv in float64 on the
+    same (low-precision) input to fp32 rounding."""
+    model = random_ours()
+    x = torch.randn(2, 3, 42, 56)
+    captured = {}
+    last = model.head.scratch.output_conv2[2]
+    hook = model.head.scratch.output_conv2[1].register_forward_hook(
+        lambda module, args, out: captured.__setitem__("input", out))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        low = DepthAnything(config=model.config).eval().to(torch.bfloat16)
+        low.load_state_dict(model.state_dict())
+        low.head.scratch.output_conv2[1].register_forward_hook(
+            lambda module, args, out: captured.__setitem__("input_bf16_weights", out))
+        out_bf16_weights = low(x.bfloat16())
+    hook.remove()
+    assert out.dtype == out_bf16_weights.dtype == torch.float32
+    for got, key in ((out, "input"), (out_bf16_weights, "input_bf16_weights")):
+        weight = last.weight.double()
+        if key == "input_bf16_weights":  # that model's own (bf16) conv parameters
+            weight = weight.bfloat16().double()
+        bias = last.bias.double() if key == "input" else last.bias.bfloat16().double()
+        expected = F.relu(F.conv2d(captured[key].double(), weight, bias))[:, 0]
+        assert max_rel_diff(got.double(), expected) <= 1e-6, key
+
+
 def test_attention_backend_errors() -> None:
     with pytest.raises(ValueError, match="unknown attention backend"):
         DepthAnything(config=tiny_config(), attn_backend="flash9")

@@ -46,6 +46,9 @@ class SemanticTraining:
     warmup_steps: int = 50
     kind_weight: float = 0.5
     seed: int = 0
+    # what the encoder's forward computes in, as the trainer's `dist.precision` (auto: bf16
+    # where the CPU computes it natively); the losses stay fp32
+    precision: str = "auto"
 
 
 def _load_split(data_root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -161,6 +164,7 @@ def train_semantic_encoder(
     from depth_anything_fast.data.synthetic import SEMANTIC_CLASSES
     from depth_anything_fast.models import DepthAnything
     from depth_anything_fast.models.checkpoints import save_file
+    from depth_anything_fast.train.distributed import autocast_context, resolve_compute_dtype
     from depth_anything_fast.train.optim import lr_factor
 
     data_root, out_dir = Path(data_root), Path(out_dir)
@@ -181,11 +185,15 @@ def train_semantic_encoder(
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, settings.steps, settings.warmup_steps, 1.0))
+    cpu = torch.device("cpu")
+    compute_dtype = resolve_compute_dtype(settings.precision, cpu)
     encoder.train()
     for step in range(settings.steps):
         idx = torch.randint(0, images.shape[0], (settings.batch_size,), generator=g)
         x, c = _batch(images[idx], classes[idx], settings.crop_size, g, train=True)
-        patch_logits, kind_logits = probe(encoder.patch_tokens(x))
+        with autocast_context(compute_dtype, cpu, fsdp=False):
+            tokens = encoder.patch_tokens(x)
+        patch_logits, kind_logits = probe(tokens.float())
         target = _patch_histograms(c, len(SEMANTIC_CLASSES), arch.patch_size)
         loss_patch = -(target * patch_logits.log_softmax(-1)).sum(-1).mean()
         loss_kind = F.cross_entropy(kind_logits, kinds[idx])
@@ -198,6 +206,7 @@ def train_semantic_encoder(
             log(f"[semantic encoder] step {step + 1}/{settings.steps}: patch class "
                 f"{loss_patch.item():.3f}, kind {loss_kind.item():.3f}")
     info: dict[str, Any] = {"key": key, "settings": dataclasses.asdict(settings),
+                            "compute_dtype": str(compute_dtype).removeprefix("torch."),
                             "train_images": int(images.shape[0]),
                             "seconds": round(time.perf_counter() - start, 1)}
     if (data_root / "semantic" / "val").is_dir():
