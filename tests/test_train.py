@@ -114,13 +114,17 @@ def test_param_groups_encoder_decoder_lr() -> None:
 
 # ------------------------------------------------------------------------------------ stages
 @pytest.mark.parametrize("stage", ["teacher", "student", "finetune-metric"])
-def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
+def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path, monkeypatch) -> None:
     from depth_anything_fast.models import DepthAnything
+    from depth_anything_fast.train import trainer as trainer_module
 
+    kept = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: kept.append(1) or True)
     extra = ("steps=2", "val_every=2", f"data.val={tiny_data['val']}", "val_input_size=56")
     cfg = load_config(None, _overrides(stage, tiny_data, tmp_path, *extra))
     result = Trainer(cfg).run()
     assert result["status"] == "done" and result["step"] == 2
+    assert kept == [1]  # a CPU run keeps freed memory for the next step
     losses = _losses(tmp_path)
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
     *_, record, val = (json.loads(line) for line in (tmp_path / "metrics.jsonl").open())

@@ -44,6 +44,31 @@ def test_cpu_flags_decide_native_bf16(monkeypatch, flags: str, native: bool) -> 
     assert runtime.cpu_has_native_bf16() is native
 
 
+def test_keep_freed_memory_raises_both_malloc_thresholds(monkeypatch) -> None:
+    calls = []
+
+    class FakeLibc:
+        def __init__(self, name: str) -> None:
+            if name != "libc.so.6":
+                raise OSError(name)
+            self.mallopt = self
+
+        def __call__(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(runtime.ctypes, "CDLL", FakeLibc)
+    assert runtime.keep_freed_memory(1 << 28)
+    # M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1) of glibc's malloc.h
+    assert sorted(calls) == [(-3, 1 << 28), (-1, 1 << 28)]
+
+    def no_glibc(name: str):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(runtime.ctypes, "CDLL", no_glibc)
+    assert runtime.keep_freed_memory() is False
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["native-bf16-cpu", "plain-cpu"])
 def test_precision_resolves_per_device(monkeypatch, caplog, native: bool) -> None:
     monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: native)

@@ -164,6 +164,7 @@ def train_semantic_encoder(
     from depth_anything_fast.data.synthetic import SEMANTIC_CLASSES
     from depth_anything_fast.models import DepthAnything
     from depth_anything_fast.models.checkpoints import save_file
+    from depth_anything_fast.runtime import keep_freed_memory
     from depth_anything_fast.train.distributed import autocast_context, resolve_compute_dtype
     from depth_anything_fast.train.optim import lr_factor
 
@@ -187,6 +188,7 @@ def train_semantic_encoder(
         opt, lambda s: lr_factor(s, settings.steps, settings.warmup_steps, 1.0))
     cpu = torch.device("cpu")
     compute_dtype = resolve_compute_dtype(settings.precision, cpu)
+    keep_freed_memory()  # as the trainer on the CPU: the same tensors every step
     encoder.train()
     for step in range(settings.steps):
         idx = torch.randint(0, images.shape[0], (settings.batch_size,), generator=g)

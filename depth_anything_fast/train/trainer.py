@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depth_anything_fast.runtime import StopSignals
+from depth_anything_fast.runtime import StopSignals, keep_freed_memory
 
 from . import stages
 from .batch_stream import BatchStream
@@ -350,6 +350,10 @@ class Trainer:
         if self.resume and self.overwrite:
             raise RunDirError("--resume and --overwrite exclude each other")
         info = init_distributed(cfg.dist)
+        if info.device.type == "cpu":
+            # every step allocates the same large tensors: reuse them instead of page-faulting
+            # them in again (15-20% of a demo step's CPU time)
+            keep_freed_memory()
         self._prepare_out_dir(info)
         run = self._build(info)
         self._resume(run)
