@@ -181,7 +181,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0,
     report = {
         "kinds": kinds, "labelled_kinds": list(budget.labelled_kinds),
         "n_labelled": budget.n_labelled, "n_unlabelled": budget.n_unlabelled,
-        "n_val": budget.n_val, "overrides": list(overrides), "summary": summary,
+        "n_val": budget.n_val, "seed": seed, "overrides": list(overrides), "summary": summary,
         "paired": paired,
         "elapsed_s": time.perf_counter() - start,
         "load_average": [round(x, 2) for x in os.getloadavg()],
