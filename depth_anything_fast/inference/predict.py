@@ -142,6 +142,7 @@ def predict_files(
     input_size: int = 518,
     resize: str = "keep-aspect",
     device: str | None = None,
+    runtime: str = "auto",
     grayscale: bool = False,
     pred_only: bool = False,
     save_npy: bool = False,
@@ -161,7 +162,8 @@ def predict_files(
     inputs get the same name (x.jpg in two INPUT folders), as one output would overwrite the
     other, or if `outdir` cannot be written (checked before the model runs). `version`, `metric`
     and `max_depth` describe a checkpoint whose name does not (`DepthAnything.from_pretrained`);
-    `progress` shows a progress bar with the speed; `num_threads` decode and as many write.
+    `progress` shows a progress bar with the speed; `num_threads` decode and as many write;
+    the other keywords are `Predictor`'s.
 
     Raises OutputWriteError (nothing more can be written: disk full, read-only) at once,
     leaving the files already written complete and no temporary file.
@@ -170,7 +172,7 @@ def predict_files(
     model = load_model(weights_or_model, version=version, metric=metric, max_depth=max_depth)
     cmap = "Spectral_r" if metric_max_depth(model) is None else "Spectral"
     predictor = Predictor(model, batch_size=batch_size, precision=precision, compile=compile,
-                          input_size=input_size, resize=resize, device=device)
+                          input_size=input_size, resize=resize, device=device, runtime=runtime)
     items = _list_items(inputs)
     make_output_dir(outdir, flag="--outdir")
     sink = _PictureSink(dict(items), Path(outdir), num_threads, progress, grayscale=grayscale,
