@@ -52,9 +52,9 @@ def real_images() -> list[Path]:
 def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Aligned AbsRel (disparity space, pixels with ref > 0) and unaligned max rel. diff."""
     valid = ref > 0
+    scale, shift = align_scale_shift(got.astype(np.float64), ref.astype(np.float64), valid)
     g, r = got[valid].astype(np.float64), ref[valid].astype(np.float64)
-    scale, shift = align_scale_shift(torch.from_numpy(g)[None], torch.from_numpy(r)[None])
-    aligned = g * float(scale[0]) + float(shift[0])
+    aligned = g * scale + shift
     return {"abs_rel": float(np.mean(np.abs(aligned - r) / r)),
             "max_rel_diff": float(np.abs(got - ref).max() / np.abs(ref).max()),
             "valid_fraction": float(valid.mean())}
