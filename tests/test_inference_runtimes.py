@@ -158,6 +158,9 @@ def test_auto_resolves_as_documented(
 ) -> None:
     monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: native_bf16)
     _installed(monkeypatch, openvino=openvino, onnxruntime=onnxruntime)
+    # a tiny model runs on torch (a conversion would cost more than it saves)
+    assert runtimes.resolve_runtime("auto", "fp32", CPU, metric_model)[0] == "torch"
+    monkeypatch.setattr(runtimes, "CONVERT_MIN_PARAMS", 0)  # as for ViT-S and larger
     for precision, expected in zip(("auto", "fp32", "bf16"),
                                    AUTO[native_bf16, openvino, onnxruntime], strict=True):
         got = runtimes.resolve_runtime("auto", precision, CPU, metric_model)

@@ -17,8 +17,10 @@ budget (aligned AbsRel against torch fp32 below 1e-3 on real photos; README, "Pe
 on the CPU OpenVINO when installed, else torch where the precision is bf16, else ONNX Runtime
 fp32 when installed, else torch; on CUDA torch. Precision "auto" means bf16 on CUDA and on
 CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere (emulated bf16 is slower than fp32);
-ONNX Runtime runs fp32 only. A module that is not a plain `DepthAnything` (wrapped, sharded)
-and `compile=True` always run on torch.
+ONNX Runtime runs fp32 only. A module that is not a plain `DepthAnything` (wrapped, sharded),
+a model under `CONVERT_MIN_PARAMS` parameters (it runs in milliseconds on torch, where a
+conversion would cost seconds: the demo's and the tests' tiny models) and `compile=True` run
+on torch.
 
 OpenVINO and ONNX Runtime run a copy of the weights taken when the runtime is built: a model
 changed afterwards in place (an optimiser step, `load_state_dict`) is refused with an error
@@ -59,6 +61,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # what each runtime's extra installs (`runtime_available`)
 _MODULES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "onnx", "onnxscript")}
 _EXTRAS = {"openvino": "openvino", "onnxruntime": "export"}
+CONVERT_MIN_PARAMS = 5_000_000  # "auto" converts ViT-S (24.8M) and larger
 CACHE_ENTRIES = 4  # converted models kept per runtime (a ViT-L is 1.3 GB)
 OPENVINO_SHAPES = 8  # compiled input shapes kept per model (each holds a copy of the weights)
 _CACHE_FORMAT = 1  # bumped when the files or the conversion change
@@ -122,7 +125,8 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device,
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
     if runtime == "auto":
         wanted = resolve_precision(precision, device)
-        if device.type != "cpu" or compile or not convertible(model):
+        small = sum(p.numel() for p in model.parameters()) < CONVERT_MIN_PARAMS
+        if device.type != "cpu" or compile or small or not convertible(model):
             return "torch", wanted
         if runtime_available("openvino"):
             return "openvino", wanted
