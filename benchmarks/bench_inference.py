@@ -8,7 +8,7 @@ output against torch fp32 (a fast wrong path fails), then is timed; `extra_info`
 images/s, `build_s` (building the path: conversion included, or the cache read), `first_s`
 (the first batch: compilation for the shape included), `peak_rss_mib` (the process's peak RSS
 while building and running the path, above the RSS before it, sampled every 5 ms), the
-accuracy against torch fp32 (`max_rel_diff`, `abs_rel` after least-squares alignment) and the
+accuracy against torch fp32 (`max_rel_diff`, `aligned_err` after least-squares alignment) and the
 load average.
 
 1. `test_batch_throughput`, "batch 4 518x518 <encoder> cpu": a batch of 4 photos resized to
@@ -78,10 +78,10 @@ CUDA = torch.cuda.is_available()
 # a fast wrong path must fail: fp32 paths match torch fp32 to float rounding, reduced precision
 # within the bf16 budget of a random model (tests/test_inference_runtimes.py)
 FP32_MAX_REL = 1e-3
-BF16_MAX_REL, BF16_ABS_REL = 5e-2, 1e-2
+BF16_MAX_REL, BF16_ALIGNED = 5e-2, 1e-2
 # transformers' pipeline resizes with PIL (ours and the official code with torch / OpenCV
 # bicubic) and its maps back with bicubic (ours bilinear): same model, other resampling
-PIPELINE_ABS_REL = 5e-2
+PIPELINE_ALIGNED = 5e-2
 
 BATCH_IMPLS = [
     "ours-default", "ours-torch-fp32", "ours-torch-bf16", "ours-torch-bf16-compiled",
@@ -145,29 +145,31 @@ def peak_rss() -> Iterator[dict[str, float]]:
 
 
 def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """max |got - ref| / max |ref| and the aligned AbsRel (per map least-squares scale and
-    shift in float64, pixels with ref > 0), the worst over the batch."""
+    """The worst over the batch of max |got - ref| / max |ref| and of the aligned error
+    mean |s got + t - ref| / mean |ref| (per map least-squares scale and shift in float64,
+    pixels with ref > 0). A per-pixel AbsRel would be dominated by the near-zero pixels of a
+    random model (benchmarks/inference_accuracy.py measures it on real photos)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     got, ref = got.reshape(-1, *got.shape[-2:]), ref.reshape(-1, *ref.shape[-2:])
     assert got.shape == ref.shape, (got.shape, ref.shape)
     assert all(r.std() > 0 for r in ref), "a constant reference map: the check would be vacuous"
-    worst_rel, worst_abs_rel = 0.0, 0.0
+    worst_rel, worst_aligned = 0.0, 0.0
     for g, r in zip(got, ref, strict=True):
         valid = r > 0
         scale, shift = align_scale_shift(g, r, valid)
         aligned = g[valid] * scale + shift
-        worst_abs_rel = max(worst_abs_rel, float(np.mean(np.abs(aligned - r[valid]) / r[valid])))
+        error = float(np.mean(np.abs(aligned - r[valid])) / np.mean(r[valid]))
+        worst_aligned = max(worst_aligned, error)
         worst_rel = max(worst_rel, float(np.abs(g - r).max() / np.abs(r).max()))
-    return {"max_rel_diff": worst_rel, "abs_rel": worst_abs_rel}
+    return {"max_rel_diff": worst_rel, "aligned_err": worst_aligned}
 
 
 def check(got: np.ndarray, ref: np.ndarray, reduced: bool,
-          abs_rel_budget: float = BF16_ABS_REL) -> dict[str, float]:
+          budget: float = BF16_ALIGNED) -> dict[str, float]:
     """`compare`, asserting the tolerance of the path (reduced precision or fp32)."""
     errors = compare(got, ref)
     if reduced:
-        assert errors["max_rel_diff"] <= BF16_MAX_REL and errors["abs_rel"] <= abs_rel_budget, \
-            errors
+        assert errors["max_rel_diff"] <= BF16_MAX_REL and errors["aligned_err"] <= budget, errors
     else:
         assert errors["max_rel_diff"] <= FP32_MAX_REL, errors
     return {k: float(f"{v:.3g}") for k, v in errors.items()}
@@ -347,9 +349,9 @@ def test_photo_throughput(benchmark, encoder: str, impl: str) -> None:
         built = time.perf_counter()
         firsts = run(images[:2])
         first_s = time.perf_counter() - built
-        budget = PIPELINE_ABS_REL if impl == "transformers-pipeline" else BF16_ABS_REL
+        budget = PIPELINE_ALIGNED if impl == "transformers-pipeline" else BF16_ALIGNED
         accuracy = check(np.stack(firsts), np.stack(references),
-                         reduced=impl != "official-loop", abs_rel_budget=budget)
+                         reduced=impl != "official-loop", budget=budget)
         benchmark.group = f"{len(images)} photos {encoder} cpu"
         benchmark.pedantic(lambda: run(images), rounds=1, iterations=1)
     _record(benchmark, len(images), build_s=round(built - start, 2), first_s=round(first_s, 2),
@@ -506,9 +508,9 @@ def test_inference_throughput(benchmark, impl: str, device: str, encoder: str) -
             got = _stored(warm_out, path.stem)
             if impl in ("official-loop", "transformers-pipeline"):  # stored min-max normalised
                 expected = (expected - expected.min()) / (expected.max() - expected.min())
-            budget = PIPELINE_ABS_REL if impl == "transformers-pipeline" else BF16_ABS_REL
+            budget = PIPELINE_ALIGNED if impl == "transformers-pipeline" else BF16_ALIGNED
             accuracy = check(got, expected, reduced=impl != "official-loop",
-                             abs_rel_budget=budget)
+                             budget=budget)
         benchmark.group = f"inference {device} {encoder} ({n_images} images, {INPUT_SIZE})"
         # CPU: one round (minutes on 2 cores); the ratios to the baseline are what is reported
         benchmark.pedantic(run, rounds=1 if device == "cpu" else 3, iterations=1)

@@ -41,7 +41,7 @@ EXTRA_COLUMNS = {
     "build_s": "build s",
     "first_s": "first batch s",
     "peak_rss_mib": "peak RSS MiB",
-    "abs_rel": "AbsRel vs fp32",
+    "aligned_err": "aligned err. vs fp32",
 }
 # issue 20: the runtimes run directly on our ONNX export, which the default must keep up with
 DIRECT_RUNTIMES = ("openvino-f32-on-export", "openvino-bf16-on-export",

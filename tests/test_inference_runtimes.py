@@ -241,8 +241,8 @@ def test_conversion_cache_hits_misses_and_damage(
     calls: list[Path] = []
     convert, load = _text_converter(calls)
     model = copy.deepcopy(metric_model)
-    assert runtimes._converted(model, "openvino", "model.xml", convert, load) == "converted"
-    assert runtimes._converted(model, "openvino", "model.xml", convert, load) == "converted"
+    assert runtimes._converted(model, "openvino", "model", "model.xml", convert, load) == "converted"
+    assert runtimes._converted(model, "openvino", "model", "model.xml", convert, load) == "converted"
     assert len(calls) == 1  # the second came from the cache
     (entry,) = (tmp_path / "openvino").iterdir()
     assert entry.name == runtimes.conversion_key(model, "openvino")
@@ -251,12 +251,12 @@ def test_conversion_cache_hits_misses_and_damage(
     with torch.no_grad():
         model.head.scratch.output_conv2[2].bias.add_(0.25)
     assert runtimes.conversion_key(model, "openvino") != entry.name
-    runtimes._converted(model, "openvino", "model.xml", convert, load)
+    runtimes._converted(model, "openvino", "model", "model.xml", convert, load)
     assert len(calls) == 2 and len(list((tmp_path / "openvino").iterdir())) == 2
     # a damaged entry is reported and converted again
     (entry / "model.xml").write_text("truncat")
     with caplog.at_level(logging.WARNING):
-        runtimes._converted(metric_model, "openvino", "model.xml", convert, load)
+        runtimes._converted(metric_model, "openvino", "model", "model.xml", convert, load)
     assert len(calls) == 3 and "unreadable" in caplog.text
     assert (entry / "model.xml").read_text() == "converted"
 
@@ -269,24 +269,24 @@ def test_conversion_cache_is_pruned_and_optional(
     convert, load = _text_converter(calls)
     monkeypatch.setenv("DAF_CACHE_DIR", str(tmp_path / "cache"))
     keys = iter(f"{i:064x}" for i in range(100))
-    monkeypatch.setattr(runtimes, "conversion_key", lambda model, runtime: next(keys))
+    monkeypatch.setattr(runtimes, "conversion_key", lambda *args: next(keys))
     for _ in range(runtimes.CACHE_ENTRIES + 2):
-        runtimes._converted(metric_model, "onnxruntime", "model.onnx", convert, load)
+        runtimes._converted(metric_model, "onnxruntime", "model", "model.onnx", convert, load)
     kept = sorted(p.name for p in (tmp_path / "cache" / "onnxruntime").iterdir())
     assert len(kept) == runtimes.CACHE_ENTRIES
     assert f"{runtimes.CACHE_ENTRIES + 1:064x}" in kept  # the newest stays
     # no cache: nothing written anywhere
     monkeypatch.setenv("DAF_CACHE_DIR", "")
     assert runtimes.cache_root() is None
-    assert runtimes._converted(metric_model, "onnxruntime", "model.onnx", convert, load)
+    assert runtimes._converted(metric_model, "onnxruntime", "model", "model.onnx", convert, load)
     assert not calls[-1].exists()  # converted in a temporary folder, removed
     # a cache that cannot be written (a file in the way): reported, converted all the same
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("DAF_CACHE_DIR", str(blocker))
     with caplog.at_level(logging.WARNING):
-        assert runtimes._converted(metric_model, "onnxruntime", "model.onnx", convert,
-                                   load) == "converted"
+        assert runtimes._converted(metric_model, "onnxruntime", "model", "model.onnx",
+                                   convert, load) == "converted"
     assert "cannot keep the onnxruntime conversion" in caplog.text
 
 

@@ -9,6 +9,12 @@ model's depth in metres) on that device.
 * "openvino" (the `openvino` extra; CPU): the model's `torch.export` program (attention kept as
   `scaled_dot_product_attention`, which OpenVINO fuses) converted with `openvino.convert_model`,
   compiled once per input shape with `INFERENCE_PRECISION_HINT` bf16 or f32.
+
+bf16 on the CPU (both runtimes) means the ViT encoder in bf16 and the DPT head in fp32 (for
+OpenVINO: the encoder converted alone, the head run by torch): with the head in bf16 too, the
+maps miss the accuracy budget (least-squares-aligned AbsRel against fp32 on real photos,
+random-init ViT-S: torch 2.0e-3, OpenVINO 1.4e-3; with the head in fp32, 4e-4), and the head
+is a small share of the time. On CUDA bf16 autocast covers the whole model, as before.
 * "onnxruntime" (the `export` extra; CPU, or CUDA with onnxruntime-gpu): the model's ONNX export
   (`models.export`) in an `InferenceSession`, fp32.
 
@@ -180,8 +186,11 @@ class TorchRuntime:
 
     def __init__(self, model: torch.nn.Module, precision: str, device: torch.device,
                  compile: bool) -> None:
+        from depth_anything_fast.models.depth_anything import DepthAnything
+
         self.model, self.precision, self.device = model, precision, device
-        self._forward: Callable[[torch.Tensor], torch.Tensor] = model
+        split = precision != "fp32" and device.type == "cpu" and isinstance(model, DepthAnything)
+        self._forward = self._split_forward if split else self._whole_forward
         if compile:
             import torch._dynamo
 
@@ -190,16 +199,29 @@ class TorchRuntime:
             config = torch._dynamo.config
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
             setattr(config, name, max(getattr(config, name), 256))
-            self._forward = torch.compile(model, dynamic=False)
+            self._forward = torch.compile(self._forward, dynamic=False)
+
+    def _whole_forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=DTYPES[self.precision],
+                            enabled=self.precision != "fp32"):
+            return self.model(x).float()
+
+    def _split_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder under autocast, the head in fp32 (see the module docstring)."""
+        with torch.autocast(self.device.type, dtype=DTYPES[self.precision]):
+            features = self.model.encode(x)
+        return decode(self.model, [f.float() for f in features], x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with (
-            eval_mode(self.model),
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=DTYPES[self.precision],
-                           enabled=self.precision != "fp32"),
-        ):
-            return self._forward(x).float()
+        with eval_mode(self.model), torch.inference_mode():
+            return self._forward(x)
+
+
+def decode(model: torch.nn.Module, features: list[torch.Tensor],
+           x: torch.Tensor) -> torch.Tensor:
+    """`model.decode` (the DPT head, fp32) of `features` computed from the batch `x`."""
+    patch = model.config.patch_size
+    return model.decode(features, x.shape[-2] // patch, x.shape[-1] // patch).float()
 
 
 @contextlib.contextmanager
@@ -236,19 +258,21 @@ class _WeightsGuard:
 
 class OpenVINORuntime:
     """The model converted to OpenVINO (cached on disk), compiled per input shape on the CPU
-    with `INFERENCE_PRECISION_HINT` bf16 or f32; the `OPENVINO_SHAPES` most recent shapes are
-    kept compiled."""
+    with `INFERENCE_PRECISION_HINT` f32, or for bf16 the encoder alone with hint bf16 and the
+    head on torch in fp32; the `OPENVINO_SHAPES` most recent shapes are kept compiled."""
 
     name = "openvino"
 
     def __init__(self, model: torch.nn.Module, precision: str) -> None:
         import openvino
 
-        self.precision = precision
+        self.model, self.precision = model, precision
+        self._encoder_only = precision == "bf16"
         self._guard = _WeightsGuard(model)
         self._core = openvino.Core()
-        self._model = _converted(model, "openvino", "model.xml", _convert_openvino,
-                                 self._core.read_model)
+        part = "encoder" if self._encoder_only else "model"
+        self._model = _converted(model, "openvino", part, f"{part}.xml",
+                                 _convert_openvino, self._core.read_model)
         self._config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
@@ -274,8 +298,13 @@ class OpenVINORuntime:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self._guard.check(self.name)
         x = x.detach().float().contiguous()
-        out = self._request(tuple(x.shape)).infer({0: x.numpy()}, share_inputs=True)[0]
-        return torch.from_numpy(out)  # a copy the request no longer writes into
+        # copies the request no longer writes into
+        outputs = self._request(tuple(x.shape)).infer({0: x.numpy()}, share_inputs=True)
+        if not self._encoder_only:
+            return torch.from_numpy(outputs[0])
+        features = [torch.from_numpy(outputs[i]) for i in range(len(outputs))]
+        with eval_mode(self.model), torch.inference_mode():
+            return decode(self.model, features, x)
 
 
 class OnnxRuntime:
@@ -299,7 +328,8 @@ class OnnxRuntime:
         def session(path: Path) -> Any:
             return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
-        self._session = _converted(model, "onnxruntime", "model.onnx", _convert_onnx, session)
+        self._session = _converted(model, "onnxruntime", "model", "model.onnx", _convert_onnx,
+                                   session)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self._guard.check(self.name)
@@ -309,12 +339,14 @@ class OnnxRuntime:
 
 
 def _convert_openvino(model: torch.nn.Module, path: Path) -> None:
-    """Write `model` as OpenVINO IR `path` (.xml, weights in the .bin beside it, float32)."""
+    """Write `model` (or with a file named encoder.xml its encoder, `model.encode`) as
+    OpenVINO IR `path` (.xml, weights in the .bin beside it, float32)."""
     import openvino
 
     from depth_anything_fast.models.export import export_program
 
-    converted = openvino.convert_model(export_program(model, attention="sdpa"))
+    program = export_program(model, attention="sdpa", encoder_only=path.stem == "encoder")
+    converted = openvino.convert_model(program)
     openvino.save_model(converted, str(path), compress_to_fp16=False)
 
 
@@ -336,16 +368,16 @@ def cache_root() -> Path | None:
     return Path(base) / "depth_anything_fast"
 
 
-def conversion_key(model: torch.nn.Module, runtime: str) -> str:
-    """sha256 naming a conversion: the weights' values, the architecture, the runtime and the
-    versions of the packages that convert."""
+def conversion_key(model: torch.nn.Module, runtime: str, part: str = "model") -> str:
+    """sha256 naming a conversion: the weights' values, the architecture, the runtime, the part
+    converted ("model" or "encoder") and the versions of the packages that convert."""
     from depth_anything_fast.models.checkpoints import weights_fingerprint
 
     packages = ["torch", *_MODULES[runtime]]
     versions = {name: _version(name) for name in packages}
     config = model.config.to_dict()
-    described = json.dumps({"format": _CACHE_FORMAT, "runtime": runtime, "config": config,
-                            "versions": versions}, sort_keys=True)
+    described = json.dumps({"format": _CACHE_FORMAT, "runtime": runtime, "part": part,
+                            "config": config, "versions": versions}, sort_keys=True)
     digest = hashlib.sha256(described.encode())
     digest.update(weights_fingerprint(model).encode())
     return digest.hexdigest()
@@ -360,14 +392,14 @@ def _version(package: str) -> str:
         return "?"
 
 
-def _converted(model: torch.nn.Module, runtime: str, filename: str,
+def _converted(model: torch.nn.Module, runtime: str, part: str, filename: str,
                convert: Callable[[torch.nn.Module, Path], None],
                load: Callable[[Path], Any]) -> Any:
-    """`load(path)` of `model` converted by `convert(model, path)`: from the cache when it
-    holds this model, else converted (and kept in the cache where one is configured and
+    """`load(path)` of `model` (its `part`) converted by `convert(model, path)`: from the cache
+    when it holds it, else converted (and kept in the cache where one is configured and
     writable; a cache that cannot be written is reported and skipped)."""
     root = cache_root()
-    key = conversion_key(model, runtime) if root is not None else ""
+    key = conversion_key(model, runtime, part) if root is not None else ""
     entry = root / runtime / key if root is not None else None
     if entry is not None and (entry / filename).is_file():
         try:

@@ -128,10 +128,22 @@ def _example_and_shapes(model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
     return example, shapes
 
 
-def export_program(model: torch.nn.Module, attention: str = "math"
-                   ) -> torch.export.ExportedProgram:
+class _Encode(torch.nn.Module):
+    """`DepthAnything.encode` as a module's forward (its four outputs as a tuple)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.encode(x))
+
+
+def export_program(model: torch.nn.Module, attention: str = "math", *,
+                   encoder_only: bool = False) -> torch.export.ExportedProgram:
     """`torch.export` program of `model` (CPU, float32) with dynamic batch, height and width;
-    `attention` as in `exportable` ("math" for ONNX).
+    `attention` as in `exportable` ("math" for ONNX). `encoder_only`: the program of
+    `model.encode` (x -> the four (B, N, embed_dim) token maps the head takes).
 
     A model on another device or in another dtype is copied, not changed. Run the result with
     `program.module()(x)`; save with `torch.export.save`, load with `torch.export.load`.
@@ -141,7 +153,8 @@ def export_program(model: torch.nn.Module, attention: str = "math"
         model = copy.deepcopy(model).float().cpu()
     example, shapes = _example_and_shapes(model)
     with exportable(model, attention), torch.no_grad():
-        return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+        program = _Encode(model) if encoder_only else model
+        return torch.export.export(program, (example,), dynamic_shapes=shapes, strict=False)
 
 
 def require_onnx_exporter() -> None:
