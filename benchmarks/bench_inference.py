@@ -66,7 +66,7 @@ from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.inference.runtimes import runtime_available
 from depth_anything_fast.inference.writers import atomic_write
-from depth_anything_fast.models.transforms import preprocess
+from depth_anything_fast.transforms import preprocess
 
 INPUT_SIZE = 518
 CPU_BATCH = 4
@@ -148,7 +148,7 @@ def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """The worst over the batch of max |got - ref| / max |ref| and of the aligned error
     mean |s got + t - ref| / mean |ref| (per map least-squares scale and shift in float64,
     pixels with ref > 0). A per-pixel AbsRel would be dominated by the near-zero pixels of a
-    random model (benchmarks/inference_accuracy.py measures it on real photos)."""
+    random model (benchmarks/benchmark_inference_accuracy.py measures it on real photos)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     got, ref = got.reshape(-1, *got.shape[-2:]), ref.reshape(-1, *ref.shape[-2:])
     assert got.shape == ref.shape, (got.shape, ref.shape)

@@ -130,18 +130,30 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device,
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
     if runtime == "auto":
-        wanted = resolve_precision(precision, device)
-        small = sum(p.numel() for p in model.parameters()) < CONVERT_MIN_PARAMS
-        if device.type != "cpu" or compile or small or not convertible(model):
-            return "torch", wanted
-        if runtime_available("openvino"):
-            return "openvino", wanted
-        if wanted == "fp32" and runtime_available("onnxruntime"):
-            return "onnxruntime", "fp32"
-        return "torch", wanted
+        return _auto_runtime(precision, device, model, compile)
     resolved = resolve_precision(precision, device, runtime)
-    if runtime == "torch":
-        return runtime, resolved
+    if runtime != "torch":
+        _check_converted_runtime(runtime, device, model, compile)
+    return runtime, resolved
+
+
+def _auto_runtime(precision: str, device: torch.device, model: torch.nn.Module,
+                  compile: bool) -> tuple[str, str]:
+    """The fastest runtime installed for the model, device and precision (module docstring)."""
+    wanted = resolve_precision(precision, device)
+    small = sum(p.numel() for p in model.parameters()) < CONVERT_MIN_PARAMS
+    if device.type != "cpu" or compile or small or not convertible(model):
+        return "torch", wanted
+    if runtime_available("openvino"):
+        return "openvino", wanted
+    if wanted == "fp32" and runtime_available("onnxruntime"):
+        return "onnxruntime", "fp32"
+    return "torch", wanted
+
+
+def _check_converted_runtime(runtime: str, device: torch.device, model: torch.nn.Module,
+                             compile: bool) -> None:
+    """Raise unless OpenVINO / ONNX Runtime can run `model` on `device` here."""
     if compile:
         raise ValueError(f"compile applies to the torch runtime, not {runtime}")
     if not runtime_available(runtime):
@@ -162,7 +174,6 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device,
                              "onnxruntime has no CUDAExecutionProvider): use --runtime torch")
     elif runtime == "onnxruntime" and device.type != "cpu":
         raise ValueError(f"runtime onnxruntime runs on the CPU or CUDA, not {device}")
-    return runtime, resolved
 
 
 def build_runtime(model: torch.nn.Module, runtime: str, precision: str, device: torch.device,
@@ -371,7 +382,7 @@ def cache_root() -> Path | None:
 def conversion_key(model: torch.nn.Module, runtime: str, part: str = "model") -> str:
     """sha256 naming a conversion: the weights' values, the architecture, the runtime, the part
     converted ("model" or "encoder") and the versions of the packages that convert."""
-    from depth_anything_fast.models.checkpoints import weights_fingerprint
+    from depth_anything_fast.models.weights import weights_fingerprint
 
     packages = ["torch", *_MODULES[runtime]]
     versions = {name: _version(name) for name in packages}

@@ -1,7 +1,7 @@
 """Accuracy of each inference path against torch fp32 on real photos (issue 20's budget:
 aligned AbsRel < 1e-3 for a path to be a default).
 
-    python benchmarks/inference_accuracy.py --out benchmarks/results/inference_accuracy \
+    python benchmarks/benchmark_inference_accuracy.py --out benchmarks/results/inference_accuracy \
         [--weights demo_out/teacher/final --weights-input-size 112]
 
 For every image of `shared/data/images` and the colour images of `shared/data/rgbd`, each path
@@ -36,7 +36,7 @@ from depth_anything_fast.evaluate.metrics import align_scale_shift
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.runtimes import runtime_available
 from depth_anything_fast.models import DepthAnything
-from depth_anything_fast.models.transforms import preprocess
+from depth_anything_fast.transforms import preprocess
 
 PATHS = [("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "fp32")]
 BUDGET = 1e-3
