@@ -75,10 +75,12 @@ CUDA_ROUNDS = 5
 CUDA_REPEAT = 10
 CPU_PHOTOS = 64
 CUDA = torch.cuda.is_available()
-# a fast wrong path must fail: fp32 paths match torch fp32 to float rounding, reduced precision
-# within the bf16 budget of a random model (tests/test_inference_runtimes.py)
+# a fast wrong path must fail (its errors are O(1)): fp32 paths match torch fp32 to float
+# rounding; reduced precision within 2% (OpenVINO's own bf16 of the whole model measured 1.5e-2
+# aligned error on this random model, ours 6.8e-3; the accuracy budget of a default is checked
+# on real photos by benchmark_inference_accuracy.py, not here)
 FP32_MAX_REL = 1e-3
-BF16_MAX_REL, BF16_ALIGNED = 5e-2, 1e-2
+BF16_MAX_REL, BF16_ALIGNED = 5e-2, 2e-2
 # transformers' pipeline resizes with PIL (ours and the official code with torch / OpenCV
 # bicubic) and its maps back with bicubic (ours bilinear): same model, other resampling
 PIPELINE_ALIGNED = 5e-2
