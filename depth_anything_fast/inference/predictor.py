@@ -8,7 +8,6 @@ AMX), fp32 elsewhere. Pass `runtime` / `precision` to choose.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,8 +15,6 @@ import torch
 
 from depth_anything_fast.inference.runtimes import DTYPES, build_runtime, resolve_runtime
 from depth_anything_fast.transforms import RESIZE_MODES, preprocess, resize_prediction
-
-logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
