@@ -13,8 +13,9 @@ model's depth in metres) on that device.
 bf16 on the CPU (both runtimes) means the ViT encoder in bf16 and the DPT head in fp32 (for
 OpenVINO: the encoder converted alone, the head run by torch): with the head in bf16 too, the
 maps miss the accuracy budget (least-squares-aligned AbsRel against fp32 on real photos,
-random-init ViT-S: torch 2.0e-3, OpenVINO 1.4e-3; with the head in fp32, 4e-4), and the head
-is a small share of the time. On CUDA bf16 autocast covers the whole model, as before.
+random-init ViT-S: torch 2.0e-3, OpenVINO 1.4e-3; with the head in fp32, 4e-4). The head in
+fp32 on torch costs about as much as the bf16 encoder (benchmarks/results/
+inference_batch_cpu_run2.md). On CUDA bf16 autocast covers the whole model, as before.
 * "onnxruntime" (the `export` extra; CPU, or CUDA with onnxruntime-gpu): the model's ONNX export
   (`models.export`) in an `InferenceSession`, fp32.
 
