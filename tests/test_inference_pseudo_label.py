@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import varied_tiny_model as _tiny_model
 from PIL import Image
 
 from depth_anything_fast.cli import main
@@ -24,34 +25,11 @@ from depth_anything_fast.formats.codec import decode_png16
 from depth_anything_fast.formats.manifest import read_all_records, read_records
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
-from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+from depth_anything_fast.models import DepthAnything
 from depth_anything_fast.transforms import lower_bound_size
 
 INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_model(**metric: object) -> DepthAnything:
-    config = DepthAnythingConfig.preset(
-        "vits", embed_dim=32, depth=4, num_heads=2, features=16, **metric
-    )
-    model = DepthAnything(config=config).eval()
-    # Default init gives an all-zero disparity after the final ReLU; scaled normal weights and
-    # positive biases give a varied map, so comparisons are not vacuous. About a third of such
-    # draws still collapse to a constant map (dead ReLUs before the last conv), so the weights
-    # are drawn again until probe images give varied, mostly nonzero maps (over 100 accepted
-    # models x 15 random images, none gave a constant map).
-    with torch.no_grad():
-        for _ in range(50):
-            for p in model.parameters():
-                if p.ndim > 1:
-                    p.normal_(0.0, p[0].numel() ** -0.5)
-                else:
-                    p.uniform_(0.0, 0.2)
-            out = model(torch.randn(4, 3, 56, 84)).flatten(1)
-            if (out.std(1) > 0).all() and (out > 0).float().mean() > 0.2:
-                return model
-    raise AssertionError("no varied tiny model in 50 draws")
 
 
 @pytest.fixture(scope="module")
