@@ -166,8 +166,7 @@ def predict_files(
     compile: bool = False,
     input_size: int = 518,
     resize: str = "keep-aspect",
-    device: str | None = None,
-    runtime: str = "auto",
+    device: str | None = None, runtime: str = "auto",  # `Predictor`'s
     grayscale: bool = False,
     pred_only: bool = False,
     save_npy: bool = False,
@@ -193,8 +192,7 @@ def predict_files(
     Raises ValueError if two inputs get one name or `outdir` cannot be written (checked before
     the model runs), OutputWriteError (disk full, read-only) at once, leaving the files written
     complete and no temporary file. `version`, `metric`, `max_depth` describe a checkpoint whose
-    name does not; `progress` shows a progress bar; `num_threads` decode and as many write;
-    the other keywords are `Predictor`'s.
+    name does not; `progress` shows a progress bar; `num_threads` decode and as many write.
     """
     check_output_dir(outdir, "--outdir")
     model = load_model(weights_or_model, version=version, metric=metric, max_depth=max_depth)
