@@ -35,7 +35,7 @@ def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         return list_images(SHARED_IMAGES)
     from PIL import Image
 
-    from depth_anything_fast.data.synthetic import render_scene
+    from depth_anything_fast.recipe.synthetic import render_scene
 
     folder = tmp_path_factory.mktemp("synthetic_jpegs")
     for i in range(20):

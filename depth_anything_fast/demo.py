@@ -74,8 +74,8 @@ def _pictures(evaluation: pipeline.Evaluation, world: pipeline.World, out: Path)
     """Side-by-side strips of the first `PICTURES_PER_KIND` val images of each kind."""
     from PIL import Image
 
-    from depth_anything_fast.data.synthetic import KINDS
     from depth_anything_fast.inference.visualize import colorize
+    from depth_anything_fast.recipe.synthetic import KINDS
 
     vis_dir = out / "visualisations"
     vis_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0,
     ``overrides`` (``FIELD=VALUE``) apply to every training stage's config."""
     import os
 
-    from depth_anything_fast.data.synthetic import KINDS
+    from depth_anything_fast.recipe.synthetic import KINDS
 
     pipeline.set_threads()
     start = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from depth_anything_fast.data import LabelledSpec, cutmix, generate_dataset, list_images
+from depth_anything_fast.data import LabelledSpec, cutmix, list_images
 from depth_anything_fast.data.geometry import (
     crop_nearest,
     lower_bound_size,
@@ -22,15 +22,16 @@ from depth_anything_fast.data.geometry import (
     sample_rng,
 )
 from depth_anything_fast.data.sources import LabelledSource, load_target
-from depth_anything_fast.data.synthetic import (
+from depth_anything_fast.formats.targets import read_pfm, read_raw_target
+from depth_anything_fast.recipe.synthetic import (
     KINDS,
     MAX_DEPTH,
     SEMANTIC_CLASSES,
+    generate_dataset,
     read_kinds,
     render,
     render_scene,
 )
-from depth_anything_fast.formats.targets import read_pfm, read_raw_target
 
 
 def _fresh_rng() -> np.random.Generator:
@@ -565,7 +566,9 @@ def test_scene_kinds_differ_and_semantics_follow_geometry() -> None:
             assert np.all(sc.depth[sky] == 0), (kind, seed)
         stats[kind] = (np.median([np.median(sc.depth[sc.depth > 0]) for sc in scenes]),
                        np.mean([(sc.semantic == 0).mean() for sc in scenes]))
-    assert stats["closeup"][0] < 2.0 < stats["room"][0] < stats["street"][0], (stats, seed)
+    # medians of 6 scenes over 200 seeds: closeup 0.65 (max 1.04), room 2.70 (min 1.50; 5% of
+    # seeds fell under the 2.0 this test used to ask), street 8+ (min 5.3)
+    assert stats["closeup"][0] < 1.25 < stats["room"][0] < stats["street"][0], (stats, seed)
     assert stats["room"][1] == stats["closeup"][1] == 0  # no sky indoors
     assert stats["street"][1] > 0.01 and stats["field"][1] > 0.01, (stats, seed)
     with pytest.raises(ValueError, match="unknown scene kind"):

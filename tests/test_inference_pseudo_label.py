@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import varied_tiny_model as _tiny_model
 from PIL import Image
 
 from depth_anything_fast.cli import main
@@ -24,34 +25,11 @@ from depth_anything_fast.formats.codec import decode_png16
 from depth_anything_fast.formats.manifest import read_all_records, read_records
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
-from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
-from depth_anything_fast.models.transforms import lower_bound_size
+from depth_anything_fast.models import DepthAnything
+from depth_anything_fast.transforms import lower_bound_size
 
 INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_model(**metric: object) -> DepthAnything:
-    config = DepthAnythingConfig.preset(
-        "vits", embed_dim=32, depth=4, num_heads=2, features=16, **metric
-    )
-    model = DepthAnything(config=config).eval()
-    # Default init gives an all-zero disparity after the final ReLU; scaled normal weights and
-    # positive biases give a varied map, so comparisons are not vacuous. About a third of such
-    # draws still collapse to a constant map (dead ReLUs before the last conv), so the weights
-    # are drawn again until probe images give varied, mostly nonzero maps (over 100 accepted
-    # models x 15 random images, none gave a constant map).
-    with torch.no_grad():
-        for _ in range(50):
-            for p in model.parameters():
-                if p.ndim > 1:
-                    p.normal_(0.0, p[0].numel() ** -0.5)
-                else:
-                    p.uniform_(0.0, 0.2)
-            out = model(torch.randn(4, 3, 56, 84)).flatten(1)
-            if (out.std(1) > 0).all() and (out > 0).float().mean() > 0.2:
-                return model
-    raise AssertionError("no varied tiny model in 50 draws")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +51,7 @@ def _source(root: Path) -> tuple[Path, list[str]]:
 
     Returns (source dir, relative stems of the good images).
     """
-    from depth_anything_fast.data.synthetic import generate_dataset
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     layout = generate_dataset(root / "gen", n_labelled=0, n_unlabelled=4, n_val=0, size=(48, 64))
     src = root / "src"
@@ -115,7 +93,7 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
         (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
         for h, w in [(48, 64), (75, 40), (48, 64), (30, 90), (96, 128), (48, 64)]
     ]
-    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE)
+    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE, precision="fp32")
     assert predictor.precision == "fp32" and predictor.device.type == "cpu"
     out = predictor.predict(images)
     for image, pred in zip(images, out, strict=True):
@@ -157,7 +135,8 @@ def test_pseudo_label_outputs_errors_and_resume(
     model, weights = tiny
     src, good = _source(tmp_path)
     dst = tmp_path / "npy"
-    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2)
+    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2,
+                precision="fp32")
     summary = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
     assert (summary.succeeded, summary.skipped, summary.failed) == (len(good), 0, 2)
     assert summary.exit_code == 1
@@ -229,14 +208,14 @@ def test_pseudo_label_png16_and_webdataset_network_size(
 ) -> None:
     model, weights = tiny
     src, good = _source(tmp_path)
-    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil", precision="fp32")
     # bucketed batches of 4 (3 buckets: full, partial and single batches) vs one image at a time
     pseudo_label(weights, src, tmp_path / "png", format="png16", **opts)
     tar = pseudo_label(weights, src, tmp_path / "wds", format="webdataset", **opts)
     assert tar.succeeded == len(good)
     png_records = read_records(tmp_path / "png" / "manifest.jsonl")
     wds_records = {r.member: r for r in read_records(tmp_path / "wds" / "manifest.jsonl")}
-    from depth_anything_fast.inference.writers import read_output
+    from depth_anything_fast.formats.paths import read_bytes
 
     singles = _one_by_one(model, [r.input for r in png_records], "pil")
     for r in png_records:
@@ -248,7 +227,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
         assert np.abs(got - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
         w = wds_records[r.output]
         assert w.file.endswith(".tar") and w.checksum == r.checksum  # same bytes in the shard
-        assert read_output(tmp_path / "wds", w) == (tmp_path / "png" / r.output).read_bytes()
+        assert read_bytes(str(tmp_path / "wds" / w.output)) == (tmp_path / "png" / r.output).read_bytes()
     # both layouts are training data for the student (data.LabelledSource over the output)
     from depth_anything_fast.data import LabelledSource, load_target
 
@@ -270,7 +249,7 @@ def test_metric_model_pseudo_labels_read_back_as_metric_depth(tmp_path: Path) ->
     model = _tiny_model(metric=True, max_depth=max_depth)
     weights = model.save_pretrained(tmp_path / "metric.safetensors")
     src, good = _source(tmp_path)
-    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil", precision="fp32")
     for fmt, tol in (("png16", 0.5 * max_depth / 65535), ("npy", 0.0)):
         out = tmp_path / fmt
         summary = pseudo_label(weights, src, out, format=fmt, **opts)
@@ -448,6 +427,8 @@ def test_predict_cli(
         str(out),
         "--input-size",
         str(INPUT_SIZE),
+        "--precision",
+        "fp32",
     ]
     assert main([*argv, "--save-npy"]) == 0
     combined = np.asarray(Image.open(out / "x.png"))

@@ -202,8 +202,8 @@ def load_init_weights(model: nn.Module, path: str | Path) -> bool:
     bare DINOv2, ours), a local path or a Hub repo id. The DPT head may be absent (encoder-only files: it keeps its fresh
     initialisation); any other missing key or a shape mismatch raises ValueError naming it.
     Returns whether the file had head weights."""
-    from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
     from depth_anything_fast.models.hub import resolve_weights
+    from depth_anything_fast.models.weights import load_into, read_checkpoint, to_ours
 
     state, _ = read_checkpoint(resolve_weights(path).path)
     state = to_ours(state)
@@ -492,7 +492,9 @@ class Trainer:
         else:
             encoding = folder_spec(d.val) or "metres"
         reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
-        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
+        # torch, not a converted runtime: the weights change between validations, and each
+        # conversion would cost seconds (the predictor refuses stale converted weights anyway)
+        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32", runtime="torch",
                               input_size=self.cfg.val_input_size, device=info.device)
         # a metric model's depth is scored as it is
         scoring = "metric" if self.cfg.stage == "finetune-metric" else "relative"
