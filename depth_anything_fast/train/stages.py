@@ -81,10 +81,8 @@ def student_loss(
     n_labelled = labelled["image"].shape[0]
     view = pseudo["strong"] if cfg.strong_perturbation else pseudo["image"]
     mixed, box, partner = cutmix(view, p=cfg.cutmix_p, generator=generator, box=cfg.cutmix_box)
-    box = box.to(mixed.device)
-    partner = partner.to(mixed.device)
-    target_a = pseudo["disparity"]
-    target_b = target_a[partner]
+    box, partner = box.to(mixed.device), partner.to(mixed.device)
+    target_a, target_b = pseudo["disparity"], pseudo["disparity"][partner]
     mask = torch.where(box, pseudo["mask"], pseudo["mask"][partner])
 
     inputs = torch.cat([labelled["image"], mixed])

@@ -2,8 +2,8 @@
 of the stage (CutMix, concatenation, casts), backward, gradient clipping, optimiser, logging and
 sync.
 
-    python benchmarks/profile_train.py --world demo_out --out profile.json
-    python benchmarks/profile_train.py --world demo_out --set dist.precision=fp32 --ops 3
+    python benchmarks/benchmark_profile_train.py --world demo_out --out profile.json
+    python benchmarks/benchmark_profile_train.py --world demo_out --set dist.precision=fp32 --ops 3
 
 Runs the `Trainer` of configs/demo_{teacher,student}.yaml on a finished demo's world (its data,
 semantic encoder and pseudo-labels: `python -m depth_anything_fast.demo --out demo_out`) for
@@ -11,7 +11,7 @@ semantic encoder and pseudo-labels: `python -m depth_anything_fast.demo --out de
 thread's CPU time: on a shared machine the wall clock also counts waiting for a core) around the
 trainer's own calls. They are wrapped from outside (a `Trainer` subclass, hooks, and
 wrappers of the loss functions), so the trainer is unchanged and the same script profiles an
-older checkout (`PYTHONPATH=<checkout> python benchmarks/profile_train.py ...`). Phases are
+older checkout (`PYTHONPATH=<checkout> python benchmarks/benchmark_profile_train.py ...`). Phases are
 exclusive (the model forward inside the stage's loss call is not counted twice); "other" is
 the step's wall time that no phase covers (the loop itself, the progress bar). The loaders
 decode and augment on their own threads: their CPU time (the process's CPU time minus the main

@@ -1,7 +1,7 @@
 """Two arms of demo runs (e.g. fp32 and bf16 training) over the same seeds: are the results
 equal within the seed spread?
 
-    python benchmarks/demo_seed_spread.py --a fp32 runs/fp32_s0 runs/fp32_s1 runs/fp32_s2 \\
+    python benchmarks/benchmark_demo_seed_spread.py --a fp32 runs/fp32_s0 runs/fp32_s1 runs/fp32_s2 \\
         --b bf16 runs/bf16_s0 runs/bf16_s1 runs/bf16_s2 > comparison.md
 
 Each folder is a finished `python -m depth_anything_fast.demo --out DIR --seed N` run; the i-th
