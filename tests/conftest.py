@@ -10,6 +10,7 @@ and a failure prints `DAF_TEST_SEED=<seed>`; set that variable to rerun with the
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of this session where `inference.runtimes` keeps converted models (never the
+    user's cache); CLI subprocesses inherit it through `DAF_CACHE_DIR`."""
+    path = tmp_path_factory.mktemp("runtime_cache")
+    previous = os.environ.get("DAF_CACHE_DIR")
+    os.environ["DAF_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["DAF_CACHE_DIR"]
+    else:
+        os.environ["DAF_CACHE_DIR"] = previous
 
 
 def varied_tiny_model(**metric: object) -> DepthAnything:

@@ -93,7 +93,7 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
         (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
         for h, w in [(48, 64), (75, 40), (48, 64), (30, 90), (96, 128), (48, 64)]
     ]
-    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE)
+    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE, precision="fp32")
     assert predictor.precision == "fp32" and predictor.device.type == "cpu"
     out = predictor.predict(images)
     for image, pred in zip(images, out, strict=True):
@@ -135,7 +135,8 @@ def test_pseudo_label_outputs_errors_and_resume(
     model, weights = tiny
     src, good = _source(tmp_path)
     dst = tmp_path / "npy"
-    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2)
+    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2,
+                precision="fp32")
     summary = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
     assert (summary.succeeded, summary.skipped, summary.failed) == (len(good), 0, 2)
     assert summary.exit_code == 1
@@ -207,7 +208,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
 ) -> None:
     model, weights = tiny
     src, good = _source(tmp_path)
-    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil", precision="fp32")
     # bucketed batches of 4 (3 buckets: full, partial and single batches) vs one image at a time
     pseudo_label(weights, src, tmp_path / "png", format="png16", **opts)
     tar = pseudo_label(weights, src, tmp_path / "wds", format="webdataset", **opts)
@@ -248,7 +249,7 @@ def test_metric_model_pseudo_labels_read_back_as_metric_depth(tmp_path: Path) ->
     model = _tiny_model(metric=True, max_depth=max_depth)
     weights = model.save_pretrained(tmp_path / "metric.safetensors")
     src, good = _source(tmp_path)
-    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil", precision="fp32")
     for fmt, tol in (("png16", 0.5 * max_depth / 65535), ("npy", 0.0)):
         out = tmp_path / fmt
         summary = pseudo_label(weights, src, out, format=fmt, **opts)
@@ -426,6 +427,8 @@ def test_predict_cli(
         str(out),
         "--input-size",
         str(INPUT_SIZE),
+        "--precision",
+        "fp32",
     ]
     assert main([*argv, "--save-npy"]) == 0
     combined = np.asarray(Image.open(out / "x.png"))

@@ -17,13 +17,15 @@ torchrun one manifest.rank{r}.jsonl / errors.rank{r}.jsonl per rank, each rank a
 Rerunning with the same arguments resumes (finished outputs are skipped); other weights (by
 content) or settings are refused unless --overwrite. Ctrl-C stops after the current batch with
 the manifest flushed; a second Ctrl-C aborts at once. A disk that fills up stops the run at once.
-Precision "auto": bf16 autocast on CUDA, fp32 on CPU.
+Precision "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32;
+runtime "auto": OpenVINO on the CPU when installed, else torch (bf16) or ONNX Runtime (fp32).
 Exit status: 0 all done, 1 some inputs failed (see the errors file), 2 usage error,
 3 stopped because outputs could not be written (disk full, read-only), 130 interrupted."""
 
 
 # The Predictor's options, as CLI flags; `evaluate` takes the same ones.
-PREDICTOR_OPTIONS = ("batch_size", "precision", "compile", "input_size", "resize", "device")
+PREDICTOR_OPTIONS = ("batch_size", "precision", "compile", "input_size", "resize", "device",
+                     "runtime")
 
 
 def add_predictor_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
@@ -34,6 +36,11 @@ def add_predictor_options(parser: argparse.ArgumentParser, *, batch_size: int) -
     parser.add_argument("--input-size", type=int, default=518)
     parser.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
     parser.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+    parser.add_argument(
+        "--runtime", choices=("auto", "torch", "openvino", "onnxruntime"), default="auto",
+        help="what runs the model (default auto: the fastest installed that is exact enough; "
+        "on the CPU OpenVINO, else torch bf16 or ONNX Runtime fp32; on CUDA torch)",
+    )
 
 
 def predictor_options(args: argparse.Namespace) -> dict[str, Any]:

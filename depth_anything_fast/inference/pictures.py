@@ -166,7 +166,7 @@ def predict_files(
     compile: bool = False,
     input_size: int = 518,
     resize: str = "keep-aspect",
-    device: str | None = None,
+    device: str | None = None, runtime: str = "auto",  # `Predictor`'s
     grayscale: bool = False,
     pred_only: bool = False,
     save_npy: bool = False,
@@ -200,7 +200,7 @@ def predict_files(
     cmap = "Spectral_r" if depth_range is None else "Spectral"
     cloud = _pointcloud_options(depth_range, focal_length, fov) if pointcloud else None
     predictor = Predictor(model, batch_size=batch_size, precision=precision, compile=compile,
-                          input_size=input_size, resize=resize, device=device)
+                          input_size=input_size, resize=resize, device=device, runtime=runtime)
     images, videos = _list_items(inputs)
     make_output_dir(outdir, flag="--outdir")
     written, failed = _predict_images(

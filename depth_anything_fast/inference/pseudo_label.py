@@ -30,7 +30,6 @@ failures); `error` = why the run stopped early (outputs could not be written).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -66,6 +65,7 @@ from depth_anything_fast.inference.writers import (
     make_output_dir,
     remove_stale_temporaries,
 )
+from depth_anything_fast.models.weights import weights_fingerprint
 from depth_anything_fast.runtime import StopSignals, launch_env
 from depth_anything_fast.transforms import resize_prediction
 
@@ -137,6 +137,7 @@ class Options:
     num_workers: int | None = None  # loader decode threads
     writer_threads: int | None = None
     backend: str = "auto"  # loader backend: auto | dali | pil
+    runtime: str = "auto"  # what runs the model (`inference.runtimes`)
     device: str | None = None
     rank: int | None = None  # default: $RANK (torchrun) or 0
     world_size: int | None = None  # default: $WORLD_SIZE or 1
@@ -184,28 +185,6 @@ def combine_summaries(summary: Summary) -> Summary:
     error = f"{errors} ranks could not write their outputs" if errors else None
     return Summary(total, succeeded, skipped, failed, interrupted > 0, float(elapsed), 0,
                    summary.world_size, unsupported, error)
-
-
-def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Module) -> str:
-    """`"sha256:<hex>"` of the weights' content: the file's bytes (a directory: each regular
-    file's name and bytes, sorted by name), or a model's state dict (names, dtypes, shapes,
-    values)."""
-    digest = hashlib.sha256()
-    if isinstance(weights_or_model, torch.nn.Module):
-        for name, tensor in weights_or_model.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return "sha256:" + digest.hexdigest()
-    path = Path(weights_or_model)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():  # the file's own name is not content (a moved file is the same)
-            digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def _check_run_config(output_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
@@ -474,7 +453,7 @@ def _label(
     todo = _todo(mine, output_dir, opts)
     predictor = Predictor(model, batch_size=opts.batch_size, precision=opts.precision,
                           compile=opts.compile, input_size=opts.input_size, resize=opts.resize,
-                          device=device)
+                          device=device, runtime=opts.runtime)
     errors = ErrorLog(output_dir / errors_name(rank, world))
     decode_threads, write_threads = default_threads(predictor.device)
     writer = LabelWriter(
