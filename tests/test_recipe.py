@@ -261,6 +261,9 @@ def test_plan_pairs_each_student_with_the_control_of_its_seed(tmp_path: Path) ->
     arms = [runs.TEACHER, runs.STUDENT, big, runs.Arm("student_big", teacher="teacher_big")]
     jobs, finals = runs.plan(world, tmp_path / "out", [0, 3], arms, extra=["steps=5"])
     assert set(finals) == {(s, a.name) for s in (0, 3) for a in arms}
+    # arm by arm, every seed of an arm first: a plan cut short leaves whole arms
+    assert [j for j in jobs if j.startswith("train")] == [
+        f"train {s} {a.name}" for a in arms for s in (0, 3)]
     for seed in (0, 3):
         teacher = jobs[f"train {seed} teacher"]
         student = jobs[f"train {seed} student"]

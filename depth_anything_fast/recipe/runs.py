@@ -211,14 +211,15 @@ def plan(world: pipeline.World, out: Path, seeds: Iterable[int], arms: Sequence[
     """(jobs, model folder of every (seed, arm)) training `arms` for `seeds` under `out`,
     using finished runs found under `out` or `reuse`; every teacher of a student is
     (re)labelled, which costs nothing when its labels are complete. `extra` overrides go to
-    every run (smoke runs: fewer steps)."""
+    every run (smoke runs: fewer steps). Jobs are listed arm by arm, every seed of an arm
+    before the next arm, so a plan cut short has whole arms (comparable over seeds)."""
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be distinct, got {names}")
     by_name = {a.name: a for a in arms}
     planner = _Planner(world, [out, *reuse], tuple(extra), {}, {})
-    for seed in seeds:
-        for arm in arms:
+    for arm in arms:
+        for seed in seeds:
             planner.add(arm, seed, by_name)
     return planner.jobs, planner.finals
 
