@@ -78,13 +78,14 @@ def _markdown(report: dict[str, Any]) -> str:
              "steps: the control at that budget). AbsRel in depth space after per-image "
              "least-squares alignment in disparity; differences seed-paired, 95% CI: "
              + statistics.METHOD + ".", "",
-             "| steps | comparison | " + " | ".join(groups) + " |",
-             "|---|---|" + "---|" * len(groups)]
+             "| steps | seeds | comparison | " + " | ".join(groups) + " |",
+             "|---|---|---|" + "---|" * len(groups)]
     for entry in report["budgets"]:
+        seeds = ", ".join(map(str, entry["seeds"]))
         for comparison in ("student - control", "student - teacher"):
             if comparison in entry:
                 d = entry[comparison]
-                lines.append(f"| {entry['steps']} | {comparison} | " + " | ".join(
+                lines.append(f"| {entry['steps']} | {seeds} | {comparison} | " + " | ".join(
                     statistics.Interval(d[g]["mean"], d[g]["lo"], d[g]["hi"]).text()
                     for g in groups) + " |")
     lines += ["", "Mean AbsRel / δ1 over the seeds:", "",
@@ -125,13 +126,14 @@ def _chart(report: dict[str, Any], path: Path) -> None:
             ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, color=colour, label=comparison)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xticks([e["steps"] for e in budgets], [str(e["steps"]) for e in budgets])
+        ax.set_xticks([e["steps"] for e in budgets],
+                      [f"{e['steps']}\n{len(e['seeds'])} seeds" for e in budgets])
         ax.set_xlabel("training steps")
         ax.set_title(group)
     axes[0].set_ylabel("AbsRel difference (< 0: student better)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Self-training against the training budget, seed-paired 95% CI over "
-                 f"{len(report['meta']['seeds_requested'])} seeds and the images"
+    fig.suptitle("Self-training against the training budget, seed-paired 95% CI over the "
+                 "seeds (per budget) and the images"
                  + ("" if report["meta"]["complete"] else " - PARTIAL"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
