@@ -333,7 +333,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "Difference to the control, AbsRel, seed-paired (95% CI: " + statistics.METHOD + "):",
         "", *_kinds_table(rows, kinds), ""]
     if report.get("analysis"):
-        lines += ["## Why the unseen kind (field) gets worse", "",
+        lines += ["## The unseen kind (field): pseudo-label error, and the student against its "
+                  "teacher", "",
                   *_analysis_tables(report["analysis"], kinds), "",
                   "Scatter of the per-image errors on field: `field_scatter.png`.", ""]
     lines += [f"Wall time {meta['elapsed_s']:.0f} s ({meta['workers']} training processes), "
