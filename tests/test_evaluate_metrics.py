@@ -201,6 +201,47 @@ def test_align_scale_shift_matches_polyfit():
     assert math.isnan(s1) and math.isnan(t1)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_align_scale_shift_ignores_nonfinite_pred_and_target(batched, np_rng):
+    """NaN / +-inf in the prediction and in the target (where the other is finite): the fit is
+    numpy.polyfit on the pixels where both are finite and the mask is set."""
+    b, h, w = 3, 9, 11
+    pred = np_rng.normal(size=(b, h, w))
+    target = 2.5 * pred - 0.3 + 0.2 * np_rng.normal(size=(b, h, w))
+    mask = np_rng.random((b, h, w)) > 0.1
+    for bad, where in ((pred, np_rng.random((b, h, w)) < 0.15),
+                       (target, np_rng.random((b, h, w)) < 0.15)):
+        bad[where] = np_rng.choice([np.nan, np.inf, -np.inf], size=int(where.sum()))
+    usable = mask & np.isfinite(pred) & np.isfinite(target)
+    assert (~np.isfinite(pred) & mask & np.isfinite(target)).any()  # the cases under test occur
+    assert (~np.isfinite(target) & mask & np.isfinite(pred)).any()
+    if batched:
+        scale, shift = align_scale_shift(pred, target, mask)
+        scales, shifts = scale.tolist(), shift.tolist()
+    else:
+        fits = [align_scale_shift(pred[k], target[k], mask[k]) for k in range(b)]
+        scales, shifts = [f[0] for f in fits], [f[1] for f in fits]
+    for k in range(b):
+        s, t = np.polyfit(pred[k][usable[k]], target[k][usable[k]], 1)
+        assert scales[k] == pytest.approx(s, rel=1e-9) and shifts[k] == pytest.approx(t, rel=1e-9)
+
+
+def test_relative_metrics_ignore_nonfinite_pred_off_the_valid_pixels(np_rng):
+    """A non-finite prediction on a pixel the ground truth marks invalid changes nothing; on a
+    valid pixel the image is degenerate (NaN never reaches a metric)."""
+    pred, gt, mask = (x.numpy() for x in random_case(b=1))
+    pred, gt, mask = pred[0].astype(np.float64), gt[0].astype(np.float64), mask[0]
+    clean = relative_depth_metrics(pred, gt, mask)
+    dirty = pred.copy()
+    invalid = ~mask | (gt <= 0)
+    dirty[invalid] = np_rng.choice([np.nan, np.inf, -np.inf], size=int(invalid.sum()))
+    out = relative_depth_metrics(dirty, gt, mask)
+    for name in (*METRIC_NAMES, "scale", "shift"):
+        assert out[name] == pytest.approx(clean[name], rel=1e-12), name
+    ref = oracle_relative(pred, gt, mask, "disparity")
+    assert out["scale"] == pytest.approx(ref["scale"], rel=1e-9)
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="shape"):
         relative_depth_metrics(np.zeros((4, 4)), np.zeros((4, 5)))
