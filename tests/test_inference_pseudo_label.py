@@ -21,7 +21,11 @@ from PIL import Image
 
 from depth_anything_fast.cli import main
 from depth_anything_fast.formats.codec import decode_png16
-from depth_anything_fast.formats.manifest import read_all_records, read_records
+from depth_anything_fast.formats.manifest import (
+    finished_records,
+    read_all_records,
+    read_records,
+)
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
@@ -96,6 +100,19 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, tol: float) -> None:
     scale = max(float(np.abs(expected).max()), 1e-6)
     err = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max())
     assert err <= tol * scale, f"max error {err:.3g} > {tol} x {scale:.3g}"
+
+
+def _png16_values(path: Path, lo: float, hi: float, per_map: bool = True) -> np.ndarray:
+    """A stored 16-bit PNG read with PIL and the documented code formula (`pseudo_label`'s
+    docstring: codes 0..65535 = the manifest's min..max), float64; not our codec. Relative maps
+    (`per_map`) span the whole code range."""
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I;16B", "I") and im.format == "PNG", im.mode
+        codes = np.asarray(im)
+    assert codes.dtype == np.uint16 or (codes.min() >= 0 and codes.max() <= 65535)
+    if per_map:
+        assert (codes.min(), codes.max()) == (0, 65535)
+    return lo + codes.astype(np.float64) / 65535.0 * (hi - lo)
 
 
 def _one_by_one(model: DepthAnything, paths: list[str], backend: str) -> dict[str, np.ndarray]:
@@ -188,6 +205,127 @@ def test_pseudo_label_outputs_errors_and_resume(
         pseudo_label(weights, src, dst, format="npy", original_size=False, **opts)
 
 
+def _other_weights(model: DepthAnything) -> DepthAnything:
+    """The same architecture with other weights."""
+    return _tiny_model()
+
+
+def _other_architecture(model: DepthAnything) -> DepthAnything:
+    """The same weights (the same fingerprint) in another architecture: exact position-embedding
+    interpolation instead of the official +0.1 offset, which changes every map."""
+    import dataclasses
+
+    assert model.config.interpolate_offset == 0.1
+    other = DepthAnything(config=dataclasses.replace(model.config, interpolate_offset=0.0))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+# Every key of `run_config.json` that must match for a rerun to resume: the base run's options
+# and how the rerun changes them (or the model it is given).
+RESUME_BASE = dict(input_size=INPUT_SIZE, resize="keep-aspect", format="png16",
+                   original_size=False, batch_size=2, backend="pil", handle_signals=False)
+RESUME_CHANGES = {
+    "weights_sha256": _other_weights,
+    "model": _other_architecture,
+    "input_size": {"input_size": INPUT_SIZE + 14},
+    "resize": {"resize": "square"},
+    "format": {"format": "npy"},
+    "original_size": {"original_size": True},
+}
+
+
+def test_resume_changes_cover_every_resume_key() -> None:
+    from depth_anything_fast.inference.pseudo_label import _RESUME_KEYS
+
+    assert set(RESUME_CHANGES) == set(_RESUME_KEYS)
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny: tuple[DepthAnything, Path],
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(input folder of three images, an output folder labelled with `RESUME_BASE`)."""
+    root = tmp_path_factory.mktemp("resume")
+    for name, (h, w) in {"a.png": (48, 64), "b.png": (75, 40), "c/d.png": (30, 90)}.items():
+        _write_image(root / "src" / name, h, w)
+    summary = pseudo_label(tiny[0], root / "src", root / "out", **RESUME_BASE)
+    assert (summary.succeeded, summary.failed) == (3, 0)
+    return root / "src", root / "out"
+
+
+@pytest.mark.parametrize("key", list(RESUME_CHANGES))
+def test_rerun_with_one_setting_changed_is_refused_naming_it(
+    tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path, key: str
+) -> None:
+    """Each resume key alone: the rerun is refused with a message naming what changed, and the
+    folder is left as it was (no output, manifest line or run_config.json rewritten)."""
+    src, labelled = resumable
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    change = RESUME_CHANGES[key]
+    model, options = tiny[0], dict(RESUME_BASE)
+    if callable(change):
+        model = change(model)
+    else:
+        options.update(change)
+    message = "other weights" if key == "weights_sha256" else rf"other settings \(.*{key}: "
+    with pytest.raises(ValueError, match=message):
+        pseudo_label(model, src, out, **options)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    # the same settings resume: everything is skipped, whatever the other options
+    again = pseudo_label(tiny[0], src, out, **{**RESUME_BASE, "batch_size": 3,
+                                               "writer_threads": 1, "num_workers": 1,
+                                               "verify_checksum": True})
+    assert (again.succeeded, again.skipped, again.failed) == (0, 3, 0)
+
+
+def _tar_members(path: Path) -> list[str]:
+    """Member names of a tar shard, or of every shard in a folder."""
+    import tarfile
+
+    names = []
+    for shard in sorted(path.glob("*.tar")) if path.is_dir() else [path]:
+        with tarfile.open(shard) as tar:
+            names += tar.getnames()
+    return names
+
+
+def test_webdataset_rerun_skips_everything_and_duplicates_no_member(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path
+) -> None:
+    """A tar output resumes by member name: a rerun writes no shard and no manifest line; a lost
+    shard's members (and only they) are labelled again, into a new shard."""
+    _, weights = tiny
+    src, good = _source(tmp_path)
+    out = tmp_path / "wds"
+    opts = dict(format="webdataset", shard_size=3, batch_size=2, input_size=INPUT_SIZE,
+                backend="pil", handle_signals=False)
+    first = pseudo_label(weights, src, out, **opts)
+    assert first.succeeded == len(good)
+    expected = sorted(f"{g}.png" for g in good)
+    shards = sorted(p.name for p in out.glob("*.tar"))
+    assert len(shards) == -(-len(good) // 3) and sorted(_tar_members(out)) == expected
+    manifest = (out / "manifest.jsonl").read_bytes()
+
+    again = pseudo_label(weights, src, out, **opts)
+    assert (again.succeeded, again.skipped) == (0, len(good))
+    assert sorted(p.name for p in out.glob("*.tar")) == shards
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+
+    lost = _tar_members(out / shards[0])
+    (out / shards[0]).unlink()
+    third = pseudo_label(weights, src, out, **opts)
+    assert (third.succeeded, third.skipped) == (len(lost), len(good) - len(lost))
+    assert sorted(_tar_members(out)) == expected  # each exactly once over all shards
+    new_shards = sorted(p.name for p in out.glob("*.tar"))
+    assert new_shards == [*shards[1:], new_shards[-1]] and new_shards[-1] > shards[-1]
+    assert sorted(_tar_members(out / new_shards[-1])) == sorted(lost)
+    finished = finished_records(out).values()
+    assert sorted(r.member for r in finished) == expected
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["pil", "dali"])
 def test_pseudo_label_on_cuda(tiny: tuple[DepthAnything, Path], tmp_path: Path, backend: str) -> None:
@@ -243,7 +381,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
         image = _load_rgb(Path(r.input))
         expected = singles[r.input]
         assert tuple(r.shape) == lower_bound_size(*image.shape[:2], INPUT_SIZE)
-        got = decode_png16(str(tmp_path / "png" / r.output), r.min, r.max)
+        got = _png16_values(tmp_path / "png" / r.output, r.min, r.max)
         step = (r.max - r.min) / 65535
         assert np.abs(got - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
         w = wds_records[r.output]
@@ -287,6 +425,8 @@ def test_metric_model_pseudo_labels_read_back_as_metric_depth(tmp_path: Path) ->
             assert np.abs(depth - expected).max() <= tol + 1e-5 * max_depth
             if fmt == "png16":
                 assert (records[image].min, records[image].max) == (0.0, max_depth)
+                stored = _png16_values(out / records[image].output, 0.0, max_depth, False)
+                assert np.abs(stored - expected).max() <= tol + 1e-5 * max_depth
             # relative training target: 1/depth min-max normalised, as for any depth dataset
             disparity, _ = load_target(target, source.spec)
             inv = 1.0 / expected
@@ -513,19 +653,31 @@ def test_bad_weights_or_empty_input_touch_no_output(
 
 
 def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_path: Path) -> None:
-    _, weights = tiny
+    """Real photos through the engine (batched, bucketed) against the official one-image path
+    `infer_image`, as 16-bit PNGs at the network size and at the photo's own size."""
+    model, weights = tiny
     src = tmp_path / "real"
     src.mkdir()
     for name in ("demo01.jpg", "demo08.jpg", "demo12.jpg"):
         shutil.copy(shared_data / "images" / name, src / name)
-    summary = pseudo_label(weights, src, tmp_path / "out", input_size=INPUT_SIZE, backend="pil")
+    opts = dict(input_size=INPUT_SIZE, backend="pil", batch_size=2, handle_signals=False)
+    summary = pseudo_label(weights, src, tmp_path / "out", **opts)
     assert (summary.succeeded, summary.failed) == (3, 0)
     for r in read_records(tmp_path / "out" / "manifest.jsonl"):
         with Image.open(r.input) as im:
             w, h = im.size
         assert tuple(r.shape) == lower_bound_size(h, w, INPUT_SIZE)
-        with Image.open(tmp_path / "out" / r.output) as out:
-            assert out.size == (r.shape[1], r.shape[0]) and np.asarray(out).dtype == np.uint16
+        stored = _png16_values(tmp_path / "out" / r.output, r.min, r.max)
+        assert stored.shape == tuple(r.shape)
+    full = pseudo_label(weights, src, tmp_path / "full", original_size=True, **opts)
+    assert (full.succeeded, full.failed) == (3, 0)
+    for r in read_records(tmp_path / "full" / "manifest.jsonl"):
+        expected = model.infer_image(_load_rgb(Path(r.input)), INPUT_SIZE).astype(np.float64)
+        assert expected.std() > 0.05 * np.abs(expected).mean()
+        stored = _png16_values(tmp_path / "full" / r.output, r.min, r.max)
+        step = (r.max - r.min) / 65535
+        # half a code; batching changes only the summation order of the matmuls
+        assert np.abs(stored - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
 
 
 def test_relative_input_manifest_readable_from_elsewhere(tiny, tmp_path, monkeypatch):
