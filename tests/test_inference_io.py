@@ -47,6 +47,40 @@ def test_png16_roundtrip_within_half_a_code() -> None:
     assert err <= 0.5 * step + 1e-5 * abs(d).max()
 
 
+def _pil_codes(data: bytes) -> np.ndarray:
+    """The 16-bit codes of PNG bytes as PIL reads them (not our decoder)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and im.mode in ("I;16", "I;16B", "I"), im.mode
+        return np.asarray(im).astype(np.int64)
+
+
+@pytest.mark.parametrize("depth_range", [None, 6.0])
+def test_png16_codes_follow_the_documented_formula(depth_range: float | None) -> None:
+    """Codes read with PIL: q = round((d - min) / (max - min) * 65535) with the map's own
+    min/max (relative), or min 0, max = depth_range and values clipped to it (metric)."""
+    d = _random_map().astype(np.float64)
+    enc = encode(d.astype(np.float32), "png16", depth_range)
+    lo, hi = (float(np.float32(d).min()), float(np.float32(d).max())) if depth_range is None \
+        else (0.0, depth_range)
+    assert (enc.min, enc.max) == (lo, hi) and enc.shape == d.shape
+    expected = np.rint((np.clip(np.float32(d), lo, hi) - lo) / (hi - lo) * 65535)
+    codes = _pil_codes(enc.data)
+    assert np.abs(codes - expected).max() <= 1  # float32 input rounding at a .5 boundary
+    if depth_range is None:
+        assert (codes.min(), codes.max()) == (0, 65535)
+    else:
+        assert (codes[d <= 0] == 0).all() and (codes[d >= depth_range] == 65535).all()
+    back = decode_png16(enc.data, enc.min, enc.max)
+    np.testing.assert_allclose(back, lo + codes / 65535 * (hi - lo), rtol=0, atol=1e-6 * hi)
+    assert (_pil_codes(encode(np.full((3, 4), 2.5, np.float32), "png16").data) == 0).all()
+    with pytest.raises(ValueError, match="depth_range"):
+        encode(d, "png16", 0.0)
+
+
 def test_npy_lossless_and_constant_and_nonfinite() -> None:
     d = _random_map()
     enc = encode(d, "npy")
