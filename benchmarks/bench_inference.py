@@ -17,6 +17,11 @@ GPU (skipped without CUDA): vits and vitl, bf16, batch 16, on those 20 images co
 which at least one CUDA kernel or copy ran, from a torch.profiler trace of one extra run (the
 union of their [start, end) intervals over the wall time).
 
+Before timing, the warm-up run's outputs (two images) are checked against the reference
+`model.infer_image` (`check_outputs`): network-size maps against the same forward before the
+resize back, and each map to 1e-3 of its std in fp32 (bf16 on CUDA: 0.1 of the std, an
+estimate not yet measured on a GPU), so a fast run that writes wrong maps fails.
+
 Run: `.venv/bin/python -m pytest benchmarks/bench_inference.py --benchmark-only
 --benchmark-json benchmarks/results/inference_cpu.json`.
 """
@@ -34,10 +39,12 @@ import pytest
 import torch
 from benchmark_support import SHARED_IMAGES
 
-from depth_anything_fast.formats.codec import encode_png16
+from depth_anything_fast.formats.codec import decode_png16, encode_png16
+from depth_anything_fast.formats.manifest import read_records
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.inference.writers import atomic_write
 from depth_anything_fast.models import DepthAnything
+from depth_anything_fast.models.transforms import preprocess
 
 INPUT_SIZE = 518
 CUDA_REPEAT = 10
@@ -87,7 +94,35 @@ def ours(model: DepthAnything, src: Path, out: Path, device: str, original_size:
         original_size=original_size,
         handle_signals=False,
     )
-    assert summary.failed == 0 and summary.succeeded > 0
+    n_images = sum(1 for p in src.iterdir() if p.suffix == ".jpg")
+    assert (summary.succeeded, summary.failed, summary.skipped) == (n_images, 0, 0), summary
+
+
+def check_outputs(model: DepthAnything, impl: str, out: Path, paths: list[Path],
+                  device: str) -> None:
+    """The maps `impl` stored for `paths` against the fp32 reference (`infer_image`; before
+    its resize back for maps stored at the network size), to a share of each map's std."""
+    from depth_anything_fast.data.decode import decode_rgb
+
+    if impl == "official-loop":  # the reference itself
+        return
+    reference = model  # fp32 weights (pseudo-label autocasts to bf16 on CUDA)
+    tolerance = 0.1 if device == "cuda" else 1e-3  # bf16 autocast on CUDA: an estimate
+    records = {Path(r.input).name: r for r in read_records(out / "manifest.jsonl")}
+    assert sorted(records) == sorted(p.name for p in paths)
+    for path in paths:
+        record = records[path.name]
+        image = decode_rgb(path.read_bytes(), str(path))
+        with torch.no_grad():
+            if impl.endswith("original-size"):
+                expected = reference.infer_image(image, INPUT_SIZE)
+            else:
+                x = preprocess(image, INPUT_SIZE, device=device)
+                expected = reference(x)[0].cpu().numpy()
+        stored = decode_png16(str(out / record.output), record.min, record.max)
+        assert stored.shape == expected.shape and expected.std() > 0, (path, stored.shape)
+        error = float(np.abs(stored - expected).max()) / float(expected.std())
+        assert error <= tolerance, f"{path.name}: max error {error:.3g} x std > {tolerance}"
 
 
 def gpu_busy_fraction(fn: Callable[[], None]) -> float:
@@ -139,7 +174,7 @@ def test_inference_throughput(benchmark, impl: str, device: str, encoder: str) -
         shutil.copy(path, warm / path.name)
     runs = iter(range(10**6))
 
-    def run(source: Path = src) -> None:
+    def run(source: Path = src) -> Path:
         out = work / f"out{next(runs)}"  # fresh output: nothing is skipped as already done
         if impl == "official-loop":
             official_loop(model, sorted(source.glob("*.jpg")), out)
@@ -147,8 +182,9 @@ def test_inference_throughput(benchmark, impl: str, device: str, encoder: str) -
             ours(model, source, out, device, original_size=impl.endswith("original-size"))
         if device == "cuda":
             torch.cuda.synchronize()
+        return out
 
-    run(warm)
+    check_outputs(model, impl, run(warm), sorted(warm.glob("*.jpg")), device)
     benchmark.group = f"inference {device} {encoder} ({n_images} images, {INPUT_SIZE})"
     # CPU: one round (minutes on 2 cores); the official/ours ratio is what is reported
     benchmark.pedantic(run, rounds=1 if device == "cpu" else 3, iterations=1)
