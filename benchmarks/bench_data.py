@@ -42,7 +42,7 @@ def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         return list_images(SHARED_IMAGES)
     from PIL import Image
 
-    from depth_anything_fast.data.synthetic import render_scene
+    from depth_anything_fast.recipe.synthetic import render_scene
 
     folder = tmp_path_factory.mktemp("synthetic_jpegs")
     for i in range(20):
@@ -56,7 +56,7 @@ def check_clean_views(loader, batch: dict, epoch: int) -> None:  # noqa: ANN001
     import torch
 
     from depth_anything_fast.data.decode import decode_rgb
-    from depth_anything_fast.models.transforms import IMAGENET_MEAN, IMAGENET_STD, resample_bicubic
+    from depth_anything_fast.transforms import IMAGENET_MEAN, IMAGENET_STD, resample_bicubic
 
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255

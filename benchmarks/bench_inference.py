@@ -44,7 +44,7 @@ from depth_anything_fast.formats.manifest import read_records
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.inference.writers import atomic_write
 from depth_anything_fast.models import DepthAnything
-from depth_anything_fast.models.transforms import preprocess
+from depth_anything_fast.transforms import preprocess
 
 INPUT_SIZE = 518
 CUDA_REPEAT = 10

@@ -31,9 +31,9 @@ import torch
 from benchmark_support import peak_memory_mib
 
 from depth_anything_fast.losses import affine_invariant_loss, cutmix_loss, feature_alignment_loss
+from depth_anything_fast.ops import AffineInvariantArgs, cpu_available
 from depth_anything_fast.ops import affine_invariant as affine_invariant_op
-from depth_anything_fast.ops import cpu_available
-from depth_anything_fast.ops.reference import feature_alignment_loss_reference
+from depth_anything_fast.ops.pytorch import feature_alignment_loss_reference
 
 CUDA = torch.cuda.is_available()
 IMPLS = ("fused", "eager", "compiled")
@@ -189,8 +189,8 @@ def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Te
 
     def reference(p, t, tb, m, bx) -> torch.Tensor:  # noqa: ANN001
         flat = [None if x is None else x.reshape(batch, -1) for x in (p, t, tb, m, bx)]
-        return affine_invariant_op(*flat[:3], flat[3], flat[4], num_segments, "mean",
-                                   "reference")  # fmt: skip
+        args = AffineInvariantArgs(*flat, num_segments, mean=True)
+        return affine_invariant_op(args, "reference")
 
     if impl == "fused":
         backend = "cpu" if device == "cpu" else "triton"

@@ -24,7 +24,7 @@ import torch
 from benchmark_support import peak_memory_mib
 
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
-from depth_anything_fast.models import checkpoints as ckpt
+from depth_anything_fast.models import weights as ckpt
 from depth_anything_fast.models.layers.attention import attention, resolve_attention_backend
 
 CUDA = torch.cuda.is_available()

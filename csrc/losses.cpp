@@ -483,20 +483,15 @@ DAF_INLINE GroupSums loss_pass(const float* __restrict p, const float* __restric
   return sums;
 }
 
-// Forward for one image. Writes the image's stats/counts rows and codes; returns the image's
-// loss (0 without a valid pixel) and its valid-pixel count.
-template <bool kAvx2>
-DAF_INLINE std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b,
-                                                    ForwardScratch& scratch, float* stats,
-                                                    int64_t* counts, uint8_t* codes) {
-  using namespace stats_layout;
-  const int S = x.num_segments;
+// The steps of one image's forward (`forward_image` below), in order.
+
+// Step 1: the group of each pixel into scratch.gid (its segment, -1 if invalid: masked, target
+// not finite, segment out of range). Returns the image's target: CutMix picks each pixel's from
+// the box (into scratch.picked), whose pixels are segment 0 (true: `target`) and 1.
+DAF_INLINE const float* assign_groups(const ImageBatch& x, int64_t b, ForwardScratch& scratch) {
   const int64_t L = x.length;
-  const float* p = x.pred + b * L;
   const float* g = x.target + b * L;
   int32_t* gid = scratch.gid.data();
-  const bool* m = x.mask != nullptr ? x.mask + b * L : nullptr;
-  const int32_t* seg = x.segments != nullptr ? x.segments + b * L : nullptr;
   if (x.box != nullptr) {  // CutMix: each pixel's target and segment from the box
     const uint8_t* box = reinterpret_cast<const uint8_t*>(x.box + b * L);
     const float* gb = x.target_b + b * L;
@@ -512,120 +507,189 @@ DAF_INLINE std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t
   }
   // NaN predictions need no special case: their order keys rank them beyond +-inf, and the NaN
   // propagates into the loss through the loss pass.
-  if (m != nullptr) {
+  if (x.mask != nullptr) {
+    const bool* m = x.mask + b * L;
 #pragma omp simd
     for (int64_t i = 0; i < L; ++i) gid[i] |= static_cast<int32_t>(m[i]) - 1;  // -1 if masked
   }
-  if (seg != nullptr) {
-    const uint32_t num = static_cast<uint32_t>(S);
+  if (x.segments != nullptr) {
+    const int32_t* seg = x.segments + b * L;
+    const uint32_t num = static_cast<uint32_t>(x.num_segments);
 #pragma omp simd
     for (int64_t i = 0; i < L; ++i) {  // unsigned compare: negative segments are out of range
       gid[i] = static_cast<uint32_t>(seg[i]) < num ? (gid[i] | seg[i]) : -1;
     }
   }
+  return g;
+}
 
-  // Few groups: each one's count in a vectorised pass, its selection in place in the image when
-  // large (sample select), otherwise on a branch-free gathered copy. Many groups: one counting
-  // pass and one scatter pass gather them all.
-  constexpr int kMaxCompactionPasses = 8;
-  std::vector<int64_t> count(S, 0);
-  std::vector<Location> loc_p(S), loc_g(S);
-  if (S <= kMaxCompactionPasses) {
-    for (int s = 0; s < S; ++s) {
-      int64_t n = 0;
+// Per group: its valid-pixel count and the lower median / mean absolute deviation of pred and
+// target.
+struct GroupLocations {
+  std::vector<int64_t> count;
+  std::vector<Location> p, g;
+  explicit GroupLocations(int S) : count(S, 0), p(S), g(S) {}
+};
+
+// Step 2, few groups: each one's count in a vectorised pass, its selection in place in the image
+// when large (sample select), otherwise on a branch-free gathered copy.
+template <bool kAvx2>
+DAF_INLINE void locate_few_groups(const float* p, const float* g, const int32_t* gid, int64_t L,
+                                  ForwardScratch& scratch, GroupLocations& loc) {
+  const int S = static_cast<int>(loc.count.size());
+  for (int s = 0; s < S; ++s) {
+    int64_t n = 0;
 #pragma omp simd reduction(+ : n)
-      for (int64_t i = 0; i < L; ++i) n += gid[i] == s;
-      count[s] = n;
-      if (n == 0) continue;
-      std::optional<Location> lp, lg;
-      if (n >= kSampleSelectMin) {
-        std::tie(lp, lg) = sample_select_group<kAvx2>(p, g, gid, s, L, n, scratch);
-      }
-      if (lp && lg) {
-        loc_p[s] = *lp, loc_g[s] = *lg;
-        continue;
-      }
-      float* pb = scratch.pred_buf.data();
-      float* tb = scratch.target_buf.data();
-      int64_t k = 0;
-      for (int64_t i = 0; i < L; ++i) {
-        pb[k] = p[i];
-        tb[k] = g[i];
-        k += gid[i] == s;
-      }
-      loc_p[s] = lp ? *lp : radix_location(pb, n, scratch.candidates);
-      loc_g[s] = lg ? *lg : radix_location(tb, n, scratch.candidates);
+    for (int64_t i = 0; i < L; ++i) n += gid[i] == s;
+    loc.count[s] = n;
+    if (n == 0) continue;
+    std::optional<Location> lp, lg;
+    if (n >= kSampleSelectMin) {
+      std::tie(lp, lg) = sample_select_group<kAvx2>(p, g, gid, s, L, n, scratch);
     }
-  } else {
+    if (lp && lg) {
+      loc.p[s] = *lp, loc.g[s] = *lg;
+      continue;
+    }
+    float* pb = scratch.pred_buf.data();
+    float* tb = scratch.target_buf.data();
+    int64_t k = 0;
     for (int64_t i = 0; i < L; ++i) {
-      if (gid[i] >= 0) ++count[gid[i]];
+      pb[k] = p[i];
+      tb[k] = g[i];
+      k += gid[i] == s;
     }
-    std::vector<int64_t> offset(S, 0);
-    for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
-    std::vector<int64_t> fill(offset);
-    for (int64_t i = 0; i < L; ++i) {
-      const int grp = gid[i];
-      if (grp < 0) continue;
-      const int64_t k = fill[grp]++;
-      scratch.pred_buf[k] = p[i];
-      scratch.target_buf[k] = g[i];
-    }
-    for (int s = 0; s < S; ++s) {
-      if (count[s] == 0) continue;
-      std::vector<float>& candidates = scratch.candidates;
-      loc_p[s] = radix_location(scratch.pred_buf.data() + offset[s], count[s], candidates);
-      loc_g[s] = radix_location(scratch.target_buf.data() + offset[s], count[s], candidates);
-    }
+    loc.p[s] = lp ? *lp : radix_location(pb, n, scratch.candidates);
+    loc.g[s] = lg ? *lg : radix_location(tb, n, scratch.candidates);
   }
+}
 
-  std::vector<float> s_p(S, kScaleEps), s_g(S, kScaleEps);
-  std::vector<uint8_t> active(S, 0);
+// Step 2, many groups: one counting pass and one scatter pass gather them all.
+DAF_INLINE void locate_many_groups(const float* p, const float* g, const int32_t* gid, int64_t L,
+                                   ForwardScratch& scratch, GroupLocations& loc) {
+  const int S = static_cast<int>(loc.count.size());
+  std::vector<int64_t>& count = loc.count;
+  for (int64_t i = 0; i < L; ++i) {
+    if (gid[i] >= 0) ++count[gid[i]];
+  }
+  std::vector<int64_t> offset(S, 0);
+  for (int s = 1; s < S; ++s) offset[s] = offset[s - 1] + count[s - 1];
+  std::vector<int64_t> fill(offset);
+  for (int64_t i = 0; i < L; ++i) {
+    const int grp = gid[i];
+    if (grp < 0) continue;
+    const int64_t k = fill[grp]++;
+    scratch.pred_buf[k] = p[i];
+    scratch.target_buf[k] = g[i];
+  }
   for (int s = 0; s < S; ++s) {
     if (count[s] == 0) continue;
-    s_p[s] = std::max(static_cast<float>(loc_p[s].mean_abs_dev), kScaleEps);
-    s_g[s] = std::max(static_cast<float>(loc_g[s].mean_abs_dev), kScaleEps);
-    active[s] = loc_p[s].mean_abs_dev > kScaleEps;
+    std::vector<float>& candidates = scratch.candidates;
+    loc.p[s] = radix_location(scratch.pred_buf.data() + offset[s], count[s], candidates);
+    loc.g[s] = radix_location(scratch.target_buf.data() + offset[s], count[s], candidates);
   }
+}
 
-  // Loss pass in pixel order: sums per group, the code bytes and the median indices.
+// Step 3: per group the scales s = max(mean|x - t|, eps) of pred and target, and whether pred's
+// is above the clamp (its gradient term is active).
+struct GroupScales {
+  std::vector<float> p, g;
+  std::vector<uint8_t> active;
+};
+
+DAF_INLINE GroupScales group_scales(const GroupLocations& loc) {
+  using namespace stats_layout;
+  const int S = static_cast<int>(loc.count.size());
+  GroupScales scale{std::vector<float>(S, kScaleEps), std::vector<float>(S, kScaleEps),
+                    std::vector<uint8_t>(S, 0)};
+  for (int s = 0; s < S; ++s) {
+    if (loc.count[s] == 0) continue;
+    scale.p[s] = std::max(static_cast<float>(loc.p[s].mean_abs_dev), kScaleEps);
+    scale.g[s] = std::max(static_cast<float>(loc.g[s].mean_abs_dev), kScaleEps);
+    scale.active[s] = loc.p[s].mean_abs_dev > kScaleEps;
+  }
+  return scale;
+}
+
+// Step 4: the loss pass of each group in pixel order: its sums, the code bytes and the median
+// indices.
+DAF_INLINE std::vector<GroupSums> loss_passes(const float* p, const float* g, const int32_t* gid,
+                                              int64_t L, const GroupLocations& loc,
+                                              const GroupScales& scale, uint8_t* codes) {
+  using namespace stats_layout;
+  const int S = static_cast<int>(loc.count.size());
   std::fill(codes, codes + L, uint8_t{0});
   std::vector<GroupSums> sums(S);
   const bool segment_in_code = S > 1 && S <= kCodeMaxSegments;
   for (int s = 0; s < S; ++s) {
-    if (count[s] == 0) continue;
+    if (loc.count[s] == 0) continue;
     const int32_t bits = segment_in_code ? s << kCodeSegmentShift : 0;
-    sums[s] = loss_pass(p, g, gid, s, L, loc_p[s].t, 1.0f / s_p[s], loc_g[s].t, 1.0f / s_g[s],
-                        bits, codes);
+    sums[s] = loss_pass(p, g, gid, s, L, loc.p[s].t, 1.0f / scale.p[s], loc.g[s].t,
+                        1.0f / scale.g[s], bits, codes);
   }
+  return sums;
+}
 
+// Step 5: the image's stats and counts rows (stats_layout.h), from which the backward needs
+// nothing but the code bytes. Returns the image's loss (0 without a valid pixel) and its
+// valid-pixel count.
+DAF_INLINE std::pair<double, int64_t> write_image_stats(const GroupLocations& loc,
+                                                        const GroupScales& scale,
+                                                        const std::vector<GroupSums>& sums,
+                                                        float* stats, int64_t* counts) {
+  using namespace stats_layout;
+  const int S = static_cast<int>(loc.count.size());
   double total = 0.0;
   int64_t n_image = 0;
   for (int s = 0; s < S; ++s) {
     total += sums[s].loss;
-    n_image += count[s];
+    n_image += loc.count[s];
   }
   const double weight = n_image > 0 ? 1.0 / static_cast<double>(n_image) : 0.0;
   for (int s = 0; s < S; ++s) {
     float* st = stats + s * kNumStats;
-    const double n = static_cast<double>(std::max<int64_t>(count[s], 1));
-    const double coef_r = weight / s_p[s];
-    const double coef_p = weight * active[s] * sums[s].rp / (s_p[s] * n);
-    st[kTPred] = loc_p[s].t;
-    st[kSPred] = s_p[s];
-    st[kTTarget] = loc_g[s].t;
-    st[kSTarget] = s_g[s];
+    const double n = static_cast<double>(std::max<int64_t>(loc.count[s], 1));
+    const double coef_r = weight / scale.p[s];
+    const double coef_p = weight * scale.active[s] * sums[s].rp / (scale.p[s] * n);
+    st[kTPred] = loc.p[s].t;
+    st[kSPred] = scale.p[s];
+    st[kTTarget] = loc.g[s].t;
+    st[kSTarget] = scale.g[s];
     st[kASum] = static_cast<float>(sums[s].r);
     st[kBSum] = static_cast<float>(sums[s].rp);
     st[kCSum] = static_cast<float>(sums[s].sign_p);
-    st[kScaleActive] = active[s];
+    st[kScaleActive] = scale.active[s];
     st[kCoefR] = static_cast<float>(coef_r);
     st[kCoefP] = static_cast<float>(coef_p);
     st[kCoefMedian] = static_cast<float>(static_cast<double>(sums[s].sign_p) * coef_p -
                                          sums[s].r * coef_r);
-    counts[s * kNumCounts + kCount] = count[s];
+    counts[s * kNumCounts + kCount] = loc.count[s];
     counts[s * kNumCounts + kMedianIndex] = sums[s].median_index;
   }
   return {total * weight, n_image};
+}
+
+// Forward for one image: groups -> medians and deviations -> scales -> loss pass -> stats.
+// Writes the image's stats/counts rows and codes; returns the image's loss (0 without a valid
+// pixel) and its valid-pixel count.
+template <bool kAvx2>
+DAF_INLINE std::pair<double, int64_t> forward_image(const ImageBatch& x, int64_t b,
+                                                    ForwardScratch& scratch, float* stats,
+                                                    int64_t* counts, uint8_t* codes) {
+  constexpr int kMaxCompactionPasses = 8;  // beyond, one scatter pass gathers every group
+  const int64_t L = x.length;
+  const float* p = x.pred + b * L;
+  const float* g = assign_groups(x, b, scratch);
+  const int32_t* gid = scratch.gid.data();
+  GroupLocations loc(x.num_segments);
+  if (x.num_segments <= kMaxCompactionPasses) {
+    locate_few_groups<kAvx2>(p, g, gid, L, scratch, loc);
+  } else {
+    locate_many_groups(p, g, gid, L, scratch, loc);
+  }
+  const GroupScales scale = group_scales(loc);
+  const std::vector<GroupSums> sums = loss_passes(p, g, gid, L, loc, scale, codes);
+  return write_image_stats(loc, scale, sums, stats, counts);
 }
 
 using ForwardImage = std::pair<double, int64_t> (*)(const ImageBatch&, int64_t, ForwardScratch&,

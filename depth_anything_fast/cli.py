@@ -14,8 +14,8 @@ import importlib
 _COMMAND_MODULES = (
     "depth_anything_fast.inference.cli",  # pseudo-label, predict
     "depth_anything_fast.evaluate.cli",  # evaluate
-    "depth_anything_fast.models.convert",  # convert
-    "depth_anything_fast.models.export_cli",  # export
+    "depth_anything_fast.models.cli",  # convert, export
+    "depth_anything_fast.train.cli",  # train
 )
 
 

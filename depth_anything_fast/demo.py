@@ -73,8 +73,8 @@ def _pictures(evaluation: pipeline.Evaluation, world: pipeline.World, out: Path)
     """Side-by-side strips of the first `PICTURES_PER_KIND` val images of each kind."""
     from PIL import Image
 
-    from depth_anything_fast.data.synthetic import KINDS
     from depth_anything_fast.inference.visualize import colorize
+    from depth_anything_fast.recipe.synthetic import KINDS
 
     vis_dir = out / "visualisations"
     vis_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Run the full demo into ``out``; ``scale`` < 1 shrinks data and steps (tests)."""
     import os
 
-    from depth_anything_fast.data.synthetic import KINDS
+    from depth_anything_fast.recipe.synthetic import KINDS
 
     pipeline.set_threads()
     start = time.perf_counter()

@@ -64,23 +64,19 @@ def _row_products(f_ptr, z_ptr, rows, live, C, ROWS: tl.constexpr, BLOCK_C: tl.c
 
 
 @triton.jit
-def _feature_alignment_forward_kernel(
-    f_ptr,
-    z_ptr,
-    cos_ptr,
-    scratch_ptr,
-    loss_ptr,
-    kept_ptr,
-    M,
-    C,
-    alpha,
-    EPS_SQ: tl.constexpr,
-    ROWS: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    # scratch (int32, zeroed): [sum of 1 - cos over kept rows (fp32 bits), kept rows, ticket]
+def _program_rows(M, ROWS: tl.constexpr):
+    """This program's ROWS row indices and which of them exist (< M)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    live = rows < M
+    return rows, rows < M
+
+
+@triton.jit
+def _feature_alignment_forward_kernel(
+    f_ptr, z_ptr, cos_ptr, scratch_ptr, loss_ptr, kept_ptr, M, C, alpha,
+    EPS_SQ: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # scratch (int32, zeroed): [sum of 1 - cos over kept rows (fp32 bits), kept rows, ticket]
+    rows, live = _program_rows(M, ROWS)
     dot, f_sq, z_sq = _row_products(f_ptr, z_ptr, rows, live, C, ROWS, BLOCK_C)
     cos = dot / tl.sqrt(tl.maximum(f_sq * z_sq, EPS_SQ))
     tl.store(cos_ptr + rows, cos, mask=live)
@@ -142,22 +138,11 @@ def feature_alignment_forward(
 
 @triton.jit
 def _feature_alignment_backward_kernel(
-    grad_loss_ptr,
-    f_ptr,
-    z_ptr,
-    cos_ptr,
-    kept_ptr,
-    grad_ptr,
-    M,
-    C,
-    alpha,
-    EPS_SQ: tl.constexpr,
-    ROWS: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    live = rows < M
+    grad_loss_ptr, f_ptr, z_ptr, cos_ptr, kept_ptr, grad_ptr, M, C, alpha,
+    EPS_SQ: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     n_kept = tl.load(kept_ptr)
+    rows, live = _program_rows(M, ROWS)
     weight = tl.where(n_kept > 0, tl.load(grad_loss_ptr) / tl.maximum(n_kept, 1.0), 0.0)
     _, f_sq, z_sq = _row_products(f_ptr, z_ptr, rows, live, C, ROWS, BLOCK_C)
     cos = tl.load(cos_ptr + rows, mask=live, other=2.0)

@@ -24,32 +24,19 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from .segmented import (
-    SEG_MAP,
-    SEG_NONE,
-    check_images,
-    image_groups,
-    load_pixels,
     per_pixel,
-    segment_pow2,
     segment_sum,
-    tile_columns,
-    tile_plan,
 )
 
 # Digits, most significant first: bins and shift of each pass.
 BINS = (2048, 2048, 1024)
-SHIFTS = (21, 10, 0)
 NUM_PASSES = 3
 # int32 words of histogram per (array, group): the three passes' bins.
 HIST_WORDS = sum(BINS)
-# atomic_min identity for the median index scratch (int32 indices: rows shorter than 2**31).
-NO_INDEX = 2**31 - 1
 # Register histograms (`tl.histogram`, one vector atomic per program) up to this many bins per
 # program and array; beyond (more than 2 segments), one global atomic per counted pixel.
 REGISTER_HISTOGRAM_BINS = 4096
@@ -277,123 +264,3 @@ def publish_histogram(scratch_ptr, hist, below, above, first_row, num_segments, 
         sums = scratch_ptr.to(tl.pointer_type(tl.float32), bitcast=True) + sums_offset(total_rows)
         tl.atomic_add(sums + rows, below, mask=live)
         tl.atomic_add(sums + total_rows + rows, above, mask=live)
-
-
-@triton.jit
-def _lower_median_pass_kernel(
-    x_ptr, mask_ptr, seg_ptr, scratch_ptr, L, num_segments, tiles_per_prog,
-    HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr, PASS: tl.constexpr, BLOCK: tl.constexpr,
-    SEG_POW2: tl.constexpr, HIST_BINS: tl.constexpr, ATOMIC: tl.constexpr,
-):  # fmt: skip
-    b = tl.program_id(0)
-    chunk = tl.program_id(1)
-    total_rows = tl.num_programs(0) * num_segments
-    rows, live = image_groups(b, num_segments, SEG_POW2)
-    hist = tl.zeros([HIST_BINS], dtype=tl.int32)
-    below = tl.zeros([SEG_POW2], dtype=tl.float32)
-    above = tl.zeros([SEG_POW2], dtype=tl.float32)
-    prefix = program_prefix(scratch_ptr, rows, live, total_rows, PASS)
-    for t in range(tiles_per_prog):
-        _, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
-        x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
-                                       num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
-        hist, below, above = histogram_digits(
-            x, valid, seg, prefix, hist, below, above,
-            hist_rows(scratch_ptr, b * num_segments, total_rows, PASS), PASS, SEG_POW2, ATOMIC,
-        )  # fmt: skip
-    publish_histogram(scratch_ptr, hist, below, above, b * num_segments, num_segments,
-                      total_rows, PASS, SEG_POW2, ATOMIC)  # fmt: skip
-
-
-@triton.jit
-def _lower_median_value_kernel(scratch_ptr, value_ptr, count_ptr, num_segments,
-                               SEG_POW2: tl.constexpr):  # fmt: skip
-    b = tl.program_id(0)
-    rows, live = image_groups(b, num_segments, SEG_POW2)
-    total_rows = tl.num_programs(0) * num_segments
-    t, count, _, _, _, _ = select_median(scratch_ptr, rows, live, total_rows)
-    tl.store(value_ptr + rows, t, mask=live)
-    tl.store(count_ptr + rows, count, mask=live)
-
-
-@triton.jit
-def first_index_of(values, target, onehot, cols):
-    """Per-segment lowest column [SEG_POW2] int32 where `values == target` (NO_INDEX if none)."""
-    hit = onehot & (values == target)[:, None]
-    return tl.min(tl.where(hit, cols[:, None], 2147483647), axis=0)
-
-
-@triton.jit
-def _median_index_kernel(
-    x_ptr, mask_ptr, seg_ptr, median_ptr, index_ptr, L, num_segments, tiles_per_prog,
-    HAS_MASK: tl.constexpr, SEG_MODE: tl.constexpr, BLOCK: tl.constexpr, SEG_POW2: tl.constexpr,
-):  # fmt: skip
-    b = tl.program_id(0)
-    chunk = tl.program_id(1)
-    rows, live = image_groups(b, num_segments, SEG_POW2)
-    median = tl.load(median_ptr + rows, mask=live, other=0.0)
-    best = tl.full([SEG_POW2], 2147483647, dtype=tl.int32)
-    for t in range(tiles_per_prog):
-        cols, in_row, offs = tile_columns(b, chunk, t, tiles_per_prog, L, BLOCK)
-        x, _, valid, seg = load_pixels(x_ptr, x_ptr, x_ptr, mask_ptr, seg_ptr, offs, in_row,
-                                       num_segments, False, HAS_MASK, SEG_MODE)  # fmt: skip
-        onehot = valid[:, None] & (seg[:, None] == tl.arange(0, SEG_POW2)[None, :])
-        best = tl.minimum(best, first_index_of(x, per_pixel(median, seg, SEG_POW2), onehot, cols))
-    tl.atomic_min(index_ptr + rows, best, mask=live)
-
-
-def lower_median(
-    x: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    segments: torch.Tensor | None = None,
-    num_segments: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked, segmented lower median of `(B, L)` rows (what `torch.nanmedian` returns).
-
-    The three histogram passes of the affine-invariant loss on one array, then a value kernel
-    and an index kernel (this function serves tests and tools; the loss folds both into its
-    own passes).
-
-    Args:
-        x: `(B, L)` float32/float16/bfloat16, contiguous.
-        mask: `(B, L)` bool or None.
-        segments: `(B, L)` integer or None; values outside [0, num_segments) are ignored pixels.
-        num_segments: S.
-
-    valid = mask & isfinite(x) & 0 <= segments < S.
-
-    Returns:
-        values `(B, S)` float32 (0.0 where a group has no valid pixel), index `(B, S)` int64
-        (lowest column whose value equals the median, -1 for an empty group), count `(B, S)`
-        int32.
-    """
-    check_images("x", x, mask, segments, num_segments)
-    B, L = x.shape
-    groups = B * num_segments
-    device = x.device
-    plan = tile_plan(B, L, device)
-    seg_pow2 = segment_pow2(segments, num_segments)
-    seg_mode = SEG_NONE if segments is None else SEG_MAP
-    scratch = torch.zeros(groups * (HIST_WORDS + 2), dtype=torch.int32, device=device)
-    values = torch.empty(groups, dtype=torch.float32, device=device)
-    counts = torch.empty(groups, dtype=torch.int32, device=device)
-    index = torch.full((groups,), NO_INDEX, dtype=torch.int32, device=device)
-    mask_arg = x if mask is None else mask
-    seg_arg = x if segments is None else segments
-    for radix_pass in range(NUM_PASSES):
-        wrap_triton(_lower_median_pass_kernel)[(B, plan.chunks)](
-            x, mask_arg, seg_arg, scratch, L, num_segments, plan.tiles_per_prog,
-            HAS_MASK=mask is not None, SEG_MODE=seg_mode, PASS=radix_pass, BLOCK=plan.block,
-            SEG_POW2=seg_pow2, HIST_BINS=histogram_bins(seg_pow2, radix_pass),
-            ATOMIC=atomic_histogram(seg_pow2), num_warps=plan.num_warps,
-        )  # fmt: skip
-    wrap_triton(_lower_median_value_kernel)[(B,)](
-        scratch, values, counts, num_segments, SEG_POW2=seg_pow2
-    )
-    wrap_triton(_median_index_kernel)[(B, plan.chunks)](
-        x, mask_arg, seg_arg, values, index, L, num_segments, plan.tiles_per_prog,
-        HAS_MASK=mask is not None, SEG_MODE=seg_mode, BLOCK=plan.block, SEG_POW2=seg_pow2,
-        num_warps=plan.num_warps,
-    )  # fmt: skip
-    index = torch.where(counts > 0, index.long(), -1)
-    return values.view(B, num_segments), index.view(B, num_segments), counts.view(B, num_segments)

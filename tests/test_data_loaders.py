@@ -13,7 +13,6 @@ from PIL import Image
 from depth_anything_fast.data import (
     LabelledSource,
     LabelledSpec,
-    generate_dataset,
     inference_loader,
     labelled_loader,
     unlabelled_loader,
@@ -21,6 +20,7 @@ from depth_anything_fast.data import (
 from depth_anything_fast.data.augment import apply_strong, sample_strong
 from depth_anything_fast.data.dali_pipelines import dali_available
 from depth_anything_fast.data.geometry import lower_bound_size
+from depth_anything_fast.recipe.synthetic import generate_dataset
 
 BACKENDS = [
     "pil",
@@ -290,12 +290,15 @@ def test_sharding_disjoint_complete_and_deterministic(tmp_path: Path) -> None:
     assert all(torch.equal(x["disparity"], y["disparity"]) for x, y in zip(a, b))
 
     paths = [p for p, _ in source.pairs]
+    names = [f"name-{i}" for i in range(len(paths))]  # each job carries its name through
     seen = []
     for r in range(3):
-        for batch in inference_loader(paths, batch_size=3, input_size=14, shard_id=r,
-                                      num_shards=3, backend="pil"):
-            seen.extend(batch["paths"])
-    assert sorted(seen) == sorted(paths) and len(seen) == len(set(seen))
+        for batch in inference_loader(paths, names=names, batch_size=3, input_size=14,
+                                      shard_id=r, num_shards=3, backend="pil"):
+            seen.extend(zip(batch["paths"], batch["names"], strict=True))
+    assert sorted(seen) == sorted(zip(paths, names)) and len(seen) == len(set(seen))
+    with pytest.raises(ValueError, match="2 names for"):
+        inference_loader(paths, names=names[:2], batch_size=1)
 
 
 def _check_matches_preprocess(
@@ -308,7 +311,7 @@ def _check_matches_preprocess(
     inference resampling to it, its Catmull-Rom uint8 resize was 0.008-0.019 normalised units
     off on average, up to 0.8.)
     """
-    from depth_anything_fast.models.transforms import preprocess
+    from depth_anything_fast.transforms import preprocess
 
     ref = preprocess(rgb, input_size=input_size, resize=resize)[0]
     assert got.shape == ref.shape

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from depth_anything_fast.data import LabelledSpec, cutmix, generate_dataset, list_images
+from depth_anything_fast.data import LabelledSpec, cutmix, list_images
 from depth_anything_fast.data.geometry import (
     crop_nearest,
     lower_bound_size,
@@ -22,15 +22,16 @@ from depth_anything_fast.data.geometry import (
     sample_rng,
 )
 from depth_anything_fast.data.sources import LabelledSource, load_target
-from depth_anything_fast.data.synthetic import (
+from depth_anything_fast.formats.targets import read_pfm, read_raw_target
+from depth_anything_fast.recipe.synthetic import (
     KINDS,
     MAX_DEPTH,
     SEMANTIC_CLASSES,
+    generate_dataset,
     read_kinds,
     render,
     render_scene,
 )
-from depth_anything_fast.formats.targets import read_pfm, read_raw_target
 
 
 def _fresh_rng() -> np.random.Generator:

@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from depth_anything_fast.data.synthetic import KINDS
 from depth_anything_fast.demo import run_demo
+from depth_anything_fast.recipe.synthetic import KINDS
 
 
 def test_demo_pipeline_writes_results(tmp_path: Path) -> None:

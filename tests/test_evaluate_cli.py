@@ -295,7 +295,7 @@ def test_paper_table():
 
 def test_cli_with_tiny_random_model(tmp_path):
     from depth_anything_fast.models import DepthAnything
-    from depth_anything_fast.models.config import DepthAnythingConfig
+    from depth_anything_fast.models.architecture import DepthAnythingConfig
 
     config = DepthAnythingConfig.preset("vits", embed_dim=32, depth=4, num_heads=2, features=16)
     model = DepthAnything(config=config)
@@ -358,7 +358,7 @@ def test_runner_resizes_like_the_predictor(tmp_path):
     # A map stored at network size (pseudo-label's default) must score exactly like the same map
     # resized back by `Predictor.predict` (bilinear, align_corners=True).
     from depth_anything_fast.evaluate.datasets import get_reader
-    from depth_anything_fast.models.transforms import resize_prediction
+    from depth_anything_fast.transforms import resize_prediction
 
     data = tmp_path / "data"
     make_generic(data, n=2)

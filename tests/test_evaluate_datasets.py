@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from depth_anything_fast.evaluate import datasets
-from depth_anything_fast.evaluate.datasets import DatasetLayoutError, crop_mask, get_reader
+from depth_anything_fast.evaluate.datasets import DatasetLayoutError, crop_mask, get_reader, nyuv2
 from depth_anything_fast.evaluate.nyu_split import NYU_TEST_INDICES
 
 rng: np.random.Generator  # this test's generator (conftest's seed), set by _seeded_rng
@@ -101,7 +101,7 @@ def test_nyu_reader_layout_logic(tmp_path, monkeypatch):
         i: rng.uniform(0.5, 12.0, (480, 640)).astype(np.float32) for i in NYU_TEST_INDICES[:3]
     }
     monkeypatch.setattr(
-        datasets,
+        nyuv2,
         "_open_nyu_mat",
         lambda path, key: (
             lambda i: np.full((480, 640, 3), i % 256, np.uint8),
@@ -117,7 +117,7 @@ def test_nyu_reader_layout_logic(tmp_path, monkeypatch):
     for s, index in zip(samples, NYU_TEST_INDICES):
         np.testing.assert_array_equal(s.mask, eigen & (depths[index] <= 10.0))
         assert s.image[0, 0, 0] == index % 256
-    monkeypatch.setattr(datasets, "_open_nyu_mat", lambda path, key: (None, None, 10))
+    monkeypatch.setattr(nyuv2, "_open_nyu_mat", lambda path, key: (None, None, 10))
     with pytest.raises(DatasetLayoutError, match="1449-image labelled set.*holds 10 images"):
         get_reader("nyuv2", tmp_path)
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from depth_anything_fast.train import stages
-from depth_anything_fast.train.__main__ import main as train_main
+from depth_anything_fast.train.cli import main as train_main
 from depth_anything_fast.train.config import ConfigError, load_config
 from depth_anything_fast.train.trainer import RunDirError, Trainer
 
@@ -44,7 +44,7 @@ class _Marker:
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory) -> Path:
-    from depth_anything_fast.data.synthetic import generate_dataset
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("faults_data")
     return generate_dataset(root / "data", n_labelled=8, n_unlabelled=0, n_val=0,
@@ -531,13 +531,13 @@ def test_bad_checkpoints_are_named_without_unsafe_advice(tmp_path) -> None:
 def test_ctrl_c_in_the_inference_commands_is_one_line(photos, tmp_path, capsys,
                                                       monkeypatch) -> None:
     from depth_anything_fast.cli import main
-    from depth_anything_fast.inference import predict, pseudo_label
+    from depth_anything_fast.inference import pictures, pseudo_label
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pseudo_label, "pseudo_label", interrupted)
-    monkeypatch.setattr(predict, "predict_files", interrupted)
+    monkeypatch.setattr(pictures, "predict_files", interrupted)
     weights = str(photos / "weights_a.safetensors")
     assert main(["pseudo-label", "--weights", weights, "--input", str(photos / "src"),
                  "--output", str(tmp_path / "o")]) == 130

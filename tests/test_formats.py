@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from depth_anything_fast.formats.images import first_existing_image, is_image, list_images
+from depth_anything_fast.formats.images import (
+    find_images,
+    first_existing_image,
+    is_image,
+    list_images,
+)
 from depth_anything_fast.formats.list_files import read_list_file
 
 
@@ -98,3 +103,18 @@ def test_output_names_collisions(tmp_path):
     with pytest.raises(ValueError, match=r"names \['0.png', '1.png', '2.png', '3.png', '4.png'\]"):
         check_unique_names(names)
     check_unique_names(["a.png", "b.png"])
+
+
+def test_find_images_walks_a_folder_once_for_images_and_other_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "sub/a.JPG", "notes.txt", "sub/x.npy", ".hidden", "sub/.DS_Store"):
+        (tmp_path / name).write_bytes(b"")
+    listing = find_images(tmp_path)
+    assert listing.images == list_images(tmp_path) == [str(tmp_path / "b.png"),
+                                                        str(tmp_path / "sub/a.JPG")]
+    assert listing.others == [str(tmp_path / "notes.txt"), str(tmp_path / "sub/x.npy")]
+    both = find_images([tmp_path / "sub", tmp_path / "b.png"])  # a sequence: concatenated
+    assert both.images == [str(tmp_path / "sub/a.JPG"), str(tmp_path / "b.png")]
+    assert both.others == [str(tmp_path / "sub/x.npy")]
+    (tmp_path / "list.txt").write_text("b.png\nmissing.png\n")  # a list file is not walked
+    assert find_images(tmp_path / "list.txt").others == []

@@ -29,7 +29,7 @@ from depth_anything_fast.formats.manifest import (
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
-from depth_anything_fast.models.transforms import lower_bound_size
+from depth_anything_fast.transforms import lower_bound_size
 
 INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def _source(root: Path) -> tuple[Path, list[str]]:
 
     Returns (source dir, relative stems of the good images).
     """
-    from depth_anything_fast.data.synthetic import generate_dataset
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     layout = generate_dataset(root / "gen", n_labelled=0, n_unlabelled=4, n_val=0, size=(48, 64))
     src = root / "src"
@@ -374,7 +374,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
     assert tar.succeeded == len(good)
     png_records = read_records(tmp_path / "png" / "manifest.jsonl")
     wds_records = {r.member: r for r in read_records(tmp_path / "wds" / "manifest.jsonl")}
-    from depth_anything_fast.inference.writers import read_output
+    from depth_anything_fast.formats.paths import read_bytes
 
     singles = _one_by_one(model, [r.input for r in png_records], "pil")
     for r in png_records:
@@ -386,7 +386,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
         assert np.abs(got - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
         w = wds_records[r.output]
         assert w.file.endswith(".tar") and w.checksum == r.checksum  # same bytes in the shard
-        assert read_output(tmp_path / "wds", w) == (tmp_path / "png" / r.output).read_bytes()
+        assert read_bytes(str(tmp_path / "wds" / w.output)) == (tmp_path / "png" / r.output).read_bytes()
     # both layouts are training data for the student (data.LabelledSource over the output)
     from depth_anything_fast.data import LabelledSource, load_target
 

@@ -101,7 +101,7 @@ def _compile_all(out: Path) -> None:
         stats_layout,
     )
 
-    modules = (affine_invariant, feature_alignment, radix_select)
+    modules = (affine_invariant, feature_alignment)
     kernels = sorted({
         name for module in modules for name, obj in vars(module).items()
         if isinstance(obj, JITFunction) and name.endswith("_kernel")
@@ -161,7 +161,6 @@ def _compile_all(out: Path) -> None:
             affine_invariant.affine_invariant_backward(
                 torch.empty(loss.shape, device=cuda), codes, segments, stats, counts, dtype
             )
-        radix_select.lower_median(torch.empty(B, L, device=cuda), mask, i64, 2)  # a test tool
         os.environ[radix_select.HISTOGRAM_ENV] = "auto"
         many = 20  # more segments than a code byte holds: the backward reads the map
         affine_invariant.affine_invariant_backward(

@@ -1,10 +1,12 @@
 """The package's layers and import graph, read from the source (every import, lazy ones inside
 functions included, so a cycle cannot hide behind a deferred import).
 
-Layers, lowest first: formats, kernels, the C++ extension < ops < losses < models < data <
-inference, evaluate < train < drivers (`cli.py`, `__main__.py`, `*/cli.py`, `demo.py`,
-`recipe/`). A module imports its own package or lower layers only; drivers may also use
-each other (the evaluate command shares the predictor options of the inference commands).
+Layers, lowest first: formats, kernels, transforms, the C++ extension < ops < losses < models,
+data (siblings: neither imports the other) < inference, evaluate < train < drivers (`cli.py`,
+`__main__.py`, `*/cli.py`, `demo.py`, `recipe/`). A module imports its own package or lower
+layers only; drivers may also use each other (the evaluate command shares the predictor options
+of the inference commands). Inside `ops` a fused op's route goes one way (`OPS_RANKS`); the
+Triton kernels import nothing of the package; every subcommand lives in a `cli.py`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ LAYERS: dict[str, int] = {
     "kernels": 0,
     "configs": 0,  # YAML files; the package only says where they are
     "_checkout": -1,  # where kernels/ and configs/ live in a checkout (stdlib only)
+    "_lazy": -1,  # the packages' lazy re-exports (stdlib only)
     "_C": 0,
     "runtime": 0,  # torchrun environment and SIGTERM handling (issue 14; stdlib only)
+    "transforms": 0,  # the official preprocessing rules: resize sizes, bicubic, normalisation
     "ops": 1,
     "losses": 2,
+    # siblings since issue 23: the loaders take the preprocessing rules from `transforms`
     "models": 3,
-    "data": 4,
+    "data": 3,
     "inference": 5,
     "evaluate": 5,
     "train": 6,
@@ -173,6 +178,48 @@ def test_imports_go_down_the_layers():
     assert not upward, "imports that go up or sideways:\n" + "\n".join(sorted(upward))
 
 
+# One fused op reads top to bottom (ops/__init__.py): losses -> dispatch -> autograd -> a backend
+# -> kernels. Inside `ops`, a module imports only modules of a lower rank here.
+OPS_RANKS = {"interface": 0, "pytorch": 0, "cpu": 1, "triton": 1, "autograd": 2, "dispatch": 3}
+# What `losses` may take from `ops`: the dispatch and the argument tuples (through the package),
+# and the plain PyTorch references (re-exported by `losses.reference`).
+LOSSES_USE = {f"{PACKAGE}.ops", f"{PACKAGE}.ops.pytorch"}
+
+
+def test_fused_op_route_goes_one_way():
+    ops = {m: bs for m, bs in _graph().items() if m.startswith(f"{PACKAGE}.ops.")}
+    assert set(OPS_RANKS) == {m.rsplit(".", 1)[1] for m in ops}, "new ops module: rank it"
+    wrong = [
+        f"{a} imports {b}"
+        for a, bs in ops.items()
+        for b in bs
+        if b.startswith(f"{PACKAGE}.ops.")
+        and OPS_RANKS[b.rsplit(".", 1)[1]] >= OPS_RANKS[a.rsplit(".", 1)[1]]
+    ]
+    assert not wrong, "ops modules that import sideways or back up the route:\n" + "\n".join(wrong)
+    losses = {b for m, bs in _graph().items() if m.startswith(f"{PACKAGE}.losses") for b in bs}
+    reached = {b for b in losses if b.startswith(f"{PACKAGE}.ops")}
+    assert reached <= LOSSES_USE, f"losses reach past the dispatch: {sorted(reached - LOSSES_USE)}"
+
+
+def test_kernels_import_only_kernels():
+    """kernels/ (the top-level folder of `depth_anything_fast.kernels`) holds Triton code only:
+    besides torch, triton and the stdlib it imports its own modules, nothing of the package."""
+    files = sorted((ROOT.parent / "kernels").glob("*.py"))
+    assert any(f.name == "affine_invariant.py" for f in files)
+    wrong = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            wrong += [f"{path.name} imports {n}" for n in names if n.split(".")[0] == PACKAGE]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_checks_see_cycles_and_upward_imports():
     """The checks above fail on a planted cycle and a planted upward import."""
     planted = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
@@ -202,3 +249,20 @@ def test_formats_import_without_torch(module):
 def test_command_line_help_imports_without_torch(code):
     check = f"import sys; {code}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
+
+
+def test_every_subcommand_lives_in_a_cli_module():
+    """`depth-anything-fast`'s subcommands are registered by the `cli.py` of their package, and
+    only there: every `<package>/cli.py` is registered, and no other module defines `register`."""
+    from depth_anything_fast import cli
+
+    registered = set(cli._COMMAND_MODULES)
+    assert registered == {_module_name(p) for p in ROOT.glob("*/cli.py")}
+    elsewhere = [
+        _module_name(path)
+        for path in ROOT.rglob("*.py")
+        if path.name != "cli.py"
+        and any(isinstance(node, ast.FunctionDef) and node.name == "register"
+                for node in ast.parse(path.read_text()).body)
+    ]  # fmt: skip
+    assert not elsewhere, f"subcommands registered outside a cli.py: {elsewhere}"

@@ -120,10 +120,13 @@ def test_public_api_shapes_reductions_and_dtypes(backend):
     assert loss.shape == () and loss.dtype == torch.float32
     loss.backward()
     assert pred.grad.dtype == torch.bfloat16 and pred.grad[2].abs().sum() == 0
-    per_image = AffineInvariantLoss(reduction="none", backend=backend)(pred, target, mask)
+    criterion = AffineInvariantLoss(reduction="none", backend=backend)
+    per_image = criterion(pred, target, mask)
     assert per_image.shape == (3,) and per_image[2] == 0
     torch.testing.assert_close(loss, per_image[:2].mean())
-    empty = affine_invariant_loss(pred, target, torch.zeros_like(mask), backend=backend)
+    empty = affine_invariant_loss(
+        pred, target, torch.zeros_like(mask), backend=backend
+    )
     assert empty.item() == 0.0
 
 
@@ -155,7 +158,9 @@ def test_fused_backends_take_strided_inputs_and_wide_int64_segments(backend):
     )
     (expected_grad,) = torch.autograd.grad(expected, p64)
     p = pred.clone().requires_grad_()
-    loss = affine_invariant_loss(p, target, mask, segments, num_segments=2, backend=backend)
+    loss = affine_invariant_loss(
+        p, target, mask, segments, num_segments=2, backend=backend
+    )
     loss.backward()
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
     scale = expected_grad.abs().max().item()

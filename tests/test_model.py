@@ -32,7 +32,7 @@ from depth_anything_fast.models import (
     DinoVisionTransformer,
     build_frozen_encoder,
 )
-from depth_anything_fast.models import checkpoints as ckpt
+from depth_anything_fast.models import weights as ckpt
 
 transformers = pytest.importorskip("transformers")
 
@@ -245,6 +245,11 @@ def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- parity
+def _hf_style(state: dict[str, torch.Tensor]) -> str:
+    """ "old" (attention.attention.query, on disk) or "new" (q_proj, transformers 5 memory)."""
+    return "new" if any(".attention.q_proj." in k for k in state) else "old"
+
+
 @pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
 @pytest.mark.parametrize("style", ["new", "old"])
 def test_tiny_parity_with_transformers(swiglu: bool, style: str) -> None:
@@ -253,7 +258,7 @@ def test_tiny_parity_with_transformers(swiglu: bool, style: str) -> None:
     if style == "old":
         state = to_old_hf_names(state)
         assert any("attention.attention.query" in k for k in state)
-    assert ckpt.detect_format(state) == "hf" and ckpt.hf_style(state) == style
+    assert ckpt.detect_format(state) == "hf" and _hf_style(state) == style
     config = tiny_config(ffn="swiglu" if swiglu else "mlp", interpolate_offset=0.0)
     model = DepthAnything(config=config).eval()
     ckpt.load_into(model, ckpt.to_ours(state))
@@ -623,7 +628,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from depth_anything_fast.models import convert
+    from depth_anything_fast.models import cli as convert
 
     hf = make_hf_model(**TINY)
     hf.save_pretrained(tmp_path / "hf")

@@ -136,9 +136,9 @@ def test_export_cli_errors(
     tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from depth_anything_fast.models import export, export_cli
+    from depth_anything_fast.models import cli, export
 
-    assert export_cli.FORMATS == export.FORMATS
+    assert cli.EXPORT_FORMATS == export.FORMATS
     assert main(["export", "--weights", str(tmp_path / "missing.pth"), "--format", "pt2",
                  str(tmp_path / "a.pt2")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err

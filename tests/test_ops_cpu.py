@@ -19,7 +19,8 @@ from depth_anything_fast.losses.reference import (
     masked_lower_median,
     valid_pixels,
 )
-from depth_anything_fast.ops import cpu, cpu_available, resolve_backend
+from depth_anything_fast.ops import AffineInvariantArgs, cpu, cpu_available, resolve_backend
+from depth_anything_fast.ops.autograd import CUSTOM_OPS
 
 pytestmark = pytest.mark.skipif(not cpu_available(), reason="C++ extension _C not built")
 
@@ -208,7 +209,7 @@ def test_stats_and_lowest_median_index():
     pred, target, mask, segments = make_inputs(3, 11, 13, 3, torch.float32, tied=True)
     flat = [x.reshape(3, -1) for x in (pred, target, mask, segments)]
     _, stats, counts, _ = cpu.affine_invariant_forward(
-        flat[0], flat[1], None, flat[2], flat[3], 3, False
+        AffineInvariantArgs(flat[0], flat[1], None, flat[2], flat[3], 3, False)
     )
     median_index = counts[..., layout.MEDIAN_INDEX]
     ties = tied_median_pixels(pred, target, mask, segments, 3)
@@ -236,7 +237,9 @@ def test_cutmix_loss_cpu_matches_reference():
     )
     got = cutmix_loss(pred, target_a, target_b, box, mask, backend="cpu")
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-5)
-    as_bytes = cutmix_loss(pred, target_a, target_b, box.to(torch.uint8), mask, backend="cpu")
+    as_bytes = cutmix_loss(
+        pred, target_a, target_b, box.to(torch.uint8), mask, backend="cpu"
+    )
     torch.testing.assert_close(as_bytes, got)
 
 
@@ -335,39 +338,41 @@ def test_opcheck_affine_invariant():
     target[0, 0, 0] = float("nan")
     flat = [x.reshape(2, -1) for x in (pred, target, mask, segments)]
     torch.library.opcheck(
-        cpu.affine_invariant_cpu,
+        CUSTOM_OPS["affine_invariant", "cpu"],
         (flat[0].requires_grad_(), flat[1], None, flat[2], flat[3].int(), 3, False),
     )
-    torch.library.opcheck(cpu.affine_invariant_cpu, (flat[0], flat[1], None, None, None, 1, True))
+    torch.library.opcheck(
+        CUSTOM_OPS["affine_invariant", "cpu"], (flat[0], flat[1], None, None, None, 1, True)
+    )
     box = torch.rand(2, 90) > 0.5
     torch.library.opcheck(
-        cpu.affine_invariant_cpu, (flat[0], flat[1], flat[1] + 1, None, box, 2, True)
+        CUSTOM_OPS["affine_invariant", "cpu"], (flat[0], flat[1], flat[1] + 1, None, box, 2, True)
     )
 
 
 def test_opcheck_feature_alignment():
     features = torch.randn(12, 32, requires_grad=True)
     frozen = features.detach() + torch.randn(12, 32)
-    torch.library.opcheck(cpu.feature_alignment_cpu, (features, frozen, 0.85))
+    torch.library.opcheck(CUSTOM_OPS["feature_alignment", "cpu"], (features, frozen, 0.85))
 
 
-def test_backend_selection_and_errors(monkeypatch):
+def test_implementation_selection_and_errors(monkeypatch):
     x = torch.randn(2, 4, 4)
-    assert resolve_backend("auto", "affine_invariant", x) == "cpu"
-    assert resolve_backend("auto", "affine_invariant", x.double()) == "reference"
+    assert resolve_backend("auto", x) == "cpu"
+    assert resolve_backend("auto", x.double()) == "reference"
     with pytest.raises(ValueError, match="float64"):
         affine_invariant_loss(x.double(), x.double(), backend="cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
         affine_invariant_loss(x, x, backend="cuda")
     with pytest.raises(ValueError, match="CPU tensors"):
-        resolve_backend("cpu", "affine_invariant", torch.empty(2, 3, device="meta"))
+        resolve_backend("cpu", torch.empty(2, 3, device="meta"))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises((ValueError, RuntimeError), match="triton"):
         affine_invariant_loss(x, x, backend="triton")
     monkeypatch.setattr(cpu, "extension", lambda: None)  # as if _C had not been built
-    assert resolve_backend("auto", "affine_invariant", x) == "reference"
+    assert resolve_backend("auto", x) == "reference"
     with pytest.raises(RuntimeError, match="not built"):
-        resolve_backend("cpu", "affine_invariant", x)
+        resolve_backend("cpu", x)
 
 
 def test_counts_are_exact_beyond_2_to_the_24_pixels():
@@ -375,7 +380,9 @@ def test_counts_are_exact_beyond_2_to_the_24_pixels():
     length = 2**24 + 3
     pred = (torch.arange(length, dtype=torch.float32) % 1024 * 0.25)[None]
     target = 2 * pred + 1  # an affine map of pred: the loss is 0
-    loss, stats, counts, _ = cpu.affine_invariant_forward(pred, target, None, None, None, 1, False)
+    loss, stats, counts, _ = cpu.affine_invariant_forward(
+        AffineInvariantArgs(pred, target, None, None, None, 1, False)
+    )
     assert counts[0, 0, layout.COUNT] == length
     assert stats[0, 0, layout.T_TARGET] == 2 * stats[0, 0, layout.T_PRED] + 1
     assert loss[0].abs() < 1e-5

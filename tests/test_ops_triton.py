@@ -91,7 +91,7 @@ def test_cutmix_and_feature_alignment_triton():
 
 def test_opcheck_triton_ops():
     """Full opcheck on CUDA; the interpreter runs kernels on FakeTensors, so not the fake test."""
-    from depth_anything_fast.ops import triton as triton_ops
+    from depth_anything_fast.ops.autograd import CUSTOM_OPS
 
     checks = ("test_schema", "test_autograd_registration")
     if DEVICE == "cuda":
@@ -101,19 +101,19 @@ def test_opcheck_triton_ops():
     target = torch.rand(2, 40, device=DEVICE)
     mask = torch.rand(2, 40, device=DEVICE) > 0.2
     torch.library.opcheck(
-        triton_ops.affine_invariant_triton,
+        CUSTOM_OPS["affine_invariant", "triton"],
         (pred, target, None, mask, None, 1, True),
         test_utils=checks,
     )
     box = torch.rand(2, 40, device=DEVICE) > 0.5
     torch.library.opcheck(
-        triton_ops.affine_invariant_triton,
+        CUSTOM_OPS["affine_invariant", "triton"],
         (pred, target, target + 1, None, box, 2, False),
         test_utils=checks,
     )
     features = torch.randn(5, 16, device=DEVICE, requires_grad=True)
     torch.library.opcheck(
-        triton_ops.feature_alignment_triton,
+        CUSTOM_OPS["feature_alignment", "triton"],
         (features, torch.randn(5, 16, device=DEVICE), 0.85),
         test_utils=checks,
     )

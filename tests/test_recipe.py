@@ -22,7 +22,7 @@ TINY = ["model.encoder=tiny", "model.embed_dim=32", "model.depth=4", "model.num_
 
 # ------------------------------------------------------------------------------ init guard
 def _save_tiny(tmp_path: Path, encoder_only: bool) -> Path:
-    from depth_anything_fast.models.checkpoints import save_file
+    from depth_anything_fast.models.weights import save_file
 
     model = build_model(load_config(None, TINY))
     state = model.state_dict()
@@ -117,13 +117,13 @@ def test_semantic_encoder_learns_semantics_only_and_is_cached(tmp_path: Path) ->
     first), saved encoder-only, loaded as init and as frozen encoder, reused when unchanged."""
     import shutil
 
-    from depth_anything_fast.data.synthetic import generate_dataset
     from depth_anything_fast.models import DepthAnythingConfig, build_frozen_encoder
-    from depth_anything_fast.models.checkpoints import read_checkpoint
+    from depth_anything_fast.models.weights import read_checkpoint
     from depth_anything_fast.recipe.semantic_encoder import (
         SemanticTraining,
         train_semantic_encoder,
     )
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     root = tmp_path / "world"
     generate_dataset(root, n_labelled=2, n_unlabelled=8, n_val=4, size=(60, 80), seed=1)
@@ -230,3 +230,52 @@ def test_ablation_reuses_a_demo_run_only_with_the_same_training_config(tmp_path:
         assert _same_run(run, STUDENT_CONFIG, [*same, change]) is None, change
     (run / "final" / "model.safetensors").unlink()
     assert _same_run(run, STUDENT_CONFIG, same) is None
+
+
+def test_ablation_seed_trains_rows_in_order_labels_once_and_reuses(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """run_seed's bookkeeping, with training, labelling and scoring stubbed: the teacher first,
+    its pseudo-labels once before the first student, every student on them; a second call
+    reuses every row and the cached scores."""
+    from types import SimpleNamespace
+
+    from depth_anything_fast.recipe import ablation, pipeline
+
+    calls: list[tuple[str, list[str]]] = []
+
+    def train(config: Path, overrides: list[str], label: str, log) -> Path:
+        out_dir = Path(next(o for o in overrides if o.startswith("out_dir="))[8:])
+        (out_dir / "final").mkdir(parents=True)
+        (out_dir / "final" / "model.safetensors").write_bytes(b"")
+        calls.append((config.name, overrides))
+        return out_dir / "final"
+
+    def label(teacher: Path, images: Path, out: Path, log) -> Path:
+        calls.append(("label", [str(teacher), str(out)]))
+        return out
+
+    scored: list[set[str]] = []
+
+    def evaluate(world, models: dict[str, Path]):
+        scored.append(set(models))
+        return SimpleNamespace(per_image={name: [{"model": str(p)}] for name, p in models.items()})
+
+    monkeypatch.setattr(pipeline, "train", train)
+    monkeypatch.setattr(pipeline, "pseudo_label_images", label)
+    monkeypatch.setattr(pipeline, "evaluate_models", evaluate)
+    layout = SimpleNamespace(labelled=tmp_path / "l", unlabelled=tmp_path / "u")
+    world = SimpleNamespace(layout=layout, encoder=tmp_path / "enc")
+    records = ablation.run_seed(tmp_path, world, seed=3, steps=2, log=lambda _: None)
+    names = [name for name, _ in ablation.ROWS]
+    assert list(records) == names
+    pseudo = tmp_path / "seed3" / "pseudo_labels"
+    assert [c[0] for c in calls] == ["demo_teacher.yaml", "label"] + ["demo_student.yaml"] * 4
+    assert calls[1][1] == [str(tmp_path / "seed3" / "row1" / "final"), str(pseudo)]
+    assert "seed=3" in calls[0][1] and "steps=2" in calls[0][1]
+    for index, (_, overrides) in zip(ablation.TRAIN_ORDER[1:], calls[2:], strict=True):
+        assert f"data.pseudo_labels={pseudo}" in overrides and "seed=4" in overrides
+        assert f"out_dir={tmp_path / 'seed3' / f'row{index + 1}'}" in overrides
+        assert all(s in overrides for s in ablation.ROWS[index][1])
+    calls.clear()
+    again = ablation.run_seed(tmp_path, world, seed=3, steps=2, log=lambda _: None)
+    assert again == records and not calls and scored == [set(names)]

@@ -60,12 +60,13 @@ def test_layout_is_consistent() -> None:
 @pytest.mark.skipif(not cpu_available(), reason="C++ extension not built")
 def test_cpp_writes_the_named_columns() -> None:
     """The C++ kernels fill the columns the names say (a constant image: s clamps, inactive)."""
-    from depth_anything_fast.ops import cpu
+    from depth_anything_fast.ops import AffineInvariantArgs, cpu
 
     pred = torch.tensor([[3.0, 1.0, 2.0, 2.0]])
     target = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
-    _, stats, counts, codes = cpu.affine_invariant_forward(pred, target, None, None, None, 1,
-                                                           False)  # fmt: skip
+    _, stats, counts, codes = cpu.affine_invariant_forward(
+        AffineInvariantArgs(pred, target, None, None, None, 1, False)
+    )
     row = stats[0, 0]
     assert row[layout.T_PRED] == 2.0 and row[layout.T_TARGET] == 5.0
     assert row[layout.S_PRED] == pytest.approx(0.5) and row[layout.S_TARGET] == layout.SCALE_EPS

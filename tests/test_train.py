@@ -38,8 +38,8 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """Synthetic RGB-D set, a random tiny teacher checkpoint and its pseudo-labels."""
-    from depth_anything_fast.data.synthetic import generate_dataset
     from depth_anything_fast.inference.pseudo_label import pseudo_label
+    from depth_anything_fast.recipe.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("train_data")
     layout = generate_dataset(root / "data", n_labelled=12, n_unlabelled=16, n_val=4,
@@ -136,10 +136,10 @@ def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
     assert torch.isfinite(exported(x)).all()
     # validation at the last step scored the exported weights: relative models by aligned
     # disparity, the metric model's depth as it is (not its depth taken for disparity)
-    from depth_anything_fast.data.synthetic import DEPTH_SPEC
     from depth_anything_fast.evaluate.datasets import get_reader
     from depth_anything_fast.evaluate.runner import evaluate_predictions
     from depth_anything_fast.inference.predictor import Predictor
+    from depth_anything_fast.recipe.synthetic import DEPTH_SPEC
 
     reader = get_reader("generic", tiny_data["val"], encoding=DEPTH_SPEC)
     predict = Predictor(exported, batch_size=4, precision="fp32", input_size=56).predict

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from depth_anything_fast.train.__main__ import main as train_main
+from depth_anything_fast.train.cli import main as train_main
 from depth_anything_fast.train.config import (
     ConfigError,
     config_from_dict,
@@ -87,6 +87,17 @@ def test_student_needs_pseudo_labelled_images() -> None:
     assert load_config(None, ["data.unlabelled_ratio=0"]).data.unlabelled_ratio == 0  # teacher
 
 
+def test_train_subcommand_is_the_module_command(tmp_path: Path, capsys) -> None:
+    """`depth-anything-fast train` parses and runs as `python -m depth_anything_fast.train`."""
+    from depth_anything_fast.cli import main
+
+    assert main(["train", "--set", "optim.momentum=0.9"]) == 2
+    assert "optim.momentum: unknown field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "--overwrite"])  # mutually exclusive, as in the module
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_cli_bad_config_and_missing_path(tmp_path: Path, capsys) -> None:
     assert train_main(["--set", "optim.momentum=0.9"]) == 2
     assert "optim.momentum: unknown field" in capsys.readouterr().err
@@ -98,3 +109,30 @@ def test_cli_bad_config_and_missing_path(tmp_path: Path, capsys) -> None:
     assert "data.labelled" in err and str(missing) in err
     # failed before any model work: nothing was written
     assert not (tmp_path / "o").exists()
+
+
+def test_yaml_numbers_lists_and_nested_unknown_fields(tmp_path: Path) -> None:
+    """What pydantic is given from YAML: `5e-6` (a string to PyYAML) is a float, YAML lists
+    fill tuple fields, `.inf` is refused; unknown keys are named where they are, also inside
+    `model.architecture`; every shipped config loads and reads back from its dict."""
+    import yaml
+
+    from depth_anything_fast.configs import CONFIG_DIR
+
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 5e-6\nmodel:\n  interpolate_offset: 1e-1\n"
+                    "  out_channels: [8, 16, 32, 64]\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 5e-6 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.architecture == {"interpolate_offset": 0.1, "out_channels": (8, 16, 32, 64)}
+    with pytest.raises(ConfigError, match=r"^model\.architecture\.zzz: unknown field \(known: "):
+        load_config(None, ["model.architecture.zzz=1"])
+    with pytest.raises(ConfigError, match=r"^optim\.eps: expected a finite float, got inf"):
+        load_config(None, ["optim.eps=.inf"])
+    with pytest.raises(ConfigError, match=r"^loss\.gradient_scales: expected int, got bool"):
+        load_config(None, ["loss.gradient_scales=true"])
+    for shipped in sorted(CONFIG_DIR.glob("*.yaml")):
+        cfg = load_config(shipped)
+        again = tmp_path / shipped.name
+        again.write_text(yaml.safe_dump(config_to_dict(cfg)))
+        assert load_config(again) == cfg == config_from_dict(config_to_dict(cfg)), shipped.name

@@ -1,6 +1,6 @@
-"""Data: sources and target readers, DALI/PIL loaders, CutMix, synthetic RGB-D generator.
+"""Data: sources and target readers, DALI/PIL loaders, CutMix.
 
-    layout = generate_dataset("data", n_labelled=300, n_unlabelled=300, n_val=40, size=(120, 160))
+    layout = recipe.synthetic.generate_dataset("data", n_labelled=300, n_unlabelled=300, n_val=40, size=(120, 160))
     labelled = labelled_loader(layout.labelled, batch_size=8, crop_size=112)
     unlabelled = unlabelled_loader(layout.unlabelled, batch_size=16, crop_size=112)
     for batch in labelled:          # one epoch; {"image", "disparity", "mask", "paths"}
@@ -14,7 +14,7 @@
 Backends: DALI when installed (GPU decode with `device="cuda"`), else PIL; both apply the same
 geometry and perturbations (see `geometry`, `augment`). Modules: `sources` (labelled pairs,
 training targets), `decode` (checks, reasons), `geometry`, `augment`, `dali_pipelines`,
-`pil_pipelines`, `loaders`, `cutmix`, `synthetic`. How files are named and stored (image
+`pil_pipelines`, `loaders`, `cutmix`. How files are named and stored (image
 lists, `LabelledSpec`, ground-truth files, manifests) is `depth_anything_fast.formats`.
 """
 
@@ -25,15 +25,12 @@ from .cutmix import cutmix
 from .decode import DecodeError
 from .loaders import inference_loader, labelled_loader, unlabelled_loader
 from .sources import LabelledSource, load_target
-from .synthetic import DatasetLayout, generate_dataset
 
 __all__ = [
-    "DatasetLayout",
     "DecodeError",
     "LabelledSource",
     "LabelledSpec",
     "cutmix",
-    "generate_dataset",
     "inference_loader",
     "labelled_loader",
     "list_images",

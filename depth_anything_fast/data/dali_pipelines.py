@@ -10,7 +10,7 @@ official cv2.INTER_CUBIC, but DALI's cubic is Catmull-Rom (a = -0.5, cv2 uses -0
 output is rounded to uint8, a difference that does not matter under random crops and
 perturbations. Inference batches (`resample=False`) must match the official preprocessing, so
 DALI only decodes and `resample.BatchResampler` resamples each image on the same device: equal to
-`models.transforms.preprocess` to float rounding.
+`transforms.preprocess` to float rounding.
 
 Only this module imports `nvidia.dali`.
 """

@@ -4,7 +4,7 @@ Every spatial transform of a sample is described by one `CropBox`: a rectangle i
 image's pixel coordinates (continuous, pixel centres at +0.5) that is resampled to an
 `out_h x out_w` output, optionally mirrored. Resize-then-crop equals resampling the crop's
 pre-image, so DALI (`fn.resize` with `roi_start`/`roi_end`; a reversed ROI mirrors) and the PIL
-backend (`models.transforms.resample_bicubic`, the official preprocessing's resampler) apply the
+backend (`transforms.resample_bicubic`, the official preprocessing's resampler) apply the
 very same mapping, and targets use it with nearest sampling.
 All random choices come from `sample_rng(seed, epoch, index)`: independent of backend, batch
 composition and sharding.
@@ -18,7 +18,7 @@ import numpy as np
 
 # The one implementation of the official resize rule (640x480 -> 686x518) and of the inference
 # input size ("keep-aspect" or "square"): each batch of the inference loader is one such size.
-from ..models.transforms import lower_bound_size, network_size
+from depth_anything_fast.transforms import lower_bound_size, network_size
 
 __all__ = [
     "CropBox",

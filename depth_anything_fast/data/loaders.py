@@ -19,6 +19,7 @@ resumes there (training resume) without decoding anything before it.
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -348,11 +349,15 @@ class InferenceLoader(_Loader):
     exact_resample = True
 
     def __init__(
-        self, paths: Sequence[str], *, input_size: int, resize: str, **kwargs: Any
-    ) -> None:
+        self, paths: Sequence[str], *, names: Sequence[str] | None, input_size: int, resize: str,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         network_size(input_size, input_size, input_size, resize)  # validates `resize`
+        if names is not None and len(names) != len(paths):
+            raise ValueError(f"{len(names)} names for {len(paths)} paths")
         super().__init__(n_items=len(paths), **kwargs)
         self.paths = list(paths)
+        self.names = None if names is None else list(names)
         self.input_size = input_size
         self.resize = resize
 
@@ -366,7 +371,8 @@ class InferenceLoader(_Loader):
             return None
         data, (h, w) = read
         box = full_box(h, w, *network_size(h, w, self.input_size, self.resize))
-        return _Prepared(ImageJob(path, data, box), {"size": (h, w)})
+        name = None if self.names is None else self.names[index]
+        return _Prepared(ImageJob(path, data, box), {"size": (h, w), "name": name})
 
     def _batches(self, prepared: Iterator[_Prepared]) -> Iterator[list[_Prepared]]:
         # Aspect-ratio buckets: a batch is emitted when its bucket fills; leftovers at the end.
@@ -380,11 +386,14 @@ class InferenceLoader(_Loader):
         yield from (b for b in buckets.values() if b)
 
     def _assemble(self, views: list[torch.Tensor], batch: list[_Prepared]) -> dict[str, Any]:
-        return {
+        out = {
             "image": views[0],
             "paths": [p.job.path for p in batch],
             "sizes": [p.extra["size"] for p in batch],
         }
+        if self.names is not None:
+            out["names"] = [p.extra["name"] for p in batch]
+        return out
 
 
 def labelled_loader(
@@ -461,6 +470,7 @@ def unlabelled_loader(
 def inference_loader(
     paths: Source,
     *,
+    names: Sequence[str] | None = None,
     batch_size: int,
     input_size: int = 518,
     resize: str = "keep-aspect",
@@ -474,11 +484,16 @@ def inference_loader(
 ) -> InferenceLoader:
     """Whole images resized for the network, batched so that every batch has one shape.
 
+    paths: a folder, list file, glob or tar shard (listed with `list_images`), or a list of
+    image paths, taken as listed (nothing is listed or looked up again). names: one per path
+    (e.g. its output name), handed back with each batch as "names".
+
     resize="keep-aspect": the official lower-bound size (sides multiples of 14, the shorter one
     `input_size`); "square": input_size raised to a multiple of 14, squared (both
-    `models.transforms.network_size`, as `preprocess`). Batches: {"image": (B, 3, h, w) float32
-    ImageNet-normalised, "paths": list[str], "sizes": list[(H0, W0)] original sizes}. Every
-    readable file of this shard appears exactly once; the others go to `on_error`.
+    `transforms.network_size`, as `preprocess`). Batches: {"image": (B, 3, h, w) float32
+    ImageNet-normalised, "paths": list[str], "sizes": list[(H0, W0)] original sizes, and with
+    `names` "names": list[str]}. Every readable file of this shard appears exactly once; the
+    others go to `on_error`.
 
     Each image equals `preprocess` of it to float rounding with either backend, up to the JPEG
     decoder (on the GPU, nvJPEG's may differ from libjpeg-turbo's by a code value). For a CUDA
@@ -486,8 +501,10 @@ def inference_loader(
     resamples on the GPU on a stream of its own; on the CPU, PIL resamples in its threads.
     backend="auto" takes DALI only for a CUDA `device` (decoding on the GPU), PIL otherwise.
     """
+    listed = ([os.fspath(p) for p in paths] if isinstance(paths, (list, tuple))
+              else list_images(paths))  # fmt: skip
     return InferenceLoader(
-        list_images(paths), input_size=input_size, resize=resize, batch_size=batch_size,
+        listed, names=names, input_size=input_size, resize=resize, batch_size=batch_size,
         shard_id=shard_id, num_shards=num_shards, seed=0, backend=backend, device=device,
         num_threads=num_threads, shuffle=False, drop_last=False, pad_shards=False,
         prefetch=prefetch, on_error=on_error,

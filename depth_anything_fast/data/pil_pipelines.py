@@ -19,7 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from ..models.transforms import as_tensor, normalise_rgb
+from depth_anything_fast.transforms import as_tensor, normalise_rgb
+
 from .augment import apply_strong
 from .decode import DecodeError, ErrorCallback, decode_rgb, report_error
 from .jobs import ImageJob

@@ -1,10 +1,10 @@
 """Exact resampling of decoded images: the official preprocessing's filter on a crop box.
 
-`models.transforms.resample_bicubic` (cv2.INTER_CUBIC: a = -0.75, no antialiasing, float) on
+`transforms.resample_bicubic` (cv2.INTER_CUBIC: a = -0.75, no antialiasing, float) on
 the box from `geometry`, then ImageNet normalisation. The PIL backend resamples every view this
 way (in its thread pool; for inference batches on a CUDA device it only decodes), and DALI's
 inference batches are only decoded: `BatchResampler` resamples those on the loader's device. So
-inference inputs equal `models.transforms.preprocess` whatever the backend.
+inference inputs equal `transforms.preprocess` whatever the backend.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..models.transforms import normalise_rgb, resample_bicubic
+from depth_anything_fast.transforms import normalise_rgb, resample_bicubic
+
 from .geometry import CropBox
 
 

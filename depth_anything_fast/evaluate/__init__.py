@@ -13,30 +13,25 @@ Names are imported on first use so that `depth-anything-fast --help` does not im
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from depth_anything_fast._lazy import lazy_exports
 
 _EXPORTS = {
-    "align_scale_shift": "metrics",
-    "relative_depth_metrics": "metrics",
-    "metric_depth_metrics": "metrics",
-    "mean_metrics": "metrics",
-    "METRIC_NAMES": "metrics",
-    "get_reader": "datasets",
-    "Sample": "datasets",
-    "DatasetLayoutError": "datasets",
-    "evaluate_predictions": "runner",
-    "EvaluationResult": "runner",
-    "Scoring": "runner",
-    "SCORINGS": "runner",
-    "PredictionDirectory": "runner",
-    "paper_numbers": "paper",
+    "align_scale_shift": ".metrics",
+    "relative_depth_metrics": ".metrics",
+    "metric_depth_metrics": ".metrics",
+    "mean_metrics": ".metrics",
+    "METRIC_NAMES": ".metrics",
+    "get_reader": ".datasets",
+    "Sample": ".datasets",
+    "DatasetLayoutError": ".datasets",
+    "evaluate_predictions": ".runner",
+    "EvaluationResult": ".runner",
+    "Scoring": ".runner",
+    "SCORINGS": ".runner",
+    "PredictionDirectory": ".runner",
+    "paper_numbers": ".paper",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from depth_anything_fast.models.transforms import as_tensor
+from depth_anything_fast.transforms import as_tensor
 
 METRIC_NAMES: tuple[str, ...] = ("abs_rel", "delta1", "delta2", "delta3", "rmse", "sq_rel", "log10")
 MIN_VALID_PIXELS = 10

@@ -27,7 +27,7 @@ from depth_anything_fast.evaluate.metrics import (
 from depth_anything_fast.formats.codec import decode_png16
 from depth_anything_fast.formats.manifest import read_all_records
 from depth_anything_fast.formats.spec import folder_spec
-from depth_anything_fast.models.transforms import as_tensor, resize_prediction
+from depth_anything_fast.transforms import as_tensor, resize_prediction
 
 logger = logging.getLogger(__name__)
 

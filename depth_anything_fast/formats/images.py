@@ -1,5 +1,5 @@
-"""Finding images: the image file extensions and `list_images` over folders, list files,
-globs and tar shards."""
+"""Finding images: the image file extensions and `list_images` / `find_images` over folders,
+list files, globs and tar shards."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from depth_anything_fast.formats.list_files import LIST_EXTENSIONS, read_list_file
 from depth_anything_fast.formats.paths import TAR_SEP, path_exists, split_component, tar_index
@@ -33,33 +34,51 @@ def tar_images(tar_path: str) -> list[str]:
     return out
 
 
+class ImageListing(NamedTuple):
+    """What `find_images` found: `images` (as `list_images` returns them) and `others`, the
+    files of the folders it walked that are not images (hidden files left out), sorted."""
+
+    images: list[str]
+    others: list[str]
+
+
 def list_images(src: Source) -> list[str]:
     """Image paths from a directory (recursive, sorted), a list file (first column), a glob,
     a webdataset `.tar` shard, a single image, or a sequence of any of these.
 
     Raises `FileNotFoundError` naming `src` when it matches nothing.
     """
+    return find_images(src).images
+
+
+def find_images(src: Source) -> ImageListing:
+    """`list_images(src)`, and the other files of the folders it walks, in one walk."""
     if isinstance(src, (list, tuple)):
-        return [p for s in src for p in list_images(s)]
+        found = [find_images(s) for s in src]
+        return ImageListing([p for f in found for p in f.images],
+                            [p for f in found for p in f.others])  # fmt: skip
     s = os.fspath(src)
     if os.path.isdir(s):
-        found = []
+        images, others = [], []
         for dirpath, _, files in os.walk(s):
-            found.extend(os.path.join(dirpath, f) for f in files if is_image(f))
-        return sorted(found)
+            images += [os.path.join(dirpath, f) for f in files if is_image(f)]
+            others += [os.path.join(dirpath, f) for f in files
+                       if not is_image(f) and not f.startswith(".")]  # fmt: skip
+        return ImageListing(sorted(images), sorted(others))
     if os.path.isfile(s):
         low = s.lower()
         if low.endswith(".tar"):
-            return tar_images(s)
+            return ImageListing(tar_images(s), [])
         if low.endswith(LIST_EXTENSIONS):
-            return [row[0] for row in read_list_file(s)]
-        return [s]
+            return ImageListing([row[0] for row in read_list_file(s)], [])
+        return ImageListing([s], [])
     if TAR_SEP in s and path_exists(s):
-        return [s]
+        return ImageListing([s], [])
     if glob.has_magic(s):
         matches = sorted(glob.glob(s, recursive=True))
         if matches:
-            return [p for m in matches if os.path.isfile(m) for p in list_images(m)]
+            images = [p for m in matches if os.path.isfile(m) for p in list_images(m)]
+            return ImageListing(images, [])
     raise FileNotFoundError(f"no images found: {s} is not a directory, list file, tar or glob match")
 
 

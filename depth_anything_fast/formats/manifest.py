@@ -151,32 +151,40 @@ def valid_outputs(
     for record in records:
         if record.member is not None:
             by_shard.setdefault(record.file, []).append(record)
-            continue
-        path = output_dir / record.output
-        try:
-            if verify_checksum:
-                ok = checksum(path.read_bytes()) == record.checksum
-            else:
-                ok = path.stat().st_size == record.bytes
-        except OSError:
-            ok = False
-        if ok:
+        elif _file_is_valid(output_dir / record.output, record, verify_checksum):
             valid.add(record.key)
     for shard, shard_records in by_shard.items():
-        try:
-            with tarfile.open(output_dir / shard, "r") as tar:
-                members = {m.name: m for m in tar.getmembers()}
-                for record in shard_records:
-                    info = members.get(record.member or "")
-                    if info is None or info.size != record.bytes:
+        valid |= _valid_in_shard(output_dir / shard, shard_records, verify_checksum)
+    return valid
+
+
+def _file_is_valid(path: Path, record: ManifestRecord, verify_checksum: bool) -> bool:
+    try:
+        if verify_checksum:
+            return checksum(path.read_bytes()) == record.checksum
+        return path.stat().st_size == record.bytes
+    except OSError:
+        return False
+
+
+def _valid_in_shard(shard: Path, records: list[ManifestRecord], verify_checksum: bool) -> set[str]:
+    """Keys of the `records` (members of the tar `shard`) stored with their size and checksum;
+    none when the shard cannot be read."""
+    valid: set[str] = set()
+    try:
+        with tarfile.open(shard, "r") as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for record in records:
+                info = members.get(record.member or "")
+                if info is None or info.size != record.bytes:
+                    continue
+                if verify_checksum:
+                    f = tar.extractfile(info)
+                    if f is None or checksum(f.read()) != record.checksum:
                         continue
-                    if verify_checksum:
-                        f = tar.extractfile(info)
-                        if f is None or checksum(f.read()) != record.checksum:
-                            continue
-                    valid.add(record.key)
-        except (OSError, tarfile.TarError):
-            continue
+                valid.add(record.key)
+    except (OSError, tarfile.TarError):
+        return set()
     return valid
 
 

@@ -216,7 +216,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         return _no_weights()
     import time
 
-    from depth_anything_fast.inference.predict import predict_files
+    from depth_anything_fast.inference.pictures import predict_files
     from depth_anything_fast.inference.writers import OutputWriteError
 
     start = time.perf_counter()

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from depth_anything_fast.models.transforms import RESIZE_MODES, preprocess, resize_prediction
 from depth_anything_fast.runtime import cpu_has_native_bf16
+from depth_anything_fast.transforms import RESIZE_MODES, preprocess, resize_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Predictor:
 
         Images are preprocessed with the model's own transform, grouped by network shape (so each
         batch has one shape and no padding), run `batch_size` at a time, and resized back with
-        `models.transforms.resize_prediction` (bilinear, align_corners=True). Output order matches input order.
+        `transforms.resize_prediction` (bilinear, align_corners=True). Output order matches input order.
         """
         arrays = [np.asarray(im) for im in images]
         inputs = [preprocess(a, self.input_size, resize=self.resize) for a in arrays]
@@ -169,7 +169,7 @@ class Predictor:
 
 def original_size_maps(out: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     """(B, h, w) float32 predictions (any device) -> B float32 numpy maps, row i resized to
-    `sizes[i]` = (H, W) with `models.transforms.resize_prediction`.
+    `sizes[i]` = (H, W) with `transforms.resize_prediction`.
 
     One resize and one device->host copy (a sync on CUDA) per distinct size, not per image.
     """

@@ -46,33 +46,28 @@ from typing import Any
 import torch
 
 from depth_anything_fast.data import inference_loader
-from depth_anything_fast.formats.codec import FORMATS, encode, output_suffix, stored_spec
-from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, list_images
+from depth_anything_fast.formats.codec import FORMATS, output_suffix, stored_spec
+from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, find_images
 from depth_anything_fast.formats.manifest import (
     MANIFEST_GLOB,
     ErrorLog,
-    Manifest,
-    ManifestRecord,
-    checksum,
     errors_name,
     finished_records,
-    manifest_name,
 )
 from depth_anything_fast.formats.names import output_names
 from depth_anything_fast.formats.paths import TAR_SEP
 from depth_anything_fast.formats.spec import SPEC_FILE
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
 from depth_anything_fast.inference.writers import (
-    BackgroundWriter,
-    TarShardWriter,
+    LabelWriter,
     atomic_write,
     check_output_dir,
     is_fatal_write_error,
     make_output_dir,
     remove_stale_temporaries,
 )
-from depth_anything_fast.models.transforms import resize_prediction
 from depth_anything_fast.runtime import StopSignals, launch_env
+from depth_anything_fast.transforms import resize_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +329,7 @@ def pseudo_label(
         weights_or_model: checkpoint path (any format `DepthAnything.from_pretrained` reads) or a
             model. None raises ValueError saying where to get official checkpoints.
         input: directory (recursive), list file, glob or webdataset .tar shards
-            (`depth_anything_fast.formats.images.list_images`).
+            (`depth_anything_fast.formats.images.find_images`).
         output: output directory. Layout: `<relative input path without ext>.png` (16-bit,
             codes 0..65535 = manifest min..max; metric models: min 0, max = max_depth for every
             map) or `.npy` (float32), or for format "webdataset" `shard-r<rank>-<index>.tar`
@@ -429,14 +424,12 @@ def _list_inputs(src: str, output_dir: Path) -> tuple[list[str], list[str], list
     def outside(path: str) -> bool:
         return not os.path.abspath(path).startswith(out_abs)
 
-    listed = [p for p in list_images(src) if outside(p)]
-    missing = [p for p in listed if TAR_SEP not in p and not os.path.isfile(p)]
-    unsupported = []
-    if os.path.isdir(src):
-        for dirpath, _, files in os.walk(src):
-            unsupported += [os.path.join(dirpath, f) for f in files
-                            if not f.startswith(".") and not f.lower().endswith(IMAGE_EXTENSIONS)
-                            and outside(os.path.join(dirpath, f))]
+    listing = find_images(src)  # one walk of a folder: its images and its other files
+    listed = [p for p in listing.images if outside(p)]
+    # a walked folder's files exist; a list file's rows may not
+    missing = [] if os.path.isdir(src) else [
+        p for p in listed if TAR_SEP not in p and not os.path.isfile(p)]
+    unsupported = [p for p in listing.others if outside(p)]
     paths = sorted(set(listed) - set(missing))
     if not paths:
         gone = f" ({len(missing)} listed files do not exist)" if missing else ""
@@ -482,8 +475,13 @@ def _label(
     predictor = Predictor(model, batch_size=opts.batch_size, precision=opts.precision,
                           compile=opts.compile, input_size=opts.input_size, resize=opts.resize,
                           device=device)
-    manifest = Manifest(output_dir / manifest_name(rank, world))
     errors = ErrorLog(output_dir / errors_name(rank, world))
+    decode_threads, write_threads = default_threads(predictor.device)
+    writer = LabelWriter(
+        output_dir, format=opts.format, depth_range=depth_range, errors=errors, rank=rank,
+        world_size=world, shard_size=opts.shard_size,
+        threads=opts.writer_threads if opts.writer_threads is not None else write_threads,
+    )  # fmt: skip
     missing, unsupported = listing
     start = time.perf_counter()
     stop = StopSignals(install=opts.handle_signals, what="after the current batch")
@@ -494,14 +492,13 @@ def _label(
             errors.add(path, f"not a supported image type; supported: {' '.join(IMAGE_EXTENSIONS)}",
                        "list", count=False)
         with stop:
-            succeeded, fatal = _predict_and_write(predictor, todo, output_dir, opts, rank,
-                                                  depth_range, manifest, errors, stop)
+            _predict_and_write(predictor, todo, writer, opts, errors, stop, decode_threads)
     except OSError as exc:  # the errors file could not be written
         if not is_fatal_write_error(exc):
             raise
-        succeeded, fatal = 0, exc
+        writer.fatal = exc
     finally:
-        manifest.close()
+        fatal = writer.close()
         errors.close()
     error = None
     if fatal is not None:
@@ -510,7 +507,7 @@ def _label(
                  "are complete and a rerun resumes")
     return Summary(
         total=len(mine) + len(missing),
-        succeeded=succeeded,
+        succeeded=writer.succeeded,
         skipped=len(mine) - len(todo),
         failed=errors.count,
         interrupted=stop.requested,
@@ -522,127 +519,51 @@ def _label(
     )
 
 
-class _OutputSink:
-    """Encodes and writes predicted maps on background threads (files or tar shards) and
-    appends their manifest lines; `fatal` holds a write error that stops the run."""
-
-    def __init__(self, output_dir: Path, names: dict[str, str], opts: Options, rank: int,
-                 depth_range: float | None, manifest: Manifest, errors: ErrorLog,
-                 threads: int) -> None:
-        self.output_dir, self.names, self.opts, self.rank = output_dir, names, opts, rank
-        self.depth_range, self.manifest = depth_range, manifest
-        self.succeeded = 0
-        self._count_lock, self._tar_lock = threading.Lock(), threading.Lock()
-        self._writer = BackgroundWriter(threads, self._done,
-                                        lambda path, reason: errors.add(path, reason, "write"))
-        self._tar = (TarShardWriter(output_dir, f"shard-r{rank}", self._done, rank=rank,
-                                    max_members=opts.shard_size)
-                     if opts.format == "webdataset" else None)
-        self.fatal: OSError | None = None
-
-    def _done(self, record: ManifestRecord) -> None:
-        self.manifest.add(record)
-        with self._count_lock:
-            self.succeeded += 1
-
-    @property
-    def stopped(self) -> bool:
-        return self.fatal is not None or self._writer.fatal is not None
-
-    def submit(self, path: str, disparity: torch.Tensor, ready: torch.cuda.Event | None) -> None:
-        """Queue the map of input `path` (on the host; `ready` is set once it is there)."""
-        self._writer.submit(path, lambda: self._write(path, disparity, ready))
-
-    def _write(self, path: str, disparity: torch.Tensor,
-               ready: torch.cuda.Event | None) -> ManifestRecord | None:
-        if ready is not None:
-            ready.synchronize()
-        encoded = encode(disparity.numpy(), self.opts.format, self.depth_range)
-        name = self.names[path]
-        record = ManifestRecord(
-            # absolute: the manifest is read back (data.sources) from any working directory
-            input=os.path.abspath(path), output=name, shape=list(encoded.shape),
-            min=encoded.min, max=encoded.max, checksum=checksum(encoded.data),
-            bytes=len(encoded.data), format=self.opts.format,
-        )
-        if self._tar is not None:
-            with self._tar_lock:
-                self._tar.add(name, encoded.data, record)  # reported when the shard closes
-            return None
-        atomic_write(self.output_dir / name, encoded.data, self.rank)
-        return record
-
-    def close(self) -> OSError | None:
-        """Wait for every write; close the open tar shard (dropped after a fatal error).
-        Returns the fatal write error, if any."""
-        self._writer.close()
-        self.fatal = self.fatal or self._writer.fatal
-        if self._tar is not None:
-            try:
-                if self.fatal is None:
-                    self._tar.flush()
-            except OSError as exc:
-                if not is_fatal_write_error(exc):
-                    raise
-                self.fatal = exc
-            self._tar.discard()
-        return self.fatal
-
-
 def _predict_and_write(
     predictor: Predictor,
     todo: list[tuple[str, str]],
-    output_dir: Path,
+    writer: LabelWriter,
     opts: Options,
-    rank: int,
-    depth_range: float | None,
-    manifest: Manifest,
     errors: ErrorLog,
     stop: StopSignals,
-) -> tuple[int, OSError | None]:
-    """The loop: load -> predict -> hand to the writers. Returns (outputs written, the fatal
-    write error that stopped it or None)."""
-    decode_threads, write_threads = default_threads(predictor.device)
-    sink = _OutputSink(output_dir, dict(todo), opts, rank, depth_range, manifest, errors,
-                       opts.writer_threads if opts.writer_threads is not None else write_threads)
+    decode_threads: int,
+) -> None:
+    """The loop: load -> predict -> hand each map with its output name to the writer, until
+    done, stopped or the writer meets a fatal write error."""
     progress = None
     if opts.progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(todo), unit="img", dynamic_ncols=True, disable=rank != 0)
+        progress = tqdm(total=len(todo), unit="img", dynamic_ncols=True,
+                        disable=writer.rank != 0)  # fmt: skip
     prefetcher = None
     try:
         if todo:
-            prefetcher = _prefetched_batches(predictor, [p for p, _ in todo], opts, errors,
-                                             decode_threads)
+            prefetcher = _prefetched_batches(predictor, todo, opts, errors, decode_threads)
         for batch in prefetcher or ():
-            if stop.requested or sink.stopped:
+            if stop.requested or writer.stopped:
                 break
             maps, ready = _maps_on_host(predictor, batch, opts.original_size)
-            for path, item in zip(batch["paths"], maps, strict=True):
-                sink.submit(path, item, ready)
+            for path, name, item in zip(batch["paths"], batch["names"], maps, strict=True):
+                writer.submit(path, name, item, ready)
             if progress is not None:
                 progress.update(len(batch["paths"]))
-    except OSError as exc:  # the errors file itself could not be written (from the loader)
-        if not is_fatal_write_error(exc):
-            raise
-        sink.fatal = exc
     finally:
         if prefetcher is not None:
             prefetcher.close()
         if progress is not None:
             progress.close()
-        fatal = sink.close()
-    return sink.succeeded, fatal
 
 
-def _prefetched_batches(predictor: Predictor, paths: list[str], opts: Options,
+def _prefetched_batches(predictor: Predictor, todo: list[tuple[str, str]], opts: Options,
                         errors: ErrorLog, decode_threads: int) -> _Prefetcher:
-    """The inference loader's batches of `paths` on `predictor.device`, iterated on a thread
+    """The inference loader's batches of the (path, output name) pairs `todo` on
+    `predictor.device` (each batch with its "names"), iterated on a thread
     of their own: the loader's generator (reading, probing, submitting) would otherwise run on
     this thread between forward passes; there it overlaps with the model."""
     loader = inference_loader(
-        paths,
+        [path for path, _ in todo],
+        names=[name for _, name in todo],
         batch_size=opts.batch_size,
         input_size=opts.input_size,
         resize=opts.resize,

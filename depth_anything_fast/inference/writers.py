@@ -1,5 +1,8 @@
 """Writing stored maps (encoded by `formats.codec`) atomically on background threads.
 
+`LabelWriter` is the one writer of pseudo-labels: encode -> atomic write (a file, or a member of
+a tar shard renamed into place when full) -> manifest line, on a `BackgroundWriter`'s threads.
+
 Every file appears under its final name only through `os.replace` of a complete temporary file
 in the same directory, so a process killed at any moment leaves either the old state or the full
 new file, never a partial one under the final name. Temporary names carry the rank
@@ -21,7 +24,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from depth_anything_fast.formats.manifest import ManifestRecord
+import torch
+
+from depth_anything_fast.formats.codec import encode
+from depth_anything_fast.formats.manifest import (
+    ErrorLog,
+    Manifest,
+    ManifestRecord,
+    checksum,
+    manifest_name,
+)
 from depth_anything_fast.formats.paths import TAR_SEP
 
 # Write errors that every later write would hit too (disk full, quota, read-only file system):
@@ -240,13 +252,79 @@ def _shard_index(path: Path) -> int:
         return -1
 
 
-def read_output(output_dir: Path, record: ManifestRecord) -> bytes:
-    """Stored bytes of `record` (a file, or a member of a tar shard)."""
-    path = output_dir / record.file
-    if record.member is None:
-        return path.read_bytes()
-    with tarfile.open(path, "r") as tar:
-        f = tar.extractfile(record.member)
-        if f is None:
-            raise FileNotFoundError(f"{record.member} not found in {path}")
-        return f.read()
+class LabelWriter:
+    """Stores predicted maps as pseudo-labels: encodes each (`formats.codec.encode`: png16, npy,
+    webdataset), writes it atomically under its output name (a file, or a member of this rank's
+    tar shards `shard-r<rank>-<index>.tar`) and appends its line to this rank's manifest
+    (`formats.manifest.manifest_name`), on `threads` background threads. Failed writes go to `errors` (stage "write"); a write error every later
+    write would hit too (disk full, read-only) stops the writing: `close` returns it.
+    `succeeded` counts the outputs written and recorded.
+    """
+
+    def __init__(self, output_dir: Path, *, format: str, depth_range: float | None,
+                 errors: ErrorLog, rank: int, world_size: int, threads: int,
+                 shard_size: int) -> None:  # fmt: skip
+        self.output_dir, self.format, self.depth_range = output_dir, format, depth_range
+        self.rank = rank
+        self.manifest = Manifest(output_dir / manifest_name(rank, world_size))
+        self.succeeded = 0
+        self.fatal: OSError | None = None
+        self._count_lock, self._tar_lock = threading.Lock(), threading.Lock()
+        self._pool = BackgroundWriter(threads, self._record,
+                                      lambda path, reason: errors.add(path, reason, "write"))
+        self._tar = (TarShardWriter(output_dir, f"shard-r{rank}", self._record, rank=rank,
+                                    max_members=shard_size)
+                     if format == "webdataset" else None)  # fmt: skip
+
+    @property
+    def stopped(self) -> bool:
+        """A fatal write error happened: nothing more will be written."""
+        return self.fatal is not None or self._pool.fatal is not None
+
+    def submit(self, path: str, name: str, disparity: torch.Tensor,
+               ready: torch.cuda.Event | None) -> None:  # fmt: skip
+        """Queue the map of input `path` (float32 `(h, w)` on the host; `ready` is set once it is
+        there) to be stored as `name`; blocks while the writer threads are behind."""
+        self._pool.submit(path, lambda: self._write(path, name, disparity, ready))
+
+    def _write(self, path: str, name: str, disparity: torch.Tensor,
+               ready: torch.cuda.Event | None) -> ManifestRecord | None:  # fmt: skip
+        if ready is not None:
+            ready.synchronize()
+        encoded = encode(disparity.numpy(), self.format, self.depth_range)
+        record = ManifestRecord(
+            # absolute: the manifest is read back (data.sources) from any working directory
+            input=os.path.abspath(path), output=name, shape=list(encoded.shape),
+            min=encoded.min, max=encoded.max, checksum=checksum(encoded.data),
+            bytes=len(encoded.data), format=self.format,
+        )
+        if self._tar is not None:
+            with self._tar_lock:
+                self._tar.add(name, encoded.data, record)  # recorded when the shard closes
+            return None
+        atomic_write(self.output_dir / name, encoded.data, self.rank)
+        return record
+
+    def _record(self, record: ManifestRecord) -> None:
+        self.manifest.add(record)
+        with self._count_lock:
+            self.succeeded += 1
+
+    def close(self) -> OSError | None:
+        """Wait for every write; close the open tar shard (dropped after a fatal error).
+        Returns the fatal write error, if any."""
+        try:
+            self._pool.close()
+            self.fatal = self.fatal or self._pool.fatal
+            if self._tar is not None:
+                try:
+                    if self.fatal is None:
+                        self._tar.flush()
+                except OSError as exc:
+                    if not is_fatal_write_error(exc):
+                        raise
+                    self.fatal = exc
+                self._tar.discard()
+        finally:
+            self.manifest.close()
+        return self.fatal

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from depth_anything_fast.losses.inputs import as_images, check_float, flat, image_inputs
+from depth_anything_fast.ops import AffineInvariantArgs
 from depth_anything_fast.ops import affine_invariant as fused_affine_invariant
 
 REDUCTIONS = ("mean", "none")
@@ -55,10 +56,9 @@ def affine_invariant_loss(
         num_segments = max(int(segments.max()) + 1, 1) if segments.numel() else 1  # host sync
     elif not isinstance(num_segments, int) or num_segments < 1:
         raise ValueError(f"num_segments must be a positive int, got {num_segments!r}")
-    return fused_affine_invariant(
-        flat(pred), flat(target), None, flat(mask), flat(segments), num_segments, reduction,
-        backend,
-    )  # fmt: skip
+    args = AffineInvariantArgs(flat(pred), flat(target), None, flat(mask), flat(segments),
+                               num_segments, mean=reduction == "mean")  # fmt: skip
+    return fused_affine_invariant(args, backend)
 
 
 def cutmix_loss(
@@ -99,9 +99,9 @@ def cutmix_loss(
         if x.device != pred.device:
             raise ValueError(f"{name} is on {x.device} but pred is on {pred.device}")
     # The kernels pick each pixel's target and segment from the box (0: from image a).
-    return fused_affine_invariant(
-        flat(pred), flat(target_a), flat(target_b), flat(mask), flat(box), 2, "mean", backend
-    )
+    args = AffineInvariantArgs(flat(pred), flat(target_a), flat(target_b), flat(mask), flat(box),
+                               2, mean=True)  # fmt: skip
+    return fused_affine_invariant(args, backend)
 
 
 class AffineInvariantLoss(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from depth_anything_fast.losses.inputs import check_float
+from depth_anything_fast.ops import FeatureAlignmentArgs
 from depth_anything_fast.ops import feature_alignment as fused_feature_alignment
 
 
@@ -18,7 +19,7 @@ def feature_alignment_loss(
         frozen: same shape, float, tokens of the frozen encoder (no gradient reaches them;
             converted to features' dtype when it differs).
         alpha: tolerance; tokens already more similar than alpha are left out.
-        backend: "auto" | "triton" | "cpu" | "reference".
+        backend: "auto" | "triton" | "cpu" | "reference" (see `depth_anything_fast.ops`).
 
     Returns:
         float32 scalar (float64 for float64 inputs on the reference backend); 0 with a zero
@@ -34,12 +35,12 @@ def feature_alignment_loss(
     if features.device != frozen.device:
         raise ValueError(f"frozen is on {frozen.device} but features is on {features.device}")
     channels = features.shape[-1]
-    return fused_feature_alignment(
+    args = FeatureAlignmentArgs(
         features.reshape(-1, channels),
         frozen.detach().to(features.dtype).reshape(-1, channels),
         float(alpha),
-        backend,
     )
+    return fused_feature_alignment(args, backend)
 
 
 class FeatureAlignmentLoss(nn.Module):
@@ -51,4 +52,6 @@ class FeatureAlignmentLoss(nn.Module):
         self.backend = backend
 
     def forward(self, features: Tensor, frozen: Tensor) -> Tensor:
-        return feature_alignment_loss(features, frozen, self.alpha, backend=self.backend)
+        return feature_alignment_loss(
+            features, frozen, self.alpha, backend=self.backend
+        )

@@ -1,7 +1,7 @@
 """Plain PyTorch reference implementations of every loss.
 
 The MiDaS and SILog losses live here (they have no fused kernels); the oracles of the fused
-losses live beside their ops in `depth_anything_fast.ops.reference` and are re-exported here.
+losses live beside their ops in `depth_anything_fast.ops.pytorch` and are re-exported here.
 Run them in float64 as oracles; autograd provides the reference gradients.
 
 All functions take flattened images: `pred`/`target` `(B, L)`, `mask` `(B, L)` bool,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from depth_anything_fast.ops.reference import (
+from depth_anything_fast.ops.pytorch import (
     SCALE_EPS,
     affine_invariant_loss_reference,
     compute_dtype,

@@ -6,17 +6,16 @@ parser (and `depth-anything-fast --help`) and the training config do not import 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from depth_anything_fast._lazy import lazy_exports
 
-from .config import DepthAnythingConfig
+from .architecture import DepthAnythingConfig
 
 _EXPORTS = {
-    "ATTENTION_BACKENDS": "layers",
-    "DPTHead": "dpt",
-    "DepthAnything": "depth_anything",
-    "DinoVisionTransformer": "dinov2",
-    "build_frozen_encoder": "depth_anything",
+    "ATTENTION_BACKENDS": ".layers",
+    "DPTHead": ".dpt",
+    "DepthAnything": ".depth_anything",
+    "DinoVisionTransformer": ".dinov2",
+    "build_frozen_encoder": ".depth_anything",
 }
 
 __all__ = [
@@ -28,8 +27,4 @@ __all__ = [
     "build_frozen_encoder",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints, hub
-from .config import DepthAnythingConfig
+from depth_anything_fast.transforms import preprocess, resize_prediction
+
+from . import hub, weights
+from .architecture import DepthAnythingConfig
 from .dinov2 import DinoVisionTransformer
 from .dpt import DPTHead
-from .transforms import preprocess, resize_prediction
 
 
 class DepthAnything(nn.Module):
@@ -120,7 +121,7 @@ class DepthAnything(nn.Module):
         """Switch the encoder's attention kernel ("auto" | "sdpa" | "xformers" | "math")."""
         self.encoder.set_attention_backend(backend)
 
-    # ------------------------------------------------------------------------- checkpoints
+    # ----------------------------------------------------------------------------- weights
     @classmethod
     def from_pretrained(
         cls,
@@ -145,36 +146,18 @@ class DepthAnything(nn.Module):
         `hub.resolve_weights`; `revision` and `cache_dir` apply to it); an existing local path
         of the same spelling wins. Format, size, version and metric-ness are detected where the
         keys, a config, the official repo or the file name allow (see
-        `checkpoints.infer_config`); the keyword arguments override. A mismatch raises a
+        `weights.infer_config`); the keyword arguments override. A mismatch raises a
         ValueError listing missing/unexpected keys and wrongly sized tensors.
         """
         source = hub.resolve_weights(path, revision=revision, cache_dir=cache_dir)
         # what an official repo says about the architecture, unless the caller says otherwise
         asked = {"encoder": encoder, "version": version, "metric": metric, "max_depth": max_depth}
         hinted = {k: source.hints.get(k) if v is None else v for k, v in asked.items()}
-        encoder, version, metric, max_depth = (hinted[k] for k in asked)
-        raw, file_config = checkpoints.read_checkpoint(source.path, map_location)
-        fmt = checkpoints.detect_format(raw)
-        state = checkpoints.to_ours(raw, fmt)
+        raw, file_config = weights.read_checkpoint(source.path, map_location)
+        fmt = weights.detect_format(raw)
+        state = weights.to_ours(raw, fmt)
         if config is None:
-            if fmt == "ours" and file_config is not None:
-                values = {k: v for k, v in file_config.items() if k != "format"}
-                given = {"version": version, "metric": metric, "max_depth": max_depth}
-                values.update({k: v for k, v in given.items() if v is not None})
-                config = DepthAnythingConfig.from_dict(values)
-            else:
-                hf_config = file_config if fmt == "hf" else None
-                if fmt == "dinov2" and version is None:
-                    version = "v2"  # a bare backbone: the version only picks the head's layers
-                config = checkpoints.infer_config(
-                    state,
-                    source_name=source.name,
-                    hf_config=hf_config,
-                    encoder=encoder,
-                    version=version,
-                    metric=metric,
-                    max_depth=max_depth,
-                )
+            config = _checkpoint_config(state, fmt, file_config, source.name, **hinted)
         # built without initialisation (meta tensors): vitg has 1.3B parameters to fill
         with torch.device("meta"):
             model = cls(config=config, attn_backend=attn_backend)
@@ -184,7 +167,7 @@ class DepthAnything(nn.Module):
             model.reset_parameters()  # what the checkpoint does not cover stays initialised
         # a bare backbone, or an encoder-only file of ours, leaves the head initialised
         encoder_only = fmt == "dinov2" or not any(k.startswith("head.") for k in state)
-        checkpoints.load_into(
+        weights.load_into(
             model, state, strict=strict, allow_missing="head." if encoder_only else ""
         )
         return model
@@ -206,14 +189,47 @@ class DepthAnything(nn.Module):
         path = Path(path)
         if path.suffix == ".safetensors":
             path.parent.mkdir(parents=True, exist_ok=True)
-            weights = path
+            weights_file = path
         else:
             path.mkdir(parents=True, exist_ok=True)
-            weights = path / checkpoints.WEIGHTS_NAME
-            config_json = {"format": checkpoints.FORMAT_TAG, **self.config.to_dict()}
-            (path / checkpoints.CONFIG_NAME).write_text(json.dumps(config_json, indent=2) + "\n")
-        checkpoints.save_file(self.state_dict(), weights, self.config)
-        return weights
+            weights_file = path / weights.WEIGHTS_NAME
+            config_json = {"format": weights.FORMAT_TAG, **self.config.to_dict()}
+            (path / weights.CONFIG_NAME).write_text(json.dumps(config_json, indent=2) + "\n")
+        weights.save_file(self.state_dict(), weights_file, self.config)
+        return weights_file
+
+
+def _checkpoint_config(
+    state: dict[str, torch.Tensor],
+    fmt: str,
+    file_config: dict[str, Any] | None,
+    source_name: str,
+    *,
+    encoder: str | None,
+    version: str | None,
+    metric: bool | None,
+    max_depth: float | None,
+) -> DepthAnythingConfig:
+    """The architecture of a checkpoint in format `fmt`: our file's config (with the given
+    version / metric / max_depth over it), else inferred from the keys, a transformers config
+    and the file name (`weights.infer_config`)."""
+    if fmt == "ours" and file_config is not None:
+        values = {k: v for k, v in file_config.items() if k != "format"}
+        given = {"version": version, "metric": metric, "max_depth": max_depth}
+        values.update({k: v for k, v in given.items() if v is not None})
+        return DepthAnythingConfig.from_dict(values)
+    hf_config = file_config if fmt == "hf" else None
+    if fmt == "dinov2" and version is None:
+        version = "v2"  # a bare backbone: the version only picks the head's layers
+    return weights.infer_config(
+        state,
+        source_name=source_name,
+        hf_config=hf_config,
+        encoder=encoder,
+        version=version,
+        metric=metric,
+        max_depth=max_depth,
+    )
 
 
 def build_frozen_encoder(

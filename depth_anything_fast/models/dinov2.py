@@ -33,7 +33,7 @@ def check_image_batch(x: torch.Tensor, patch_size: int, in_chans: int = 3) -> No
     if height < patch_size or width < patch_size or height % patch_size or width % patch_size:
         raise ValueError(
             f"H and W must be positive multiples of {patch_size}, got {height}x{width}; resize "
-            "with depth_anything_fast.models.transforms.preprocess"
+            "with depth_anything_fast.transforms.preprocess"
         )
 
 

@@ -1,6 +1,6 @@
 """Export a Depth Anything model: ONNX (dynamic batch, height, width) and torch.export (.pt2).
 
-`depth-anything-fast export --weights W --format onnx|pt2 OUT` (`export_cli`). The graph takes
+`depth-anything-fast export --weights W --format onnx|pt2 OUT` (`models.cli`). The graph takes
 x (B, 3, H, W) float32, ImageNet-normalised, H and W multiples of 14, any B, H, W (the exported
 ranges are up to `MAX_BATCH` images and `MAX_PATCHES` patches per side), and returns
 (B, H, W) float32 disparity (depth in metres for a metric model), as `DepthAnything.forward`.
@@ -16,7 +16,7 @@ Minimal ONNX Runtime inference (`preprocess` is this package's official resize a
 normalisation; any equivalent numpy code can replace it):
 
     import numpy as np, onnxruntime as ort
-    from depth_anything_fast.models.transforms import preprocess
+    from depth_anything_fast.transforms import preprocess
     session = ort.InferenceSession("depth.onnx", providers=["CPUExecutionProvider"])
     x = preprocess(rgb_uint8).numpy()                     # (1, 3, H', W'), H', W' % 14 == 0
     disparity = session.run(None, {"x": x})[0][0]          # (H', W') float32

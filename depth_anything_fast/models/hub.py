@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import METRIC_MAX_DEPTH
+from .architecture import METRIC_MAX_DEPTH
 
 HUB_EXTRA_HINT = "pip install 'depth_anything_fast[hub]'"
 _HF_CONFIG = "config.json"

@@ -1,138 +1,135 @@
-"""Autograd formulas shared by the C++ and Triton backends, on two paths.
+"""The autograd and custom-op layer of the fused ops: `fused(op, backend, args)`.
 
-Both backends expose the same forward/backward pair (the kernel interface). Under
-`torch.compile` the losses call the backends' custom ops, whose autograd is registered here
-(`register_*_autograd`); in eager mode they call the kernel interface through the
-`autograd.Function`s below, which skips the custom-op dispatch (about 0.3 ms of Python per
-forward+backward, comparable to the kernels themselves on small images). Both paths save the
-same tensors and run the same backward (`_affine_invariant_*`, `_feature_alignment_*`).
-Gradients of the outputs that are not differentiable (stats, counts, codes) are not
+One formula serves every op and backend: the forward's outputs and inputs give the backward's
+inputs (`FusedOp.saved`), the backend's backward kernel gives the gradient of the op's first
+argument (pred, features); no other input gets one. Two paths run it:
+
+- eager: the `FusedFunction` autograd.Function calls the backend's kernels directly, skipping
+  the custom-op dispatch (about 0.3 ms of Python per forward+backward, comparable to the
+  kernels themselves on small images);
+- under `torch.compile`: the custom ops `depth_anything_fast::<op>_<backend>` and
+  `<op>_backward_<backend>` (schema read from the op's argument tuples, fake
+  implementations from its shape rules), so that the compiler sees one node per op and
+  `torch.compile(fullgraph=True)` traces a step without breaks.
+
+Gradients of outputs that are not differentiable (stats, counts, codes, cos) are not
 materialised: no zero-fill launches in the backward.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from depth_anything_fast.kernels.stats_layout import CODE_MAX_SEGMENTS
+from depth_anything_fast.ops import cpu, triton
+from depth_anything_fast.ops.interface import FUSED_OPS, FusedOp, Kernels
+
+# The fused backends' kernels (`ops.dispatch.BACKENDS` less auto/reference).
+KERNELS_BY_BACKEND: dict[str, dict[FusedOp, Kernels]] = {"cpu": cpu.KERNELS, "triton": triton.KERNELS}
+# Where each backend's custom ops run: C++ on CPU tensors; Triton on CUDA tensors, or on CPU
+# tensors under its interpreter.
+_DEVICE_TYPES: dict[str, str | None] = {"cpu": "cpu", "triton": None}
 
 
-class AffineInvariantKernels(NamedTuple):
-    """A backend's kernel interface of the affine-invariant loss.
-
-    forward(pred, target, target_b, mask, segments, num_segments, mean)
-        -> (loss, stats, counts, codes);
-    backward(grad_loss, codes, segments, stats, counts, grad_dtype) -> grad_pred `(B, L)`.
-    """
-
-    forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
-    backward: Callable[..., Tensor]
+def fused(op: FusedOp, backend: str, args: tuple) -> Tensor:
+    """The loss (first output) of `op` on `args` (an `op.args` tuple of contiguous tensors) by
+    the fused backend `backend` ("cpu" or "triton"), differentiable in `args[0]`."""
+    if torch.compiler.is_compiling():
+        return CUSTOM_OPS[op.name, backend](*args)[0]
+    return FusedFunction.apply(op, KERNELS_BY_BACKEND[backend][op], *args)
 
 
-class FeatureAlignmentKernels(NamedTuple):
-    """A backend's kernel interface of the feature-alignment loss.
-
-    forward(features, frozen, alpha) -> (loss, cos, n_kept);
-    backward(grad_loss, features, frozen, alpha, cos, n_kept) -> grad_features `(M, C)`.
-    """
-
-    forward: Callable[..., tuple[Tensor, Tensor, Tensor]]
-    backward: Callable[..., Tensor]
-
-
-def _affine_invariant_save(ctx: Any, inputs: tuple, output: tuple) -> None:
-    pred, _, target_b, _, segments, num_segments, _ = inputs
-    _, stats, counts, codes = output
-    # The segment map is read again only when a code byte cannot hold the segment.
-    keep_map = target_b is None and num_segments > CODE_MAX_SEGMENTS
-    ctx.save_for_backward(codes, segments if keep_map else None, stats, counts)
-    ctx.grad_dtype = pred.dtype
+def _save(ctx: Any, op: FusedOp, args: tuple, outputs: tuple) -> None:
+    """Keep what the backward needs: tensors through `save_for_backward`, the rest on ctx."""
+    saved = op.saved(op.args(*args), op.outputs(*outputs))
+    ctx.tensor_fields = [isinstance(v, Tensor) for v in saved]
+    ctx.save_for_backward(*(v for v, is_tensor in zip(saved, ctx.tensor_fields) if is_tensor))
+    ctx.other_fields = [None if is_tensor else v for v, is_tensor in zip(saved, ctx.tensor_fields)]
+    ctx.grad_args = op.grad_args
     ctx.set_materialize_grads(False)
 
 
-def _affine_invariant_grad(
-    ctx: Any, grad_loss: Tensor | None, backward: Callable[..., Tensor], needs_grad: bool
-) -> Tensor | None:
-    codes, segments, stats, counts = ctx.saved_tensors
-    if grad_loss is None or not needs_grad:
-        return None
-    return backward(
-        grad_loss.to(torch.float32).contiguous(), codes, segments, stats, counts, ctx.grad_dtype
-    )
+def _grad_args(ctx: Any, grad_loss: Tensor) -> tuple:
+    """The backward kernel's `op.grad_args` tuple, the loss's gradient in float32 first."""
+    tensors = iter(ctx.saved_tensors)
+    saved = [next(tensors) if is_tensor else v
+             for v, is_tensor in zip(ctx.other_fields, ctx.tensor_fields)]  # fmt: skip
+    return ctx.grad_args(grad_loss.to(torch.float32).contiguous(), *saved[1:])
 
 
-def _feature_alignment_save(ctx: Any, inputs: tuple, output: tuple) -> None:
-    features, frozen, alpha = inputs
-    _, cos, n_kept = output
-    ctx.save_for_backward(features, frozen, cos, n_kept)
-    ctx.alpha = alpha
-    ctx.set_materialize_grads(False)
-
-
-def _feature_alignment_grad(
-    ctx: Any, grad_loss: Tensor | None, backward: Callable[..., Tensor]
-) -> Tensor | None:
-    features, frozen, cos, n_kept = ctx.saved_tensors
-    if grad_loss is None:
-        return None
-    return backward(
-        grad_loss.to(torch.float32).contiguous(), features, frozen, ctx.alpha, cos, n_kept
-    )
-
-
-def register_affine_invariant_autograd(forward_op: Any, backward_op: Any) -> None:
-    """Backward of the custom op `forward_op(pred, target, target_b, mask, segments,
-    num_segments, mean) -> (loss, stats, counts, codes)`: one pass of `backward_op`."""
-
-    def backward(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple:
-        grad_pred = _affine_invariant_grad(ctx, grad_loss, backward_op, ctx.needs_input_grad[0])
-        return (grad_pred,) + (None,) * 6
-
-    forward_op.register_autograd(backward, setup_context=_affine_invariant_save)
-
-
-def register_feature_alignment_autograd(forward_op: Any, backward_op: Any) -> None:
-    """Backward of the custom op `forward_op(features, frozen, alpha) -> (loss, cos, n_kept)`."""
-
-    def backward(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple:
-        return _feature_alignment_grad(ctx, grad_loss, backward_op), None, None
-
-    forward_op.register_autograd(backward, setup_context=_feature_alignment_save)
-
-
-class AffineInvariantFunction(torch.autograd.Function):
-    """Eager path: `apply(kernels, pred, target, target_b, mask, segments, num_segments, mean)`
-    -> loss (the kernel interface's first output)."""
+class FusedFunction(torch.autograd.Function):
+    """Eager path: `apply(op, kernels, *args)` -> the loss (the forward kernel's first output)."""
 
     @staticmethod
-    def forward(ctx: Any, kernels: AffineInvariantKernels, *inputs: Any) -> Tensor:
-        output = kernels.forward(*inputs)
-        _affine_invariant_save(ctx, inputs, output)
-        ctx.kernels = kernels
-        return output[0]
+    def forward(ctx: Any, op: FusedOp, kernels: Kernels, *args: Any) -> Tensor:
+        outputs = kernels.forward(op.args(*args))
+        _save(ctx, op, args, outputs)
+        ctx.backward_kernel = kernels.backward
+        return outputs[0]
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor | None) -> tuple:
-        grad_pred = _affine_invariant_grad(
-            ctx, grad_loss, ctx.kernels.backward, ctx.needs_input_grad[1]
-        )
-        return (None, grad_pred) + (None,) * 6
+        no_grads = (None,) * (len(ctx.needs_input_grad) - 3)
+        if grad_loss is None or not ctx.needs_input_grad[2]:
+            return (None, None, None, *no_grads)
+        return (None, None, ctx.backward_kernel(_grad_args(ctx, grad_loss)), *no_grads)
 
 
-class FeatureAlignmentFunction(torch.autograd.Function):
-    """Eager path: `apply(kernels, features, frozen, alpha)` -> loss."""
+# ----------------------------------------------------------------------------- custom ops
+def _flat(fn: Callable[[Any], Any], args_type: type[tuple], returns: Any) -> Callable[..., Any]:
+    """`fn` of one `args_type` tuple as a function of its fields, with the signature (names and
+    type hints) `torch.library` reads the op schema from."""
 
-    @staticmethod
-    def forward(ctx: Any, kernels: FeatureAlignmentKernels, *inputs: Any) -> Tensor:
-        output = kernels.forward(*inputs)
-        _feature_alignment_save(ctx, inputs, output)
-        ctx.kernels = kernels
-        return output[0]
+    def flat(*values: Any) -> Any:
+        result = fn(args_type(*values))
+        return tuple(result) if isinstance(result, tuple) else result
 
-    @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor | None) -> tuple:
-        return None, _feature_alignment_grad(ctx, grad_loss, ctx.kernels.backward), None, None
+    hints = typing.get_type_hints(args_type)
+    flat.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[name])
+         for name in args_type._fields],  # type: ignore[attr-defined]
+        return_annotation=returns,
+    )  # fmt: skip
+    return flat
+
+
+def _define_custom_op(op: FusedOp, backend: str) -> torch.library.CustomOpDef:
+    """The forward custom op of `op` by `backend`, its backward op and autograd."""
+    kernels = KERNELS_BY_BACKEND[backend][op]
+    device_types = _DEVICE_TYPES[backend]
+    outputs = tuple[tuple(typing.get_type_hints(op.outputs).values())]  # type: ignore[misc]
+    forward = torch.library.custom_op(
+        f"depth_anything_fast::{op.name}_{backend}",
+        _flat(kernels.forward, op.args, outputs), mutates_args=(), device_types=device_types,
+    )  # fmt: skip
+    backward = torch.library.custom_op(
+        f"depth_anything_fast::{op.name}_backward_{backend}",
+        _flat(kernels.backward, op.grad_args, Tensor), mutates_args=(),
+        device_types=device_types,
+    )  # fmt: skip
+    forward.register_fake(_flat(op.empty_outputs, op.args, outputs))
+    backward.register_fake(_flat(op.empty_grad, op.grad_args, Tensor))
+
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        _save(ctx, op, inputs, output)
+
+    def backward_formula(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple:
+        no_grads = (None,) * (len(op.args._fields) - 1)  # type: ignore[attr-defined]
+        if grad_loss is None or not ctx.needs_input_grad[0]:
+            return (None, *no_grads)
+        return (backward(*_grad_args(ctx, grad_loss)), *no_grads)
+
+    forward.register_autograd(backward_formula, setup_context=setup_context)
+    return forward
+
+
+CUSTOM_OPS: dict[tuple[str, str], torch.library.CustomOpDef] = {
+    (op.name, backend): _define_custom_op(op, backend)
+    for op in FUSED_OPS
+    for backend in KERNELS_BY_BACKEND
+}

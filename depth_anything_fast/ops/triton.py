@@ -1,11 +1,9 @@
-"""Triton backend: the kernels of `depth_anything_fast.kernels`, as the kernel interface (the
-eager path, `AFFINE_INVARIANT` / `FEATURE_ALIGNMENT`) and wrapped as `triton_op`s (the
-torch.compile path).
+"""Triton backend: the kernel interface (`ops.interface`) over the launchers of
+`depth_anything_fast.kernels` (the repository's top-level `kernels/` folder).
 
-`triton_op` makes the launchers visible to `torch.compile` (their kernels must be launched
-through `torch.library.wrap_triton`), and the launcher itself serves as the fake implementation.
-The kernel modules are imported lazily, on first call, so importing this module needs no Triton.
-Under TRITON_INTERPRET=1 the same ops run on CPU tensors (Triton's interpreter).
+The kernel modules are imported on the first launch, so importing this module imports no Triton
+(TRITON_INTERPRET must be set before Triton is imported; CPU users opt into the interpreter after
+importing the losses). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
 """
 
 from __future__ import annotations
@@ -14,14 +12,9 @@ import contextlib
 
 import torch
 from torch import Tensor
-from torch.library import triton_op
 
-from depth_anything_fast.ops.autograd import (
-    AffineInvariantKernels,
-    FeatureAlignmentKernels,
-    register_affine_invariant_autograd,
-    register_feature_alignment_autograd,
-)
+from depth_anything_fast.ops import interface
+from depth_anything_fast.ops.interface import FusedOp, Kernels
 
 
 def _on_device_of(t: Tensor) -> contextlib.AbstractContextManager[object]:
@@ -30,68 +23,43 @@ def _on_device_of(t: Tensor) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _affine_invariant(
-    pred: Tensor,
-    target: Tensor,
-    target_b: Tensor | None,
-    mask: Tensor | None,
-    segments: Tensor | None,
-    num_segments: int,
-    mean: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from depth_anything_fast.kernels.affine_invariant import affine_invariant_forward
+def affine_invariant_forward(
+    args: interface.AffineInvariantArgs,
+) -> interface.AffineInvariantOutputs:
+    """`kernels.affine_invariant.affine_invariant_forward` (5 launches)."""
+    from depth_anything_fast.kernels.affine_invariant import affine_invariant_forward as launch
 
-    with _on_device_of(pred):
-        return affine_invariant_forward(pred, target, target_b, mask, segments, num_segments, mean)
+    with _on_device_of(args.pred):
+        return interface.AffineInvariantOutputs(*launch(*args))
 
 
-def _affine_invariant_backward(
-    grad_loss: Tensor,
-    codes: Tensor,
-    segments: Tensor | None,
-    stats: Tensor,
-    counts: Tensor,
-    grad_dtype: torch.dtype,
-) -> Tensor:
-    from depth_anything_fast.kernels.affine_invariant import affine_invariant_backward
+def affine_invariant_backward(grad: interface.AffineInvariantGradArgs) -> Tensor:
+    """`kernels.affine_invariant.affine_invariant_backward` (1 launch)."""
+    from depth_anything_fast.kernels.affine_invariant import affine_invariant_backward as launch
 
-    with _on_device_of(codes):
-        return affine_invariant_backward(grad_loss, codes, segments, stats, counts, grad_dtype)
+    with _on_device_of(grad.codes):
+        return launch(*grad)
 
 
-def _feature_alignment(
-    features: Tensor, frozen: Tensor, alpha: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    from depth_anything_fast.kernels.feature_alignment import feature_alignment_forward
+def feature_alignment_forward(
+    args: interface.FeatureAlignmentArgs,
+) -> interface.FeatureAlignmentOutputs:
+    """`kernels.feature_alignment.feature_alignment_forward`."""
+    from depth_anything_fast.kernels.feature_alignment import feature_alignment_forward as launch
 
-    with _on_device_of(features):
-        return feature_alignment_forward(features, frozen, alpha)
-
-
-def _feature_alignment_backward(
-    grad_loss: Tensor, features: Tensor, frozen: Tensor, alpha: float, cos: Tensor, n_kept: Tensor
-) -> Tensor:
-    from depth_anything_fast.kernels.feature_alignment import feature_alignment_backward
-
-    with _on_device_of(features):
-        return feature_alignment_backward(grad_loss, features, frozen, alpha, cos, n_kept)
+    with _on_device_of(args.features):
+        return interface.FeatureAlignmentOutputs(*launch(*args))
 
 
-AFFINE_INVARIANT = AffineInvariantKernels(_affine_invariant, _affine_invariant_backward)
-FEATURE_ALIGNMENT = FeatureAlignmentKernels(_feature_alignment, _feature_alignment_backward)
+def feature_alignment_backward(grad: interface.FeatureAlignmentGradArgs) -> Tensor:
+    """`kernels.feature_alignment.feature_alignment_backward`."""
+    from depth_anything_fast.kernels.feature_alignment import feature_alignment_backward as launch
+
+    with _on_device_of(grad.features):
+        return launch(*grad)
 
 
-def _op(name: str, launcher: object) -> torch.library.CustomOpDef:
-    return triton_op(f"depth_anything_fast::{name}", mutates_args=())(launcher)
-
-
-affine_invariant_triton = _op("affine_invariant_triton", _affine_invariant)
-affine_invariant_backward_triton = _op(
-    "affine_invariant_backward_triton", _affine_invariant_backward
-)
-feature_alignment_triton = _op("feature_alignment_triton", _feature_alignment)
-feature_alignment_backward_triton = _op(
-    "feature_alignment_backward_triton", _feature_alignment_backward
-)
-register_affine_invariant_autograd(affine_invariant_triton, affine_invariant_backward_triton)
-register_feature_alignment_autograd(feature_alignment_triton, feature_alignment_backward_triton)
+KERNELS: dict[FusedOp, Kernels] = {
+    interface.AFFINE_INVARIANT: Kernels(affine_invariant_forward, affine_invariant_backward),
+    interface.FEATURE_ALIGNMENT: Kernels(feature_alignment_forward, feature_alignment_backward),
+}

@@ -99,45 +99,75 @@ def run_seed(out: Path, world: pipeline.World, seed: int, steps: int | None = No
     student = load_config(pipeline.STUDENT_CONFIG)
     student_steps = steps if steps is not None else student.steps
     images_per_step = student.data.batch_size * (1 + student.data.unlabelled_ratio)
-    layout = world.layout
-    common = [f"data.labelled={layout.labelled}", f"model.init={world.encoder}",
+    common = [f"data.labelled={world.layout.labelled}", f"model.init={world.encoder}",
               f"steps={student_steps}"]
     folder = out / f"seed{seed}"
-    pseudo = folder / "pseudo_labels"
-    models: dict[str, Path] = {}
-    labelled_here = False
-    for index in TRAIN_ORDER:
-        name, switches = ROWS[index]
-        run_dir = folder / f"row{index + 1}"
-        if switches is None:
-            config = pipeline.TEACHER_CONFIG
-            overrides = [*common, f"seed={seed}", f"data.batch_size={images_per_step}",
-                         f"out_dir={run_dir}"]
-        else:
-            config = pipeline.STUDENT_CONFIG
-            overrides = [*common, f"seed={seed + 1}", f"out_dir={run_dir}",
-                         f"data.pseudo_labels={pseudo}", f"model.frozen_encoder={world.encoder}",
-                         *switches]
-        demo_run = None
-        if reuse is not None and index in (0, len(ROWS) - 1):
-            demo_run = _same_run(reuse / ("teacher" if index == 0 else "student"), config,
-                                 overrides)
-            if index == 0 and demo_run is not None and (reuse / "pseudo_labels").is_dir():
-                pseudo = reuse / "pseudo_labels"  # labelled by that same teacher
-        existing = _done(run_dir) or demo_run
-        if existing is not None:
-            log(f"[ablation seed {seed}] {name}: reusing {existing}")
-            models[name] = existing
-            continue
-        if not train_missing or (switches is not None and ROWS[0][0] not in models):
-            continue
-        if switches is not None and pseudo == folder / "pseudo_labels" and not labelled_here:
-            # resumes an interrupted labelling (finished images are skipped)
-            pipeline.pseudo_label_images(models[ROWS[0][0]], layout.unlabelled, pseudo, log)
-            labelled_here = True
-        models[name] = pipeline.train(config, overrides, f"ablation seed {seed} {name}", log)
+    runs = _SeedRuns(folder, world, seed, common, images_per_step)
+    models = runs.train_rows(reuse, train_missing, log)
     if not models:
         return {}
+    return _score_rows(folder, world, models)
+
+
+class _SeedRuns:
+    """The rows' training runs of one seed under `folder` (`row<N>/`), and its pseudo-labels."""
+
+    def __init__(self, folder: Path, world: pipeline.World, seed: int, common: list[str],
+                 images_per_step: int) -> None:  # fmt: skip
+        self.folder, self.world, self.seed = folder, world, seed
+        self.common, self.images_per_step = common, images_per_step
+        self.pseudo = folder / "pseudo_labels"
+
+    def row(self, index: int) -> tuple[Path, Path, list[str]]:
+        """(run folder, config, overrides) of row `index`: the teacher trains on the labelled
+        images only (as many per step as a student sees); students add the pseudo-labels."""
+        run_dir = self.folder / f"row{index + 1}"
+        switches = ROWS[index][1]
+        if switches is None:
+            return run_dir, pipeline.TEACHER_CONFIG, [
+                *self.common, f"seed={self.seed}", f"data.batch_size={self.images_per_step}",
+                f"out_dir={run_dir}"]  # fmt: skip
+        return run_dir, pipeline.STUDENT_CONFIG, [
+            *self.common, f"seed={self.seed + 1}", f"out_dir={run_dir}",
+            f"data.pseudo_labels={self.pseudo}", f"model.frozen_encoder={self.world.encoder}",
+            *switches]  # fmt: skip
+
+    def train_rows(self, reuse: Path | None, train_missing: bool,
+                   log: pipeline.Log) -> dict[str, Path]:  # fmt: skip
+        """Row name -> trained model folder, in `TRAIN_ORDER` (see `run_seed`)."""
+        models: dict[str, Path] = {}
+        labelled_here = False
+        for index in TRAIN_ORDER:
+            name, switches = ROWS[index]
+            run_dir, config, overrides = self.row(index)
+            demo_run = None
+            if reuse is not None and index in (0, len(ROWS) - 1):
+                demo_run = _same_run(reuse / ("teacher" if index == 0 else "student"), config,
+                                     overrides)
+                if index == 0 and demo_run is not None and (reuse / "pseudo_labels").is_dir():
+                    self.pseudo = reuse / "pseudo_labels"  # labelled by that same teacher
+            existing = _done(run_dir) or demo_run
+            if existing is not None:
+                log(f"[ablation seed {self.seed}] {name}: reusing {existing}")
+                models[name] = existing
+                continue
+            if not train_missing or (switches is not None and ROWS[0][0] not in models):
+                continue
+            if switches is not None and self.pseudo == self.folder / "pseudo_labels" \
+                    and not labelled_here:
+                # resumes an interrupted labelling (finished images are skipped)
+                pipeline.pseudo_label_images(models[ROWS[0][0]], self.world.layout.unlabelled,
+                                             self.pseudo, log)
+                labelled_here = True
+            models[name] = pipeline.train(config, overrides, f"ablation seed {self.seed} {name}",
+                                          log)
+        return models
+
+
+def _score_rows(folder: Path, world: pipeline.World,
+                models: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """Row name -> per-image validation records of each model, cached in `row<N>_val.json`
+    (used while newer than the model)."""
     records = {}
     for index, (name, _) in enumerate(ROWS):
         cache = folder / f"row{index + 1}_val.json"
@@ -259,7 +289,7 @@ def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
     `train=False` scores the finished rows only (the table of an interrupted run)."""
     import platform
 
-    from depth_anything_fast.data.synthetic import KINDS
+    from depth_anything_fast.recipe.synthetic import KINDS
     from depth_anything_fast.train.config import load_config
 
     pipeline.set_threads()

@@ -68,7 +68,7 @@ class WorldBudget:
 class World:
     """A generated world: its dataset layout, val kinds and the semantic encoder checkpoint."""
 
-    layout: Any  # data.synthetic.DatasetLayout
+    layout: Any  # recipe.synthetic.DatasetLayout
     val_kinds: dict[str, str]
     encoder: Path
 
@@ -84,13 +84,13 @@ def model_arch(config: Path = TEACHER_CONFIG) -> Any:
 def prepare_world(out: Path, budget: WorldBudget, seed: int, log: Log = log_line) -> World:
     """Generate the data under `out/data` (reused when `world.json` says it was made with the
     same budget and seed) and pretrain the semantic encoder (cached in `out/semantic_encoder`)."""
-    from depth_anything_fast.data.synthetic import KINDS, generate_dataset, read_kinds
+    from depth_anything_fast.recipe.synthetic import KINDS, generate_dataset, read_kinds
 
     data = out / "data"
     stamp = json.dumps({"budget": dataclasses.asdict(budget), "seed": seed}, sort_keys=True)
     if (data / WORLD_FILE).is_file() and (data / WORLD_FILE).read_text() == stamp:
         log(f"[world] reusing the synthetic data in {data}")
-        from depth_anything_fast.data.synthetic import DatasetLayout
+        from depth_anything_fast.recipe.synthetic import DatasetLayout
 
         layout = DatasetLayout(data, data / "labelled", data / "unlabelled", data / "val")
     else:
@@ -188,11 +188,11 @@ def evaluate_models(world: World, models: dict[str, Path]) -> Evaluation:
     depth, MiDaS style); the constant baseline cannot be aligned by least squares (a constant
     has no scale), so it is median-scaled (= the per-image median ground-truth depth), which is
     only comparable in depth space."""
-    from depth_anything_fast.data.synthetic import DEPTH_SPEC
     from depth_anything_fast.evaluate.datasets import get_reader
     from depth_anything_fast.evaluate.runner import evaluate_predictions
     from depth_anything_fast.inference.predictor import Predictor
     from depth_anything_fast.models import DepthAnything
+    from depth_anything_fast.recipe.synthetic import DEPTH_SPEC
 
     samples = list(get_reader("generic", world.layout.val, encoding=DEPTH_SPEC))
     results: dict[str, Any] = {}

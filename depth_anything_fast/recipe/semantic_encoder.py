@@ -53,7 +53,7 @@ def _load_split(data_root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor
     """Images (N, 3, H, W) uint8, class maps (N, H, W) int64, kind index (N,) of one split."""
     from PIL import Image
 
-    from depth_anything_fast.data.synthetic import KINDS, read_kinds
+    from depth_anything_fast.recipe.synthetic import KINDS, read_kinds
 
     kinds = read_kinds(data_root, split)
     if not kinds:
@@ -90,7 +90,7 @@ def _batch(images: torch.Tensor, classes: torch.Tensor, crop: int, g: torch.Gene
            train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (train) or centre crops, flips and jitter: normalised images (B, 3, c, c) and
     class maps (B, c, c)."""
-    from depth_anything_fast.models.transforms import imagenet_normalise
+    from depth_anything_fast.transforms import imagenet_normalise
 
     n, _, h, w = images.shape
     if h < crop or w < crop:
@@ -158,10 +158,9 @@ def train_semantic_encoder(
         out_dir: where `encoder.safetensors` and `info.json` go; an existing pair trained with
             the same data index, architecture and settings is reused.
     """
-    from depth_anything_fast.data.synthetic import SEMANTIC_CLASSES
     from depth_anything_fast.models import DepthAnything
-    from depth_anything_fast.models.checkpoints import save_file
-    from depth_anything_fast.train.optim import lr_factor
+    from depth_anything_fast.models.weights import save_file
+    from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
 
     data_root, out_dir = Path(data_root), Path(out_dir)
     key = _key(data_root, arch, settings)
@@ -177,26 +176,7 @@ def train_semantic_encoder(
     torch.manual_seed(settings.seed)
     encoder = DepthAnything(config=arch).encoder
     probe = _Probe(arch.embed_dim, len(SEMANTIC_CLASSES), len(kind_names))
-    params = [*encoder.parameters(), *probe.parameters()]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, settings.steps, settings.warmup_steps, 1.0))
-    encoder.train()
-    for step in range(settings.steps):
-        idx = torch.randint(0, images.shape[0], (settings.batch_size,), generator=g)
-        x, c = _batch(images[idx], classes[idx], settings.crop_size, g, train=True)
-        patch_logits, kind_logits = probe(encoder.patch_tokens(x))
-        target = _patch_histograms(c, len(SEMANTIC_CLASSES), arch.patch_size)
-        loss_patch = -(target * patch_logits.log_softmax(-1)).sum(-1).mean()
-        loss_kind = F.cross_entropy(kind_logits, kinds[idx])
-        loss = loss_patch + settings.kind_weight * loss_kind
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % max(settings.steps // 5, 1) == 0:
-            log(f"[semantic encoder] step {step + 1}/{settings.steps}: patch class "
-                f"{loss_patch.item():.3f}, kind {loss_kind.item():.3f}")
+    _pretrain(encoder, probe, (images, classes, kinds), settings, arch.patch_size, g, log)
     info: dict[str, Any] = {"key": key, "settings": dataclasses.asdict(settings),
                             "train_images": int(images.shape[0]),
                             "seconds": round(time.perf_counter() - start, 1)}
@@ -212,11 +192,43 @@ def train_semantic_encoder(
     return weights
 
 
+def _pretrain(encoder: Any, probe: _Probe, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+              settings: SemanticTraining, patch_size: int, g: torch.Generator,
+              log: Callable[[str], None]) -> None:
+    """Train `encoder` with `probe` on (images, per-pixel classes, scene kinds): the patch
+    class histograms (soft cross-entropy) plus `kind_weight` x the scene kind, AdamW with the
+    training's warm-up and decay (`train.optim.lr_factor`); batches and crops drawn from `g`."""
+    from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
+    from depth_anything_fast.train.optim import lr_factor
+
+    images, classes, kinds = data
+    params = [*encoder.parameters(), *probe.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, settings.steps, settings.warmup_steps, 1.0))
+    encoder.train()
+    for step in range(settings.steps):
+        idx = torch.randint(0, images.shape[0], (settings.batch_size,), generator=g)
+        x, c = _batch(images[idx], classes[idx], settings.crop_size, g, train=True)
+        patch_logits, kind_logits = probe(encoder.patch_tokens(x))
+        target = _patch_histograms(c, len(SEMANTIC_CLASSES), patch_size)
+        loss_patch = -(target * patch_logits.log_softmax(-1)).sum(-1).mean()
+        loss_kind = F.cross_entropy(kind_logits, kinds[idx])
+        loss = loss_patch + settings.kind_weight * loss_kind
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(settings.steps // 5, 1) == 0:
+            log(f"[semantic encoder] step {step + 1}/{settings.steps}: patch class "
+                f"{loss_patch.item():.3f}, kind {loss_kind.item():.3f}")
+
+
 @torch.no_grad()
 def _accuracy(encoder: nn.Module, probe: _Probe, data_root: Path, crop: int,
               patch: int) -> dict[str, float]:
     """Majority-class accuracy per patch and kind accuracy on the val split (centre crops)."""
-    from depth_anything_fast.data.synthetic import SEMANTIC_CLASSES
+    from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
 
     images, classes, kinds, _, _ = _load_split(data_root, "val")
     encoder.eval()

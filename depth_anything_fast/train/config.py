@@ -1,30 +1,91 @@
-"""Training configuration: nested dataclasses, YAML files and `--set a.b=value` overrides.
+"""Training configuration: nested pydantic models, YAML files and `--set a.b=value` overrides.
 
-Every error names the offending field with its dotted path (``optim.lr: expected float, got
-str 'abc'``), so a typo in a YAML file or on the command line never reaches the training loop.
+The sections are pydantic (v2) models in strict mode: pydantic checks every field's type (an int
+field takes no float or bool, a float no NaN or inf; numeric strings, which PyYAML makes of
+`5e-6`, are read as floats), rejects unknown fields and turns YAML lists into tuples;
+`ConfigError` names the offending field with its dotted path (``optim.lr: expected float, got
+str 'abc'``), so a typo in a YAML file or on the command line never reaches the training loop. Why pydantic rather than OmegaConf structured configs: it is
+already installed (a dependency of our dependencies), checks `Literal` choices and `X | None`
+unions, which OmegaConf's structured configs do not support, and leaves the YAML and `--set`
+syntax as they were (OmegaConf has its own interpolation and merge rules).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 from depth_anything_fast.formats.spec import LabelledSpec
-from depth_anything_fast.models.config import DepthAnythingConfig
+from depth_anything_fast.models.architecture import DepthAnythingConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("teacher", "student", "finetune-metric")
+
+class _Section(BaseModel):
+    """A config section: strict types, no unknown fields, finite floats."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_floats(cls, values: Any) -> Any:
+        """Numbers that PyYAML reads as strings (`5e-6`: YAML 1.1 wants a dot) become floats
+        for the float fields."""
+        if not isinstance(values, dict):
+            return values
+        return {k: _float_or_same(v) if _is_float_field(cls, k) else v for k, v in values.items()}
 
 
-@dataclass
-class ModelConfig:
+def _is_float_field(section: type[BaseModel], name: str) -> bool:
+    field = section.model_fields.get(name)
+    return field is not None and (field.annotation is float
+                                  or float in typing.get_args(field.annotation))
+
+
+def _float_or_same(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _tuple_from_list(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # YAML has lists, no tuples
+
+
+def _from_yaml(hint: Any) -> Any:
+    """`hint` taking what YAML gives for it: a list for a tuple, a numeric string for a float."""
+    if hint is float or float in typing.get_args(hint):
+        return Annotated[hint, BeforeValidator(_tuple_from_list), BeforeValidator(_float_or_same)]
+    return Annotated[hint, BeforeValidator(_tuple_from_list)]
+
+
+# The `DepthAnythingConfig` fields a `model` section may override, written flat beside encoder
+# and version (not those `ModelConfig` sets itself).
+_SET_BY_MODEL_CONFIG = ("encoder", "version", "metric", "max_depth")
+ARCHITECTURE_FIELDS: dict[str, Any] = {
+    name: _from_yaml(hint) for name, hint in typing.get_type_hints(DepthAnythingConfig).items()
+    if name not in _SET_BY_MODEL_CONFIG
+}
+Architecture = with_config(ConfigDict(strict=True, extra="forbid", allow_inf_nan=False))(
+    TypedDict("Architecture", ARCHITECTURE_FIELDS, total=False)  # type: ignore[operator]
+)
+
+
+class ModelConfig(_Section):
     """Network to train: the `DepthAnythingConfig` preset of ``encoder`` (vits/vitb/vitl/vitg)
     and ``version``, with any other `DepthAnythingConfig` field written beside them overriding
     the preset (``model: {encoder: tiny, embed_dim: 64, depth: 4, num_heads: 2}`` is how the
@@ -34,7 +95,7 @@ class ModelConfig:
     encoder: str = "vits"
     version: Literal["v1", "v2"] = "v2"
     # DepthAnythingConfig fields overriding the preset (written flat in YAML, see above)
-    architecture: dict[str, Any] = field(default_factory=dict)
+    architecture: Architecture = Field(default_factory=dict)  # type: ignore[valid-type]
     # finetune-metric: sigmoid * max_depth head (metres)
     max_depth: float = 20.0
     attn_backend: str = "auto"
@@ -56,17 +117,7 @@ class ModelConfig:
         )  # fmt: skip
 
 
-def _architecture_fields() -> dict[str, Any]:
-    """name -> annotation of the `DepthAnythingConfig` fields a `model` section may override
-    (not those `ModelConfig` sets itself: encoder, version, metric, max_depth)."""
-    hints = typing.get_type_hints(DepthAnythingConfig)
-    own = {"metric", *(f.name for f in dataclasses.fields(ModelConfig))}
-    return {f.name: hints[f.name] for f in dataclasses.fields(DepthAnythingConfig)
-            if f.name not in own}
-
-
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Data sources. ``batch_size`` is the labelled images per rank and step; the student adds
     ``unlabelled_ratio * batch_size`` pseudo-labelled images to every batch."""
 
@@ -95,8 +146,7 @@ OPTIM_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """AdamW with separate encoder / decoder learning rates, linear warm-up then poly decay
     ``(1 - it / total) ** poly_power`` as in the V2 metric code. ``preset`` fills in the fields
     of ``OPTIM_PRESETS[preset]`` that the config does not set itself."""
@@ -105,7 +155,7 @@ class OptimConfig:
     lr: float = 5e-6
     decoder_lr_mult: float = 10.0
     weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_steps: int = 0
     poly_power: float = 0.9
@@ -116,9 +166,8 @@ class OptimConfig:
     fused: bool | None = None
 
 
-@dataclass
-class LossConfig:
-    # which implementation computes the losses (`losses.*(backend=)`)
+class LossConfig(_Section):
+    # which implementation computes the losses (`losses.*(implementation=)`)
     implementation: Literal["auto", "reference", "cpu", "triton"] = "auto"
     # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
     gradient_weight: float = 0.0
@@ -137,8 +186,7 @@ class LossConfig:
     silog_lambda: float = 0.5
 
 
-@dataclass
-class DistConfig:
+class DistConfig(_Section):
     """``fsdp``: None shards with FSDP2 only when more than one process runs."""
 
     fsdp: bool | None = None
@@ -152,8 +200,7 @@ class DistConfig:
     timeout_minutes: float = 30.0
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     stage: Literal["teacher", "student", "finetune-metric"] = "teacher"
     out_dir: str = "runs/default"
     steps: int = 1000
@@ -170,148 +217,52 @@ class TrainConfig:
     tensorboard: bool = True
     # Export the final model with save_pretrained into ``<out_dir>/final``.
     export: bool = True
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp`` and convert the few lossless cases
-    (int -> float, numeric strings -> float because PyYAML reads ``5e-6`` as a string)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(value, tp, where)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got "
-                              f"{value!r}")
-        return value
-    if origin in (list, tuple):
-        return _coerce_sequence(value, tp, where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got "
-                              f"{type(value).__name__} {value!r}")
-        return _from_dict(tp, value, where)
-    if tp is float:
-        return _coerce_float(value, where)
-    if tp in (int, bool, str):
-        # bool is an int subclass: an int field must not take True
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-            return value
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} "
-                          f"{value!r}")
-    raise ConfigError(f"{where}: unsupported annotation {tp!r}")
-
-
-def _coerce_union(value: Any, tp: Any, where: str) -> Any:
-    """The first member of the union (`X | None`) that takes ``value``."""
-    args = typing.get_args(tp)
-    if value is None and type(None) in args:
-        return None
-    for arg in args:
-        if arg is type(None):
-            continue
-        try:
-            return _coerce(value, arg, where)
-        except ConfigError:
-            continue
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
-                      f"{value!r}")
-
-
-def _coerce_sequence(value: Any, tp: Any, where: str) -> Any:
-    """A list (``list[X]``) or tuple (``tuple[X, ...]``, ``tuple[X, Y]``) from a YAML list."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-    fixed = origin is tuple and args[-1] is not Ellipsis
-    if fixed and len(value) != len(args):
-        raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-    items = [_coerce(v, args[i] if fixed else args[0], f"{where}[{i}]")
-             for i, v in enumerate(value)]
-    return items if origin is list else tuple(items)
-
-
-def _coerce_float(value: Any, where: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected float, got bool {value!r}")
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    if isinstance(number, (int, float)):
-        if not math.isfinite(number):
-            raise ConfigError(f"{where}: expected a finite float, got {value!r}")
-        return float(number)
-    raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
-
-
-# Old names of renamed fields: (section class, old key) -> new key. Old YAML files keep working.
-RENAMED: dict[tuple[type, str], str] = {
-    (DataConfig, "backend"): "pipeline",
-    (LossConfig, "backend"): "implementation",
-    (DistConfig, "backend"): "comm_backend",
+# Old names of renamed fields: (section, old key) -> new key. Old YAML files keep working.
+RENAMED: dict[tuple[str, str], str] = {
+    ("data", "backend"): "pipeline",
+    ("loss", "backend"): "implementation",
+    ("dist", "backend"): "comm_backend",
 }
 
 
-def _renamed(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+def _renamed(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the old keys of `RENAMED` under their new names (a warning each)."""
     values = dict(values)
-    for (owner, old), new in RENAMED.items():
-        if owner is cls and old in values:
-            where, now = (f"{prefix}.{old}", f"{prefix}.{new}") if prefix else (old, new)
-            if new in values:
-                raise ConfigError(f"{where}: renamed to {now}; give only {now}")
-            logger.warning("%s is now called %s (the old name still works)", where, now)
-            values[new] = values.pop(old)
+    for (section, old), new in RENAMED.items():
+        fields = values.get(section)
+        if not isinstance(fields, dict) or old not in fields:
+            continue
+        where, now = f"{section}.{old}", f"{section}.{new}"
+        if new in fields:
+            raise ConfigError(f"{where}: renamed to {now}; give only {now}")
+        logger.warning("%s is now called %s (the old name still works)", where, now)
+        values[section] = {**{k: v for k, v in fields.items() if k != old}, new: fields[old]}
     return values
 
 
-def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = _renamed(cls, values, prefix)
-    extra: dict[str, Any] = {}
-    if cls is ModelConfig:  # architecture overrides are written flat beside encoder/version
-        extra = _architecture_fields()
-        values = {**values, "architecture": {**(values.get("architecture") or {}),
-                                             **{k: v for k, v in values.items() if k in extra}}}
-        values = {k: v for k, v in values.items() if k not in extra}
-    kwargs = {}
-    for key, value in values.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            known = ", ".join(sorted((names | set(extra)) - {"architecture"}))
-            raise ConfigError(f"{where}: unknown field (known: {known})")
-        kwargs[key] = _coerce(value, hints[key], where)
-    if cls is ModelConfig:
-        arch = kwargs["architecture"]
-        for key in arch:
-            if key not in extra:
-                raise ConfigError(f"{prefix}.architecture.{key}: unknown field (known: "
-                                  f"{', '.join(sorted(extra))})")
-            arch[key] = _coerce(arch[key], extra[key], f"{prefix}.{key}")
-    return cls(**kwargs)
+def _flat_architecture(values: dict[str, Any]) -> dict[str, Any]:
+    """`model`'s `DepthAnythingConfig` fields, written flat beside encoder and version, moved
+    into `model.architecture`."""
+    model = values.get("model")
+    if not isinstance(model, dict):
+        return values
+    flat = {k: v for k, v in model.items() if k in ARCHITECTURE_FIELDS}
+    if not flat:
+        return values
+    rest = {k: v for k, v in model.items() if k not in ARCHITECTURE_FIELDS}
+    return {**values, "model": {**rest, "architecture": {**(model.get("architecture") or {}),
+                                                         **flat}}}
 
 
 def _parse_scalar(text: str) -> Any:
@@ -408,7 +359,76 @@ def _apply_optim_preset(values: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from a nested dict (YAML content)."""
-    return validate(_from_dict(TrainConfig, _apply_optim_preset(values)))
+    values = _flat_architecture(_renamed(_apply_optim_preset(values)))
+    try:
+        cfg = TrainConfig.model_validate(values)
+    except ValidationError as err:
+        raise _config_error(err.errors()[0], values) from None
+    return validate(cfg)
+
+
+def _config_error(error: Any, values: dict[str, Any]) -> ConfigError:
+    """pydantic's first error as a ConfigError naming the field by its dotted path, with what
+    it expected (architecture fields by their flat names: ``model.depth``)."""
+    path, owner, hint = _field_at(error["loc"])
+    unknown = error["type"] == "extra_forbidden"
+    if unknown:
+        path, owner = [*path, str(error["loc"][len(path)])], owner
+    flat = [k for k in path if k != "architecture"] if not unknown else path
+    where = ".".join(flat)
+    value: Any = values
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else error["input"]
+    if unknown:
+        known = sorted(k for k in _field_names(owner) if k != "architecture")
+        return ConfigError(f"{where}: unknown field (known: {', '.join(known)})")
+    if error["type"] == "literal_error":
+        return ConfigError(f"{where}: expected one of {list(typing.get_args(hint))}, got "
+                           f"{value!r}")
+    if error["type"] == "finite_number":
+        return ConfigError(f"{where}: expected a finite float, got {value!r}")
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got "
+                           f"{type(value).__name__} {value!r}")
+    expected = "a list" if typing.get_origin(hint) is list else (
+        getattr(hint, "__name__", None) or str(hint).replace("typing.", ""))
+    return ConfigError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _field_names(owner: Any) -> set[str]:
+    if owner is Architecture:
+        return set(ARCHITECTURE_FIELDS)
+    return set(owner.model_fields) | (set(ARCHITECTURE_FIELDS) if owner is ModelConfig else set())
+
+
+def _field_at(loc: tuple[Any, ...]) -> tuple[list[str], Any, Any]:
+    """(the leading field names of an error location, the section holding the last one, its
+    annotation); the rest of `loc` (union members, list indices) is left out."""
+    path: list[str] = []
+    owner: Any = TrainConfig
+    hint: Any = TrainConfig
+    for key in loc:
+        if owner is Architecture and key in ARCHITECTURE_FIELDS:
+            hint = typing.get_args(ARCHITECTURE_FIELDS[key])[0]  # the Annotated's type
+        elif isinstance(owner, type) and issubclass(owner, BaseModel) \
+                and key in owner.model_fields:
+            hint = owner.model_fields[key].annotation
+        else:
+            break
+        path.append(key)
+        if hint is Architecture or (isinstance(hint, type) and issubclass(hint, BaseModel)):
+            owner = hint
+        else:
+            owner = None
+    return path, owner if owner is not None else _owner_of(path), hint
+
+
+def _owner_of(path: list[str]) -> Any:
+    """The section that holds the field at `path` (a leaf)."""
+    owner: Any = TrainConfig
+    for key in path[:-1]:
+        owner = Architecture if key == "architecture" else owner.model_fields[key].annotation
+    return owner
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -434,7 +454,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The config as a nested dict in YAML form (architecture overrides flat in ``model``)."""
-    values = dataclasses.asdict(cfg)
+    values = cfg.model_dump()
     model = values["model"]
     architecture = model.pop("architecture")
     model.update({k: list(v) if isinstance(v, tuple) else v for k, v in architecture.items()})

@@ -200,8 +200,8 @@ def load_init_weights(model: nn.Module, path: str | Path) -> bool:
     bare DINOv2, ours), a local path or a Hub repo id. The DPT head may be absent (encoder-only files: it keeps its fresh
     initialisation); any other missing key or a shape mismatch raises ValueError naming it.
     Returns whether the file had head weights."""
-    from depth_anything_fast.models.checkpoints import load_into, read_checkpoint, to_ours
     from depth_anything_fast.models.hub import resolve_weights
+    from depth_anything_fast.models.weights import load_into, read_checkpoint, to_ours
 
     state, _ = read_checkpoint(resolve_weights(path).path)
     state = to_ours(state)

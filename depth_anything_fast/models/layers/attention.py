@@ -89,10 +89,6 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim, bias=True)
 
-    def set_backend(self, backend: str) -> None:
-        """Switch the attention kernel (see module docstring)."""
-        self.backend = resolve_attention_backend(backend)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)

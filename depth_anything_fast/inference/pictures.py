@@ -84,9 +84,9 @@ class _PictureSink:
     """Writes the pictures on background threads and keeps the outcome: `written` PNG paths,
     `failed` (input, reason) pairs (decode and write failures), and a progress bar."""
 
-    def __init__(self, names: dict[str, str], out_root: Path, num_threads: int, progress: bool,
+    def __init__(self, total: int, out_root: Path, num_threads: int, progress: bool,
                  **picture: Any) -> None:
-        self.names, self.out_root, self.picture = names, out_root, picture
+        self.out_root, self.picture = out_root, picture
         self.written: list[Path] = []
         self.failed: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -95,7 +95,7 @@ class _PictureSink:
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=len(names), unit="img", dynamic_ncols=True)
+            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True)
 
     @property
     def fatal(self) -> OSError | None:
@@ -112,12 +112,13 @@ class _PictureSink:
             self.failed.append((path, reason))
             self._tick()
 
-    def submit(self, path: str, disparity: np.ndarray) -> None:
-        """Queue the picture of input `path` (blocks while the writers are behind)."""
-        self._writer.submit(path, lambda: self._write(path, disparity))
+    def submit(self, path: str, name: str, disparity: np.ndarray) -> None:
+        """Queue the picture of input `path`, named `name` (blocks while the writers are
+        behind)."""
+        self._writer.submit(path, lambda: self._write(path, name, disparity))
 
-    def _write(self, path: str, disparity: np.ndarray) -> None:
-        target = _save(self.out_root / self.names[path], path, disparity, **self.picture)
+    def _write(self, path: str, name: str, disparity: np.ndarray) -> None:
+        target = _save(self.out_root / name, path, disparity, **self.picture)
         with self._lock:
             self.written.append(target)
             self._tick()
@@ -173,10 +174,10 @@ def predict_files(
                           input_size=input_size, resize=resize, device=device)
     items = _list_items(inputs)
     make_output_dir(outdir, flag="--outdir")
-    sink = _PictureSink(dict(items), Path(outdir), num_threads, progress, grayscale=grayscale,
+    sink = _PictureSink(len(items), Path(outdir), num_threads, progress, grayscale=grayscale,
                         pred_only=pred_only, save_npy=save_npy, cmap=cmap)
     try:
-        _predict_into(predictor, [path for path, _ in items], sink, num_threads)
+        _predict_into(predictor, items, sink, num_threads)
     finally:
         sink.close()
     if sink.fatal is not None:
@@ -186,12 +187,13 @@ def predict_files(
     return sink.written, sink.failed
 
 
-def _predict_into(predictor: Predictor, paths: list[str], sink: _PictureSink,
+def _predict_into(predictor: Predictor, items: list[tuple[str, str]], sink: _PictureSink,
                   num_threads: int) -> None:
-    """The loop: inference loader -> model -> original size -> `sink`, until done or a fatal
-    write error."""
+    """The loop: inference loader -> model -> original size -> `sink` (each map with its
+    output name), until done or a fatal write error."""
     loader = inference_loader(
-        paths, batch_size=predictor.batch_size, input_size=predictor.input_size,
+        [path for path, _ in items], names=[name for _, name in items],
+        batch_size=predictor.batch_size, input_size=predictor.input_size,
         resize=predictor.resize, device=predictor.device, num_threads=num_threads,
         on_error=sink.fail,
     )
@@ -199,6 +201,6 @@ def _predict_into(predictor: Predictor, paths: list[str], sink: _PictureSink,
         if sink.fatal is not None:
             break
         disparity = predictor.predict_tensor(batch["image"])
-        for path, item in zip(batch["paths"], original_size_maps(disparity, batch["sizes"]),
-                              strict=True):
-            sink.submit(path, item)
+        maps = original_size_maps(disparity, batch["sizes"])
+        for path, name, item in zip(batch["paths"], batch["names"], maps, strict=True):
+            sink.submit(path, name, item)

@@ -73,6 +73,11 @@ class DepthAnythingConfig:
     mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
+        self._check_encoder()
+        self._fill_head()
+
+    def _check_encoder(self) -> None:
+        """Version, block type and ViT sizes (raises ValueError naming the field)."""
         if self.version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
         if self.ffn not in ("mlp", "swiglu"):
@@ -88,6 +93,9 @@ class DepthAnythingConfig:
             raise ValueError(
                 f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
             )
+
+    def _fill_head(self) -> None:
+        """The head's defaults from the encoder (taps, channels, features), checked."""
         if self.intermediate_layers is None:
             self.intermediate_layers = default_intermediate_layers(self.depth, self.version)
         self.intermediate_layers = tuple(int(i) for i in self.intermediate_layers)

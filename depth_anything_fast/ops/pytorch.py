@@ -1,9 +1,10 @@
 """Plain PyTorch references of the fused losses (affine-invariant, feature alignment).
 
-The `reference` backend of `depth_anything_fast.ops`, the oracles the tests compare the fused
-backends against (run them in float64) and the baselines the benchmarks time. They favour
+The backend `"reference"` of `depth_anything_fast.ops`, the oracles the tests compare the
+fused backends against (run them in float64) and the baselines the benchmarks time. They favour
 readability over speed: autograd provides the reference gradients, with the median's gradient
-going to the element `torch.nanmedian` selects. Re-exported by `depth_anything_fast.losses.reference`.
+going to the element `torch.nanmedian` selects. Re-exported, with the MiDaS and SILog
+references, by `depth_anything_fast.losses.reference` (the public home of every oracle).
 
 All functions take flattened images: `pred`/`target` `(B, L)`, `mask` `(B, L)` bool,
 `segments` `(B, L)` integer. Half-precision inputs are computed in float32; float64 stays float64.

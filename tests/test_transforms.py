@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depth_anything_fast.models.transforms import (
+from depth_anything_fast.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     lower_bound_size,

@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 
-from .config import _SIZES, METRIC_MAX_DEPTH, DepthAnythingConfig
+from .architecture import _SIZES, METRIC_MAX_DEPTH, DepthAnythingConfig
 
 logger = logging.getLogger(__name__)
 
 FORMAT_TAG = "depth_anything_fast"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 StateDict = dict[str, torch.Tensor]
 
 
@@ -147,11 +146,6 @@ def detect_format(state: StateDict) -> str:
         "unrecognised checkpoint layout: expected Depth Anything official (pretrained.*), "
         f"transformers (backbone.*), DINOv2 or depth_anything_fast keys; first keys: {sample}"
     )
-
-
-def hf_style(state: StateDict) -> str:
-    """ "old" (attention.attention.query, on disk) or "new" (q_proj, transformers 5 memory)."""
-    return "new" if any(".attention.q_proj." in k for k in state) else "old"
 
 
 # ----------------------------------------------------------------------------- key conversion
