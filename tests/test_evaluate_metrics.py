@@ -421,3 +421,18 @@ def test_mean_metrics_averages_several_images():
     summary = mean_metrics(rows)
     assert summary["abs_rel"] == 3.0 and summary["delta1"] == 3.0
     assert (summary["n_images"], summary["n_evaluated"], summary["n_degenerate"]) == (4, 3, 1)
+
+
+def test_metric_depth_range_excludes_and_clips_with_the_given_bounds():
+    """GT under min_depth is invalid; predictions are clipped to the given bounds, not to the
+    valid GT's own extremes."""
+    gt = np.linspace(1.0, 8.0, 24).reshape(4, 6)
+    gt[0, 0] = 0.3  # under min_depth: invalid
+    pred = gt.copy()
+    pred[1, 0], pred[2, 0] = 0.6, 9.5  # inside [0.5, 10] but outside the GT's [1, 8]
+    out = metric_depth_metrics(pred, gt, alignment="none", min_depth=0.5, max_depth=10.0)
+    valid = gt >= 0.5
+    assert out["n_valid"] == 23
+    ref = oracle_errors(np.clip(pred[valid], 0.5, 10.0), gt[valid])
+    for name in METRIC_NAMES:
+        assert out[name] == pytest.approx(ref[name], rel=RTOL), name

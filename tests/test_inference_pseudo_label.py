@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -269,8 +270,22 @@ def test_rerun_with_one_setting_changed_is_refused_naming_it(
         model = change(model)
     else:
         options.update(change)
-    message = "other weights" if key == "weights_sha256" else rf"other settings \(.*{key}: "
-    with pytest.raises(ValueError, match=message):
+    previous = json.loads((out / "run_config.json").read_text())
+    if key == "weights_sha256":
+        from depth_anything_fast.inference.pseudo_label import weights_fingerprint
+
+        message = re.escape(
+            f"{out} holds labels made by other weights (then DepthAnything, {previous[key]}; now "
+            f"DepthAnything, {weights_fingerprint(model)}): use another --output, the original "
+            "weights, or --overwrite to label everything again")
+    elif key == "model":
+        message = re.escape(f"{out} holds outputs made with other settings (model: "
+                            f"{previous[key]!r} -> {model.config.to_dict()!r}); use another")
+    else:
+        message = re.escape(f"{out} holds outputs made with other settings ({key}: "
+                            f"{previous[key]!r} -> {options[key]!r}); use another --output "
+                            "directory, the original settings, or --overwrite")
+    with pytest.raises(ValueError, match=f"^{message}"):
         pseudo_label(model, src, out, **options)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
@@ -279,6 +294,112 @@ def test_rerun_with_one_setting_changed_is_refused_naming_it(
                                                "writer_threads": 1, "num_workers": 1,
                                                "verify_checksum": True})
     assert (again.succeeded, again.skipped, again.failed) == (0, 3, 0)
+
+
+def test_refusal_lists_every_changed_setting_and_bad_run_config(
+    tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, labelled = resumable
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    options = {**RESUME_BASE, "input_size": INPUT_SIZE + 14, "resize": "square"}
+    expected = (f"(input_size: {INPUT_SIZE} -> {INPUT_SIZE + 14}, "
+                "resize: 'keep-aspect' -> 'square')")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        pseudo_label(tiny[0], src, out, **options)
+    (out / "run_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(f"{out / 'run_config.json'}: not valid JSON (")
+                       + r".*\); --overwrite starts afresh$"):
+        pseudo_label(tiny[0], src, out, **RESUME_BASE)
+    # --overwrite: every rank's old manifest and error list go, the new run's settings stay
+    for name in ("manifest.rank1.jsonl", "errors.rank1.jsonl", "errors.jsonl"):
+        (out / name).write_text("")
+    again = pseudo_label(tiny[0], src, out, **options, overwrite=True)
+    assert (again.succeeded, again.skipped) == (3, 0)
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["errors.jsonl", "manifest.jsonl"]
+    assert json.loads((out / "run_config.json").read_text())["resize"] == "square"
+
+
+def test_run_config_records_the_weights_and_settings(tiny: tuple[DepthAnything, Path]) -> None:
+    from depth_anything_fast.inference.pseudo_label import (
+        Options,
+        _run_config,
+        weights_fingerprint,
+    )
+
+    model, weights = tiny
+    opts = Options(input_size=84, resize="square", format="npy", original_size=True)
+    settings = {"input_size": 84, "resize": "square", "format": "npy", "original_size": True}
+    assert _run_config(model, model, opts) == {
+        "weights": "DepthAnything", "weights_sha256": weights_fingerprint(model),
+        "model": model.config.to_dict(), **settings}
+    from_file = _run_config(str(weights), model, opts)
+    assert from_file["weights"] == os.path.abspath(weights)
+    assert from_file["weights_sha256"] == weights_fingerprint(weights)
+    hub_id = _run_config("someone/a-model", model, opts)  # not a local file: the loaded weights
+    assert hub_id["weights"] == "someone/a-model"
+    assert hub_id["weights_sha256"] == weights_fingerprint(model)
+    plain = torch.nn.Conv2d(3, 1, 1)  # a module without a DepthAnythingConfig
+    assert _run_config(plain, plain, opts)["model"] is None
+    assert _run_config(plain, plain, opts)["weights"] == "Conv2d"
+
+
+def test_weights_fingerprint_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
+    """A file: sha256 of its bytes. A folder: of each regular file's name, a NUL and its bytes,
+    sorted by name. A module: its state dict (equal weights, equal fingerprints)."""
+    import hashlib
+
+    from depth_anything_fast.inference.pseudo_label import weights_fingerprint
+
+    data = os.urandom(3000)
+    (tmp_path / "w.bin").write_bytes(data)
+    assert weights_fingerprint(tmp_path / "w.bin") == "sha256:" + hashlib.sha256(data).hexdigest()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "b.json").write_bytes(b'{"x": 1}')
+    (folder / "a.safetensors").write_bytes(data)
+    (folder / "sub").mkdir()  # not a regular file: not content
+    expected = hashlib.sha256(b"a.safetensors\0" + data + b'b.json\0{"x": 1}').hexdigest()
+    assert weights_fingerprint(folder) == "sha256:" + expected
+    one, two = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    two.load_state_dict(one.state_dict())
+    fingerprint = weights_fingerprint(one)
+    assert fingerprint == weights_fingerprint(two) and re.fullmatch(r"sha256:[0-9a-f]{64}",
+                                                                      fingerprint)
+    with torch.no_grad():
+        two.bias[0] += 1e-3
+    assert weights_fingerprint(two) != fingerprint
+
+
+def test_resume_checks_sizes_or_checksums_and_warns_on_a_small_disk(
+    tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from depth_anything_fast.inference import pseudo_label as engine
+
+    src, labelled = resumable
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    record = read_records(out / "manifest.jsonl")[0]
+    stored = (out / record.output).read_bytes()
+    (out / record.output).write_bytes(stored[:-1] + bytes([stored[-1] ^ 1]))  # same size
+    assert pseudo_label(tiny[0], src, out, **RESUME_BASE).skipped == 3  # sizes only
+    redo = pseudo_label(tiny[0], src, out, **RESUME_BASE, verify_checksum=True)
+    assert (redo.succeeded, redo.skipped) == (1, 2)
+    assert (out / record.output).read_bytes() == stored
+    # the disk is checked against what the outputs still to write need
+    need = 3 * engine._map_bytes(engine.Options(**RESUME_BASE))
+    real = shutil.disk_usage
+    for free, warned in ((need, False), (need - 1, True)):
+        monkeypatch.setattr(shutil, "disk_usage",
+                            lambda path, free=free: real(path)._replace(free=free))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pseudo_label(tiny[0], src, tmp_path / f"fresh{free}", **RESUME_BASE)
+        message = (f"{tmp_path / f'fresh{free}'}: {free / 1e6:.0f} MB free, the 3 outputs to "
+                   f"write need about {need / 1e6:.0f} MB: the run will stop when the disk is "
+                   "full")
+        assert (message in caplog.text) == warned, caplog.text
 
 
 def _tar_members(path: Path) -> list[str]:

@@ -51,8 +51,10 @@ def test_lower_bound_size_matches_official_rule_on_random_sizes() -> None:
 
 
 def test_square_size() -> None:
-    assert square_size(518) == (518, 518)
+    assert square_size(518) == (518, 518) == square_size()  # the default: the training size
     assert square_size(500) == (504, 504)
+    grey = np.zeros((30, 40), np.uint8)
+    assert preprocess(grey).shape == (1, 3, 518, 686)  # default: lower bound 518
 
 
 def test_preprocess_matches_float64_oracle() -> None:
@@ -85,8 +87,11 @@ def test_channel_variants_and_bad_inputs() -> None:
         to_rgb(np.zeros((3, 4, 2), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
         to_rgb(np.zeros((3, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="empty"):
-        to_rgb(np.zeros((0, 4, 3), np.uint8))
+    for empty in ((0, 4, 3), (4, 0, 3), (4, 0)):
+        with pytest.raises(ValueError, match="empty image of shape"):
+            to_rgb(np.zeros(empty, np.uint8))
+    assert to_rgb(np.zeros((5, 1, 3), np.uint8)).shape == (5, 1, 3)  # one column is an image
+    assert to_rgb(np.zeros((1, 5), np.uint8)).shape == (1, 5, 3)
     with pytest.raises(ValueError, match="resize"):
         preprocess(np.zeros((3, 4, 3), np.uint8), resize="pad")
     with pytest.raises(ValueError, match="input_size"):
@@ -102,6 +107,18 @@ def test_resize_prediction_is_bilinear_align_corners() -> None:
     torch.testing.assert_close(out[:, -1, -1], pred[:, -1, -1])
     assert resize_prediction(pred, (14, 28)) is pred
     assert math.isclose(out[0, 0, 56].item(), pred[0, 0, 27].item(), rel_tol=1e-6)
+    # every pixel: output i samples the source at i * (n_in - 1) / (n_out - 1), linearly
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        src = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        low = np.minimum(np.floor(src).astype(int), n_in - 2)
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), low] = 1 - (src - low)
+        m[np.arange(n_out), low + 1] = src - low
+        return m
+
+    expected = np.einsum("oh,bhw,pw->bop", weights(14, 30), pred.double().numpy(),
+                         weights(28, 57))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5)
 
 
 def _keys_cubic(d: np.ndarray, a: float = -0.75) -> np.ndarray:
