@@ -77,25 +77,23 @@ ablation: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only -q
 
-# Mutation testing of the core modules (mutmut; the files and tests: [tool.mutmut] in
-# pyproject.toml; MUTANTS: which of their functions). Not part of `make test`. Time-boxed to
-# MUTATION_MINUTES: results are cached in mutants/ per function, so a rerun resumes and retests
-# only functions that changed. Then results/mutation/README.md: the score per module and every
-# surviving mutant (exit status 1 when a module has under 90% of its non-equivalent mutants
-# killed). One torch thread per test process: mutmut forks its workers, and a fork inside
-# OpenMP's thread pool hangs (every mutant of a function running a parallel op timed out).
+# Mutation testing of the core modules (mutmut; the files and the tests: [tool.mutmut] in
+# pyproject.toml). Not part of `make test`. Time-boxed to MUTATION_MINUTES: results are cached
+# in mutants/ per function, so a rerun resumes and tests only the mutants of functions that
+# changed, then tests the surviving mutants again (tests may have changed since). Then
+# results/mutation/README.md: the score per module and every surviving mutant (exit status 1
+# when a module has under 90% of its non-equivalent mutants killed). One torch thread per test
+# process: mutmut forks its workers, and a fork inside OpenMP's thread pool hangs (every mutant
+# of a function running a parallel op timed out).
 MUTATION_MINUTES ?= 120
 MUTATION_JOBS ?= 1
-PSEUDO_LABEL := depth_anything_fast.inference.pseudo_label
-MUTANTS := 'depth_anything_fast.ops.pytorch.*' 'depth_anything_fast.losses.*' \
-	'depth_anything_fast.evaluate.metrics.*' 'depth_anything_fast.formats.*' \
-	'$(PSEUDO_LABEL).x__check_run_config__*' '$(PSEUDO_LABEL).x__run_config__*' \
-	'$(PSEUDO_LABEL).x__todo__*' '$(PSEUDO_LABEL).x_weights_fingerprint__*' \
-	'depth_anything_fast.transforms.*' 'depth_anything_fast.data.cutmix.*'
+MUTMUT := OMP_NUM_THREADS=1 timeout --signal=INT $$(( $(MUTATION_MINUTES) * 60 )) nice -n 10 \
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS)
 mutation: $(STAMP)
-	-OMP_NUM_THREADS=1 timeout --signal=INT $$(( $(MUTATION_MINUTES) * 60 )) nice -n 10 \
-		$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
-	$(PY) tools/mutation_report.py results/mutation --select $(MUTANTS)
+	-$(MUTMUT)
+	-survivors=$$($(VENV)/bin/mutmut results | sed -n 's/^ *\(.*\): \(survived\|no tests\)$$/\1/p'); \
+		[ -z "$$survivors" ] || $(MUTMUT) $$survivors
+	$(PY) tools/mutation_report.py results/mutation
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -237,9 +237,9 @@ RESUME_CHANGES = {
 
 
 def test_resume_changes_cover_every_resume_key() -> None:
-    from depth_anything_fast.inference.pseudo_label import _RESUME_KEYS
+    from depth_anything_fast.inference.resume import RESUME_KEYS
 
-    assert set(RESUME_CHANGES) == set(_RESUME_KEYS)
+    assert set(RESUME_CHANGES) == set(RESUME_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +272,7 @@ def test_rerun_with_one_setting_changed_is_refused_naming_it(
         options.update(change)
     previous = json.loads((out / "run_config.json").read_text())
     if key == "weights_sha256":
-        from depth_anything_fast.inference.pseudo_label import weights_fingerprint
+        from depth_anything_fast.inference.resume import weights_fingerprint
 
         message = re.escape(
             f"{out} holds labels made by other weights (then DepthAnything, {previous[key]}; now "
@@ -296,7 +296,7 @@ def test_rerun_with_one_setting_changed_is_refused_naming_it(
     assert (again.succeeded, again.skipped, again.failed) == (0, 3, 0)
 
 
-def test_refusal_lists_every_changed_setting_and_bad_run_config(
+def test_refusal_lists_every_changed_setting_and_badrun_config(
     tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path
 ) -> None:
     src, labelled = resumable
@@ -321,27 +321,26 @@ def test_refusal_lists_every_changed_setting_and_bad_run_config(
 
 
 def test_run_config_records_the_weights_and_settings(tiny: tuple[DepthAnything, Path]) -> None:
-    from depth_anything_fast.inference.pseudo_label import (
-        Options,
-        _run_config,
-        weights_fingerprint,
-    )
+    from dataclasses import asdict
+
+    from depth_anything_fast.inference.pseudo_label import Options
+    from depth_anything_fast.inference.resume import run_config, weights_fingerprint
 
     model, weights = tiny
-    opts = Options(input_size=84, resize="square", format="npy", original_size=True)
+    opts = asdict(Options(input_size=84, resize="square", format="npy", original_size=True))
     settings = {"input_size": 84, "resize": "square", "format": "npy", "original_size": True}
-    assert _run_config(model, model, opts) == {
+    assert run_config(model, model, opts) == {
         "weights": "DepthAnything", "weights_sha256": weights_fingerprint(model),
         "model": model.config.to_dict(), **settings}
-    from_file = _run_config(str(weights), model, opts)
+    from_file = run_config(str(weights), model, opts)
     assert from_file["weights"] == os.path.abspath(weights)
     assert from_file["weights_sha256"] == weights_fingerprint(weights)
-    hub_id = _run_config("someone/a-model", model, opts)  # not a local file: the loaded weights
+    hub_id = run_config("someone/a-model", model, opts)  # not a local file: the loaded weights
     assert hub_id["weights"] == "someone/a-model"
     assert hub_id["weights_sha256"] == weights_fingerprint(model)
     plain = torch.nn.Conv2d(3, 1, 1)  # a module without a DepthAnythingConfig
-    assert _run_config(plain, plain, opts)["model"] is None
-    assert _run_config(plain, plain, opts)["weights"] == "Conv2d"
+    assert run_config(plain, plain, opts)["model"] is None
+    assert run_config(plain, plain, opts)["weights"] == "Conv2d"
 
 
 def test_weights_fingerprint_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
@@ -349,7 +348,7 @@ def test_weights_fingerprint_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
     sorted by name. A module: its state dict (equal weights, equal fingerprints)."""
     import hashlib
 
-    from depth_anything_fast.inference.pseudo_label import weights_fingerprint
+    from depth_anything_fast.inference.resume import weights_fingerprint
 
     data = os.urandom(3000)
     (tmp_path / "w.bin").write_bytes(data)

@@ -1,14 +1,13 @@
 """Report of a `make mutation` run: the mutation score per module and every surviving mutant.
 
-    python tools/mutation_report.py results/mutation [--select 'pkg.module.*' ...]
+    python tools/mutation_report.py results/mutation
 
 Reads mutmut's cached results (`mutmut results --all true`, run in the repository root) and
 `<folder>/equivalent.txt`, the mutants judged equivalent (one per line: the mutant's name, then
 `#` and why it cannot change behaviour), and writes `<folder>/README.md`: per module the mutants,
 killed (a timeout counts as killed), equivalent, surviving (also "no tests": no selected test
 runs the function) and not yet checked, and the score = killed / (mutants - equivalent - not
-checked), counting the mutants `--select` names (shell-style patterns; all when absent); then
-the diff of each survivor (`mutmut show`) and the equivalent list. An entry of
+checked); then the diff of each survivor (`mutmut show`) and the equivalent list. An entry of
 `equivalent.txt` that names no surviving mutant (it was killed, or its function changed and the
 numbering with it) is reported as stale. Exit status 1 when a module scores under `--target`.
 """
@@ -16,7 +15,6 @@ numbering with it) is reported as stale. Exit status 1 when a module scores unde
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -62,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--target", type=float, default=0.9, help="score each module must reach")
-    parser.add_argument("--select", nargs="*", default=["*"], help="mutant name patterns")
     args = parser.parse_args(argv)
-    status = {name: state for name, state in statuses().items()
-              if any(fnmatch.fnmatchcase(name, pattern) for pattern in args.select)}
+    status = statuses()
     equivalent = read_equivalent(args.folder / "equivalent.txt")
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     survivors = []
@@ -112,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         lines += ["", "Stale entries (no longer a surviving mutant): "
                   + ", ".join(f"`{n}`" for n in stale)]
+    args.folder.mkdir(parents=True, exist_ok=True)
     (args.folder / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[5:5 + len(counts) + 3]))
     if stale:
