@@ -15,6 +15,9 @@ whether it is met:
 * model (CUDA): best bf16 batched throughput of ours >= 3x transformers fp32 batch 1;
   sdpa within 10% of the fastest attention backend.
 * inference (CUDA): pseudo-label >= 10x the official-style loop (vitl); GPU busy > 85%.
+* inference (CPU, issue 20): the default `Predictor` on one batch at least as fast as the fastest
+  runtime run directly on our export, and >= 1.3x ONNX Runtime fp32 on it; the `pseudo-label`
+  CLI end to end >= 2x the transformers pipeline in a loop.
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ EXTRA_COLUMNS = {
     "peak_mem_mb": "peak MB",
     "peak_memory_mb": "peak MB",
     "gpu_busy": "GPU busy",
+    "resolved": "runs as",
+    "build_s": "build s",
+    "first_s": "first batch s",
+    "peak_rss_mib": "peak RSS MiB",
+    "aligned_err": "aligned err. vs fp32",
 }
+# issue 20: the runtimes run directly on our ONNX export, which the default must keep up with
+DIRECT_RUNTIMES = ("openvino-f32-on-export", "openvino-bf16-on-export",
+                   "onnxruntime-fp32-on-export")
 
 
 def _impl(bench: dict[str, Any]) -> str:
@@ -146,6 +157,7 @@ def targets(benchmarks: list[dict[str, Any]], gpu: bool) -> list[tuple[str, str,
             share, goal = fused["extra_info"]["GB/s"] / copy_gbs, 0.8 if feature else 0.5
             out.append((f"{group}: fused >= {100 * goal:.0f}% of copy bandwidth "
                         f"({copy_gbs:.0f} GB/s)", f"{100 * share:.0f}%", share >= goal))
+    out += cpu_inference_targets(benchmarks)
     if not gpu:
         return out
     forward = [b for b in benchmarks if b["group"].startswith("forward ")]
@@ -179,6 +191,37 @@ def targets(benchmarks: list[dict[str, Any]], gpu: bool) -> list[tuple[str, str,
             if busy is not None:
                 out.append((f"{group}: pseudo-label GPU busy > 85%", f"{100 * busy:.0f}%",
                             busy > 0.85))
+    return out
+
+
+def cpu_inference_targets(benchmarks: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """Issue 20's CPU targets (bench_inference): per "batch ... cpu" group, the default against
+    the fastest direct runtime (>= 1x) and ONNX Runtime fp32 (>= 1.3x); per CPU end-to-end
+    group, the pseudo-label CLI against the transformers pipeline loop (>= 2x)."""
+    out: list[tuple[str, str, bool]] = []
+    for group in sorted({b["group"] for b in benchmarks}):
+        if group.startswith("batch ") and group.endswith(" cpu"):
+            default = _by(benchmarks, group, "ours-default")
+            direct = [b for b in (_by(benchmarks, group, name) for name in DIRECT_RUNTIMES) if b]
+            if not (default and direct):
+                continue
+            fastest = min(direct, key=lambda b: b["stats"]["mean"])
+            ratio = fastest["stats"]["mean"] / default["stats"]["mean"]
+            out.append((f"{group}: default >= the fastest direct runtime ({_impl(fastest)})",
+                        f"{ratio:.2f}x", ratio >= 1))
+            onnx = _by(benchmarks, group, "onnxruntime-fp32-on-export")
+            if onnx:
+                ratio = onnx["stats"]["mean"] / default["stats"]["mean"]
+                out.append((f"{group}: default >= 1.3x onnxruntime fp32", f"{ratio:.2f}x",
+                            ratio >= 1.3))
+        if group.startswith("inference cpu "):
+            pipe = _by(benchmarks, group, "transformers-pipeline")
+            for name in ("pseudo-label-cli", "pseudo-label-cli-original-size"):
+                ours = _by(benchmarks, group, name)
+                if pipe and ours:
+                    ratio = pipe["stats"]["mean"] / ours["stats"]["mean"]
+                    out.append((f"{group}: {name} >= 2x the transformers pipeline loop",
+                                f"{ratio:.2f}x", ratio >= 2))
     return out
 
 

@@ -42,3 +42,22 @@ def peak_memory_mib(fn: Callable[[], object], device: str | torch.device) -> flo
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak / 2**20
+
+
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+              "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> str:
+    """"<model name>, <n> logical cores, flags <the SIMD flags present>" from /proc/cpuinfo
+    (the flags that decide inference speed: native bf16 is AVX512-BF16 or AMX)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU (no /proc/cpuinfo)"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    present = [f for f in SIMD_FLAGS if f in flags]
+    return f"{name}, {os.cpu_count()} logical cores, flags {' '.join(present) or 'none of ' + ' '.join(SIMD_FLAGS)}"

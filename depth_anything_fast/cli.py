@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "depth_anything_fast.evaluate.cli",  # evaluate
     "depth_anything_fast.models.cli",  # convert, export
     "depth_anything_fast.train.cli",  # train
+    "depth_anything_fast.app.cli",  # app
 )
 
 

@@ -10,11 +10,16 @@ and a failure prints `DAF_TEST_SEED=<seed>`; set that variable to rerun with the
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from depth_anything_fast.models import DepthAnything
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -30,6 +35,47 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of this session where `inference.runtimes` keeps converted models (never the
+    user's cache); CLI subprocesses inherit it through `DAF_CACHE_DIR`."""
+    path = tmp_path_factory.mktemp("runtime_cache")
+    previous = os.environ.get("DAF_CACHE_DIR")
+    os.environ["DAF_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["DAF_CACHE_DIR"]
+    else:
+        os.environ["DAF_CACHE_DIR"] = previous
+
+
+def varied_tiny_model(**metric: object) -> DepthAnything:
+    """A tiny ViT-S-shaped `DepthAnything` (embed 32, depth 4) whose random weights give varied
+    disparity maps (`metric`: e.g. metric=True, max_depth=20.0)."""
+    from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+
+    config = DepthAnythingConfig.preset(
+        "vits", embed_dim=32, depth=4, num_heads=2, features=16, **metric
+    )
+    model = DepthAnything(config=config).eval()
+    # Default init gives an all-zero disparity after the final ReLU; scaled normal weights and
+    # positive biases give a varied map, so comparisons are not vacuous. About a third of such
+    # draws still collapse to a constant map (dead ReLUs before the last conv), so the weights
+    # are drawn again until probe images give varied, mostly nonzero maps (over 100 accepted
+    # models x 15 random images, none gave a constant map).
+    with torch.no_grad():
+        for _ in range(50):
+            for p in model.parameters():
+                if p.ndim > 1:
+                    p.normal_(0.0, p[0].numel() ** -0.5)
+                else:
+                    p.uniform_(0.0, 0.2)
+            out = model(torch.randn(4, 3, 56, 84)).flatten(1)
+            if (out.std(1) > 0).all() and (out > 0).float().mean() > 0.2:
+                return model
+    raise AssertionError("no varied tiny model in 50 draws")
 
 
 SEED_VARIABLE = "DAF_TEST_SEED"

@@ -94,3 +94,24 @@ def test_markdown_tables_and_baselines(report, tmp_path: Path) -> None:
         (f"{cpu_group}: C++ >= 2x compiled", "1.5x", False),
         (f"{cpu_group}: C++ >= 10x eager", "6.0x", False),
     ]
+
+
+def test_cpu_inference_targets(report) -> None:
+    batch, e2e = "batch 4 518x518 vits cpu", "inference cpu vits (64 images, 518)"
+    rows = [
+        _bench(batch, "a", 0.60, {"impl": "ours-default"}, images_per_s=6.7),
+        _bench(batch, "b", 0.63, {"impl": "openvino-bf16-on-export"}),
+        _bench(batch, "c", 1.20, {"impl": "openvino-f32-on-export"}),
+        _bench(batch, "d", 0.75, {"impl": "onnxruntime-fp32-on-export"}),
+        _bench(e2e, "e", 100.0, {"impl": "transformers-pipeline"}),
+        _bench(e2e, "f", 40.0, {"impl": "pseudo-label-cli"}),
+        _bench(e2e, "g", 55.0, {"impl": "pseudo-label-cli-original-size"}),
+    ]
+    assert report.targets(rows, gpu=False) == [
+        (f"{batch}: default >= the fastest direct runtime (openvino-bf16-on-export)", "1.05x",
+         True),
+        (f"{batch}: default >= 1.3x onnxruntime fp32", "1.25x", False),
+        (f"{e2e}: pseudo-label-cli >= 2x the transformers pipeline loop", "2.50x", True),
+        (f"{e2e}: pseudo-label-cli-original-size >= 2x the transformers pipeline loop",
+         "1.82x", False),
+    ]

@@ -566,7 +566,9 @@ def test_scene_kinds_differ_and_semantics_follow_geometry() -> None:
             assert np.all(sc.depth[sky] == 0), (kind, seed)
         stats[kind] = (np.median([np.median(sc.depth[sc.depth > 0]) for sc in scenes]),
                        np.mean([(sc.semantic == 0).mean() for sc in scenes]))
-    assert stats["closeup"][0] < 2.0 < stats["room"][0] < stats["street"][0], (stats, seed)
+    # medians of 6 scenes over 200 seeds: closeup 0.65 (max 1.04), room 2.70 (min 1.50; 5% of
+    # seeds fell under the 2.0 this test used to ask), street 8+ (min 5.3)
+    assert stats["closeup"][0] < 1.25 < stats["room"][0] < stats["street"][0], (stats, seed)
     assert stats["room"][1] == stats["closeup"][1] == 0  # no sky indoors
     assert stats["street"][1] > 0.01 and stats["field"][1] > 0.01, (stats, seed)
     with pytest.raises(ValueError, match="unknown scene kind"):

@@ -508,9 +508,11 @@ def test_model_flags_device_and_precision_messages(photos, tmp_path, caplog, mon
         assert main(["predict", "--weights", str(weights), str(photos / "src"), "--outdir",
                      str(tmp_path / "v2"), "--device", "cuda", "--no-progress"]) == 2
         assert "use --device cpu" in capsys.readouterr().err
-    monkeypatch.setattr(predictor, "cpu_has_native_bf16", lambda: False)
+    from depth_anything_fast.inference import runtimes
+
+    monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.WARNING):
-        assert predictor.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert runtimes.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert "without native bf16" in caplog.text
 
 

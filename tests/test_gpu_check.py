@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = {"tests_triton", "tests_cuda", "losses", "losses_atomics", "model", "inference"}
+STEPS = {"tests_triton", "tests_cuda", "losses", "losses_atomics", "model", "inference",
+         "inference_batch"}
 
 
 def test_gpu_check_dry_run_collects_every_step(tmp_path: Path) -> None:
@@ -30,3 +31,5 @@ def test_gpu_check_dry_run_collects_every_step(tmp_path: Path) -> None:
     # The CUDA loss cases: affine, CutMix and feature alignment fwd+bwd in 3 impls, plus copy.
     assert records["losses"]["collected"] == 10
     assert records["losses_atomics"]["collected"] == 2  # fused affine and CutMix only
+    # ViT-S/B/L x batch 16/64 x (default, ONNX Runtime CUDA, transformers)
+    assert records["inference_batch"]["collected"] == 18

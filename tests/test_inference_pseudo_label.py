@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import varied_tiny_model as _tiny_model
 from PIL import Image
 
 from depth_anything_fast.cli import main
@@ -29,34 +30,11 @@ from depth_anything_fast.formats.manifest import (
 )
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
-from depth_anything_fast.models import DepthAnything, DepthAnythingConfig
+from depth_anything_fast.models import DepthAnything
 from depth_anything_fast.transforms import lower_bound_size
 
 INPUT_SIZE = 70
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_model(**metric: object) -> DepthAnything:
-    config = DepthAnythingConfig.preset(
-        "vits", embed_dim=32, depth=4, num_heads=2, features=16, **metric
-    )
-    model = DepthAnything(config=config).eval()
-    # Default init gives an all-zero disparity after the final ReLU; scaled normal weights and
-    # positive biases give a varied map, so comparisons are not vacuous. About a third of such
-    # draws still collapse to a constant map (dead ReLUs before the last conv), so the weights
-    # are drawn again until probe images give varied, mostly nonzero maps (over 100 accepted
-    # models x 15 random images, none gave a constant map).
-    with torch.no_grad():
-        for _ in range(50):
-            for p in model.parameters():
-                if p.ndim > 1:
-                    p.normal_(0.0, p[0].numel() ** -0.5)
-                else:
-                    p.uniform_(0.0, 0.2)
-            out = model(torch.randn(4, 3, 56, 84)).flatten(1)
-            if (out.std(1) > 0).all() and (out > 0).float().mean() > 0.2:
-                return model
-    raise AssertionError("no varied tiny model in 50 draws")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +111,7 @@ def test_predictor_batched_matches_infer_image(tiny: tuple[DepthAnything, Path])
         (torch.rand(h, w, 3) * 255).to(torch.uint8).numpy()
         for h, w in [(48, 64), (75, 40), (48, 64), (30, 90), (96, 128), (48, 64)]
     ]
-    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE)
+    predictor = Predictor(model, batch_size=2, input_size=INPUT_SIZE, precision="fp32")
     assert predictor.precision == "fp32" and predictor.device.type == "cpu"
     out = predictor.predict(images)
     for image, pred in zip(images, out, strict=True):
@@ -175,7 +153,8 @@ def test_pseudo_label_outputs_errors_and_resume(
     model, weights = tiny
     src, good = _source(tmp_path)
     dst = tmp_path / "npy"
-    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2)
+    opts = dict(batch_size=3, input_size=INPUT_SIZE, backend=backend, writer_threads=2,
+                precision="fp32")
     summary = pseudo_label(weights, src, dst, format="npy", original_size=True, **opts)
     assert (summary.succeeded, summary.skipped, summary.failed) == (len(good), 0, 2)
     assert summary.exit_code == 1
@@ -272,7 +251,7 @@ def test_rerun_with_one_setting_changed_is_refused_naming_it(
         options.update(change)
     previous = json.loads((out / "run_config.json").read_text())
     if key == "weights_sha256":
-        from depth_anything_fast.inference.resume import weights_fingerprint
+        from depth_anything_fast.models.weights import weights_fingerprint
 
         message = re.escape(
             f"{out} holds labels made by other weights (then DepthAnything, {previous[key]}; now "
@@ -324,7 +303,8 @@ def test_run_config_records_the_weights_and_settings(tiny: tuple[DepthAnything, 
     from dataclasses import asdict
 
     from depth_anything_fast.inference.pseudo_label import Options
-    from depth_anything_fast.inference.resume import run_config, weights_fingerprint
+    from depth_anything_fast.inference.resume import run_config
+    from depth_anything_fast.models.weights import weights_fingerprint
 
     model, weights = tiny
     opts = asdict(Options(input_size=84, resize="square", format="npy", original_size=True))
@@ -348,7 +328,7 @@ def test_weights_fingerprint_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
     sorted by name. A module: its state dict (equal weights, equal fingerprints)."""
     import hashlib
 
-    from depth_anything_fast.inference.resume import weights_fingerprint
+    from depth_anything_fast.models.weights import weights_fingerprint
 
     data = os.urandom(3000)
     (tmp_path / "w.bin").write_bytes(data)
@@ -487,7 +467,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
 ) -> None:
     model, weights = tiny
     src, good = _source(tmp_path)
-    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil", precision="fp32")
     # bucketed batches of 4 (3 buckets: full, partial and single batches) vs one image at a time
     pseudo_label(weights, src, tmp_path / "png", format="png16", **opts)
     tar = pseudo_label(weights, src, tmp_path / "wds", format="webdataset", **opts)
@@ -528,7 +508,7 @@ def test_metric_model_pseudo_labels_read_back_as_metric_depth(tmp_path: Path) ->
     model = _tiny_model(metric=True, max_depth=max_depth)
     weights = model.save_pretrained(tmp_path / "metric.safetensors")
     src, good = _source(tmp_path)
-    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil")
+    opts = dict(batch_size=4, input_size=INPUT_SIZE, backend="pil", precision="fp32")
     for fmt, tol in (("png16", 0.5 * max_depth / 65535), ("npy", 0.0)):
         out = tmp_path / fmt
         summary = pseudo_label(weights, src, out, format=fmt, **opts)
@@ -708,6 +688,8 @@ def test_predict_cli(
         str(out),
         "--input-size",
         str(INPUT_SIZE),
+        "--precision",
+        "fp32",
     ]
     assert main([*argv, "--save-npy"]) == 0
     combined = np.asarray(Image.open(out / "x.png"))
@@ -780,7 +762,9 @@ def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_pa
     src.mkdir()
     for name in ("demo01.jpg", "demo08.jpg", "demo12.jpg"):
         shutil.copy(shared_data / "images" / name, src / name)
-    opts = dict(input_size=INPUT_SIZE, backend="pil", batch_size=2, handle_signals=False)
+    # fp32: precision "auto" is bf16 on CPUs with native bf16, which infer_image does not use
+    opts = dict(input_size=INPUT_SIZE, backend="pil", batch_size=2, handle_signals=False,
+                precision="fp32")
     summary = pseudo_label(weights, src, tmp_path / "out", **opts)
     assert (summary.succeeded, summary.failed) == (3, 0)
     for r in read_records(tmp_path / "out" / "manifest.jsonl"):

@@ -3,8 +3,8 @@ functions included, so a cycle cannot hide behind a deferred import).
 
 Layers, lowest first: formats, kernels, transforms, the C++ extension < ops < losses < models,
 data (siblings: neither imports the other) < inference, evaluate < train < drivers (`cli.py`,
-`__main__.py`, `*/cli.py`, `demo.py`, `recipe/`). A module imports its own package or lower
-layers only; drivers may also use each other (the evaluate command shares the predictor options
+`__main__.py`, `*/cli.py`, `demo.py`, `recipe/`, `app/`). A module imports its own package or
+lower layers only; drivers may also use each other (the evaluate command shares the predictor options
 of the inference commands). Inside `ops` a fused op's route goes one way (`OPS_RANKS`); the
 Triton kernels import nothing of the package; every subcommand lives in a `cli.py`.
 """
@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
 DRIVER_LAYER = 7
 DRIVERS = ("cli", "__main__", "demo")
 LAYERS["recipe"] = DRIVER_LAYER  # the recipe's pipeline and ablation drivers (issue 11)
+LAYERS["app"] = DRIVER_LAYER  # the web page (issue 21)
 # Imports waiting for another change (none now: the losses' float64 references live beside the
 # ops since issue 12).
 PENDING: frozenset[tuple[str, str]] = frozenset()

@@ -98,8 +98,51 @@ def test_installed_entry_points_help(installed: Path) -> None:
     script = installed / "bin" / "depth-anything-fast"
     assert script.is_file()
     cli = run_installed(installed, [str(script), "--help"])
-    for command in ("predict", "pseudo-label", "evaluate", "convert", "export"):
+    for command in ("predict", "pseudo-label", "evaluate", "convert", "export", "app"):
         assert command in cli.stdout
+    predict = run_installed(installed, [str(script), "predict", "--help"]).stdout
+    for flag in ("--pointcloud", "--focal-length", "--fov", "--no-temporal-align",
+                 "--save-png16"):
+        assert flag in predict
+    assert "--port" in run_installed(installed, [str(script), "app", "--help"]).stdout
+
+
+def test_installed_video_pointcloud_and_page(installed: Path, tmp_path: Path) -> None:
+    """The three user tools from the wheel: a depth video, a point cloud, the page's outputs
+    (the video and pointcloud extras; skipped where they are not installed; the page's Gradio
+    side is driven in tests/test_app.py)."""
+    for extra in ("av", "plyfile"):
+        pytest.importorskip(extra, reason=f"{extra} (an extra) is not installed")
+    script = (
+        "import sys, numpy as np, av, plyfile\n"
+        "from pathlib import Path\n"
+        "from depth_anything_fast.models import DepthAnything, DepthAnythingConfig\n"
+        "from depth_anything_fast.inference.pictures import predict_files\n"
+        "from depth_anything_fast.app.page import DepthPage\n"
+        "from depth_anything_fast.inference.predictor import Predictor\n"
+        "out = Path(sys.argv[1])\n"
+        "config = DepthAnythingConfig.preset('custom', embed_dim=32, depth=4, num_heads=2, "
+        "metric=True, max_depth=10.0)\n"
+        "model = DepthAnything(config=config)\n"
+        "with av.open(str(out / 'clip.mkv'), 'w') as c:\n"
+        "    s = c.add_stream('ffv1', rate=10); s.width, s.height = 32, 24\n"
+        "    for i in range(3):\n"
+        "        f = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 40 * i, np.uint8), "
+        "format='rgb24')\n"
+        "        [c.mux(p) for p in s.encode(f)]\n"
+        "    [c.mux(p) for p in s.encode()]\n"
+        "from PIL import Image\n"
+        "Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(out / 'x.png')\n"
+        "written, failed = predict_files(model, [str(out / 'clip.mkv'), str(out / 'x.png')], "
+        "out / 'o', input_size=28, pointcloud=True)\n"
+        "assert not failed and (out / 'o' / 'clip.mp4').is_file(), failed\n"
+        "assert len(plyfile.PlyData.read(str(out / 'o' / 'x.ply'))['vertex']) == 24 * 32\n"
+        "page = DepthPage(Predictor(model, input_size=28), 'm', workdir=out / 'w')\n"
+        "assert page.compute([str(out / 'x.png')], ['magma'], [None])[0].ply\n"
+        "print('ok')\n"
+    )
+    done = run_installed(installed, [sys.executable, "-c", script, str(tmp_path)])
+    assert done.stdout.strip().endswith("ok")
 
 
 def test_dali_backend_without_dali_names_the_extras(

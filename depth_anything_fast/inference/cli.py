@@ -17,13 +17,15 @@ torchrun one manifest.rank{r}.jsonl / errors.rank{r}.jsonl per rank, each rank a
 Rerunning with the same arguments resumes (finished outputs are skipped); other weights (by
 content) or settings are refused unless --overwrite. Ctrl-C stops after the current batch with
 the manifest flushed; a second Ctrl-C aborts at once. A disk that fills up stops the run at once.
-Precision "auto": bf16 autocast on CUDA, fp32 on CPU.
+Precision "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32;
+runtime "auto": OpenVINO on the CPU when installed, else torch (bf16) or ONNX Runtime (fp32).
 Exit status: 0 all done, 1 some inputs failed (see the errors file), 2 usage error,
 3 stopped because outputs could not be written (disk full, read-only), 130 interrupted."""
 
 
 # The Predictor's options, as CLI flags; `evaluate` takes the same ones.
-PREDICTOR_OPTIONS = ("batch_size", "precision", "compile", "input_size", "resize", "device")
+PREDICTOR_OPTIONS = ("batch_size", "precision", "compile", "input_size", "resize", "device",
+                     "runtime")
 
 
 def add_predictor_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
@@ -34,6 +36,11 @@ def add_predictor_options(parser: argparse.ArgumentParser, *, batch_size: int) -
     parser.add_argument("--input-size", type=int, default=518)
     parser.add_argument("--resize", choices=("keep-aspect", "square"), default="keep-aspect")
     parser.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+    parser.add_argument(
+        "--runtime", choices=("auto", "torch", "openvino", "onnxruntime"), default="auto",
+        help="what runs the model (default auto: the fastest installed that is exact enough; "
+        "on the CPU OpenVINO, else torch bf16 or ONNX Runtime fp32; on CUDA torch)",
+    )
 
 
 def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -41,7 +48,8 @@ def predictor_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in PREDICTOR_OPTIONS}
 
 
-def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """Add --weights, the checkpoint hints (`model_hints`) and the `Predictor` flags."""
     parser.add_argument(
         "--weights",
         help="checkpoint: an official Depth Anything V1/V2 .pth, a transformers or converted "
@@ -64,7 +72,8 @@ def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None
     add_predictor_options(parser, batch_size=batch_size)
 
 
-def _model_hints(args: argparse.Namespace) -> dict[str, Any]:
+def model_hints(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed checkpoint hints as keyword arguments of `load_model`."""
     return {"version": args.version, "metric": args.metric, "max_depth": args.max_depth}
 
 
@@ -76,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=PSEUDO_LABEL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_model_options(p, batch_size=8)
+    add_model_options(p, batch_size=8)
     p.add_argument("--input", required=True, help="directory, list file, glob or .tar shards")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--format", choices=("png16", "npy", "webdataset"), default="png16")
@@ -104,19 +113,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     q = subparsers.add_parser(
         "predict",
-        help="colourised depth for images (like the official run.py, batched)",
-        description="Writes OUTDIR/<name>.png: the image, a white gap and its depth in "
-        "Spectral_r (a metric model's depth in Spectral: near is red either way; or grayscale), "
-        "or only the depth with --pred-only.",
+        help="colourised depth for images and videos (like the official run.py and "
+        "run_video.py, batched), point clouds of metric depth",
+        description="Writes OUTDIR/<name>.png per image: the image, a white gap and its depth "
+        "in Spectral_r (a metric model's depth in Spectral: near is red either way; or "
+        "grayscale), or only the depth with --pred-only; and OUTDIR/<name>.mp4 per video (any "
+        "container and codec PyAV decodes: the `video` extra), the same pictures at the "
+        "source's frame rate and size. A video's disparity is aligned frame to frame to a "
+        "running reference (robust least-squares scale and shift) and every frame is coloured "
+        "with one range (set by its first 8 frames), so the depth does not flicker.",
     )
-    _add_model_options(q, batch_size=4)
+    add_model_options(q, batch_size=4)
     q.add_argument("inputs", nargs="+", metavar="INPUT", help="image, directory, list file or glob")
     q.add_argument("--outdir", default="./vis_depth")
     q.add_argument("--grayscale", action="store_true")
     q.add_argument("--pred-only", action="store_true")
-    q.add_argument("--save-npy", action="store_true", help="also save raw disparity as .npy")
+    q.add_argument("--save-npy", action="store_true",
+                   help="also save raw disparity as .npy (videos: OUTDIR/<name>_frames/"
+                   "NNNNNN.npy per frame, aligned unless --no-temporal-align)")
     q.add_argument("--no-progress", action="store_true")
+    _add_video_and_pointcloud_options(q)
     q.set_defaults(func=_run_predict)
+
+
+def _add_video_and_pointcloud_options(parser: argparse.ArgumentParser) -> None:
+    """`predict`'s options for videos and point clouds."""
+    v = parser.add_argument_group("videos")
+    v.add_argument("--no-temporal-align", dest="temporal_align", action="store_false",
+                   help="colour each frame's disparity as it comes (per-frame min-max, as the "
+                   "official run_video.py) instead of aligned to the video's reference")
+    v.add_argument("--save-png16", action="store_true",
+                   help="also save each frame's disparity as a 16-bit PNG (as pseudo-label "
+                   "writes it) in OUTDIR/<name>_frames/, min/max in its manifest.jsonl")
+    c = parser.add_argument_group("point clouds (metric models; the `pointcloud` extra)")
+    c.add_argument("--pointcloud", action="store_true",
+                   help="also write OUTDIR/<name>.ply per image: every pixel back-projected "
+                   "with the focal length, coloured by the image (metric models only)")
+    focal = c.add_mutually_exclusive_group()
+    focal.add_argument("--focal-length", type=float, default=None, metavar="PX",
+                       help="focal length in pixels (default 470.4, as the official "
+                       "depth_to_pointcloud.py)")
+    focal.add_argument("--fov", type=float, default=None, metavar="DEG",
+                       help="horizontal field of view in degrees, instead of --focal-length")
 
 
 def _no_weights() -> int:
@@ -142,7 +180,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             **predictor_options(args),
-            **_model_hints(args),
+            **model_hints(args),
             format=args.format,
             original_size=args.original_size,
             num_workers=args.num_workers,
@@ -226,11 +264,16 @@ def _run_predict(args: argparse.Namespace) -> int:
             args.inputs,
             args.outdir,
             **predictor_options(args),
-            **_model_hints(args),
+            **model_hints(args),
             grayscale=args.grayscale,
             pred_only=args.pred_only,
             save_npy=args.save_npy,
             progress=not args.no_progress,
+            pointcloud=args.pointcloud,
+            focal_length=args.focal_length,
+            fov=args.fov,
+            temporal_align=args.temporal_align,
+            save_png16=args.save_png16,
         )
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

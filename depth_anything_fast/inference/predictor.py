@@ -1,26 +1,20 @@
 """Batched, mixed-precision inference with a `DepthAnything` model.
 
-Defaults per device: on CUDA bf16 autocast (the ViT and DPT are trained in and robust to bf16, and
-tensor cores double throughput); on CPU fp32, because CPU bf16 autocast is only faster on CPUs
-with AMX/AVX512-BF16 and is slower than fp32 elsewhere. Pass `precision` to override either.
+The forward pass runs on one of the runtimes of `inference.runtimes` (torch, OpenVINO, ONNX
+Runtime); "auto", the default, takes the fastest one installed that is exact enough, and
+precision "auto" bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16 or
+AMX), fp32 elsewhere. Pass `runtime` / `precision` to choose.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from depth_anything_fast.runtime import cpu_has_native_bf16
+from depth_anything_fast.inference.runtimes import DTYPES, build_runtime, resolve_runtime
 from depth_anything_fast.transforms import RESIZE_MODES, preprocess, resize_prediction
-
-logger = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -43,22 +37,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "auto" -> "bf16" on CUDA, "fp32" elsewhere; other values are validated and returned
-    (bf16 on a CPU without native bf16 with a warning: it is slower there than fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("precision fp16 is not supported on CPU; use bf16 or fp32")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        logger.warning("precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX) is "
-                       "emulated and several times slower than fp32; --precision auto picks "
-                       "fp32 on the CPU")
-    return precision
-
-
 class Predictor:
     """Runs a `DepthAnything` model on batches.
 
@@ -67,11 +45,16 @@ class Predictor:
             `torch.inference_mode`; the model's train/eval flags and `requires_grad` are left
             as the caller set them (a training loop can validate with its own model).
         batch_size: images per forward pass in `predict`.
-        precision: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (CUDA only) or "fp32".
-        compile: wrap the model in `torch.compile(dynamic=False)`; one graph per bucket shape.
+        precision: "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "bf16",
+            "fp16" (CUDA only) or "fp32".
+        compile: wrap the model in `torch.compile(dynamic=False)`; one graph per bucket shape
+            (torch runtime only).
         input_size: shorter-side target of the resize rule (multiple of 14 after resizing).
         resize: "keep-aspect" (official lower-bound rule) or "square" (input_size x input_size).
         device: torch device; default CUDA when available.
+        runtime: "auto" | "torch" | "openvino" | "onnxruntime" (`inference.runtimes`: how
+            "auto" resolves). OpenVINO and ONNX Runtime convert the weights once (cached on
+            disk) and refuse to run after the model's weights were changed in place.
     """
 
     def __init__(
@@ -84,32 +67,25 @@ class Predictor:
         input_size: int = 518,
         resize: str = "keep-aspect",
         device: str | torch.device | None = None,
+        runtime: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.runtime, self.precision = resolve_runtime(runtime, precision, self.device, model,
+                                                       compile)
         self.batch_size = batch_size
         self.input_size = input_size
         self.resize = resize
         self.model = model.to(self.device)
-        self._forward: torch.nn.Module = self.model
-        if compile:
-            import torch._dynamo
-
-            # One static graph per bucket shape; keep-aspect buckets of a varied collection
-            # exceed dynamo's default of 8 recompilations, after which it would fall back to eager.
-            config = torch._dynamo.config
-            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-            setattr(config, name, max(getattr(config, name), 256))
-            self._forward = torch.compile(self.model, dynamic=False)  # type: ignore[assignment]
+        self._run = build_runtime(self.model, self.runtime, self.precision, self.device, compile)
 
     @property
     def dtype(self) -> torch.dtype:
-        """Autocast dtype (float32 means autocast off)."""
-        return _DTYPES[self.precision]
+        """Compute dtype (float32: full precision)."""
+        return DTYPES[self.precision]
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) ImageNet-normalised float, h and w multiples of 14 -> (B, h, w) float32.
@@ -125,24 +101,7 @@ class Predictor:
         if self.device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
             batch = batch.pin_memory()
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
-        with (
-            self._eval_mode(),
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "fp32"),
-        ):
-            out = self._forward(x)
-        return out.float()
-
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Eval mode for one forward; every submodule's own flag is restored afterwards."""
-        training = [m for m in self.model.modules() if m.training]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for module in training:
-                module.training = True  # not train(): that would also switch its children
+        return self._run(x)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """RGB uint8 images (H, W, 3), any sizes -> disparity float32 (H, W) each, original size.

@@ -127,6 +127,7 @@ class Options:
     num_workers: int | None = None  # loader decode threads
     writer_threads: int | None = None
     backend: str = "auto"  # loader backend: auto | dali | pil
+    runtime: str = "auto"  # what runs the model (`inference.runtimes`)
     device: str | None = None
     rank: int | None = None  # default: $RANK (torchrun) or 0
     world_size: int | None = None  # default: $WORLD_SIZE or 1
@@ -387,7 +388,7 @@ def _label(
     todo = _todo(mine, output_dir, opts)
     predictor = Predictor(model, batch_size=opts.batch_size, precision=opts.precision,
                           compile=opts.compile, input_size=opts.input_size, resize=opts.resize,
-                          device=device)
+                          device=device, runtime=opts.runtime)
     errors = ErrorLog(output_dir / errors_name(rank, world))
     decode_threads, write_threads = default_threads(predictor.device)
     writer = LabelWriter(

@@ -10,7 +10,6 @@ the same item whatever shard holds it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -21,31 +20,10 @@ import torch
 
 from depth_anything_fast.formats.manifest import MANIFEST_GLOB, finished_records
 from depth_anything_fast.inference.writers import atomic_write
+from depth_anything_fast.models.weights import weights_fingerprint
 
 RUN_CONFIG = "run_config.json"
 RESUME_KEYS = ("weights_sha256", "model", "input_size", "resize", "format", "original_size")
-
-
-def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Module) -> str:
-    """`"sha256:<hex>"` of the weights' content: the file's bytes (a directory: each regular
-    file's name, a NUL byte and its bytes, sorted by name), or a model's state dict (names,
-    dtypes, shapes, values)."""
-    digest = hashlib.sha256()
-    if isinstance(weights_or_model, torch.nn.Module):
-        for name, tensor in weights_or_model.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return "sha256:" + digest.hexdigest()
-    path = Path(weights_or_model)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():  # the file's own name is not content (a moved file is the same)
-            digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def run_config(weights_or_model: str | os.PathLike[str] | torch.nn.Module | None,

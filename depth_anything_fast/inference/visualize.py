@@ -19,8 +19,9 @@ def colormap_lut(name: str = "Spectral_r") -> np.ndarray:
     return (cmap(np.arange(256))[:, :3] * 255).astype(np.uint8)
 
 
-def to_uint8(disparity: np.ndarray) -> np.ndarray:
-    """(H, W) float -> (H, W) uint8 by per-image min-max scaling (a constant map gives zeros).
+def to_uint8(disparity: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W) float -> (H, W) uint8 by per-image min-max scaling (a constant map gives zeros),
+    or with one `value_range` (lo, hi) for a whole sequence (values outside are clipped).
 
     Non-finite values raise ValueError rather than turning into arbitrary colours.
     """
@@ -30,17 +31,21 @@ def to_uint8(disparity: np.ndarray) -> np.ndarray:
     d = disparity.astype(np.float32)
     if not np.isfinite(d).all():
         raise ValueError("disparity contains non-finite values")
-    lo, hi = d.min(), d.max()
+    lo, hi = (d.min(), d.max()) if value_range is None else np.float32(value_range)
     if hi <= lo:
         return np.zeros(d.shape, np.uint8)
+    if value_range is not None:
+        d = np.clip(d, lo, hi)
     return ((d - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
 def colorize(
-    disparity: np.ndarray, *, grayscale: bool = False, cmap: str = "Spectral_r"
+    disparity: np.ndarray, *, grayscale: bool = False, cmap: str = "Spectral_r",
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """(H, W) float disparity -> (H, W, 3) uint8 RGB (near = red end of Spectral_r)."""
-    codes = to_uint8(disparity)
+    """(H, W) float disparity -> (H, W, 3) uint8 RGB (near = red end of Spectral_r), scaled
+    per image or with `value_range` (`to_uint8`)."""
+    codes = to_uint8(disparity, value_range)
     if grayscale:
         return np.repeat(codes[..., None], 3, axis=-1)
     return colormap_lut(cmap)[codes]

@@ -89,11 +89,22 @@ class DepthAnything(nn.Module):
         features, last = self.encoder.forward_features(
             x, self.config.intermediate_layers, last=return_features
         )
+        out = self.decode(features, patch_h, patch_w)
+        if return_features:
+            return out, last
+        return out
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's part of `forward`: x (B, 3, H, W) -> the head's inputs, the normed
+        patch tokens (B, H/14 * W/14, embed_dim) of the `config.intermediate_layers` blocks."""
+        return self.encoder.forward_features(x, self.config.intermediate_layers)[0]
+
+    def decode(self, features: list[torch.Tensor], patch_h: int, patch_w: int) -> torch.Tensor:
+        """The head's part of `forward`: `encode`'s features of a patch_h x patch_w grid ->
+        (B, patch_h * 14, patch_w * 14) disparity (metric models: depth in metres)."""
         out = self.head(features, patch_h, patch_w)[:, 0]
         if self.config.metric:
             out = out * self.config.max_depth
-        if return_features:
-            return out, last
         return out
 
     @torch.no_grad()

@@ -94,14 +94,18 @@ def interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def exportable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """`model` in eval mode, with plain-matmul attention (every exporter and runtime reads it;
-    fused kernels such as xformers' do not export) and its position-embedding interpolation
-    traceable for any input size; all restored on exit."""
+def exportable(model: torch.nn.Module, attention: str = "math") -> Iterator[torch.nn.Module]:
+    """`model` in eval mode, with the attention backend `attention` and its position-embedding
+    interpolation traceable for any input size; all restored on exit.
+
+    "math" (plain matmul-softmax-matmul) is what every exporter and runtime reads (ONNX before
+    opset 23 has no attention operator; fused kernels such as xformers' do not export);
+    "sdpa" keeps `aten.scaled_dot_product_attention` in a torch.export program, which
+    OpenVINO converts to its own fused attention."""
     encoder = model.encoder
     was_training, backend = model.training, encoder.attention_backend
     model.eval()
-    encoder.set_attention_backend("math")
+    encoder.set_attention_backend(attention)
     encoder.interpolate_pos_encoding = types.MethodType(interpolate_pos_encoding, encoder)
     try:
         yield model
@@ -124,8 +128,22 @@ def _example_and_shapes(model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
     return example, shapes
 
 
-def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
-    """`torch.export` program of `model` (CPU, float32) with dynamic batch, height and width.
+class _Encode(torch.nn.Module):
+    """`DepthAnything.encode` as a module's forward (its four outputs as a tuple)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.encode(x))
+
+
+def export_program(model: torch.nn.Module, attention: str = "math", *,
+                   encoder_only: bool = False) -> torch.export.ExportedProgram:
+    """`torch.export` program of `model` (CPU, float32) with dynamic batch, height and width;
+    `attention` as in `exportable` ("math" for ONNX). `encoder_only`: the program of
+    `model.encode` (x -> the four (B, N, embed_dim) token maps the head takes).
 
     A model on another device or in another dtype is copied, not changed. Run the result with
     `program.module()(x)`; save with `torch.export.save`, load with `torch.export.load`.
@@ -134,8 +152,9 @@ def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
     if param.device.type != "cpu" or param.dtype != torch.float32:
         model = copy.deepcopy(model).float().cpu()
     example, shapes = _example_and_shapes(model)
-    with exportable(model), torch.no_grad():
-        return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+    with exportable(model, attention), torch.no_grad():
+        program = _Encode(model) if encoder_only else model
+        return torch.export.export(program, (example,), dynamic_shapes=shapes, strict=False)
 
 
 def require_onnx_exporter() -> None:

@@ -15,8 +15,10 @@ Loading never executes code from a file: `torch.load(weights_only=True)` or safe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,3 +512,25 @@ def save_file(state: StateDict, path: str | Path, config: DepthAnythingConfig) -
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     metadata = {"format": FORMAT_TAG, "config": json.dumps(config.to_dict())}
     _save(tensors, str(path), metadata=metadata)
+
+
+def weights_fingerprint(weights_or_model: str | os.PathLike[str] | torch.nn.Module) -> str:
+    """`"sha256:<hex>"` of the weights' content: the file's bytes (a directory: each regular
+    file's name and bytes, sorted by name), or a model's state dict (names, dtypes, shapes,
+    values)."""
+    digest = hashlib.sha256()
+    if isinstance(weights_or_model, torch.nn.Module):
+        for name, tensor in weights_or_model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # no copy
+        return "sha256:" + digest.hexdigest()
+    path = Path(weights_or_model)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():  # the file's own name is not content (a moved file is the same)
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

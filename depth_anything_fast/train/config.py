@@ -167,7 +167,7 @@ class OptimConfig(_Section):
 
 
 class LossConfig(_Section):
-    # which implementation computes the losses (`losses.*(implementation=)`)
+    # which backend computes the fused losses (`losses.*(backend=)`)
     implementation: Literal["auto", "reference", "cpu", "triton"] = "auto"
     # Teacher: weight of the MiDaS multi-scale gradient-matching term (0 = off).
     gradient_weight: float = 0.0

@@ -478,7 +478,9 @@ class Trainer:
         else:
             encoding = folder_spec(d.val) or "metres"
         reader = get_reader("generic", d.val, encoding=encoding, limit=self.cfg.val_max_images)
-        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32",
+        # torch, not a converted runtime: the weights change between validations, and each
+        # conversion would cost seconds (the predictor refuses stale converted weights anyway)
+        predictor = Predictor(model, batch_size=d.batch_size, precision="fp32", runtime="torch",
                               input_size=self.cfg.val_input_size, device=info.device)
         # a metric model's depth is scored as it is
         scoring = "metric" if self.cfg.stage == "finetune-metric" else "relative"

@@ -1,0 +1,1 @@
+"""`depth-anything-fast app`: a web page to try a model (Gradio, the `app` extra)."""
