@@ -84,12 +84,16 @@ bench: $(STAMP)
 # results/mutation/README.md: the score per module and every surviving mutant (exit status 1
 # when a module has under 90% of its non-equivalent mutants killed). One torch thread per test
 # process: mutmut forks its workers, and a fork inside OpenMP's thread pool hangs (every mutant
-# of a function running a parallel op timed out).
+# of a function running a parallel op timed out). Which tests reach which function is collected
+# afresh each time (mutants/mutmut-stats.json removed; ~3 min): mutmut alone would trace only new
+# tests, so a function moved to another module, or an old test that now reaches it, would go
+# untested and its mutants reported as survivors.
 MUTATION_MINUTES ?= 120
 MUTATION_JOBS ?= 1
 MUTMUT := OMP_NUM_THREADS=1 timeout --signal=INT $$(( $(MUTATION_MINUTES) * 60 )) nice -n 10 \
 	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS)
 mutation: $(STAMP)
+	rm -f mutants/mutmut-stats.json
 	-$(MUTMUT)
 	-survivors=$$($(VENV)/bin/mutmut results | sed -n 's/^ *\(.*\): \(survived\|no tests\)$$/\1/p'); \
 		[ -z "$$survivors" ] || $(MUTMUT) $$survivors
