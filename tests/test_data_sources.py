@@ -492,6 +492,11 @@ def test_cutmix_generator_and_errors() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="B, C, H, W"):
         cutmix(torch.zeros(3, 4, 4))
+    for p in (1.5, -0.1, 2.0):
+        with pytest.raises(ValueError, match=rf"^cutmix probability p must be in \[0, 1\], got {p}$"):
+            cutmix(images, p=p)
+    with pytest.raises(ValueError, match="box sampler must be one of"):
+        cutmix(images, box="square")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,6 +623,14 @@ def test_cutmix_unimatch_boxes_reach_every_edge_and_the_fallback_stays_inside(
                            torch.from_numpy(area))  # a full rectangle, inside the image
         assert top.min() == 0 and left.min() == 0 and bottom.max() == h and right.max() == w
         assert area.max() <= 0.4 * h * w
+    # one try: its sides whatever the placement (shifted inside, so never cut down), as
+    # drawn: area U(0.02, 0.4), ratio U(0.3, 1/0.3), sides truncated and at most the image's
+    rng = _fresh_rng()
+    fraction, ratio = rng.uniform(0.02, 0.4, 4000) * h * w, rng.uniform(0.3, 1 / 0.3, 4000)
+    ref_area = (np.minimum(np.sqrt(fraction / ratio).astype(int), w)
+                * np.minimum(np.sqrt(fraction * ratio).astype(int), h))
+    ref_area = ref_area[ref_area > 0]
+    assert _ks_statistic(area.astype(float), ref_area.astype(float)) < 0.07  # p ~ 1e-5
 
 
 def _yun_reference(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -650,6 +663,13 @@ def test_cutmix_yun_boxes_match_the_papers_sampler() -> None:
         assert _ks_statistic(got.astype(float), expected.astype(float)) < 0.07, seed
     inside = (top > 0) & (bottom < h)
     assert inside.sum() > 100 and ((bottom - top)[inside] % 2 == 0).all()
+    inside = (left > 0) & (right < w)
+    assert inside.sum() > 100 and ((right - left)[inside] % 2 == 0).all()
+    # one-row or one-column images: the paper's box has a side of int(1 * cut) = 0 there
+    for shape in ((50, 1, 1, 9), (50, 1, 9, 1)):
+        _, keep, _ = cutmix(torch.randn(shape), p=1.0, box="yun",
+                            generator=torch.Generator().manual_seed(seed))
+        assert keep.all()
     # joint placement as the paper's: correlations within 0.1 (4.5 sigma at n = 4000)
     centre, size = top + bottom, bottom - top
     ref_centre, ref_size = ref[:, 0] + ref[:, 1], ref[:, 1] - ref[:, 0]

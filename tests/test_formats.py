@@ -92,6 +92,18 @@ def test_output_names_roots(tmp_path, monkeypatch):
     assert output_names("s.tar", members, ".npy") == ["dir/p.npy", "q::r.npy"]
 
 
+def test_output_names_of_an_existing_list_file_with_glob_characters(tmp_path):
+    """An existing list file named like a glob (`[1].txt`) is a file, not a pattern: names are
+    relative to the deepest folder holding the images, not to the list's own folder."""
+    from depth_anything_fast.formats.names import output_names
+
+    (tmp_path / "sub").mkdir()
+    listing = tmp_path / "[1].txt"
+    paths = [str(tmp_path / "sub" / "a.jpg"), str(tmp_path / "sub" / "b.jpg")]
+    listing.write_text("\n".join(paths) + "\n")
+    assert output_names(str(listing), paths, ".png") == ["a.png", "b.png"]
+
+
 def test_output_names_collisions(tmp_path):
     from depth_anything_fast.formats.names import check_unique_names, output_names
 

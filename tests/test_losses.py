@@ -23,10 +23,13 @@ from depth_anything_fast.losses import (
     scale_shift_invariant_loss,
     silog_loss,
 )
+from depth_anything_fast.losses.inputs import image_inputs
 from depth_anything_fast.losses.reference import (
     affine_invariant_loss_reference,
     feature_alignment_loss_reference,
     masked_lower_median,
+    scale_shift_invariant_loss_reference,
+    silog_loss_reference,
 )
 from depth_anything_fast.ops import cpu_available, triton_available
 
@@ -411,6 +414,11 @@ def test_defaults_are_the_papers_and_modules_pass_their_settings():
          naive_silog(pred.abs() + 0.1, target.double(), mask, 0.5)),
         (SiLogLoss(0.2)(pred.abs() + 0.1, target.double(), mask),
          naive_silog(pred.abs() + 0.1, target.double(), mask, 0.2)),
+        # the reference functions' own defaults (the public losses pass theirs explicitly)
+        (scale_shift_invariant_loss_reference(pred, target.double(), mask),
+         naive_midas(pred, target.double(), mask, 0.5, 4)),
+        (silog_loss_reference(pred.abs() + 0.1, target.double(), mask),
+         naive_silog(pred.abs() + 0.1, target.double(), mask, 0.5)),
     ]
     for k, (got, expected) in enumerate(cases):
         torch.testing.assert_close(got, expected.to(got.dtype), msg=f"case {k}")
@@ -538,3 +546,36 @@ def test_feature_alignment_frozen_of_another_dtype_is_converted():
     for backend in ("reference", *fused_backends()):
         torch.testing.assert_close(feature_alignment_loss(f, g.double(), backend=backend),
                                    feature_alignment_loss(f, g, backend=backend))
+
+
+def test_image_inputs_errors_name_the_argument() -> None:
+    """Each argument's own name (the target's as the loss calls it) in its error; a (B, 1, W)
+    tensor is a batch of one-row images, not a channel dimension."""
+    import re
+
+    pred, target = torch.rand(2, 4, 5), torch.rand(2, 4, 5)
+    mask, segments = torch.ones(2, 4, 5, dtype=torch.bool), torch.zeros(2, 4, 5, dtype=torch.long)
+    bad = [
+        (dict(pred=[1.0]), TypeError, "pred must be a torch.Tensor, got list"),
+        (dict(target=(1.0,)), TypeError, "teacher must be a torch.Tensor, got tuple"),
+        (dict(mask=1), TypeError, "mask must be a torch.Tensor, got int"),
+        (dict(segments="s"), TypeError, "segments must be a torch.Tensor, got str"),
+        (dict(pred=pred.long()), TypeError, "pred must be a floating-point tensor, got torch.int64"),
+        (dict(target=target.int()), TypeError,
+         "teacher must be a floating-point tensor, got torch.int32"),
+        (dict(mask=mask[:, None].expand(2, 2, 4, 5)), ValueError,
+         "mask must have shape (B, H, W) or (B, 1, H, W), got (2, 2, 4, 5)"),
+        (dict(segments=segments[0]), ValueError,
+         "segments must have shape (B, H, W) or (B, 1, H, W), got (4, 5)"),
+        (dict(segments=mask), TypeError, "segments must be an integer tensor, got torch.bool"),
+        (dict(segments=segments.float()), TypeError,
+         "segments must be an integer tensor, got torch.float32"),
+    ]
+    for change, error, message in bad:
+        args = dict(pred=pred, target=target, mask=mask, segments=segments) | change
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            image_inputs(**args, target_name="teacher")
+    one_row = torch.rand(3, 1, 6)
+    got = image_inputs(one_row, one_row.clone(), one_row > 0.5, target_name="teacher")
+    assert got[0].shape == (3, 1, 6) and torch.equal(got[0], one_row)
+    assert torch.equal(image_inputs(pred[:, None], target[:, None])[0], pred)  # (B, 1, H, W)
