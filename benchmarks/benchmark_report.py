@@ -53,8 +53,10 @@ def _impl(bench: dict[str, Any]) -> str:
     params = bench.get("params") or {}
     if "impl" in params:
         label = str(params["impl"])
-        if "compiled" in params:  # bench_train: impl x compiled
+        if "compiled" in params:  # bench_train: impl x compiled x precision
             label += " compiled" if params["compiled"] else " eager"
+        if "precision" in params:
+            label += f" {params['precision']}"
         return label
     if "backend" in params:
         return str(params["backend"])

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,14 @@ def _student_budget() -> tuple[int, int]:
 
 
 def train_demo_models(out: Path, world: pipeline.World, *, seed: int,
-                      steps: int | None = None) -> dict[str, Path]:
+                      steps: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Path]:
     """Teacher, pseudo-labels, student and the labelled-only control; `steps` overrides every
-    stage's steps (smoke runs)."""
+    stage's steps (smoke runs), `overrides` (``FIELD=VALUE``) every stage's config."""
     layout = world.layout
     student_steps, images_per_step = _student_budget()
     if steps is not None:
         student_steps = steps
-    common = [f"data.labelled={layout.labelled}", f"model.init={world.encoder}"]
+    common = [f"data.labelled={layout.labelled}", f"model.init={world.encoder}", *overrides]
     step_override = [] if steps is None else [f"steps={steps}"]
     teacher = pipeline.train(pipeline.TEACHER_CONFIG,
                              [*common, *step_override, f"seed={seed}",
@@ -150,8 +151,10 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """Run the full demo into ``out``; ``scale`` < 1 shrinks data and steps (tests)."""
+def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the full demo into ``out``; ``scale`` < 1 shrinks data and steps (tests);
+    ``overrides`` (``FIELD=VALUE``) apply to every training stage's config."""
     import os
 
     from depth_anything_fast.recipe.synthetic import KINDS
@@ -162,7 +165,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     budget = pipeline.WorldBudget().scaled(scale)
     world = pipeline.prepare_world(out, budget, seed)
     steps = None if scale >= 1 else max(int(400 * scale), 2)
-    models = train_demo_models(out, world, seed=seed, steps=steps)
+    models = train_demo_models(out, world, seed=seed, steps=steps, overrides=overrides)
     evaluation = pipeline.evaluate_models(world, models)
     kinds = list(KINDS)
     summary = {name: pipeline.summarise(records, kinds)
@@ -178,7 +181,8 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     report = {
         "kinds": kinds, "labelled_kinds": list(budget.labelled_kinds),
         "n_labelled": budget.n_labelled, "n_unlabelled": budget.n_unlabelled,
-        "n_val": budget.n_val, "summary": summary, "paired": paired,
+        "n_val": budget.n_val, "seed": seed, "overrides": list(overrides), "summary": summary,
+        "paired": paired,
         "elapsed_s": time.perf_counter() - start,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
@@ -197,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="shrink data and training steps (< 1: a quick smoke run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE",
+                        help="config override for every training stage, e.g. "
+                             "dist.precision=fp32 (repeatable)")
     args = parser.parse_args(argv)
-    report = run_demo(Path(args.out), scale=args.scale, seed=args.seed)
+    report = run_demo(Path(args.out), scale=args.scale, seed=args.seed,
+                      overrides=args.overrides)
     summary = report["summary"]
     print()
     print(report["table"])

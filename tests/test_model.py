@@ -396,6 +396,59 @@ def test_attention_backends_agree_with_float64_math() -> None:
             assert max_rel_diff(got.double(), expected) <= TOL, backend
 
 
+def test_cpu_bf16_attention_computes_in_fp32() -> None:
+    """bf16 q, k, v on the CPU (also under autocast, which would cast SDPA back to bf16) are
+    computed by the fp32 kernel and rounded once: the bf16 kernel is slower backward there."""
+    from depth_anything_fast.models.layers.attention import attention
+
+    q, k, v = (torch.randn(3, 2, 17, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, "sdpa")
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    out.float().square().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+
+
+def test_depth_map_level_is_added_in_fp32() -> None:
+    """Under bf16 autocast and with bf16 weights, the head's last 1x1 conv adds its bias (the
+    map's level) in fp32 to the weighted sum and returns fp32: the map is rounded relative to its
+    variation, not to its level. A fresh head (bias 1, small weights: 1 +- 0.003) would be
+    rounded to a few bf16 steps (2^-8 at 1.0) otherwise."""
+    model = random_ours()
+    last = model.head.scratch.output_conv2[2]
+    with torch.no_grad():
+        last.weight.mul_(0.01)
+        last.bias.fill_(1.0)
+    x = torch.randn(2, 3, 42, 56)
+    captured = {}
+
+    def keep(name):
+        return lambda module, args, out: captured.__setitem__(name, out)
+
+    model.head.scratch.output_conv2[1].register_forward_hook(keep("autocast"))
+    low = DepthAnything(config=model.config).eval().to(torch.bfloat16)
+    low.load_state_dict(model.state_dict())
+    low.head.scratch.output_conv2[1].register_forward_hook(keep("bf16 weights"))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = {"autocast": model(x)}
+        outputs["bf16 weights"] = low(x.bfloat16())
+    for key, got in outputs.items():
+        assert got.dtype == torch.float32, key
+        weight, bias = last.weight.double(), last.bias.double()
+        if key == "bf16 weights":  # that model's own (rounded) parameters
+            weight, bias = weight.bfloat16().double(), bias.bfloat16().double()
+        inputs = captured[key].double()
+        expected = F.relu(F.conv2d(inputs, weight)[:, 0] + bias)
+        # weights and products rounded to bf16 (2^-9 relative each), the level is not: the
+        # error is bounded by the terms' magnitude, ~30x below the 1.0 level's bf16 step
+        terms = F.conv2d(inputs.abs(), weight.abs())[:, 0]
+        error = (got.double() - expected).abs()
+        assert (error <= 2.0**-7 * terms + 1e-6).all(), (key, error.max())
+        assert (2.0**-7 * terms).max() < 2.0**-9, "the weighted sum must be small next to 1"
+
+
 def test_attention_backend_errors() -> None:
     with pytest.raises(ValueError, match="unknown attention backend"):
         DepthAnything(config=tiny_config(), attn_backend="flash9")

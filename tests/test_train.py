@@ -114,13 +114,17 @@ def test_param_groups_encoder_decoder_lr() -> None:
 
 # ------------------------------------------------------------------------------------ stages
 @pytest.mark.parametrize("stage", ["teacher", "student", "finetune-metric"])
-def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path) -> None:
+def test_stage_runs_and_exports(stage: str, tiny_data, tmp_path: Path, monkeypatch) -> None:
     from depth_anything_fast.models import DepthAnything
+    from depth_anything_fast.train import trainer as trainer_module
 
+    kept = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: kept.append(1) or True)
     extra = ("steps=2", "val_every=2", f"data.val={tiny_data['val']}", "val_input_size=56")
     cfg = load_config(None, _overrides(stage, tiny_data, tmp_path, *extra))
     result = Trainer(cfg).run()
     assert result["status"] == "done" and result["step"] == 2
+    assert kept == [1]  # a CPU run keeps freed memory for the next step
     losses = _losses(tmp_path)
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
     *_, record, val = (json.loads(line) for line in (tmp_path / "metrics.jsonl").open())
@@ -182,6 +186,51 @@ def test_nan_loss_stops_naming_step_and_sources(tiny_data, tmp_path: Path, monke
         Trainer(cfg).run()
     assert str(tiny_data["labelled"]) in str(err.value)
     assert (tmp_path / "checkpoints" / "step_00000001").is_dir()
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["single-process", "fsdp2"])
+def test_one_compute_dtype_serves_both_paths(tiny_data, tmp_path: Path, monkeypatch,
+                                             fsdp: bool) -> None:
+    """dist.precision auto on a CPU with native bf16 (the flag mocked) computes in bf16 on both
+    paths. A single process keeps fp32 parameters and autocasts, the frozen encoder included:
+    started from the same weights, its tokens equal the student's exactly. FSDP2 gets the dtype
+    as its MixedPrecisionPolicy's param_dtype (fully_shard recorded, not run: no process group)
+    and the frozen encoder is cast to it, as FSDP2 casts the student."""
+    import torch.distributed.device_mesh as device_mesh
+    import torch.distributed.fsdp as fsdp_module
+
+    from depth_anything_fast.train import distributed
+    from depth_anything_fast.train.distributed import DistInfo, autocast_context
+
+    monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: True)
+    policies = []
+    monkeypatch.setattr(fsdp_module, "fully_shard",
+                        lambda module, mesh, mp_policy: policies.append(mp_policy))
+    monkeypatch.setattr(device_mesh, "init_device_mesh", lambda *args, **kwargs: None)
+    cfg = load_config(None, _overrides("student", tiny_data, tmp_path, "dist.precision=auto",
+                                       f"dist.fsdp={str(fsdp).lower()}",
+                                       f"model.init={tiny_data['teacher']}",
+                                       "model.allow_head_init=true"))
+    cpu = torch.device("cpu")
+    run = Trainer(cfg)._build(DistInfo(rank=0, world_size=1, local_rank=0, device=cpu))
+    assert run.compute_dtype == torch.bfloat16 and run.fsdp is fsdp
+    assert run.frozen is not None
+    frozen_dtype = next(run.frozen.parameters()).dtype
+    if fsdp:
+        assert policies and all(p.param_dtype == torch.bfloat16
+                                and p.reduce_dtype == torch.float32 for p in policies)
+        assert frozen_dtype == torch.bfloat16
+        with autocast_context(run.compute_dtype, cpu, run.fsdp):
+            assert not torch.is_autocast_enabled("cpu")
+        return
+    assert not policies and frozen_dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad(), autocast_context(run.compute_dtype, cpu, run.fsdp):
+        assert torch.is_autocast_enabled("cpu")
+        _, tokens = run.model.eval()(x, return_features=True)
+        frozen_tokens = run.frozen.patch_tokens(x)
+    assert torch.equal(tokens, frozen_tokens)
 
 
 def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,7 +65,9 @@ class DPTHead(nn.Module):
         metric: Sigmoid instead of the final ReLU (V2 metric models; scaled by max_depth
             outside the head).
     Input: four (B, N, in_channels) token maps with N = patch_h * patch_w.
-    Output: (B, 1, 14 * patch_h, 14 * patch_w) in the tokens' dtype (compute dtype).
+    Output: (B, 1, 14 * patch_h, 14 * patch_w) float32 (the last 1x1 conv adds its bias in fp32
+    under autocast and for half-precision weights too; everything before it is in the compute
+    dtype).
     """
 
     def __init__(
@@ -124,6 +126,15 @@ class DPTHead(nn.Module):
         del path
         size = (patch_h * self.patch_size, patch_w * self.patch_size)
         out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
-        for layer in s.output_conv2:
-            out = layer(out)
-        return out
+        conv, relu, last, activation = s.output_conv2
+        out = F.conv2d(relu(conv(out)), last.weight)
+        # The last conv's bias (the map's level) is added in fp32, and the map stays fp32: its
+        # variation within an image can be a small fraction of its level (a fresh head gives
+        # 1 +- 0.003), which bf16's 8-bit mantissa would round to a few steps, and the losses
+        # normalise by exactly that variation. The weighted sum before it keeps the compute
+        # dtype (rounded relative to the signal, not to the level).
+        with torch.autocast(out.device.type, enabled=False):
+            out = out.float()
+            if last.bias is not None:
+                out = out + last.bias.float().view(1, -1, 1, 1)
+            return activation(out)

@@ -46,6 +46,9 @@ class SemanticTraining:
     warmup_steps: int = 50
     kind_weight: float = 0.5
     seed: int = 0
+    # what the encoder's forward computes in, as the trainer's `dist.precision` (auto: bf16
+    # where the CPU computes it natively); the losses stay fp32
+    precision: str = "auto"
 
 
 def _load_split(data_root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -161,6 +164,7 @@ def train_semantic_encoder(
     from depth_anything_fast.models import DepthAnything
     from depth_anything_fast.models.weights import save_file
     from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
+    from depth_anything_fast.train.distributed import resolve_compute_dtype
 
     data_root, out_dir = Path(data_root), Path(out_dir)
     key = _key(data_root, arch, settings)
@@ -176,8 +180,11 @@ def train_semantic_encoder(
     torch.manual_seed(settings.seed)
     encoder = DepthAnything(config=arch).encoder
     probe = _Probe(arch.embed_dim, len(SEMANTIC_CLASSES), len(kind_names))
-    _pretrain(encoder, probe, (images, classes, kinds), settings, arch.patch_size, g, log)
+    compute_dtype = resolve_compute_dtype(settings.precision, torch.device("cpu"))
+    _pretrain(encoder, probe, (images, classes, kinds), settings, arch.patch_size, g, log,
+              compute_dtype)
     info: dict[str, Any] = {"key": key, "settings": dataclasses.asdict(settings),
+                            "compute_dtype": str(compute_dtype).removeprefix("torch."),
                             "train_images": int(images.shape[0]),
                             "seconds": round(time.perf_counter() - start, 1)}
     if (data_root / "semantic" / "val").is_dir():
@@ -194,11 +201,14 @@ def train_semantic_encoder(
 
 def _pretrain(encoder: Any, probe: _Probe, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
               settings: SemanticTraining, patch_size: int, g: torch.Generator,
-              log: Callable[[str], None]) -> None:
+              log: Callable[[str], None], compute_dtype: torch.dtype) -> None:
     """Train `encoder` with `probe` on (images, per-pixel classes, scene kinds): the patch
     class histograms (soft cross-entropy) plus `kind_weight` x the scene kind, AdamW with the
-    training's warm-up and decay (`train.optim.lr_factor`); batches and crops drawn from `g`."""
+    training's warm-up and decay (`train.optim.lr_factor`); batches and crops drawn from `g`.
+    The encoder's forward runs under `compute_dtype` autocast, the probe and losses in fp32."""
     from depth_anything_fast.recipe.synthetic import SEMANTIC_CLASSES
+    from depth_anything_fast.runtime import keep_freed_memory
+    from depth_anything_fast.train.distributed import autocast_context
     from depth_anything_fast.train.optim import lr_factor
 
     images, classes, kinds = data
@@ -206,11 +216,15 @@ def _pretrain(encoder: Any, probe: _Probe, data: tuple[torch.Tensor, torch.Tenso
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, settings.steps, settings.warmup_steps, 1.0))
+    cpu = torch.device("cpu")
+    keep_freed_memory()  # as the trainer on the CPU: the same tensors every step
     encoder.train()
     for step in range(settings.steps):
         idx = torch.randint(0, images.shape[0], (settings.batch_size,), generator=g)
         x, c = _batch(images[idx], classes[idx], settings.crop_size, g, train=True)
-        patch_logits, kind_logits = probe(encoder.patch_tokens(x))
+        with autocast_context(compute_dtype, cpu, fsdp=False):
+            tokens = encoder.patch_tokens(x)
+        patch_logits, kind_logits = probe(tokens.float())
         target = _patch_histograms(c, len(SEMANTIC_CLASSES), patch_size)
         loss_patch = -(target * patch_logits.log_softmax(-1)).sum(-1).mean()
         loss_kind = F.cross_entropy(kind_logits, kinds[idx])

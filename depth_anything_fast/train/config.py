@@ -192,7 +192,10 @@ class DistConfig(_Section):
     fsdp: bool | None = None
     activation_checkpointing: bool = False
     compile: bool = False
-    # "auto": bf16 parameters / autocast on CUDA, fp32 on CPU.
+    # What the forward passes compute in (`distributed.resolve_compute_dtype`): "auto" is bf16
+    # where it is native (CUDA; CPUs with AVX512-BF16 or AMX), else fp32. bf16 means autocast in
+    # a single process, bf16 parameters under FSDP2; the master weights, gradients, optimiser
+    # state and the losses stay fp32.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # torch.distributed process-group backend; "auto": nccl on CUDA, gloo on the CPU
     comm_backend: Literal["auto", "nccl", "gloo"] = "auto"

@@ -1,4 +1,5 @@
-"""Process-group set-up and the one place where models are wrapped for training.
+"""Process-group set-up, the training precision rule (`resolve_compute_dtype`) and the one place
+where models are wrapped for training.
 
 Wrapping follows torchtitan's order: activation checkpointing per transformer block ->
 optional ``torch.compile`` per block -> ``fully_shard`` each block -> ``fully_shard`` the root.
@@ -7,7 +8,9 @@ Compiling the block before sharding keeps FSDP2's hooks outside the compiled gra
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 
@@ -15,9 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from depth_anything_fast.runtime import launch_env
+from depth_anything_fast.runtime import cpu_has_native_bf16, launch_env
 
 from .config import DistConfig
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -109,14 +116,29 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def resolve_param_dtype(cfg: DistConfig, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA and fp32 on CPU for ``precision="auto"`` (CPU bf16 matmuls are slow on most
-    hosts and gloo reductions of bf16 lose the tolerance the tests rely on)."""
-    if cfg.precision == "bf16":
-        return torch.bfloat16
-    if cfg.precision == "fp32":
+def resolve_compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a training step computes in; the one rule for both paths (FSDP2 casts the
+    parameters to it through its `MixedPrecisionPolicy`, a single process autocasts the forward
+    pass to it; the master weights, gradients and optimiser state stay fp32 either way, and
+    the losses run in fp32, see `train.stages`).
+
+    ``precision`` (`DistConfig.precision`) "auto": bf16 where the hardware computes it natively (CUDA, and CPUs with
+    AVX512-BF16 or AMX: `runtime.cpu_has_native_bf16`), fp32 elsewhere, where bf16 is emulated
+    and slower than fp32. ``"bf16"`` / ``"fp32"`` are taken as they are (bf16 on a CPU without
+    native bf16 with a warning).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
         return torch.float32
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    if precision == "bf16":
+        if not native:
+            logger.warning("dist.precision bf16 on %s without native bf16 (no AVX512-BF16/AMX) "
+                           "is emulated and slower than fp32; precision auto picks fp32 there",
+                           device)
+        return torch.bfloat16
+    return torch.bfloat16 if native else torch.float32
 
 
 def use_fsdp(cfg: DistConfig, info: DistInfo) -> bool:
@@ -139,9 +161,11 @@ def transformer_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module
     return found
 
 
-def wrap_model(model: nn.Module, cfg: DistConfig, info: DistInfo) -> nn.Module:
-    """Apply activation checkpointing, per-block compile and FSDP2 to a model already on
-    ``info.device``; returns the model to train (the same object, blocks replaced in place)."""
+def wrap_model(model: nn.Module, cfg: DistConfig, info: DistInfo,
+               compute_dtype: torch.dtype) -> nn.Module:
+    """Apply activation checkpointing, per-block compile and FSDP2 (parameters cast to
+    ``compute_dtype``, `resolve_compute_dtype`'s) to a model already on ``info.device``;
+    returns the model to train (the same object, blocks replaced in place)."""
     if cfg.activation_checkpointing or cfg.compile:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
             checkpoint_wrapper,
@@ -155,24 +179,22 @@ def wrap_model(model: nn.Module, cfg: DistConfig, info: DistInfo) -> nn.Module:
                 wrapped = torch.compile(wrapped)
             parent._modules[attr] = wrapped
 
-    param_dtype = resolve_param_dtype(cfg, info.device)
     if use_fsdp(cfg, info):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(info.device.type, (info.world_size,))
-        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         for _, _, block in transformer_blocks(model):
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
-def autocast_context(cfg: DistConfig, info: DistInfo, fsdp: bool):
-    """bf16 autocast without FSDP when bf16 is asked for (FSDP2 casts parameters itself);
-    a null context otherwise."""
-    import contextlib
-
-    if resolve_param_dtype(cfg, info.device) == torch.bfloat16 and not fsdp:
-        return torch.autocast(info.device.type, dtype=torch.bfloat16)
+def autocast_context(compute_dtype: torch.dtype, device: torch.device,
+                     fsdp: bool) -> contextlib.AbstractContextManager:
+    """The forward pass's context: bf16 autocast in a single process when ``compute_dtype`` is
+    bf16 (under FSDP2 the parameters are cast instead: a null context, as for fp32)."""
+    if compute_dtype == torch.bfloat16 and not fsdp:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -3,10 +3,16 @@
 Each function takes the model being trained and one batch (dicts of tensors from the data
 loaders, already on the device) and returns ``(total_loss, parts)`` where ``parts`` holds the
 detached terms for logging. All loss arithmetic comes from ``depth_anything_fast.losses``.
+
+The trainer calls them under its forward context (bf16 autocast where the compute dtype is bf16,
+`train.distributed.autocast_context`): the model and the frozen encoder run in it, the losses
+always in fp32 (predictions and tokens cast to float32, autocast off around the loss calls), so
+a reduced-precision forward never reaches the loss arithmetic.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -15,6 +21,12 @@ from torch import Tensor, nn
 from .config import LossConfig
 
 Batch = dict[str, Any]
+
+
+def _fp32_losses(pred: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on `pred`'s device: what runs inside computes in its inputs' dtype
+    (float32 here) whatever context the caller entered."""
+    return torch.autocast(pred.device.type, enabled=False)
 
 
 def teacher_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tensor, dict]:
@@ -26,14 +38,16 @@ def teacher_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tenso
     from depth_anything_fast.losses import affine_invariant_loss, scale_shift_invariant_loss
 
     pred = model(batch["image"]).float()
-    loss = affine_invariant_loss(pred, batch["disparity"], batch["mask"], backend=cfg.implementation)
-    parts = {"affine": loss.detach()}
-    if cfg.gradient_weight > 0:
-        midas = scale_shift_invariant_loss(
-            pred, batch["disparity"], batch["mask"], scales=cfg.gradient_scales
-        )
-        parts["midas"] = midas.detach()
-        loss = loss + cfg.gradient_weight * midas
+    with _fp32_losses(pred):
+        loss = affine_invariant_loss(pred, batch["disparity"], batch["mask"],
+                                     backend=cfg.implementation)
+        parts = {"affine": loss.detach()}
+        if cfg.gradient_weight > 0:
+            midas = scale_shift_invariant_loss(
+                pred, batch["disparity"], batch["mask"], scales=cfg.gradient_scales
+            )
+            parts["midas"] = midas.detach()
+            loss = loss + cfg.gradient_weight * midas
     return loss, parts
 
 
@@ -67,35 +81,36 @@ def student_loss(
     n_labelled = labelled["image"].shape[0]
     view = pseudo["strong"] if cfg.strong_perturbation else pseudo["image"]
     mixed, box, partner = cutmix(view, p=cfg.cutmix_p, generator=generator, box=cfg.cutmix_box)
-    box = box.to(mixed.device)
-    partner = partner.to(mixed.device)
-    target_a = pseudo["disparity"]
-    target_b = target_a[partner]
+    box, partner = box.to(mixed.device), partner.to(mixed.device)
+    target_a, target_b = pseudo["disparity"], pseudo["disparity"][partner]
     mask = torch.where(box, pseudo["mask"], pseudo["mask"][partner])
 
     inputs = torch.cat([labelled["image"], mixed])
     pred, tokens = model(inputs, return_features=True)
     pred = pred.float()
+    frozen_tokens = None
+    if cfg.feature_alignment:
+        frozen_dtype = next(frozen_encoder.parameters()).dtype
+        with torch.no_grad():  # in the caller's context, as the student's forward
+            frozen_tokens = frozen_encoder.patch_tokens(inputs.to(frozen_dtype))
 
-    loss_l = affine_invariant_loss(
-        pred[:n_labelled], labelled["disparity"], labelled["mask"], backend=cfg.implementation
-    )
-    loss_u = cutmix_loss(pred[n_labelled:], target_a, target_b, box, mask,
-                         backend=cfg.implementation)
-    parts = {"labelled": loss_l.detach(), "unlabelled": loss_u.detach()}
-    if not cfg.feature_alignment:
-        return (loss_l + loss_u) / 2, parts
-    frozen_dtype = next(frozen_encoder.parameters()).dtype
-    with torch.no_grad():
-        frozen_tokens = frozen_encoder.patch_tokens(inputs.to(frozen_dtype))
-    loss_f = feature_alignment_loss(
-        tokens.flatten(0, 1).float(),
-        frozen_tokens.flatten(0, 1).float(),
-        cfg.alpha,
-        backend=cfg.implementation,
-    )
-    parts["feature"] = loss_f.detach()
-    return (loss_l + loss_u + loss_f) / 3, parts
+    with _fp32_losses(pred):
+        loss_l = affine_invariant_loss(
+            pred[:n_labelled], labelled["disparity"], labelled["mask"], backend=cfg.implementation
+        )
+        loss_u = cutmix_loss(pred[n_labelled:], target_a, target_b, box, mask,
+                             backend=cfg.implementation)
+        parts = {"labelled": loss_l.detach(), "unlabelled": loss_u.detach()}
+        if frozen_tokens is None:
+            return (loss_l + loss_u) / 2, parts
+        loss_f = feature_alignment_loss(
+            tokens.flatten(0, 1).float(),
+            frozen_tokens.flatten(0, 1).float(),
+            cfg.alpha,
+            backend=cfg.implementation,
+        )
+        parts["feature"] = loss_f.detach()
+        return (loss_l + loss_u + loss_f) / 3, parts
 
 
 def metric_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tensor, dict]:
@@ -106,5 +121,6 @@ def metric_loss(model: nn.Module, batch: Batch, cfg: LossConfig) -> tuple[Tensor
     from depth_anything_fast.losses import silog_loss
 
     pred = model(batch["image"]).float()
-    loss = silog_loss(pred, batch["depth"], batch["mask"], lambd=cfg.silog_lambda)
+    with _fp32_losses(pred):
+        loss = silog_loss(pred, batch["depth"], batch["mask"], lambd=cfg.silog_lambda)
     return loss, {"silog": loss.detach()}

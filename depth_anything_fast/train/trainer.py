@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depth_anything_fast.runtime import StopSignals
+from depth_anything_fast.runtime import StopSignals, keep_freed_memory
 
 from . import stages
 from .batch_stream import BatchStream
@@ -35,7 +35,7 @@ from .distributed import (
     autocast_context,
     barrier,
     init_distributed,
-    resolve_param_dtype,
+    resolve_compute_dtype,
     use_fsdp,
     wrap_model,
 )
@@ -65,6 +65,8 @@ class _RunState:
     model: nn.Module
     frozen: nn.Module | None
     fsdp: bool
+    # what the forward passes compute in (`resolve_compute_dtype`)
+    compute_dtype: torch.dtype
     optimizer: torch.optim.Optimizer
     scheduler: Any
     streams: dict[str, BatchStream]
@@ -280,18 +282,26 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg).to(info.device)
+        fsdp = use_fsdp(cfg.dist, info)
+        compute_dtype = resolve_compute_dtype(cfg.dist.precision, info.device)
+        if info.is_main:
+            log.info("training in %s (dist.precision %s on %s%s)",
+                     str(compute_dtype).removeprefix("torch."), cfg.dist.precision, info.device,
+                     ", FSDP2 casts the parameters" if fsdp else "")
         frozen = None
         if cfg.stage == "student":
             from depth_anything_fast.models import build_frozen_encoder
 
             # Replicated on every rank: it is inference-only and smaller than the student.
-            # In the training parameter dtype (bf16 on GPU): it only runs forward passes.
+            # Its tokens are computed as the student's are (the student starts from the same
+            # weights): under FSDP2 in the parameter dtype FSDP2 gives the student, else in fp32
+            # under the same autocast as the student's forward.
             frozen = build_frozen_encoder(cfg.model.frozen_encoder or cfg.model.init)
-            frozen = frozen.to(info.device, dtype=resolve_param_dtype(cfg.dist, info.device))
-        fsdp = use_fsdp(cfg.dist, info)
-        model = wrap_model(model, cfg.dist, info)
+            frozen = frozen.to(info.device, dtype=compute_dtype if fsdp else torch.float32)
+        model = wrap_model(model, cfg.dist, info, compute_dtype)
         optimizer = build_optimizer(model, cfg.optim)
-        return _RunState(info=info, model=model, frozen=frozen, fsdp=fsdp, optimizer=optimizer,
+        return _RunState(info=info, model=model, frozen=frozen, fsdp=fsdp,
+                         compute_dtype=compute_dtype, optimizer=optimizer,
                          scheduler=build_scheduler(optimizer, cfg.optim, cfg.steps),
                          streams=self._streams(info))
 
@@ -340,6 +350,10 @@ class Trainer:
         if self.resume and self.overwrite:
             raise RunDirError("--resume and --overwrite exclude each other")
         info = init_distributed(cfg.dist)
+        if info.device.type == "cpu":
+            # every step allocates the same large tensors: reuse them instead of page-faulting
+            # them in again (15-20% of a demo step's CPU time)
+            keep_freed_memory()
         self._prepare_out_dir(info)
         run = self._build(info)
         self._resume(run)
@@ -381,7 +395,7 @@ class Trainer:
         non-finite loss raises NonFiniteLossError and a signal is acted on."""
         cfg, info = self.cfg, run.info
         batches = {k: next(s) for k, s in run.streams.items()}
-        with autocast_context(cfg.dist, info, run.fsdp):
+        with autocast_context(run.compute_dtype, info.device, run.fsdp):
             loss, parts = self._stage_loss(run.model, batches, run.frozen, info, run.step)
         sources = [p for b in batches.values() for p in b.get("paths", [])]
         run.monitor.record(run.step + 1, loss, sources)  # no host sync before the backward

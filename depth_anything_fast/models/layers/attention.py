@@ -64,8 +64,16 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-    """Dispatch to a resolved backend. q, k, v: (B, heads, N, head_dim), any float dtype."""
+    """Dispatch to a resolved backend. q, k, v: (B, heads, N, head_dim), any float dtype; the
+    output has q's dtype."""
     if backend == "sdpa":
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # The CPU's bf16 SDPA kernel is no faster than its fp32 one forward and 3-4x slower
+            # backward at the demo's sizes (N=65, head_dim 32; on par at ViT-S 518), so bf16
+            # training on the CPU computes attention in fp32 (autocast would cast it back).
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            return out.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "math":
         return math_attention(q, k, v)
