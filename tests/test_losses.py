@@ -388,6 +388,8 @@ def test_defaults_are_the_papers_and_modules_pass_their_settings():
     segments = torch.randint(0, 3, (2, 9, 10))
     f = torch.randn(2, 6, 8)
     g = f + torch.rand(2, 6, 1) * torch.randn(2, 6, 8)
+    big_pred, big_target = torch.randn(2, 40, 36, dtype=torch.float64), torch.rand(2, 40, 36)
+    big_target, big_mask = big_target.double(), torch.rand(2, 40, 36) > 0.2
     cases = [
         (affine_invariant_loss(pred.float(), target, mask),
          affine_invariant_loss(pred.float(), target, mask, reduction="mean", backend="auto")),
@@ -415,8 +417,8 @@ def test_defaults_are_the_papers_and_modules_pass_their_settings():
         (SiLogLoss(0.2)(pred.abs() + 0.1, target.double(), mask),
          naive_silog(pred.abs() + 0.1, target.double(), mask, 0.2)),
         # the reference functions' own defaults (the public losses pass theirs explicitly)
-        (scale_shift_invariant_loss_reference(pred, target.double(), mask),
-         naive_midas(pred, target.double(), mask, 0.5, 4)),
+        (scale_shift_invariant_loss_reference(big_pred, big_target, big_mask),
+         naive_midas(big_pred, big_target, big_mask, 0.5, 4)),  # a 5th scale would count here
         (silog_loss_reference(pred.abs() + 0.1, target.double(), mask),
          naive_silog(pred.abs() + 0.1, target.double(), mask, 0.5)),
     ]

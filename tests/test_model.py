@@ -50,19 +50,24 @@ def assert_spread(reference: torch.Tensor) -> None:
 
 def _spread_final_layer(
     model: torch.nn.Module, conv: torch.nn.Conv2d, forward, probe: torch.Tensor,  # noqa: ANN001
-    positive: float = 0.95,
+    positive: float = 0.95, feeds: torch.nn.Module | None = None,
 ) -> None:
     """Rescale `conv` (the last layer before the ReLU/Sigmoid) so that its outputs on `probe`
-    have std 1 and a share `positive` of them is above zero."""
-    outputs: list[torch.Tensor] = []
-    # a copy: an in-place ReLU follows our final convolution
-    hook = conv.register_forward_hook(lambda module, args, out: outputs.append(out.clone()))
+    have std 1 and a share `positive` of them is above zero. Its input is captured as it enters
+    `conv`, or as `feeds` returns it where the model applies `conv`'s weights functionally."""
+    inputs: list[torch.Tensor] = []
+    if feeds is None:
+        hook = conv.register_forward_pre_hook(
+            lambda module, args: inputs.append(args[0].clone()))
+    else:  # a copy: an in-place ReLU may be what feeds it
+        hook = feeds.register_forward_hook(lambda module, args, out: inputs.append(out.clone()))
     try:
         forward(model, probe)
     finally:
         hook.remove()
     with torch.no_grad():
-        pre = (outputs[0] - conv.bias.view(1, -1, 1, 1)).double().flatten()
+        pre = F.conv2d(inputs[0], conv.weight, None, conv.stride, conv.padding)
+        pre = pre.double().flatten()
         conv.weight.div_(pre.std().item())
         conv.bias.fill_(-torch.quantile(pre / pre.std(), 1.0 - positive).item())
 
@@ -233,9 +238,10 @@ def random_ours(probe: torch.Tensor | None = None, **overrides) -> DepthAnything
             else:
                 param.normal_(0.0, 0.1)
     # keep the final ReLU (metric: Sigmoid) in its informative range
+    # the head applies the last conv's weight functionally (its bias added in fp32)
     _spread_final_layer(model, model.head.scratch.output_conv2[2], _forward,
                         torch.randn(2, 3, 70, 84) if probe is None else probe,
-                        0.5 if model.config.metric else 0.95)
+                        0.5 if model.config.metric else 0.95, model.head.scratch.output_conv2[1])
     return model
 
 

@@ -85,11 +85,14 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 param.normal_(0.0, param[0].numel() ** -0.5)
             else:
                 param.normal_(0.0, 0.1)
-        outputs: list[torch.Tensor] = []  # a copy: an in-place ReLU follows
-        hook = final.register_forward_hook(lambda module, args, out: outputs.append(out.clone()))
+        # the last conv's input, as the ReLU before it returns it (the head applies the conv's
+        # weight functionally; a copy: that ReLU works in place)
+        inputs: list[torch.Tensor] = []
+        hook = model.head.scratch.output_conv2[1].register_forward_hook(
+            lambda module, args, out: inputs.append(out.clone()))
         model(torch.randn(2, 3, 70, 84))
         hook.remove()
-        pre = (outputs[0] - final.bias).double().flatten()
+        pre = torch.nn.functional.conv2d(inputs[0], final.weight).double().flatten()
         final.weight.div_(pre.std().item())
         final.bias.fill_(-torch.quantile(pre / pre.std(), 0.05).item())
     path = tmp_path_factory.mktemp("export") / "tiny"

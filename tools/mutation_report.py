@@ -7,7 +7,8 @@ Reads mutmut's cached results (`mutmut results --all true`, run in the repositor
 `#` and why it cannot change behaviour), and writes `<folder>/README.md`: per module the mutants,
 killed (a timeout counts as killed), equivalent, surviving (also "no tests": no selected test
 runs the function) and not yet checked, and the score = killed / (mutants - equivalent - not
-checked); then the diff of each survivor (`mutmut show`) and the equivalent list. An entry of
+checked); then the diff of each survivor (`mutmut show`), `<folder>/planted.md` when present
+(bugs planted by hand and the tests that caught them) and the equivalent list. An entry of
 `equivalent.txt` that names no surviving mutant (it was killed, or its function changed and the
 numbering with it) is reported as stale. Exit status 1 when a module scores under `--target`.
 """
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in survivors:
         diff = mutmut("show", name).strip()
         lines += [f"### {name} ({status[name]})", "", "```diff", diff, "```", ""]
+    planted = args.folder / "planted.md"  # hand-written: bugs planted on purpose, what failed
+    if planted.exists():
+        lines += [planted.read_text().rstrip(), ""]
     lines += [f"## Equivalent mutants ({len(equivalent)}), from equivalent.txt", ""]
     lines += [f"- `{name}`: {reason}" for name, reason in sorted(equivalent.items())]
     if stale:
