@@ -49,7 +49,8 @@ from .runs import Arm
 
 NO_PERTURBATION = ("loss.strong_perturbation=false", "loss.cutmix_p=0.0",
                    "loss.feature_alignment=false")
-# A teacher larger than the student: 4x the encoder width x depth, 1.5x the head's features.
+# A teacher larger than the student: 2x the encoder width, 1.5x its depth and the head's
+# features.
 LARGE_MODEL = ("model.embed_dim=128", "model.depth=6", "model.num_heads=4", "model.features=48")
 LARGE_ENCODER, STRONG_ENCODER = "large", "strong"
 # How the extra semantic encoders are pretrained, relative to the demo's (`WorldBudget`).
