@@ -8,8 +8,8 @@ output against torch fp32 (a fast wrong path fails), then is timed; `extra_info`
 images/s, `build_s` (building the path: conversion included, or the cache read), `first_s`
 (the first batch: compilation for the shape included), `peak_rss_mib` (the process's peak RSS
 while building and running the path, above the RSS before it, sampled every 5 ms), the
-accuracy against torch fp32 (`max_rel_diff`, `aligned_err` after least-squares alignment) and the
-load average.
+accuracy against torch fp32 (`compare`: `max_rel_diff`, and after least-squares alignment
+`aligned_err` and the per-pixel `abs_rel`) and the load average.
 
 1. `test_batch_throughput`, "batch 4 518x518 <encoder> cpu": a batch of 4 photos resized to
    518x518, vits and vitb. Ours through `Predictor` (`predict_tensor`): the default (runtime
@@ -34,7 +34,7 @@ load average.
 Run (CPU; minutes): `.venv/bin/python -m pytest benchmarks/bench_inference.py --benchmark-only
 --benchmark-json benchmarks/results/inference_cpu.json`, then
 `python benchmarks/benchmark_report.py benchmarks/results/inference_cpu.json` for the table and
-the issue-20 targets.
+the issue-20 targets. `DAF_BENCH_ROUNDS` (default 3) sets the timed rounds per CPU batch case.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import numpy as np
 import pytest
 import torch
 from bench_model import model_pair
+from benchmark_inference_accuracy import compare as accuracy_errors
 from benchmark_support import SHARED_IMAGES, cpu_description
 
 from depth_anything_fast.data.decode import decode_rgb
@@ -70,7 +71,7 @@ from depth_anything_fast.transforms import preprocess
 
 INPUT_SIZE = 518
 CPU_BATCH = 4
-CPU_ROUNDS = 3
+CPU_ROUNDS = int(os.environ.get("DAF_BENCH_ROUNDS", 3))  # fewer on a busy machine
 CUDA_ROUNDS = 5
 CUDA_REPEAT = 10
 CPU_PHOTOS = 64
@@ -147,23 +148,27 @@ def peak_rss() -> Iterator[dict[str, float]]:
 
 
 def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """The worst over the batch of max |got - ref| / max |ref| and of the aligned error
-    mean |s got + t - ref| / mean |ref| (per map least-squares scale and shift in float64,
-    pixels with ref > 0). A per-pixel AbsRel would be dominated by the near-zero pixels of a
-    random model (benchmarks/benchmark_inference_accuracy.py measures it on real photos)."""
+    """The worst over the batch of three errors against the fp32 reference, each map aligned to
+    its reference by least squares (scale and shift, float64, pixels with ref > 0):
+    `max_rel_diff` max |got - ref| / max |ref| (unaligned); `aligned_err` mean |aligned - ref| /
+    mean |ref| (a sanity check: a fast wrong path has O(1)); `abs_rel` mean |aligned - ref| / ref
+    per pixel, the accuracy budget's metric (`benchmark_inference_accuracy.compare`; on this
+    random model its near-zero pixels weigh heavily: the budget is judged on real photos with
+    that script)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     got, ref = got.reshape(-1, *got.shape[-2:]), ref.reshape(-1, *ref.shape[-2:])
     assert got.shape == ref.shape, (got.shape, ref.shape)
     assert all(r.std() > 0 for r in ref), "a constant reference map: the check would be vacuous"
-    worst_rel, worst_aligned = 0.0, 0.0
+    worst = {"max_rel_diff": 0.0, "aligned_err": 0.0, "abs_rel": 0.0}
     for g, r in zip(got, ref, strict=True):
         valid = r > 0
         scale, shift = align_scale_shift(g, r, valid)
         aligned = g[valid] * scale + shift
-        error = float(np.mean(np.abs(aligned - r[valid])) / np.mean(r[valid]))
-        worst_aligned = max(worst_aligned, error)
-        worst_rel = max(worst_rel, float(np.abs(g - r).max() / np.abs(r).max()))
-    return {"max_rel_diff": worst_rel, "aligned_err": worst_aligned}
+        errors = {"aligned_err": float(np.mean(np.abs(aligned - r[valid])) / np.mean(r[valid])),
+                  "max_rel_diff": float(np.abs(g - r).max() / np.abs(r).max()),
+                  "abs_rel": accuracy_errors(g, r)["abs_rel"]}
+        worst = {k: max(v, errors[k]) for k, v in worst.items()}
+    return worst
 
 
 def check(got: np.ndarray, ref: np.ndarray, reduced: bool,

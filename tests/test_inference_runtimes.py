@@ -100,6 +100,31 @@ def test_every_runtime_matches_the_float64_model(
         _assert_matches(got, _oracle(metric_model, x), precision)
 
 
+def test_openvino_bf16_runs_the_encoder_in_bf16_and_the_head_in_f32(
+    metric_model: DepthAnything,
+) -> None:
+    """OpenVINO bf16 is two compiled models: the encoder (hint bf16) and the head converted
+    alone (hint f32). The head's output for the encoder's tokens matches the float64 head on
+    the same tokens within the fp32 tolerance; on a CPU with native bf16 the tokens differ from
+    the fp32 encoder's by bf16 rounding (the encoder does run in bf16)."""
+    _skip_unless_installed("openvino")
+    encoder, head = runtimes.OpenVINORuntime(metric_model, "bf16")._stages
+    oracle = copy.deepcopy(metric_model).double()
+    for x in (torch.randn(2, 3, 56, 84), torch.randn(1, 3, 42, 70)):
+        tokens = encoder([x.numpy()])
+        (got,) = head([*tokens, x.numpy()])
+        with torch.no_grad():
+            expected = runtimes.decode(oracle, [torch.from_numpy(t).double() for t in tokens],
+                                       x).numpy()
+            fp32_tokens = metric_model.encode(x)
+        _assert_matches(got, expected, "fp32")
+        token_diff = max(float((torch.from_numpy(t) - f).abs().max() / f.abs().max())
+                         for t, f in zip(tokens, fp32_tokens, strict=True))
+        assert token_diff <= BF16_MAX
+        if runtimes.cpu_has_native_bf16():
+            assert token_diff > FP32_TOL
+
+
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_pseudo_label_through_a_converted_runtime(
     metric_model: DepthAnything, runtime: str, tmp_path: Path

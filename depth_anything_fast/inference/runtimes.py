@@ -11,11 +11,14 @@ model's depth in metres) on that device.
   compiled once per input shape with `INFERENCE_PRECISION_HINT` bf16 or f32.
 
 bf16 on the CPU (both runtimes) means the ViT encoder in bf16 and the DPT head in fp32 (for
-OpenVINO: the encoder converted alone, the head run by torch): with the head in bf16 too, the
-maps miss the accuracy budget (least-squares-aligned AbsRel against fp32 on real photos,
-random-init ViT-S: torch 2.0e-3, OpenVINO 1.4e-3; with the head in fp32, 4e-4). The head in
-fp32 on torch costs about as much as the bf16 encoder (benchmarks/results/
-inference_batch_cpu_run2.md). On CUDA bf16 autocast covers the whole model, as before.
+OpenVINO two compiled models: the encoder converted alone at bf16, then the head converted
+alone at f32): with the head in bf16 too, the maps miss the accuracy budget (least-squares-
+aligned AbsRel against fp32 on real photos, random-init ViT-S: OpenVINO's whole-model bf16
+1.4e-3; with the head in fp32, 4e-4). Keeping only the head's nodes in f32 inside one bf16
+OpenVINO model (their `precise` runtime attribute) is not enough: the CPU plugin still runs the
+head's bilinear upsamplings in bf16 (1.1e-3 on 4 photos). The f32 head costs about a quarter
+more than OpenVINO's whole-model bf16 (benchmarks/results/inference_batch_cpu_run3.md). On
+CUDA bf16 autocast covers the whole model, as before.
 * "onnxruntime" (the `export` extra; CPU, or CUDA with onnxruntime-gpu): the model's ONNX export
   (`models.export`) in an `InferenceSession`, fp32.
 
@@ -38,7 +41,8 @@ Conversions (seconds for ViT-S, a minute for ViT-L on 2 cores) are cached on dis
 `~/.cache/depth_anything_fast`; set it to "" to keep nothing on disk), one folder per model,
 named by the sha256 of the weights' values, the architecture and the converter's versions, so
 changed weights never reuse an old conversion. The files are data (OpenVINO IR xml/bin, ONNX
-protobuf), never pickles. The most recently used `CACHE_ENTRIES` folders per runtime are kept.
+protobuf), never pickles. The most recently used `CACHE_ENTRIES` folders per runtime are kept
+(OpenVINO bf16 uses two: the encoder's and the head's).
 """
 
 from __future__ import annotations
