@@ -63,11 +63,16 @@ def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 def measure(model: torch.nn.Module, images: list[Path], input_size: int,
             paths: list[tuple[str, str]] = PATHS) -> dict[str, list]:
     """Per path (runtime, precision), one record per image (name, shape, comparison with torch
-    fp32)."""
+    fp32). An image whose fp32 map has no positive pixel (a random model's ReLU-dead output) has
+    nothing to compare: it is left out and reported."""
     inputs = {p.name: preprocess(decode_rgb(p.read_bytes(), str(p)), input_size)
               for p in images}
     reference = Predictor(model, runtime="torch", precision="fp32", device="cpu")
     refs = {name: reference.predict_tensor(x)[0].numpy() for name, x in inputs.items()}
+    dead = [name for name, ref in refs.items() if not (ref > 0).any()]
+    if dead:
+        print(f"  left out ({len(dead)}: fp32 map without a positive pixel): {dead}", flush=True)
+        inputs = {name: x for name, x in inputs.items() if name not in dead}
     results: dict[str, list] = {}
     for runtime, precision in paths:
         if not runtime_available(runtime):
