@@ -10,6 +10,13 @@ build) happens once, outside the timing. Both backends draw the same crops and p
 `extra_info`: images_per_s (wall clock) and images_per_cpu_s (process CPU time, all threads),
 the latter being the fairer comparison when other jobs load the machine.
 
+Before timing, the warm-up epoch's first batch is checked (`check_clean_views`): each clean
+view against the image decoded with PIL and resampled to the crop the loader drew for it
+(`resample_bicubic` of the job's box and flip), mean |difference| under 6 of 255 (DALI's cubic
+is Catmull-Rom; the limit of tests/test_data_loaders.py; measured on the real photos: PIL 3e-6,
+DALI up to 0.55, a missed flip 30 to 76), so a fast loader that returns the wrong crops, order
+or normalisation fails instead of being timed.
+
 Run: `.venv/bin/python -m pytest benchmarks/bench_data.py --benchmark-only
 --benchmark-json benchmarks/results/data_cpu.json`.
 """
@@ -44,6 +51,27 @@ def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return list_images(folder)
 
 
+def check_clean_views(loader, batch: dict, epoch: int) -> None:  # noqa: ANN001
+    """Each clean view of `batch` (from `epoch`) against its crop resampled from PIL's decode."""
+    import torch
+
+    from depth_anything_fast.data.decode import decode_rgb
+    from depth_anything_fast.transforms import IMAGENET_MEAN, IMAGENET_STD, resample_bicubic
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    for k, path in enumerate(batch["paths"]):
+        box = loader._prepare(loader.paths.index(path), epoch).job.box
+        with open(path, "rb") as f:
+            rgb = torch.from_numpy(decode_rgb(f.read(), path).copy())
+        expected = resample_bicubic(rgb, (box.out_h, box.out_w), (box.y0, box.x0, box.y1, box.x1),
+                                    flip=box.flip).permute(2, 0, 1)
+        got = batch["clean"][k].cpu() * std + mean
+        assert got.shape == expected.shape, (path, tuple(got.shape))
+        error = float((got - expected).abs().mean())
+        assert error < 6.0, f"{path}: clean view off its crop by {error:.2f} of 255 on average"
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     "impl",
@@ -63,7 +91,12 @@ def test_unlabelled_518(benchmark, image_paths: list[str], impl: str, threads: i
         cpu_seconds.append(time.process_time() - start)
         return n
 
-    assert epoch() == len(image_paths)  # warm-up (first decode, graph priming)
+    # warm-up (first decode, graph priming), its first batch checked
+    first_epoch = loader.epoch
+    batches = iter(loader)
+    first = next(batches)
+    assert len(first["paths"]) + sum(len(b["paths"]) for b in batches) == len(image_paths)
+    check_clean_views(loader, first, first_epoch)
     benchmark.group = f"unlabelled decode+resize+augment {CROP}, threads={threads}"
     benchmark.extra_info["images"] = len(image_paths)
     n = benchmark.pedantic(epoch, rounds=5, iterations=1)

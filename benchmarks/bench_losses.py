@@ -10,6 +10,11 @@ read once, for CutMix one target per pixel, plus the gradient written once for f
 by one call above what was live before it (CPU: torch profiler allocation events, which do not
 see the C++ kernels' own scratch, reported as `scratch_MiB`; CUDA: max_memory_allocated).
 
+Before timing, each fused or compiled case is checked once against the eager reference in
+float64 (`check_against_reference`): loss to 1e-4 relative, gradient to 1e-3 relative L2 norm
+(pixels whose prediction ties another's in its image left out: which of them gets the median's
+gradient is arbitrary), so a fast wrong kernel fails instead of being reported as a speed-up.
+
 CUDA timing: a round is `CUDA_STEPS` calls queued back to back with one synchronisation at its
 end, and the reported time is per call (pytest-benchmark's `iterations`): the GPU time of the
 work, not the host's launch latency of one call. `copy bandwidth cuda` times a plain
@@ -71,6 +76,36 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def check_against_reference(
+    loss_fn: Callable[[], torch.Tensor],
+    reference_fn: Callable[[torch.Tensor], torch.Tensor],
+    leaf: torch.Tensor,
+    training: bool,
+) -> None:
+    """`loss_fn()` (and its gradient at `leaf` when `training`) against
+    `reference_fn(leaf in float64)`, once, before the case is timed."""
+    loss = loss_fn()
+    leaf64 = leaf.detach().double().requires_grad_(training)
+    expected = reference_fn(leaf64)
+    assert expected.dtype == torch.float64
+    torch.testing.assert_close(loss.detach().double(), expected.detach(), rtol=1e-4, atol=1e-6)
+    if not training:
+        return
+    (grad,) = torch.autograd.grad(loss, leaf)
+    (expected_grad,) = torch.autograd.grad(expected, leaf64)
+    keep = torch.ones_like(leaf, dtype=torch.bool)
+    if leaf.dim() == 3:  # per-pixel losses: the median's gradient goes to one of its ties
+        flat, keep = leaf.detach().flatten(1), keep.flatten(1)
+        ordered, order = flat.sort(dim=1)
+        tied = torch.zeros_like(keep)
+        tied[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        tied[:, :-1] |= tied[:, 1:].clone()
+        keep.scatter_(1, order, ~tied)
+        keep = keep.view_as(leaf)
+    error = (grad.double() - expected_grad)[keep].norm() / expected_grad[keep].norm()
+    assert error <= 1e-3, f"gradient off the float64 reference by {error:.3g} (relative L2)"
+
+
 def _run(
     benchmark,
     loss_fn: Callable[[], torch.Tensor],
@@ -106,7 +141,8 @@ def _time(benchmark, work: Callable[[], None], device: str, bytes_moved: int) ->
     benchmark.extra_info["peak_MiB"] = round(peak_memory_mib(work, device), 2)
     benchmark.pedantic(step, rounds=10, iterations=steps, warmup_rounds=1)
     benchmark.extra_info["bytes"] = bytes_moved
-    benchmark.extra_info["GB/s"] = round(bytes_moved / benchmark.stats.stats.mean / 1e9, 3)
+    if benchmark.stats is not None:  # None under --benchmark-disable (a run of the checks)
+        benchmark.extra_info["GB/s"] = round(bytes_moved / benchmark.stats.stats.mean / 1e9, 3)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -151,6 +187,12 @@ def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Te
     """Time `impl` of the affine-invariant loss (CutMix when inputs has target_b)."""
     target, target_b, mask, box, num_segments = inputs
     batch = pred.shape[0]
+
+    def reference(p, t, tb, m, bx) -> torch.Tensor:  # noqa: ANN001
+        flat = [None if x is None else x.reshape(batch, -1) for x in (p, t, tb, m, bx)]
+        args = AffineInvariantArgs(*flat, num_segments, mean=True)
+        return affine_invariant_op(args, "reference")
+
     if impl == "fused":
         backend = "cpu" if device == "cpu" else "triton"
         if target_b is None:
@@ -160,12 +202,6 @@ def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Te
             def loss_fn() -> torch.Tensor:
                 return cutmix_loss(pred, target, target_b, box, mask, backend=backend)
     else:
-
-        def reference(p, t, tb, m, bx) -> torch.Tensor:  # noqa: ANN001
-            flat = [None if x is None else x.reshape(batch, -1) for x in (p, t, tb, m, bx)]
-            args = AffineInvariantArgs(*flat, num_segments, mean=True)
-            return affine_invariant_op(args, "reference")
-
         fn = reference
         if impl == "compiled":
             fn = _compiled.setdefault(key, torch.compile(reference))
@@ -173,6 +209,11 @@ def _loss_case(benchmark, impl: str, device: str, training: bool, pred: torch.Te
         def loss_fn() -> torch.Tensor:
             return fn(pred, target, target_b, mask, box)
 
+    if impl != "eager":
+        target64, target_b64 = (None if t is None else t.double() for t in (target, target_b))
+        check_against_reference(
+            loss_fn, lambda p: reference(p, target64, target_b64, mask, box), pred, training
+        )
     _run(benchmark, loss_fn, pred, device, training, read + (pixels * 4 if training else 0))
     if impl == "fused" and device == "cuda":
         benchmark.extra_info["design_bytes"] = design_bytes(key[0], pixels, training, read)
@@ -214,6 +255,12 @@ def test_feature_alignment(
         def loss_fn() -> torch.Tensor:
             return fn(features, frozen, 0.85)
 
+    if impl != "eager":
+        frozen64 = frozen.double()
+        check_against_reference(
+            loss_fn, lambda f: feature_alignment_loss_reference(f, frozen64, 0.85), features,
+            training,
+        )
     _run(benchmark, loss_fn, features, device, training, bytes_moved)
     if impl == "fused" and device == "cuda":
         benchmark.extra_info["design_bytes"] = design_bytes(

@@ -5,6 +5,11 @@ CPU: vits at 518x518, batch 1 and 4, fp32. Attention backends at ViT-L shapes (N
 16 heads of 64; batch 1 on CPU, 16 on GPU). GPU (skipped without CUDA): vits/vitl, batch
 1/16/64, fp32 and bf16 eager, bf16 compiled. images/s and peak memory (MB) go to `extra_info`.
 
+Before timing, each case's output is checked once against a reference: our forward against
+transformers' fp32 forward (max |diff| <= 1e-4 x max |reference| in fp32, 0.1 x in bf16, the
+tolerances of tests/test_model.py), each attention backend against float64 softmax attention
+(1e-4 x max in fp32, 2e-2 in bf16), so a fast wrong forward fails instead of being timed.
+
     .venv/bin/python -m pytest benchmarks/bench_model.py --benchmark-only \
         --benchmark-json benchmarks/results/model_cpu.json
 """
@@ -59,6 +64,16 @@ def model_pair(encoder: str) -> tuple[torch.nn.Module, DepthAnything]:
     return hf.to(DEVICE), ours.to(DEVICE)
 
 
+def check_close(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """max |got - expected| <= tol x max |expected| (fp32 1e-4, reduced precision 0.1), and
+    the reference is not constant."""
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    got, expected = got.double(), expected.double()
+    assert got.shape == expected.shape and expected.std() > 0
+    error = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert error <= tol, f"output off the reference by {error:.3g} x max (> {tol})"
+
+
 def run_case(benchmark, fn: Callable[[], object], images: int) -> None:
     def timed() -> None:
         fn()
@@ -83,6 +98,10 @@ def forward_fn(
         with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype != torch.float32):
             return model(x) if impl == "ours" else model(pixel_values=x).predicted_depth
 
+    if impl == "ours" or dtype != torch.float32 or compiled:  # else: the reference itself
+        with torch.no_grad():
+            expected = hf(pixel_values=x).predicted_depth
+        check_close(fn(), expected, dtype)
     return fn
 
 
@@ -129,5 +148,11 @@ def test_attention_backends(benchmark, backend: str, dtype: torch.dtype) -> None
         pytest.skip("bf16 attention benchmarked on GPU only")
     batch = 16 if CUDA else 1
     q, k, v = (torch.randn(batch, 16, 1370, 64, device=DEVICE, dtype=dtype) for _ in range(3))
+    q64, k64, v64 = (t[:1].double() for t in (q, k, v))  # the float64 reference on one image
+    weights = torch.softmax(q64 @ k64.transpose(-1, -2) / 64**0.5, dim=-1)
+    got = attention(q, k, v, backend)[:1]
+    error = ((got.double() - weights @ v64).abs().max() / (weights @ v64).abs().max()).item()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert error <= tol, f"{backend}: attention off float64 softmax by {error:.3g} x max"
     benchmark.group = f"attention ViT-L N=1370 heads 16x64 batch {batch} {str(dtype)[6:]}"
     run_case(benchmark, lambda: attention(q, k, v, backend), batch)

@@ -8,6 +8,12 @@ and slow. `extra_info` records images/s and the peak memory: CUDA max allocated,
 the process's peak RSS (a high-water mark over the whole run, so only its growth between cases
 is meaningful).
 
+Before timing, a fused case's loss and its gradient at the model's depth output are checked
+once against the same step with the reference losses (same weights, same batch, same CutMix
+draw; gradients summed over pixels of equal predicted value, see `check_against_reference`):
+loss to 1e-4 relative and gradient to 1e-3 relative L2 norm in fp32 (bf16 autocast: 1e-2 and
+5e-2, estimates), so a fast wrong loss fails instead of being timed.
+
     pytest benchmarks/bench_train.py --benchmark-only --benchmark-json benchmarks/results/train_cpu.json
 """
 
@@ -46,6 +52,44 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def check_against_reference(model: torch.nn.Module, loss_of, loss_cfg,  # noqa: ANN001
+                            bf16: bool) -> None:
+    """The loss with `loss_cfg` and its gradient at the model's depth output against the same
+    step with the reference losses. Gradients are compared summed over each image's pixels of
+    equal predicted value: a random model predicts many equal values, and which of them gets
+    a median's gradient is arbitrary (parameter gradients differed by 9-16% from that alone)."""
+    import dataclasses
+
+    results = []
+    for cfg in (loss_cfg, dataclasses.replace(loss_cfg, implementation="reference")):
+        outputs: list[torch.Tensor] = []
+
+        def keep_output(module, args, out, outputs=outputs) -> None:  # noqa: ANN001
+            depth = out[0] if isinstance(out, tuple) else out
+            depth.retain_grad()
+            outputs.append(depth)
+
+        hook = model.register_forward_hook(keep_output)
+        try:
+            loss = loss_of(cfg)
+            loss.backward()
+        finally:
+            hook.remove()
+        model.zero_grad(set_to_none=True)
+        (depth,) = outputs
+        grouped = []
+        for values, grad in zip(depth.detach().flatten(1), depth.grad.flatten(1), strict=True):
+            _, group = values.unique(return_inverse=True)
+            grouped.append(torch.zeros(int(group.max()) + 1, dtype=torch.float64,
+                                       device=grad.device).index_add_(0, group, grad.double()))
+        results.append((loss.detach().double(), torch.cat(grouped)))
+    (loss, grad), (expected_loss, expected_grad) = results
+    loss_tol, grad_tol = (1e-2, 5e-2) if bf16 else (1e-4, 1e-3)
+    torch.testing.assert_close(loss, expected_loss, rtol=loss_tol, atol=1e-6)
+    error = ((grad - expected_grad).norm() / expected_grad.norm()).item()
+    assert error <= grad_tol, f"gradient off the reference losses' by {error:.3g} (relative L2)"
+
+
 def _make_step(stage: str, size: str, impl: str, compiled: bool, precision: str):
     device_type, model_overrides, crop, batch = SIZES[size]
     if device_type == "cuda" and not torch.cuda.is_available():
@@ -77,13 +121,18 @@ def _make_step(stage: str, size: str, impl: str, compiled: bool, precision: str)
         frozen = build_model(cfg).encoder.to(device).eval().requires_grad_(False)
         images = 3 * batch
 
-    def step() -> None:
+    def loss_of(loss_cfg) -> torch.Tensor:  # noqa: ANN001
         with autocast_context(compute_dtype, device, fsdp=False):
             if stage == "teacher":
-                loss, _ = stages.teacher_loss(model, lab, cfg.loss)
-            else:
-                loss, _ = stages.student_loss(model, lab, pseudo, frozen, cfg.loss,
-                                              torch.Generator().manual_seed(1))
+                return stages.teacher_loss(model, lab, loss_cfg)[0]
+            return stages.student_loss(model, lab, pseudo, frozen, loss_cfg,
+                                       torch.Generator().manual_seed(1))[0]
+
+    if impl != "reference":
+        check_against_reference(model, loss_of, cfg.loss, compute_dtype == torch.bfloat16)
+
+    def step() -> None:
+        loss = loss_of(cfg.loss)
         loss.backward()
         clip_gradients(model, 1.0)
         optimizer.step()

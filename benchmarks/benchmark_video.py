@@ -68,11 +68,15 @@ def make_clip(photo: Path, path: Path, frames: int, seed: int) -> None:
             container.mux(packet)
 
 
-def read_frames(path: Path) -> list[np.ndarray]:
+def read_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    """The first `limit` frames (all when None) as (H, W, 3) uint8 RGB."""
+    import itertools
+
     import av
 
     with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        frames = container.decode(container.streams.video[0])
+        return [f.to_ndarray(format="rgb24") for f in itertools.islice(frames, limit)]
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
@@ -123,7 +127,7 @@ def _stream_child(weights: str, clip: str, out: str, input_size: str) -> None:
 
     size = int(input_size)
     predictor = Predictor(load_model(weights), batch_size=BATCH, input_size=size)
-    frames = read_frames(Path(clip))[:24]
+    frames = read_frames(Path(clip), 24)  # not the whole clip: its RSS would mask growth
     batches = [torch.cat([preprocess(f, size) for f in frames[i:i + BATCH]])
                for i in range(0, len(frames), BATCH)]
     predictor.predict_tensor(batches[0])  # warm-up
@@ -165,14 +169,15 @@ def _stream_child(weights: str, clip: str, out: str, input_size: str) -> None:
                       "predictor_images_per_s": images_per_s,
                       "forward_share": sum(forward_seconds) / seconds,
                       "network_size": list(predictor.predict_tensor(
-                          preprocess(read_frames(Path(clip))[0], size)).shape[-2:]),
+                          preprocess(read_frames(Path(clip), 1)[0], size)).shape[-2:]),
                       "peak_rss_mb": max(r for _, r in samples),
                       "peak_rss_first_third_mb": first, "peak_rss_last_third_mb": last}))
 
 
-def stream(weights: Path, photo: Path, work: Path, input_size: int) -> dict:
+def stream(weights: Path, photo: Path, work: Path, input_size: int,
+           lengths: list[int]) -> dict:
     runs = {}
-    for frames in (100, 300):
+    for frames in lengths:
         clip = work / f"long{frames}.mp4"
         make_clip(photo, clip, frames, seed=frames)
         done = subprocess.run(
@@ -198,6 +203,8 @@ def main() -> None:
     parser.add_argument("--model-name", default="tests' tiny random-weight model (embed 32, "
                         "depth 4)")
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--stream-frames", type=int, nargs="+", default=[100, 300],
+                        help="clip lengths streamed, each in a fresh process")
     parser.add_argument("--skip-flicker", action="store_true")
     args = parser.parse_args()
     import torch
@@ -211,7 +218,8 @@ def main() -> None:
     photos = sorted((SHARED_DATA / "images").glob("*.jpg"))[: args.images]
     rows = [] if args.skip_flicker else flicker(weights, photos, args.frames, work,
                                                 args.input_size)
-    streaming = {} if args.skip_stream else stream(weights, photos[0], work, args.input_size)
+    streaming = {} if args.skip_stream else stream(weights, photos[0], work, args.input_size,
+                                                        args.stream_frames)
     lines = [
         "# Depth videos: flicker and streaming",
         "",

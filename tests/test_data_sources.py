@@ -492,6 +492,11 @@ def test_cutmix_generator_and_errors() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="B, C, H, W"):
         cutmix(torch.zeros(3, 4, 4))
+    for p in (1.5, -0.1, 2.0):
+        with pytest.raises(ValueError, match=rf"^cutmix probability p must be in \[0, 1\], got {p}$"):
+            cutmix(images, p=p)
+    with pytest.raises(ValueError, match="box sampler must be one of"):
+        cutmix(images, box="square")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,3 +578,101 @@ def test_scene_kinds_differ_and_semantics_follow_geometry() -> None:
     assert stats["street"][1] > 0.01 and stats["field"][1] > 0.01, (stats, seed)
     with pytest.raises(ValueError, match="unknown scene kind"):
         render(0, (8, 8), "moon")
+
+
+@pytest.mark.parametrize("sampler", ["unimatch", "yun"])
+def test_cutmix_is_replayed_by_its_generator(sampler: str) -> None:
+    images = torch.randn(6, 2, 15, 19)
+    first = cutmix(images, p=0.7, box=sampler, generator=torch.Generator().manual_seed(5))
+    torch.rand(100)  # the global generator moves on: the draws come from the one given
+    again = cutmix(images, p=0.7, box=sampler, generator=torch.Generator().manual_seed(5))
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+
+
+def _box_edges(keep: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """(applied, top, bottom, left, right) of the pasted rectangle of each row of `keep`."""
+    pasted = ~keep
+    applied = pasted.flatten(1).any(1)
+    rows, cols = pasted.any(2)[applied], pasted.any(1)[applied]
+    top = rows.float().argmax(1)
+    left = cols.float().argmax(1)
+    bottom = top + rows.sum(1)  # one rectangle: its rows are contiguous
+    right = left + cols.sum(1)
+    return tuple(t.numpy() for t in (applied, top, bottom, left, right))
+
+
+def test_cutmix_unimatch_boxes_reach_every_edge_and_the_fallback_stays_inside(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Corners are uniform over where the box fits: boxes start at row/column 0 and end on the
+    last row/column; with a single try per box (none fitting is then common) the try is
+    shifted inside, never clipped."""
+    import importlib
+
+    cutmix_module = importlib.import_module("depth_anything_fast.data.cutmix")  # not the function
+    h, w = 16, 20
+    images = torch.randn(3000, 1, h, w)
+    for candidates in (cutmix_module._CANDIDATES, 1):
+        monkeypatch.setattr(cutmix_module, "_CANDIDATES", candidates)
+        _, keep, _ = cutmix(images, p=1.0, generator=torch.Generator().manual_seed(3))
+        applied, top, bottom, left, right = _box_edges(keep)
+        assert applied.mean() > 0.9
+        area = (bottom - top) * (right - left)
+        assert torch.equal((~keep[torch.from_numpy(applied)]).flatten(1).sum(1),
+                           torch.from_numpy(area))  # a full rectangle, inside the image
+        assert top.min() == 0 and left.min() == 0 and bottom.max() == h and right.max() == w
+        assert area.max() <= 0.4 * h * w
+    # one try: its sides whatever the placement (shifted inside, so never cut down), as
+    # drawn: area U(0.02, 0.4), ratio U(0.3, 1/0.3), sides truncated and at most the image's
+    rng = _fresh_rng()
+    fraction, ratio = rng.uniform(0.02, 0.4, 4000) * h * w, rng.uniform(0.3, 1 / 0.3, 4000)
+    ref_area = (np.minimum(np.sqrt(fraction / ratio).astype(int), w)
+                * np.minimum(np.sqrt(fraction * ratio).astype(int), h))
+    ref_area = ref_area[ref_area > 0]
+    assert _ks_statistic(area.astype(float), ref_area.astype(float)) < 0.07  # p ~ 1e-5
+
+
+def _yun_reference(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Yun et al.'s `rand_bbox` (the CutMix paper's code) for one box: (y0, y1, x0, x1)."""
+    lam = rng.uniform()
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut_rat), int(w * cut_rat)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    return (int(np.clip(cy - cut_h // 2, 0, h)), int(np.clip(cy + cut_h // 2, 0, h)),
+            int(np.clip(cx - cut_w // 2, 0, w)), int(np.clip(cx + cut_w // 2, 0, w)))
+
+
+def test_cutmix_yun_boxes_match_the_papers_sampler() -> None:
+    """Two-sample KS tests (0.07: p ~ 1e-5 at these sizes) of the pasted fraction and of each
+    edge against the paper's sampler; unclipped boxes have even sides (centre +- half); position
+    and size relate as in the paper's sampler."""
+    n, (h, w) = 4000, (24, 18)
+    seed = int(_fresh_rng().integers(0, 2**31))
+    _, keep, _ = cutmix(torch.randn(n, 1, h, w), p=1.0, box="yun",
+                        generator=torch.Generator().manual_seed(seed))
+    applied, top, bottom, left, right = _box_edges(keep)
+    rng = np.random.default_rng(seed)
+    ref = np.array([_yun_reference(h, w, rng) for _ in range(n)])
+    ref = ref[(ref[:, 1] > ref[:, 0]) & (ref[:, 3] > ref[:, 2])]
+    ref_area = (ref[:, 1] - ref[:, 0]) * (ref[:, 3] - ref[:, 2]) / (h * w)
+    area = (bottom - top) * (right - left) / (h * w)
+    assert _ks_statistic(area, ref_area) < 0.07, seed
+    for got, expected in ((top, ref[:, 0]), (bottom, ref[:, 1]), (left, ref[:, 2]),
+                          (right, ref[:, 3])):
+        assert _ks_statistic(got.astype(float), expected.astype(float)) < 0.07, seed
+    inside = (top > 0) & (bottom < h)
+    assert inside.sum() > 100 and ((bottom - top)[inside] % 2 == 0).all()
+    inside = (left > 0) & (right < w)
+    assert inside.sum() > 100 and ((right - left)[inside] % 2 == 0).all()
+    # one-row or one-column images: the paper's box has a side of int(1 * cut) = 0 there
+    for shape in ((50, 1, 1, 9), (50, 1, 9, 1)):
+        _, keep, _ = cutmix(torch.randn(shape), p=1.0, box="yun",
+                            generator=torch.Generator().manual_seed(seed))
+        assert keep.all()
+    # joint placement as the paper's: correlations within 0.1 (4.5 sigma at n = 4000)
+    centre, size = top + bottom, bottom - top
+    ref_centre, ref_size = ref[:, 0] + ref[:, 1], ref[:, 1] - ref[:, 0]
+    for ours, theirs in (((top, left), (ref[:, 0], ref[:, 2])),
+                         ((centre, size), (ref_centre, ref_size))):
+        assert abs(np.corrcoef(*ours)[0, 1] - np.corrcoef(*theirs)[0, 1]) < 0.1, seed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from depth_anything_fast.formats.codec import decode_png16, encode
+from depth_anything_fast.formats.codec import decode_png16, encode, output_suffix, stored_spec
 from depth_anything_fast.formats.manifest import (
     ErrorLog,
     Manifest,
@@ -45,6 +47,40 @@ def test_png16_roundtrip_within_half_a_code() -> None:
     # float64 oracle: the quantisation error is at most half a code (+ float32 rounding)
     err = np.abs(back.astype(np.float64) - d.astype(np.float64)).max()
     assert err <= 0.5 * step + 1e-5 * abs(d).max()
+
+
+def _pil_codes(data: bytes) -> np.ndarray:
+    """The 16-bit codes of PNG bytes as PIL reads them (not our decoder)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and im.mode in ("I;16", "I;16B", "I"), im.mode
+        return np.asarray(im).astype(np.int64)
+
+
+@pytest.mark.parametrize("depth_range", [None, 6.0])
+def test_png16_codes_follow_the_documented_formula(depth_range: float | None) -> None:
+    """Codes read with PIL: q = round((d - min) / (max - min) * 65535) with the map's own
+    min/max (relative), or min 0, max = depth_range and values clipped to it (metric)."""
+    d = _random_map().astype(np.float64)
+    enc = encode(d.astype(np.float32), "png16", depth_range)
+    lo, hi = (float(np.float32(d).min()), float(np.float32(d).max())) if depth_range is None \
+        else (0.0, depth_range)
+    assert (enc.min, enc.max) == (lo, hi) and enc.shape == d.shape
+    expected = np.rint((np.clip(np.float32(d), lo, hi) - lo) / (hi - lo) * 65535)
+    codes = _pil_codes(enc.data)
+    assert np.abs(codes - expected).max() <= 1  # float32 input rounding at a .5 boundary
+    if depth_range is None:
+        assert (codes.min(), codes.max()) == (0, 65535)
+    else:
+        assert (codes[d <= 0] == 0).all() and (codes[d >= depth_range] == 65535).all()
+    back = decode_png16(enc.data, enc.min, enc.max)
+    np.testing.assert_allclose(back, lo + codes / 65535 * (hi - lo), rtol=0, atol=1e-6 * hi)
+    assert (_pil_codes(encode(np.full((3, 4), 2.5, np.float32), "png16").data) == 0).all()
+    with pytest.raises(ValueError, match="depth_range"):
+        encode(d, "png16", 0.0)
 
 
 def test_npy_lossless_and_constant_and_nonfinite() -> None:
@@ -229,3 +265,178 @@ def test_manifest_corrupt_middle_line_is_skipped_not_cut(tmp_path: Path, caplog)
     with caplog.at_level("WARNING"):
         assert [r.output for r in read_records(path)] == ["x.png", "y.png"]
     assert "manifest.jsonl:2: skipped" in caplog.text and "manifest.jsonl:3: skipped" in caplog.text
+
+
+# ------------------------------------------------ codec and manifest edges (from mutation testing)
+def test_codec_outputs_dtypes_shapes_and_errors(tmp_path: Path) -> None:
+    d = _random_map(5, 9)
+    npy = encode(d, "npy")
+    stored = np.load(io.BytesIO(npy.data))
+    assert stored.dtype == np.float32 and stored.shape == (5, 9) == npy.shape
+    assert (npy.min, npy.max) == (float(d.min()), float(d.max()))
+    assert encode(d.astype(np.float64), "npy").data == npy.data  # float32 whatever the input
+    png = encode(d, "png16")
+    (tmp_path / "m.png").write_bytes(png.data)
+    for source in (png.data, str(tmp_path / "m.png"), tmp_path / "m.png"):  # bytes or a path
+        back = decode_png16(source, png.min, png.max)
+        assert back.dtype == np.float32 and back.shape == (5, 9)
+    one = encode(np.full((1, 1), 3.0, np.float32), "png16")  # a single pixel is a map
+    assert one.shape == (1, 1) and _pil_codes(one.data).tolist() == [[0]]
+    metric = encode(d, "png16", 0.5)  # any positive range, also under 1
+    assert (metric.min, metric.max) == (0.0, 0.5)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"depth_range must be positive, got {bad}"):
+            encode(d, "png16", bad)
+    with pytest.raises(ValueError, match=r"expected a non-empty \(H, W\) disparity, got shape"):
+        encode(np.zeros((0, 4), np.float32), "npy")
+    bad = d.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="^prediction contains non-finite values$"):
+        encode(bad, "npy")
+    with pytest.raises(ValueError, match=r"unknown output format 'jpeg'; expected one of \("):
+        output_suffix("jpeg")
+    assert [output_suffix(f) for f in ("png16", "npy", "webdataset")] == [".png", ".npy", ".png"]
+
+
+@pytest.mark.parametrize("fmt", ["png16", "npy"])
+@pytest.mark.parametrize("depth_range", [None, 20.0])
+def test_stored_spec_reads_the_stored_maps_back(tmp_path: Path, fmt: str,
+                                                depth_range: float | None) -> None:
+    """What training reads from pseudo-labels (`data.sources` with `stored_spec`) is what was
+    stored: relative disparity min-max normalised, or metric depth in metres."""
+    from depth_anything_fast.data.sources import load_depth, load_target
+
+    d = (np.abs(_random_map(6, 7)) + 1.0).astype(np.float32)  # 1..8: also valid depths
+    enc = encode(d, fmt, depth_range)
+    path = tmp_path / ("m" + output_suffix(fmt))
+    path.write_bytes(enc.data)
+    spec = stored_spec(fmt, depth_range)
+    step = 0.5 / 65535 if fmt == "png16" else 1e-6
+    if depth_range is None:
+        assert spec.kind == "disparity" and spec.invalid == ()
+        disparity, valid = load_target(str(path), spec)
+        assert valid.all()
+        expected = (d - d.min()) / (d.max() - d.min())
+        assert np.abs(disparity - expected).max() <= step + 1e-6
+    else:
+        assert spec.kind == "depth" and spec.invalid == ()
+        depth, valid = load_depth(str(path), spec)
+        assert valid.all()
+        assert np.abs(depth - d).max() <= step * depth_range + 1e-5
+    with pytest.raises(ValueError, match="unknown output format"):
+        stored_spec("tiff", depth_range)
+
+
+def test_manifest_and_error_names_per_rank() -> None:
+    from depth_anything_fast.formats.manifest import errors_name, manifest_name
+
+    assert (manifest_name(0, 1), errors_name(0, 1)) == ("manifest.jsonl", "errors.jsonl")
+    assert (manifest_name(1, 2), errors_name(3, 4)) == ("manifest.rank1.jsonl", "errors.rank3.jsonl")
+    assert checksum(b"abc") == "sha256:" + hashlib.sha256(b"abc").hexdigest()
+
+
+def test_appender_writes_through_cuts_partial_lines_and_closes(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "log.jsonl"  # folders made as needed
+    appender = Manifest(path)
+    record = _record("x.png", b"1")
+    record.extra = {"note": 1}
+    appender.add(record)
+    appender.add(_record("y.png", b"2"))
+    lines = path.read_bytes().splitlines()  # on disk before close: a kill loses nothing
+    assert len(lines) == 2 and json.loads(lines[0])["extra"] == {"note": 1}
+    assert "extra" not in json.loads(lines[1])
+    assert [r.extra for r in read_records(path)] == [{"note": 1}, {}]
+    appender.close()
+    appender.close()  # twice is fine
+    with pytest.raises(ValueError):
+        appender.append({"late": True})
+    for start in (b"", b'{"input": "partial'):  # empty, or only a truncated line
+        path.write_bytes(start)
+        with Manifest(path) as again:
+            again.add(_record("z.png", b"3"))
+        assert [r.output for r in read_records(path)] == ["z.png"]
+        assert path.read_bytes().count(b"\n") == 1 and path.read_bytes()[:1] == b"{"
+
+
+def test_error_log_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with ErrorLog(tmp_path / "errors.jsonl") as errors:
+        errors.add("rel/a.jpg", "empty file", "decode")
+        errors.add("shard.tar::b.jpg", "bad member", "decode")
+        errors.add("c.txt", "not an image", "list", count=False)
+    assert errors.count == 2
+    lines = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"input": str(tmp_path / "rel" / "a.jpg"), "reason": "empty file", "stage": "decode"},
+        {"input": "shard.tar::b.jpg", "reason": "bad member", "stage": "decode"},
+        {"input": str(tmp_path / "c.txt"), "reason": "not an image", "stage": "list"},
+    ]
+
+
+def test_read_records_warns_naming_file_and_line(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "manifest.jsonl"
+    path.write_text('{garbage\n{"input": "x"}\n')
+    with caplog.at_level("WARNING"):
+        assert read_records(path) == []
+    messages = [r.getMessage() for r in caplog.records]
+    # the parser's own reason, as json.loads gives it
+    try:
+        json.loads("{garbage")
+    except ValueError as err:
+        reason = str(err)
+    assert messages[0] == f"{path}:1: skipped, not valid JSON ({reason})"
+    fields = sorted(f for f in ManifestRecord.__dataclass_fields__ if f != "extra")
+    assert messages[1] == f"{path}:2: skipped, not a manifest record (needs fields {fields})"
+    assert read_records(tmp_path / "missing.jsonl") == []
+
+
+def test_read_all_records_newest_last(tmp_path: Path) -> None:
+    import os
+
+    with Manifest(tmp_path / "manifest.rank0.jsonl") as m:
+        m.add(_record("x.png", b"old"))
+        m.add(_record("y.png", b"y"))
+    with Manifest(tmp_path / "manifest.jsonl") as m:
+        m.add(_record("x.png", b"newer"))
+    os.utime(tmp_path / "manifest.rank0.jsonl", ns=(1, 1))  # the older file
+    records = read_all_records(tmp_path)
+    assert list(records) == ["y.png", "x.png"]  # oldest to newest
+    assert records["x.png"].bytes == len(b"newer")
+
+
+def test_valid_outputs_in_tar_shards(tmp_path: Path, caplog) -> None:
+    from depth_anything_fast.formats.manifest import finished_records
+
+    done: list[ManifestRecord] = []
+    writer = TarShardWriter(tmp_path, "shard-r0", done.append, max_members=3)
+    contents = {f"{i}.png": bytes([65 + i]) * (i + 2) for i in range(6)}
+    for name, data in contents.items():
+        writer.add(name, data, _record(name, data))
+    writer.flush()
+    with Manifest(tmp_path / "manifest.jsonl") as m:
+        for r in done:
+            m.add(r)
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(b"plain")
+    plain_record = _record("plain.png", b"plain")
+    with Manifest(tmp_path / "manifest.jsonl") as m:
+        m.add(plain_record)
+    keys = {r.key for r in done} | {"plain.png"}
+    assert valid_outputs(tmp_path, [*done, plain_record], verify_checksum=True) == keys
+    # first shard: its first member recorded with another size, its second with other bytes of
+    # the same size; the members after them are still checked. Second shard: not a tar.
+    done[0].bytes += 1
+    done[1].checksum = checksum(b"C" * 3)
+    (tmp_path / done[3].file).write_bytes(b"not a tar")
+    plain.write_bytes(b"plaiN")  # same size, other bytes
+    by_key = {r.key: r for r in [*done, plain_record]}
+    assert valid_outputs(tmp_path, by_key.values()) == {done[1].key, done[2].key, "plain.png"}
+    assert valid_outputs(tmp_path, by_key.values(), verify_checksum=True) == {done[2].key}
+    # finished_records: by size unless asked to verify, with a warning counting what is ignored
+    with caplog.at_level("WARNING"):
+        finished = finished_records(tmp_path)
+    assert set(finished) == {done[0].key, done[1].key, done[2].key, "plain.png"}
+    assert f"{tmp_path}: 3 of 7 manifest records name an output that is missing or changed on " \
+           f"disk (first: {done[3].key}); ignored" in caplog.text
+    assert set(finished_records(tmp_path, verify_checksum=True)) == {
+        done[0].key, done[1].key, done[2].key}

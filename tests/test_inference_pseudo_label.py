@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,11 @@ from PIL import Image
 
 from depth_anything_fast.cli import main
 from depth_anything_fast.formats.codec import decode_png16
-from depth_anything_fast.formats.manifest import read_all_records, read_records
+from depth_anything_fast.formats.manifest import (
+    finished_records,
+    read_all_records,
+    read_records,
+)
 from depth_anything_fast.inference.predictor import Predictor
 from depth_anything_fast.inference.pseudo_label import pseudo_label
 from depth_anything_fast.models import DepthAnything
@@ -74,6 +79,19 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, tol: float) -> None:
     scale = max(float(np.abs(expected).max()), 1e-6)
     err = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max())
     assert err <= tol * scale, f"max error {err:.3g} > {tol} x {scale:.3g}"
+
+
+def _png16_values(path: Path, lo: float, hi: float, per_map: bool = True) -> np.ndarray:
+    """A stored 16-bit PNG read with PIL and the documented code formula (`pseudo_label`'s
+    docstring: codes 0..65535 = the manifest's min..max), float64; not our codec. Relative maps
+    (`per_map`) span the whole code range."""
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I;16B", "I") and im.format == "PNG", im.mode
+        codes = np.asarray(im)
+    assert codes.dtype == np.uint16 or (codes.min() >= 0 and codes.max() <= 65535)
+    if per_map:
+        assert (codes.min(), codes.max()) == (0, 65535)
+    return lo + codes.astype(np.float64) / 65535.0 * (hi - lo)
 
 
 def _one_by_one(model: DepthAnything, paths: list[str], backend: str) -> dict[str, np.ndarray]:
@@ -167,6 +185,247 @@ def test_pseudo_label_outputs_errors_and_resume(
         pseudo_label(weights, src, dst, format="npy", original_size=False, **opts)
 
 
+def _other_weights(model: DepthAnything) -> DepthAnything:
+    """The same architecture with other weights."""
+    return _tiny_model()
+
+
+def _other_architecture(model: DepthAnything) -> DepthAnything:
+    """The same weights (the same fingerprint) in another architecture: exact position-embedding
+    interpolation instead of the official +0.1 offset, which changes every map."""
+    import dataclasses
+
+    assert model.config.interpolate_offset == 0.1
+    other = DepthAnything(config=dataclasses.replace(model.config, interpolate_offset=0.0))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+# Every key of `run_config.json` that must match for a rerun to resume: the base run's options
+# and how the rerun changes them (or the model it is given).
+RESUME_BASE = dict(input_size=INPUT_SIZE, resize="keep-aspect", format="png16",
+                   original_size=False, batch_size=2, backend="pil", handle_signals=False)
+RESUME_CHANGES = {
+    "weights_sha256": _other_weights,
+    "model": _other_architecture,
+    "input_size": {"input_size": INPUT_SIZE + 14},
+    "resize": {"resize": "square"},
+    "format": {"format": "npy"},
+    "original_size": {"original_size": True},
+}
+
+
+def test_resume_changes_cover_every_resume_key() -> None:
+    from depth_anything_fast.inference.resume import RESUME_KEYS
+
+    assert set(RESUME_CHANGES) == set(RESUME_KEYS)
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny: tuple[DepthAnything, Path],
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(input folder of three images, an output folder labelled with `RESUME_BASE`)."""
+    root = tmp_path_factory.mktemp("resume")
+    for name, (h, w) in {"a.png": (48, 64), "b.png": (75, 40), "c/d.png": (30, 90)}.items():
+        _write_image(root / "src" / name, h, w)
+    summary = pseudo_label(tiny[0], root / "src", root / "out", **RESUME_BASE)
+    assert (summary.succeeded, summary.failed) == (3, 0)
+    return root / "src", root / "out"
+
+
+@pytest.mark.parametrize("key", list(RESUME_CHANGES))
+def test_rerun_with_one_setting_changed_is_refused_naming_it(
+    tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path, key: str
+) -> None:
+    """Each resume key alone: the rerun is refused with a message naming what changed, and the
+    folder is left as it was (no output, manifest line or run_config.json rewritten)."""
+    src, labelled = resumable
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    change = RESUME_CHANGES[key]
+    model, options = tiny[0], dict(RESUME_BASE)
+    if callable(change):
+        model = change(model)
+    else:
+        options.update(change)
+    previous = json.loads((out / "run_config.json").read_text())
+    if key == "weights_sha256":
+        from depth_anything_fast.models.weights import weights_fingerprint
+
+        message = re.escape(
+            f"{out} holds labels made by other weights (then DepthAnything, {previous[key]}; now "
+            f"DepthAnything, {weights_fingerprint(model)}): use another --output, the original "
+            "weights, or --overwrite to label everything again")
+    elif key == "model":
+        message = re.escape(f"{out} holds outputs made with other settings (model: "
+                            f"{previous[key]!r} -> {model.config.to_dict()!r}); use another")
+    else:
+        message = re.escape(f"{out} holds outputs made with other settings ({key}: "
+                            f"{previous[key]!r} -> {options[key]!r}); use another --output "
+                            "directory, the original settings, or --overwrite")
+    with pytest.raises(ValueError, match=f"^{message}"):
+        pseudo_label(model, src, out, **options)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    # the same settings resume: everything is skipped, whatever the other options
+    again = pseudo_label(tiny[0], src, out, **{**RESUME_BASE, "batch_size": 3,
+                                               "writer_threads": 1, "num_workers": 1,
+                                               "verify_checksum": True})
+    assert (again.succeeded, again.skipped, again.failed) == (0, 3, 0)
+
+
+def test_refusal_lists_every_changed_setting_and_badrun_config(
+    tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, labelled = resumable
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    options = {**RESUME_BASE, "input_size": INPUT_SIZE + 14, "resize": "square"}
+    expected = (f"(input_size: {INPUT_SIZE} -> {INPUT_SIZE + 14}, "
+                "resize: 'keep-aspect' -> 'square')")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        pseudo_label(tiny[0], src, out, **options)
+    (out / "run_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(f"{out / 'run_config.json'}: not valid JSON (")
+                       + r".*\); --overwrite starts afresh$"):
+        pseudo_label(tiny[0], src, out, **RESUME_BASE)
+    # --overwrite: every rank's old manifest and error list go, the new run's settings stay
+    for name in ("manifest.rank1.jsonl", "errors.rank1.jsonl", "errors.jsonl"):
+        (out / name).write_text("")
+    again = pseudo_label(tiny[0], src, out, **options, overwrite=True)
+    assert (again.succeeded, again.skipped) == (3, 0)
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["errors.jsonl", "manifest.jsonl"]
+    assert json.loads((out / "run_config.json").read_text())["resize"] == "square"
+
+
+def test_run_config_records_the_weights_and_settings(tiny: tuple[DepthAnything, Path]) -> None:
+    from dataclasses import asdict
+
+    from depth_anything_fast.inference.pseudo_label import Options
+    from depth_anything_fast.inference.resume import run_config
+    from depth_anything_fast.models.weights import weights_fingerprint
+
+    model, weights = tiny
+    opts = asdict(Options(input_size=84, resize="square", format="npy", original_size=True))
+    settings = {"input_size": 84, "resize": "square", "format": "npy", "original_size": True}
+    assert run_config(model, model, opts) == {
+        "weights": "DepthAnything", "weights_sha256": weights_fingerprint(model),
+        "model": model.config.to_dict(), **settings}
+    from_file = run_config(str(weights), model, opts)
+    assert from_file["weights"] == os.path.abspath(weights)
+    assert from_file["weights_sha256"] == weights_fingerprint(weights)
+    hub_id = run_config("someone/a-model", model, opts)  # not a local file: the loaded weights
+    assert hub_id["weights"] == "someone/a-model"
+    assert hub_id["weights_sha256"] == weights_fingerprint(model)
+    plain = torch.nn.Conv2d(3, 1, 1)  # a module without a DepthAnythingConfig
+    assert run_config(plain, plain, opts)["model"] is None
+    assert run_config(plain, plain, opts)["weights"] == "Conv2d"
+
+
+def test_weights_fingerprint_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
+    """A file: sha256 of its bytes. A folder: of each regular file's name, a NUL and its bytes,
+    sorted by name. A module: its state dict (equal weights, equal fingerprints)."""
+    import hashlib
+
+    from depth_anything_fast.models.weights import weights_fingerprint
+
+    data = os.urandom(3000)
+    (tmp_path / "w.bin").write_bytes(data)
+    assert weights_fingerprint(tmp_path / "w.bin") == "sha256:" + hashlib.sha256(data).hexdigest()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "b.json").write_bytes(b'{"x": 1}')
+    (folder / "a.safetensors").write_bytes(data)
+    (folder / "sub").mkdir()  # not a regular file: not content
+    expected = hashlib.sha256(b"a.safetensors\0" + data + b'b.json\0{"x": 1}').hexdigest()
+    assert weights_fingerprint(folder) == "sha256:" + expected
+    one, two = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    two.load_state_dict(one.state_dict())
+    fingerprint = weights_fingerprint(one)
+    assert fingerprint == weights_fingerprint(two) and re.fullmatch(r"sha256:[0-9a-f]{64}",
+                                                                      fingerprint)
+    with torch.no_grad():
+        two.bias[0] += 1e-3
+    assert weights_fingerprint(two) != fingerprint
+
+
+def test_resume_checks_sizes_or_checksums_and_warns_on_a_small_disk(
+    tiny: tuple[DepthAnything, Path], resumable: tuple[Path, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from depth_anything_fast.inference import pseudo_label as engine
+
+    src, labelled = resumable
+    out = tmp_path / "out"
+    shutil.copytree(labelled, out)
+    record = read_records(out / "manifest.jsonl")[0]
+    stored = (out / record.output).read_bytes()
+    (out / record.output).write_bytes(stored[:-1] + bytes([stored[-1] ^ 1]))  # same size
+    assert pseudo_label(tiny[0], src, out, **RESUME_BASE).skipped == 3  # sizes only
+    redo = pseudo_label(tiny[0], src, out, **RESUME_BASE, verify_checksum=True)
+    assert (redo.succeeded, redo.skipped) == (1, 2)
+    assert (out / record.output).read_bytes() == stored
+    # the disk is checked against what the outputs still to write need
+    need = 3 * engine._map_bytes(engine.Options(**RESUME_BASE))
+    real = shutil.disk_usage
+    for free, warned in ((need, False), (need - 1, True)):
+        monkeypatch.setattr(shutil, "disk_usage",
+                            lambda path, free=free: real(path)._replace(free=free))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pseudo_label(tiny[0], src, tmp_path / f"fresh{free}", **RESUME_BASE)
+        message = (f"{tmp_path / f'fresh{free}'}: {free / 1e6:.0f} MB free, the 3 outputs to "
+                   f"write need about {need / 1e6:.0f} MB: the run will stop when the disk is "
+                   "full")
+        assert (message in caplog.text) == warned, caplog.text
+
+
+def _tar_members(path: Path) -> list[str]:
+    """Member names of a tar shard, or of every shard in a folder."""
+    import tarfile
+
+    names = []
+    for shard in sorted(path.glob("*.tar")) if path.is_dir() else [path]:
+        with tarfile.open(shard) as tar:
+            names += tar.getnames()
+    return names
+
+
+def test_webdataset_rerun_skips_everything_and_duplicates_no_member(
+    tiny: tuple[DepthAnything, Path], tmp_path: Path
+) -> None:
+    """A tar output resumes by member name: a rerun writes no shard and no manifest line; a lost
+    shard's members (and only they) are labelled again, into a new shard."""
+    _, weights = tiny
+    src, good = _source(tmp_path)
+    out = tmp_path / "wds"
+    opts = dict(format="webdataset", shard_size=3, batch_size=2, input_size=INPUT_SIZE,
+                backend="pil", handle_signals=False)
+    first = pseudo_label(weights, src, out, **opts)
+    assert first.succeeded == len(good)
+    expected = sorted(f"{g}.png" for g in good)
+    shards = sorted(p.name for p in out.glob("*.tar"))
+    assert len(shards) == -(-len(good) // 3) and sorted(_tar_members(out)) == expected
+    manifest = (out / "manifest.jsonl").read_bytes()
+
+    again = pseudo_label(weights, src, out, **opts)
+    assert (again.succeeded, again.skipped) == (0, len(good))
+    assert sorted(p.name for p in out.glob("*.tar")) == shards
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+
+    lost = _tar_members(out / shards[0])
+    (out / shards[0]).unlink()
+    third = pseudo_label(weights, src, out, **opts)
+    assert (third.succeeded, third.skipped) == (len(lost), len(good) - len(lost))
+    assert sorted(_tar_members(out)) == expected  # each exactly once over all shards
+    new_shards = sorted(p.name for p in out.glob("*.tar"))
+    assert new_shards == [*shards[1:], new_shards[-1]] and new_shards[-1] > shards[-1]
+    assert sorted(_tar_members(out / new_shards[-1])) == sorted(lost)
+    finished = finished_records(out).values()
+    assert sorted(r.member for r in finished) == expected
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["pil", "dali"])
 def test_pseudo_label_on_cuda(tiny: tuple[DepthAnything, Path], tmp_path: Path, backend: str) -> None:
@@ -222,7 +481,7 @@ def test_pseudo_label_png16_and_webdataset_network_size(
         image = _load_rgb(Path(r.input))
         expected = singles[r.input]
         assert tuple(r.shape) == lower_bound_size(*image.shape[:2], INPUT_SIZE)
-        got = decode_png16(str(tmp_path / "png" / r.output), r.min, r.max)
+        got = _png16_values(tmp_path / "png" / r.output, r.min, r.max)
         step = (r.max - r.min) / 65535
         assert np.abs(got - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
         w = wds_records[r.output]
@@ -266,6 +525,8 @@ def test_metric_model_pseudo_labels_read_back_as_metric_depth(tmp_path: Path) ->
             assert np.abs(depth - expected).max() <= tol + 1e-5 * max_depth
             if fmt == "png16":
                 assert (records[image].min, records[image].max) == (0.0, max_depth)
+                stored = _png16_values(out / records[image].output, 0.0, max_depth, False)
+                assert np.abs(stored - expected).max() <= tol + 1e-5 * max_depth
             # relative training target: 1/depth min-max normalised, as for any depth dataset
             disparity, _ = load_target(target, source.spec)
             inv = 1.0 / expected
@@ -494,19 +755,33 @@ def test_bad_weights_or_empty_input_touch_no_output(
 
 
 def test_real_images(tiny: tuple[DepthAnything, Path], shared_data: Path, tmp_path: Path) -> None:
-    _, weights = tiny
+    """Real photos through the engine (batched, bucketed) against the official one-image path
+    `infer_image`, as 16-bit PNGs at the network size and at the photo's own size."""
+    model, weights = tiny
     src = tmp_path / "real"
     src.mkdir()
     for name in ("demo01.jpg", "demo08.jpg", "demo12.jpg"):
         shutil.copy(shared_data / "images" / name, src / name)
-    summary = pseudo_label(weights, src, tmp_path / "out", input_size=INPUT_SIZE, backend="pil")
+    # fp32: precision "auto" is bf16 on CPUs with native bf16, which infer_image does not use
+    opts = dict(input_size=INPUT_SIZE, backend="pil", batch_size=2, handle_signals=False,
+                precision="fp32")
+    summary = pseudo_label(weights, src, tmp_path / "out", **opts)
     assert (summary.succeeded, summary.failed) == (3, 0)
     for r in read_records(tmp_path / "out" / "manifest.jsonl"):
         with Image.open(r.input) as im:
             w, h = im.size
         assert tuple(r.shape) == lower_bound_size(h, w, INPUT_SIZE)
-        with Image.open(tmp_path / "out" / r.output) as out:
-            assert out.size == (r.shape[1], r.shape[0]) and np.asarray(out).dtype == np.uint16
+        stored = _png16_values(tmp_path / "out" / r.output, r.min, r.max)
+        assert stored.shape == tuple(r.shape)
+    full = pseudo_label(weights, src, tmp_path / "full", original_size=True, **opts)
+    assert (full.succeeded, full.failed) == (3, 0)
+    for r in read_records(tmp_path / "full" / "manifest.jsonl"):
+        expected = model.infer_image(_load_rgb(Path(r.input)), INPUT_SIZE).astype(np.float64)
+        assert expected.std() > 0.05 * np.abs(expected).mean()
+        stored = _png16_values(tmp_path / "full" / r.output, r.min, r.max)
+        step = (r.max - r.min) / 65535
+        # half a code; batching changes only the summation order of the matmuls
+        assert np.abs(stored - expected).max() <= 0.5 * step + 1e-4 * np.abs(expected).max()
 
 
 def test_relative_input_manifest_readable_from_elsewhere(tiny, tmp_path, monkeypatch):

@@ -9,7 +9,9 @@ The caller's seed gradient is made outside the count (`loss.backward(seed)`).
 
 Each launch costs ~3-5 us of host time on a GPU, about what moving 10-15 MB takes, so the
 limits below are design limits: they fail when someone adds a fill, a scan or a bit of torch
-glue around the kernels.
+glue around the kernels. The lower bound makes the count able to fail the other way: the forward
+and the backward each launch at least one Triton kernel (a hook that counted nothing, or a
+`backend="triton"` that ran torch code instead, would otherwise pass).
 """
 
 from __future__ import annotations
@@ -83,17 +85,30 @@ class _LaunchCounter(TorchDispatchMode):
             InterpretedFunction.run = original
 
 
-def count_launches(step: Callable[[], torch.Tensor], leaf: torch.Tensor) -> Counter[str]:
-    """Launches of `step()` (the forward) and its backward from `leaf`'s loss."""
+def count_launches(
+    step: Callable[[], torch.Tensor], leaf: torch.Tensor
+) -> tuple[Counter[str], Counter[str]]:
+    """Launches of `step()` (the forward) and of its backward from `leaf`'s loss."""
     step().backward(torch.ones(()))  # warm-up: first-call caches stay out of the count
     leaf.grad = None
     seed = torch.ones(())
-    counter = _LaunchCounter()
-    with counter.triton_hook(), counter:
+    forward, backward = _LaunchCounter(), _LaunchCounter()
+    with forward.triton_hook(), forward:
         loss = step()
+    with backward.triton_hook(), backward:
         loss.backward(seed)
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
-    return counter.launches
+    return forward.launches, backward.launches
+
+
+def check_launches(name: str, step: Callable[[], torch.Tensor], leaf: torch.Tensor) -> None:
+    """At most `LIMITS[name]` launches in all; at least one Triton kernel in each pass."""
+    forward, backward = count_launches(step, leaf)
+    launches = forward + backward
+    assert sum(launches.values()) <= LIMITS[name], _report(name, launches)
+    for pass_, counted in (("forward", forward), ("backward", backward)):
+        triton = sum(v for k, v in counted.items() if k.startswith("triton:"))
+        assert triton >= 1, f"{name}: no Triton launch counted in the {pass_}: {dict(counted)}"
 
 
 def _images(batch: int = 2, h: int = 6, w: int = 7) -> dict[str, torch.Tensor]:
@@ -113,41 +128,39 @@ def _report(name: str, launches: Counter[str]) -> str:
 
 def test_affine_invariant_launches() -> None:
     x = _images()
-    launches = count_launches(
+    check_launches(
+        "affine_invariant",
         lambda: affine_invariant_loss(x["pred"], x["target"], x["mask"], backend="triton"),
         x["pred"],
-    )
-    assert sum(launches.values()) <= LIMITS["affine_invariant"], _report(
-        "affine_invariant", launches
     )
 
 
 def test_cutmix_launches() -> None:
     x = _images()
-    launches = count_launches(
+    check_launches(
+        "cutmix",
         lambda: cutmix_loss(
             x["pred"], x["target"], x["target_b"], x["box"], x["mask"], backend="triton"
         ),
         x["pred"],
     )
-    assert sum(launches.values()) <= LIMITS["cutmix"], _report("cutmix", launches)
 
 
 def test_feature_alignment_launches() -> None:
     features = torch.randn(2, 5, 16, requires_grad=True)
     frozen = torch.randn(2, 5, 16)
-    launches = count_launches(
-        lambda: feature_alignment_loss(features, frozen, 0.85, backend="triton"), features
-    )
-    assert sum(launches.values()) <= LIMITS["feature_alignment"], _report(
-        "feature_alignment", launches
+    check_launches(
+        "feature_alignment",
+        lambda: feature_alignment_loss(features, frozen, 0.85, backend="triton"),
+        features,
     )
 
 
-def test_counter_sees_fills_and_triton_launches() -> None:
+def test_counter_sees_fills_and_arithmetic() -> None:
     """The counter itself: a zero-fill and an arithmetic op count, views and empty do not."""
     x = torch.randn(4, requires_grad=True)
-    launches = count_launches(lambda: (x.view(2, 2) * torch.zeros(2, 2)).sum(), x)
+    forward, backward = count_launches(lambda: (x.view(2, 2) * torch.zeros(2, 2)).sum(), x)
+    launches = forward + backward
     assert launches["torch:zeros.default"] + launches["torch:fill_.Scalar"] + launches[
         "torch:zero_.default"
     ] >= 1, launches

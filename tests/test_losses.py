@@ -23,9 +23,13 @@ from depth_anything_fast.losses import (
     scale_shift_invariant_loss,
     silog_loss,
 )
+from depth_anything_fast.losses.inputs import image_inputs
 from depth_anything_fast.losses.reference import (
     affine_invariant_loss_reference,
+    feature_alignment_loss_reference,
     masked_lower_median,
+    scale_shift_invariant_loss_reference,
+    silog_loss_reference,
 )
 from depth_anything_fast.ops import cpu_available, triton_available
 
@@ -240,6 +244,20 @@ def test_feature_alignment_reference_and_module():
     expected = (1 - cos[kept]).mean() if kept.any() else torch.zeros((), dtype=torch.float64)
     got = FeatureAlignmentLoss(0.85, backend="reference")(features, frozen)
     torch.testing.assert_close(got, expected)
+    # the default alpha is the paper's 0.85
+    torch.testing.assert_close(feature_alignment_loss_reference(features, frozen), expected)
+    torch.testing.assert_close(feature_alignment_loss(features, frozen, backend="reference"),
+                               expected)
+    # a token exactly at alpha is kept (cos <= alpha): (1, 0) vs (3, 4) has cos 3/5
+    f = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    torch.testing.assert_close(feature_alignment_loss_reference(f, g, 0.6),
+                               torch.tensor(0.4, dtype=torch.float64))
+    # half precision is computed in float32
+    for dtype in (torch.float16, torch.bfloat16):
+        low = feature_alignment_loss_reference(features.to(dtype), frozen.to(dtype))
+        assert low.dtype == torch.float32
+        torch.testing.assert_close(low.double(), expected, rtol=2e-2, atol=2e-2)
 
 
 def naive_midas(pred, target, mask, alpha, scales):
@@ -352,3 +370,214 @@ def test_compiled_training_step_fullgraph_matches_eager():
     torch.testing.assert_close(compiled, eager)
     for p, g in zip(head.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)
+
+
+# ------------------------------------------- edges and defaults (from mutation testing)
+def naive_silog(pred, target, mask, lambd):
+    valid = mask & (target > 0)
+    d = target[valid].log() - pred[valid].log()
+    return torch.sqrt((d**2).mean() - lambd * d.mean() ** 2)
+
+
+def test_defaults_are_the_papers_and_modules_pass_their_settings():
+    """Defaults: reduction "mean", backend "auto", alpha 0.85 (feature alignment), MiDaS alpha
+    0.5 over 4 scales untrimmed, SILog lambda 0.5; modules hand every setting on."""
+    pred, target = torch.randn(2, 9, 10, dtype=torch.float64), torch.rand(2, 9, 10)
+    mask = torch.rand(2, 9, 10) > 0.2
+    box = torch.rand(2, 9, 10) > 0.5
+    segments = torch.randint(0, 3, (2, 9, 10))
+    f = torch.randn(2, 6, 8)
+    g = f + torch.rand(2, 6, 1) * torch.randn(2, 6, 8)
+    big_pred, big_target = torch.randn(2, 40, 36, dtype=torch.float64), torch.rand(2, 40, 36)
+    big_target, big_mask = big_target.double(), torch.rand(2, 40, 36) > 0.2
+    cases = [
+        (affine_invariant_loss(pred.float(), target, mask),
+         affine_invariant_loss(pred.float(), target, mask, reduction="mean", backend="auto")),
+        (AffineInvariantLoss()(pred.float(), target, mask),
+         affine_invariant_loss(pred.float(), target, mask)),
+        (AffineInvariantLoss("none", "reference")(pred, target, mask, segments, 3),
+         affine_invariant_loss(pred, target, mask, segments, num_segments=3, reduction="none",
+                               backend="reference")),
+        (cutmix_loss(pred.float(), target, target.flip(0), box, mask),
+         cutmix_loss(pred.float(), target, target.flip(0), box, mask, backend="auto")),
+        (CutMixLoss()(pred.float(), target, target.flip(0), box, mask),
+         cutmix_loss(pred.float(), target, target.flip(0), box, mask)),
+        (feature_alignment_loss(f, g), feature_alignment_loss(f, g, 0.85, backend="auto")),
+        (FeatureAlignmentLoss()(f, g), feature_alignment_loss(f, g)),
+        (FeatureAlignmentLoss(0.5, "reference")(f.double(), g.double()),
+         feature_alignment_loss_reference(f.double(), g.double(), 0.5)),
+        (scale_shift_invariant_loss(pred, target.double(), mask),
+         naive_midas(pred, target.double(), mask, 0.5, 4)),
+        (ScaleShiftInvariantLoss(0.25, 2)(pred, target.double(), mask),
+         naive_midas(pred, target.double(), mask, 0.25, 2)),
+        (ScaleShiftInvariantLoss(0.0, 1, True)(pred, target.double(), mask),
+         scale_shift_invariant_loss(pred, target.double(), mask, alpha=0.0, trimmed=True)),
+        (silog_loss(pred.abs() + 0.1, target.double(), mask),
+         naive_silog(pred.abs() + 0.1, target.double(), mask, 0.5)),
+        (SiLogLoss(0.2)(pred.abs() + 0.1, target.double(), mask),
+         naive_silog(pred.abs() + 0.1, target.double(), mask, 0.2)),
+        # the reference functions' own defaults (the public losses pass theirs explicitly)
+        (scale_shift_invariant_loss_reference(big_pred, big_target, big_mask),
+         naive_midas(big_pred, big_target, big_mask, 0.5, 4)),  # a 5th scale would count here
+        (silog_loss_reference(pred.abs() + 0.1, target.double(), mask),
+         naive_silog(pred.abs() + 0.1, target.double(), mask, 0.5)),
+    ]
+    for k, (got, expected) in enumerate(cases):
+        torch.testing.assert_close(got, expected.to(got.dtype), msg=f"case {k}")
+    assert not torch.allclose(ScaleShiftInvariantLoss(0.0, 1, True)(pred, target, mask),
+                              ScaleShiftInvariantLoss(0.0, 1)(pred, target, mask))  # trimmed
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        AffineInvariantLoss("sum")
+
+
+def test_backend_is_handed_on():
+    """A backend that does not exist is refused by every public function and module."""
+    pred, target = torch.randn(2, 5, 6), torch.rand(2, 5, 6)
+    box = torch.rand(2, 5, 6) > 0.5
+    f, g = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    calls = [
+        lambda: affine_invariant_loss(pred, target, backend="nonsense"),
+        lambda: AffineInvariantLoss(backend="nonsense")(pred, target),
+        lambda: cutmix_loss(pred, target, target, box, backend="nonsense"),
+        lambda: CutMixLoss("nonsense")(pred, target, target, box),
+        lambda: feature_alignment_loss(f, g, backend="nonsense"),
+        lambda: FeatureAlignmentLoss(backend="nonsense")(f, g),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="nonsense"):
+            call()
+
+
+def test_error_messages_name_the_argument():
+    pred, target = torch.randn(2, 5, 6), torch.rand(2, 5, 6)
+    box = torch.rand(2, 5, 6) > 0.5
+    meta = torch.empty(2, 5, 6, device="meta")  # another device, no computation needed
+    f = torch.randn(2, 3, 4)
+    cases = [
+        (lambda: cutmix_loss(pred, target, target, box.float()), TypeError,
+         "box must be a bool or uint8 tensor, got torch.float32"),
+        (lambda: cutmix_loss(pred, target, target, box[0]), ValueError,
+         r"box must have shape \(B, H, W\) or \(B, 1, H, W\), got \(5, 6\)"),
+        (lambda: cutmix_loss(pred, target[:1], target, box), ValueError,
+         r"target_a shape \(1, 5, 6\) does not match pred shape"),
+        (lambda: cutmix_loss(pred, target, target[0], box), ValueError,
+         r"target_b must have shape"),
+        (lambda: cutmix_loss(pred, target, target.long(), box), TypeError,
+         "target_b must be a floating-point tensor"),
+        (lambda: cutmix_loss(pred, target, target[:1], box), ValueError,
+         r"target_b shape \(1, 5, 6\) must be the same as pred's \(2, 5, 6\)"),
+        (lambda: cutmix_loss(pred, target, target, box[:1]), ValueError,
+         r"box shape \(1, 5, 6\) must be the same as pred's"),
+        (lambda: cutmix_loss(pred, target, meta, box), ValueError,
+         "target_b is on meta but pred is on cpu"),
+        (lambda: cutmix_loss(pred, target, target, box.to("meta")), ValueError,
+         "box is on meta but pred is on cpu"),
+        (lambda: affine_invariant_loss(pred, meta), ValueError,
+         "target is on meta but pred is on cpu"),
+        (lambda: feature_alignment_loss(f.long(), f), TypeError,
+         "features must be a floating-point tensor"),
+        (lambda: feature_alignment_loss(f, f.long()), TypeError,
+         "frozen must be a floating-point tensor"),
+        (lambda: feature_alignment_loss(f, f[:1]), ValueError,
+         r"features \(2, 3, 4\) and frozen \(1, 3, 4\) must have the same shape \(B, N, C\)"),
+        (lambda: feature_alignment_loss(f, f.to("meta")), ValueError,
+         "frozen is on meta but features is on cpu"),
+        (lambda: scale_shift_invariant_loss(pred, target, box, scales=0), ValueError,
+         "scales must be >= 1, got 0"),
+        (lambda: scale_shift_invariant_loss(pred, target, None), ValueError,
+         r"^mask is required \(pass torch.ones_like\(target, dtype=torch.bool\)\)$"),
+        (lambda: silog_loss(pred.abs(), target[:1], box), ValueError,
+         r"target_depth shape \(1, 5, 6\) does not match pred shape"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_least_squares_scale_shift_against_lstsq_and_singular_systems():
+    from depth_anything_fast.losses.reference import least_squares_scale_shift
+
+    pred = torch.rand(3, 11, dtype=torch.float64)
+    target = 2 * pred + 0.3 + 0.1 * torch.rand(3, 11, dtype=torch.float64)
+    valid = torch.rand(3, 11) > 0.2
+    valid[:, :2] = True
+    scale, shift = least_squares_scale_shift(pred * valid, target * valid, valid)
+    for b in range(3):
+        a = torch.stack([pred[b][valid[b]], torch.ones(int(valid[b].sum()),
+                                                         dtype=torch.float64)], 1)
+        s, t = torch.linalg.lstsq(a, target[b][valid[b]][:, None]).solution[:, 0]
+        torch.testing.assert_close((scale[b], shift[b]), (s, t))
+    # two pixels at 0 and 1: a determinant of exactly 1, an exact fit
+    two = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    s, t = least_squares_scale_shift(two, torch.tensor([[3.0, 5.0]], dtype=torch.float64),
+                                     torch.ones(1, 2, dtype=torch.bool))
+    assert (s.item(), t.item()) == (2.0, 3.0)
+    # singular: a constant prediction, or no valid pixel -> 0, 0
+    s, t = least_squares_scale_shift(torch.full((2, 4), 0.5, dtype=torch.float64),
+                                     torch.rand(2, 4, dtype=torch.float64),
+                                     torch.tensor([[True] * 4, [False] * 4]))
+    assert s.tolist() == [0.0, 0.0] and t.tolist() == [0.0, 0.0]
+
+
+def test_midas_one_scale_a_single_pixel_and_half_precision():
+    pred = torch.rand(2, 8, 9, dtype=torch.float64)
+    target = torch.rand(2, 8, 9, dtype=torch.float64)
+    mask = torch.rand(2, 8, 9) > 0.2
+    torch.testing.assert_close(scale_shift_invariant_loss(pred, target, mask, scales=1),
+                               naive_midas(pred, target, mask, 0.5, 1))
+    one = torch.zeros_like(mask)
+    one[0, 3, 4] = True  # SILog of one pixel: |d| sqrt(1 - lambda)
+    d = (target[0, 3, 4].log() - (pred[0, 3, 4] + 0.1).log()).abs()
+    torch.testing.assert_close(silog_loss(pred + 0.1, target, one), d * 0.5**0.5)
+    for dtype in (torch.float16, torch.bfloat16):  # computed in float32
+        for got, expected in (
+            (scale_shift_invariant_loss(pred.to(dtype), target.to(dtype), mask),
+             naive_midas(pred, target, mask, 0.5, 4)),
+            (scale_shift_invariant_loss(pred.to(dtype), target.to(dtype), mask, trimmed=True),
+             scale_shift_invariant_loss(pred, target, mask, trimmed=True)),
+            (silog_loss(pred.to(dtype) + 0.1, target.to(dtype), mask),
+             naive_silog(pred + 0.1, target, mask, 0.5)),
+        ):
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), expected, rtol=3e-2, atol=3e-2)
+
+
+def test_feature_alignment_frozen_of_another_dtype_is_converted():
+    f = torch.randn(2, 5, 8)
+    g = f + torch.rand(2, 5, 1) * torch.randn(2, 5, 8)
+    for backend in ("reference", *fused_backends()):
+        torch.testing.assert_close(feature_alignment_loss(f, g.double(), backend=backend),
+                                   feature_alignment_loss(f, g, backend=backend))
+
+
+def test_image_inputs_errors_name_the_argument() -> None:
+    """Each argument's own name (the target's as the loss calls it) in its error; a (B, 1, W)
+    tensor is a batch of one-row images, not a channel dimension."""
+    import re
+
+    pred, target = torch.rand(2, 4, 5), torch.rand(2, 4, 5)
+    mask, segments = torch.ones(2, 4, 5, dtype=torch.bool), torch.zeros(2, 4, 5, dtype=torch.long)
+    bad = [
+        (dict(pred=[1.0]), TypeError, "pred must be a torch.Tensor, got list"),
+        (dict(target=(1.0,)), TypeError, "teacher must be a torch.Tensor, got tuple"),
+        (dict(mask=1), TypeError, "mask must be a torch.Tensor, got int"),
+        (dict(segments="s"), TypeError, "segments must be a torch.Tensor, got str"),
+        (dict(pred=pred.long()), TypeError, "pred must be a floating-point tensor, got torch.int64"),
+        (dict(target=target.int()), TypeError,
+         "teacher must be a floating-point tensor, got torch.int32"),
+        (dict(mask=mask[:, None].expand(2, 2, 4, 5)), ValueError,
+         "mask must have shape (B, H, W) or (B, 1, H, W), got (2, 2, 4, 5)"),
+        (dict(segments=segments[0]), ValueError,
+         "segments must have shape (B, H, W) or (B, 1, H, W), got (4, 5)"),
+        (dict(segments=mask), TypeError, "segments must be an integer tensor, got torch.bool"),
+        (dict(segments=segments.float()), TypeError,
+         "segments must be an integer tensor, got torch.float32"),
+    ]
+    for change, error, message in bad:
+        args = dict(pred=pred, target=target, mask=mask, segments=segments) | change
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            image_inputs(**args, target_name="teacher")
+    one_row = torch.rand(3, 1, 6)
+    got = image_inputs(one_row, one_row.clone(), one_row > 0.5, target_name="teacher")
+    assert got[0].shape == (3, 1, 6) and torch.equal(got[0], one_row)
+    assert torch.equal(image_inputs(pred[:, None], target[:, None])[0], pred)  # (B, 1, H, W)

@@ -1,8 +1,13 @@
 """Export: a torch.export program (.pt2) and ONNX (run in onnxruntime on the CPU) against the
 PyTorch model, at several batch sizes and input sizes (multiples of 14), one export each.
 
-Tolerance: max |exported - eager| <= 1e-4 * max |eager|. The position-embedding interpolation
-of the export (interpolation matrices) is checked against `F.interpolate` in float64.
+Tolerance: max |exported - eager| <= 3e-4 * std(eager), the map's own spread (ONNX Runtime's
+float32 kernels were measured at up to 6.4e-5 at 518x686; a tolerance relative to the maximum
+let 1% of the signal through on the old maps of 0.5 +- 0.01). The random weights are drawn
+at O(1) output scale with the final convolution set so that its outputs on a probe have std 1
+and 95% of them pass the ReLU; the test asserts the eager maps vary. The position-embedding
+interpolation of the export (interpolation matrices) is checked against `F.interpolate` in
+float64.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from depth_anything_fast.models.export import (
     interpolate_pos_encoding,
 )
 
-TOL = 1e-4
+TOL = 3e-4  # x std of the eager map
 # (batch, height, width): shapes unlike the traced example, the 37 x 37 training grid, and one
 # side on it (interpolated all the same)
 SHAPES = ((1, 56, 84), (3, 126, 42), (1, 518, 518), (2, 518, 686))
@@ -66,20 +71,38 @@ def test_exportable_pos_encoding_matches_the_model(offset: float) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random model (official 0.1 interpolation offset) saved in our format."""
+    """A tiny random model (official 0.1 interpolation offset) with varied output maps, saved in
+    our format."""
     config = DepthAnythingConfig.preset("custom", "v2", embed_dim=64, depth=4, num_heads=2,
                                         features=16)
-    model = DepthAnything(config=config)
+    model = DepthAnything(config=config).eval()
+    final = model.head.scratch.output_conv2[2]
     with torch.no_grad():
-        model.encoder.pos_embed.normal_()  # interpolation errors must show
-        model.head.scratch.output_conv2[2].bias.fill_(0.5)  # final ReLU active
+        for name, param in model.named_parameters():
+            if name in ("encoder.cls_token", "encoder.pos_embed"):
+                param.normal_()  # interpolation errors must show
+            elif param.ndim > 1:
+                param.normal_(0.0, param[0].numel() ** -0.5)
+            else:
+                param.normal_(0.0, 0.1)
+        # the last conv's input, as the ReLU before it returns it (the head applies the conv's
+        # weight functionally; a copy: that ReLU works in place)
+        inputs: list[torch.Tensor] = []
+        hook = model.head.scratch.output_conv2[1].register_forward_hook(
+            lambda module, args, out: inputs.append(out.clone()))
+        model(torch.randn(2, 3, 70, 84))
+        hook.remove()
+        pre = torch.nn.functional.conv2d(inputs[0], final.weight).double().flatten()
+        final.weight.div_(pre.std().item())
+        final.bias.fill_(-torch.quantile(pre / pre.std(), 0.05).item())
     path = tmp_path_factory.mktemp("export") / "tiny"
     model.save_pretrained(path)
     return path
 
 
-def max_rel_diff(got: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(got - expected).max() / np.abs(expected).max())
+def spread_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected| in units of the expected map's standard deviation."""
+    return float(np.abs(got - expected).max() / expected.std())
 
 
 @pytest.mark.slow
@@ -92,7 +115,8 @@ def test_export_pt2_and_onnx_match_the_model(tiny_weights: Path, tmp_path: Path)
     inputs = [torch.randn(b, 3, h, w) for b, h, w in SHAPES]
     with torch.no_grad():
         expected = [model(x).numpy() for x in inputs]
-    assert all(np.abs(e).max() > 0 for e in expected)
+    for e in expected:  # maps that vary: at least half the pixels non-zero, std >= 0.1 mean
+        assert (e != 0).mean() >= 0.5 and e.std() >= 0.1 * np.abs(e).mean(), (e.mean(), e.std())
 
     program = export_program(model)  # one export (the slow part) for both formats
     save_export(program, tmp_path / "tiny.pt2", "pt2")
@@ -100,7 +124,7 @@ def test_export_pt2_and_onnx_match_the_model(tiny_weights: Path, tmp_path: Path)
     for x, e in zip(inputs, expected, strict=True):
         with torch.no_grad():
             got = module(x).numpy()
-        assert got.shape == e.shape and max_rel_diff(got, e) <= TOL, x.shape
+        assert got.shape == e.shape and spread_diff(got, e) <= TOL, x.shape
 
     save_export(program, tmp_path / "tiny.onnx", "onnx")
     session = ort.InferenceSession(str(tmp_path / "tiny.onnx"),
@@ -108,7 +132,7 @@ def test_export_pt2_and_onnx_match_the_model(tiny_weights: Path, tmp_path: Path)
     assert [i.name for i in session.get_inputs()] == ["x"]
     for x, e in zip(inputs, expected, strict=True):
         (got,) = session.run(None, {"x": x.numpy()})
-        assert got.shape == e.shape and max_rel_diff(got, e) <= TOL, x.shape
+        assert got.shape == e.shape and spread_diff(got, e) <= TOL, x.shape
 
 
 def test_export_parts_compose_to_the_model(tiny_weights: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -13,7 +14,11 @@ import torch.nn.functional as F
 from depth_anything_fast.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    as_tensor,
+    imagenet_normalise,
     lower_bound_size,
+    network_size,
+    normalise_rgb,
     preprocess,
     resample_bicubic,
     resize_prediction,
@@ -51,8 +56,10 @@ def test_lower_bound_size_matches_official_rule_on_random_sizes() -> None:
 
 
 def test_square_size() -> None:
-    assert square_size(518) == (518, 518)
+    assert square_size(518) == (518, 518) == square_size()  # the default: the training size
     assert square_size(500) == (504, 504)
+    grey = np.zeros((30, 40), np.uint8)
+    assert preprocess(grey).shape == (1, 3, 518, 686)  # default: lower bound 518
 
 
 def test_preprocess_matches_float64_oracle() -> None:
@@ -85,8 +92,11 @@ def test_channel_variants_and_bad_inputs() -> None:
         to_rgb(np.zeros((3, 4, 2), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
         to_rgb(np.zeros((3, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="empty"):
-        to_rgb(np.zeros((0, 4, 3), np.uint8))
+    for empty in ((0, 4, 3), (4, 0, 3), (4, 0)):
+        with pytest.raises(ValueError, match="empty image of shape"):
+            to_rgb(np.zeros(empty, np.uint8))
+    assert to_rgb(np.zeros((5, 1, 3), np.uint8)).shape == (5, 1, 3)  # one column is an image
+    assert to_rgb(np.zeros((1, 5), np.uint8)).shape == (1, 5, 3)
     with pytest.raises(ValueError, match="resize"):
         preprocess(np.zeros((3, 4, 3), np.uint8), resize="pad")
     with pytest.raises(ValueError, match="input_size"):
@@ -102,6 +112,18 @@ def test_resize_prediction_is_bilinear_align_corners() -> None:
     torch.testing.assert_close(out[:, -1, -1], pred[:, -1, -1])
     assert resize_prediction(pred, (14, 28)) is pred
     assert math.isclose(out[0, 0, 56].item(), pred[0, 0, 27].item(), rel_tol=1e-6)
+    # every pixel: output i samples the source at i * (n_in - 1) / (n_out - 1), linearly
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        src = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        low = np.minimum(np.floor(src).astype(int), n_in - 2)
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), low] = 1 - (src - low)
+        m[np.arange(n_out), low + 1] = src - low
+        return m
+
+    expected = np.einsum("oh,bhw,pw->bop", weights(14, 30), pred.double().numpy(),
+                         weights(28, 57))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-5)
 
 
 def _keys_cubic(d: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -165,3 +187,70 @@ def test_preprocess_reads_read_only_arrays_without_warning() -> None:
         torch.testing.assert_close(preprocess(frozen, input_size=28), want, rtol=0, atol=0)
         preprocess(np.broadcast_to(rgb[:1], rgb.shape), input_size=28)
     assert want.is_contiguous()
+
+
+def test_lower_bound_size_other_input_sizes_match_official_rule() -> None:
+    """Input sizes whose rounding falls under the bound (505: 36 x 14 = 504 < 505) take the
+    official rule's ceil branch; input_size 1 is still a size."""
+    sizes = torch.randint(1, 2000, (60, 2)).tolist() + [[505, 505], [100, 3000]]
+    for target in (505, 392, 1, 700):
+        for h, w in sizes:
+            assert lower_bound_size(h, w, input_size=target) == official_size(h, w, target)
+    assert lower_bound_size(505, 505, input_size=505) == (518, 518)
+    for h, w in ((0, 5), (5, 0), (-1, 5), (5, -1), (0, 0)):
+        with pytest.raises(ValueError, match=f"^image size must be positive, got {h}x{w}$"):
+            lower_bound_size(h, w)
+
+
+def test_network_size_defaults_and_modes() -> None:
+    assert network_size(480, 640) == (518, 686) == lower_bound_size(480, 640)  # keep-aspect 518
+    assert network_size(480, 640, 392, "square") == (392, 392)
+    with pytest.raises(ValueError, match=r"^resize must be one of \('keep-aspect', 'square'\), "
+                       r"got 'pad'$"):
+        network_size(480, 640, resize="pad")
+
+
+def test_imagenet_normalise_keeps_float64_and_normalise_rgb_gives_float32() -> None:
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    got = imagenet_normalise(x)
+    # float64 constants: float32 ones would be off by ~1e-8
+    assert got.dtype == torch.float64 and torch.allclose(got, (x - mean) / std, rtol=0, atol=1e-15)
+    rgb = torch.rand(4, 5, 3, dtype=torch.float64) * 255
+    out = normalise_rgb(rgb)
+    assert out.dtype == torch.float32 and out.shape == (3, 4, 5)
+    torch.testing.assert_close(out.double(), (rgb.permute(2, 0, 1) / 255 - mean) / std,
+                               rtol=0, atol=1e-6)
+
+
+def test_as_tensor_shares_a_writable_array() -> None:
+    array = np.zeros((2, 3), np.uint8)
+    tensor = as_tensor(array)
+    array[1, 2] = 7  # same memory: seen through the tensor
+    assert int(tensor[1, 2]) == 7
+    array.setflags(write=False)
+    copy = as_tensor(array)
+    assert not np.shares_memory(copy.numpy(), array) and torch.equal(copy, tensor)
+
+
+def test_resample_bicubic_one_row_or_column_and_refusals() -> None:
+    """Single rows and columns are images (against the float64 oracle); empty or 4-D images,
+    non-positive output sizes and empty boxes are refused with the offending value."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    for h, w, out in [(1, 7, (1, 5)), (7, 1, (4, 1)), (1, 1, (3, 2)), (6, 9, (1, 1))]:
+        img = rng.random((h, w))
+        got = resample_bicubic(torch.from_numpy(img), out).double().numpy()
+        ref = _resample_matrix(0, h, out[0], h) @ img @ _resample_matrix(0, w, out[1], w).T
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    for shape in ((0, 5), (5, 0), (0, 0), (2, 3, 3, 1), (4,)):
+        message = re.escape(f"expected a non-empty (H, W) or (H, W, C) image, got {shape}")
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            resample_bicubic(torch.zeros(shape), (2, 2))
+    grey = torch.rand(5, 6)
+    for size in ((0, 3), (3, 0), (-1, 3)):
+        with pytest.raises(ValueError, match=f"got {size[0]}x{size[1]}$"):
+            resample_bicubic(grey, size)
+    for box in ((0.0, 2.0, 4.0, 2.0), (3.0, 0.0, 3.0, 6.0), (4.0, 0.0, 3.0, 6.0)):
+        with pytest.raises(ValueError, match="is empty"):
+            resample_bicubic(grey, (2, 2), box)

@@ -9,13 +9,14 @@ Pipeline (one process per rank):
   * writer threads wait on that event, encode (16-bit PNG / .npy / tar member), write atomically
     and append the manifest line, so the device never waits for encoding or disk.
 
-Resume: every rank reads all manifests in the output directory, keeps the records whose output
-still exists with the recorded size (or checksum with `verify_checksum=True`) and skips those
-inputs. Sharding (`items[rank::world_size]` of the sorted input list) happens before that
-filtering so all ranks agree on it however far each has got. `run_config.json` holds the
-weights' sha256 and the settings that change the outputs: a rerun with other weights (also new
-weights copied over the old file) or settings is refused unless `overwrite`. A lock file per
-rank refuses a second run writing the same rank's outputs at the same time.
+Resume (`inference.resume`): every rank reads all manifests in the output directory, keeps the
+records whose output still exists with the recorded size (or checksum with
+`verify_checksum=True`) and skips those inputs. Sharding (`items[rank::world_size]` of the
+sorted input list) happens before that filtering so all ranks agree on it however far each has
+got. `run_config.json` holds the weights' sha256 and the settings that change the outputs: a
+rerun with other weights (also new weights copied over the old file) or settings is refused
+unless `overwrite`. A lock file per rank refuses a second run writing the same rank's outputs at
+the same time.
 
 Faults: the output folder is checked (a folder, writable, room for an output) before the model
 runs; a disk that fills up or turns read-only stops the run at once with the reason in the
@@ -30,7 +31,6 @@ failures); `error` = why the run stopped early (outputs could not be written).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -38,7 +38,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,12 @@ import torch
 from depth_anything_fast.data import inference_loader
 from depth_anything_fast.formats.codec import FORMATS, output_suffix, stored_spec
 from depth_anything_fast.formats.images import IMAGE_EXTENSIONS, find_images
-from depth_anything_fast.formats.manifest import (
-    MANIFEST_GLOB,
-    ErrorLog,
-    errors_name,
-    finished_records,
-)
+from depth_anything_fast.formats.manifest import ErrorLog, errors_name
 from depth_anything_fast.formats.names import output_names
 from depth_anything_fast.formats.paths import TAR_SEP
 from depth_anything_fast.formats.spec import SPEC_FILE
 from depth_anything_fast.inference.predictor import Predictor, load_model, metric_max_depth
+from depth_anything_fast.inference.resume import check_resumable, run_config, unfinished
 from depth_anything_fast.inference.writers import (
     LabelWriter,
     atomic_write,
@@ -65,16 +61,10 @@ from depth_anything_fast.inference.writers import (
     make_output_dir,
     remove_stale_temporaries,
 )
-from depth_anything_fast.models.weights import weights_fingerprint
 from depth_anything_fast.runtime import StopSignals, launch_env
 from depth_anything_fast.transforms import resize_prediction
 
 logger = logging.getLogger(__name__)
-
-RUN_CONFIG = "run_config.json"
-# what changes the stored values or names: a resumed run must have the same (the weights by
-# content: new weights copied over the old file must not pass for the old ones)
-_RESUME_KEYS = ("weights_sha256", "model", "input_size", "resize", "format", "original_size")
 
 EXIT_OK, EXIT_FAILURES, EXIT_OUTPUT_ERROR, EXIT_INTERRUPTED = 0, 1, 3, 130
 
@@ -185,37 +175,6 @@ def combine_summaries(summary: Summary) -> Summary:
     error = f"{errors} ranks could not write their outputs" if errors else None
     return Summary(total, succeeded, skipped, failed, interrupted > 0, float(elapsed), 0,
                    summary.world_size, unsupported, error)
-
-
-def _check_run_config(output_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix outputs of other weights or settings in one directory (or, with
-    `overwrite`, forget the earlier run's records); record this run's settings."""
-    path = output_dir / RUN_CONFIG
-    if path.exists() and not overwrite:
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); --overwrite starts afresh") \
-                from None
-        changed = {k: (previous.get(k), config[k]) for k in _RESUME_KEYS
-                   if previous.get(k) != config[k]}
-        if "weights_sha256" in changed:
-            raise ValueError(
-                f"{output_dir} holds labels made by other weights (then {previous.get('weights')}"
-                f", {previous.get('weights_sha256')}; now {config['weights']}, "
-                f"{config['weights_sha256']}): use another --output, the original weights, or "
-                "--overwrite to label everything again")
-        if changed:
-            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(
-                f"{output_dir} holds outputs made with other settings ({detail}); use another "
-                "--output directory, the original settings, or --overwrite")
-        return
-    if overwrite:
-        # the old records must not vouch for old files under names this run may not rewrite
-        for old in [*output_dir.glob(MANIFEST_GLOB), *output_dir.glob("errors*.jsonl")]:
-            old.unlink()
-    atomic_write(path, (json.dumps(config, indent=1) + "\n").encode(), rank=int(os.getpid()))
 
 
 class _OutputLock:
@@ -344,7 +303,7 @@ def pseudo_label(
     make_output_dir(output_dir, rank, min_free=_map_bytes(opts))
     lock = _OutputLock(output_dir, rank)
     try:
-        _check_run_config(output_dir, _run_config(weights_or_model, model, opts), opts.overwrite)
+        check_resumable(output_dir, run_config(weights_or_model, model, vars(opts)), opts.overwrite)
         # how data.LabelledSource (training) and evaluate read the outputs back
         depth_range = metric_max_depth(model)
         atomic_write(output_dir / SPEC_FILE, stored_spec(opts.format, depth_range).dumps().encode(),
@@ -372,27 +331,6 @@ def _placement(opts: Options) -> tuple[int, int, str | None]:
     if device is None and torch.cuda.is_available():
         device = f"cuda:{env.local_rank % torch.cuda.device_count()}"
     return rank, world, device
-
-
-def _run_config(weights_or_model: str | os.PathLike[str] | torch.nn.Module | None,
-                model: torch.nn.Module, opts: Options) -> dict[str, Any]:
-    """What `run_config.json` records: the weights (a local file by absolute path, a Hub id
-    as written, a module by class name), their fingerprint, the model config and the settings
-    a resumed run must share."""
-    # a local file is hashed as stored; a module or a Hub repo id by the loaded state dict
-    source: str | torch.nn.Module = model
-    weights_id = type(model).__name__
-    if isinstance(weights_or_model, (str, os.PathLike)):
-        weights_id = os.fspath(weights_or_model)
-        if os.path.exists(weights_id):
-            weights_id = source = os.path.abspath(weights_id)
-    config = getattr(model, "config", None)
-    return {
-        "weights": weights_id,
-        "weights_sha256": weights_fingerprint(source),
-        "model": config.to_dict() if hasattr(config, "to_dict") else None,
-        **{k: v for k, v in asdict(opts).items() if k in _RESUME_KEYS},
-    }
 
 
 def _list_inputs(src: str, output_dir: Path) -> tuple[list[str], list[str], list[str]]:
@@ -426,10 +364,7 @@ def _todo(mine: list[tuple[str, str]], output_dir: Path,
           opts: Options) -> list[tuple[str, str]]:
     """The pairs of `mine` whose output the manifests do not record as finished; warns when
     the disk looks too small for them."""
-    finished = finished_records(output_dir, verify_checksum=opts.verify_checksum)
-    # an output's name without its shard: the same item whatever tar shard holds it
-    done = {record.member or key for key, record in finished.items()}
-    todo = [(p, n) for p, n in mine if n not in done]
+    todo = unfinished(mine, output_dir, opts.verify_checksum)
     need, free = len(todo) * _map_bytes(opts), shutil.disk_usage(output_dir).free
     if need > free:
         logger.warning("%s: %.0f MB free, the %d outputs to write need about %.0f MB: the run "
