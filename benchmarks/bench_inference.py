@@ -8,8 +8,8 @@ output against torch fp32 (a fast wrong path fails), then is timed; `extra_info`
 images/s, `build_s` (building the path: conversion included, or the cache read), `first_s`
 (the first batch: compilation for the shape included), `peak_rss_mib` (the process's peak RSS
 while building and running the path, above the RSS before it, sampled every 5 ms), the
-accuracy against torch fp32 (`max_rel_diff`, `aligned_err` after least-squares alignment) and the
-load average.
+accuracy against torch fp32 (`compare`: `max_rel_diff`, and after least-squares alignment
+`aligned_err` and the per-pixel `abs_rel`) and the load average.
 
 1. `test_batch_throughput`, "batch 4 518x518 <encoder> cpu": a batch of 4 photos resized to
    518x518, vits and vitb. Ours through `Predictor` (`predict_tensor`): the default (runtime
@@ -34,7 +34,7 @@ load average.
 Run (CPU; minutes): `.venv/bin/python -m pytest benchmarks/bench_inference.py --benchmark-only
 --benchmark-json benchmarks/results/inference_cpu.json`, then
 `python benchmarks/benchmark_report.py benchmarks/results/inference_cpu.json` for the table and
-the issue-20 targets.
+the issue-20 targets. `DAF_BENCH_ROUNDS` (default 3) sets the timed rounds per CPU batch case.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import numpy as np
 import pytest
 import torch
 from bench_model import model_pair
+from benchmark_inference_accuracy import compare as accuracy_errors
 from benchmark_support import SHARED_IMAGES, cpu_description
 
 from depth_anything_fast.data.decode import decode_rgb
@@ -70,7 +71,7 @@ from depth_anything_fast.transforms import preprocess
 
 INPUT_SIZE = 518
 CPU_BATCH = 4
-CPU_ROUNDS = 3
+CPU_ROUNDS = int(os.environ.get("DAF_BENCH_ROUNDS", 3))  # fewer on a busy machine
 CUDA_ROUNDS = 5
 CUDA_REPEAT = 10
 CPU_PHOTOS = 64
@@ -83,7 +84,10 @@ FP32_MAX_REL = 1e-3
 BF16_MAX_REL, BF16_ALIGNED = 5e-2, 2e-2
 # transformers' pipeline resizes with PIL (ours and the official code with torch / OpenCV
 # bicubic) and its maps back with bicubic (ours bilinear): same model, other resampling
-PIPELINE_ALIGNED = 5e-2
+# (PIL's antialiased resize of a large photo feeds a random model other details: on the stored
+# min-max normalised maps of the end-to-end case, aligned error 0.074 and max rel. diff 0.32 were
+# measured; the max rel. diff of such resampling is not checked, the aligned error is)
+PIPELINE_ALIGNED = 0.15
 
 BATCH_IMPLS = [
     "ours-default", "ours-torch-fp32", "ours-torch-bf16", "ours-torch-bf16-compiled",
@@ -147,31 +151,36 @@ def peak_rss() -> Iterator[dict[str, float]]:
 
 
 def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """The worst over the batch of max |got - ref| / max |ref| and of the aligned error
-    mean |s got + t - ref| / mean |ref| (per map least-squares scale and shift in float64,
-    pixels with ref > 0). A per-pixel AbsRel would be dominated by the near-zero pixels of a
-    random model (benchmarks/benchmark_inference_accuracy.py measures it on real photos)."""
+    """The worst over the batch of three errors against the fp32 reference, each map aligned to
+    its reference by least squares (scale and shift, float64, pixels with ref > 0):
+    `max_rel_diff` max |got - ref| / max |ref| (unaligned); `aligned_err` mean |aligned - ref| /
+    mean |ref| (a sanity check: a fast wrong path has O(1)); `abs_rel` mean |aligned - ref| / ref
+    per pixel, the accuracy budget's metric (`benchmark_inference_accuracy.compare`; on this
+    random model its near-zero pixels weigh heavily: the budget is judged on real photos with
+    that script)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     got, ref = got.reshape(-1, *got.shape[-2:]), ref.reshape(-1, *ref.shape[-2:])
     assert got.shape == ref.shape, (got.shape, ref.shape)
     assert all(r.std() > 0 for r in ref), "a constant reference map: the check would be vacuous"
-    worst_rel, worst_aligned = 0.0, 0.0
+    worst = {"max_rel_diff": 0.0, "aligned_err": 0.0, "abs_rel": 0.0}
     for g, r in zip(got, ref, strict=True):
         valid = r > 0
         scale, shift = align_scale_shift(g, r, valid)
         aligned = g[valid] * scale + shift
-        error = float(np.mean(np.abs(aligned - r[valid])) / np.mean(r[valid]))
-        worst_aligned = max(worst_aligned, error)
-        worst_rel = max(worst_rel, float(np.abs(g - r).max() / np.abs(r).max()))
-    return {"max_rel_diff": worst_rel, "aligned_err": worst_aligned}
+        errors = {"aligned_err": float(np.mean(np.abs(aligned - r[valid])) / np.mean(r[valid])),
+                  "max_rel_diff": float(np.abs(g - r).max() / np.abs(r).max()),
+                  "abs_rel": accuracy_errors(g, r)["abs_rel"]}
+        worst = {k: max(v, errors[k]) for k, v in worst.items()}
+    return worst
 
 
 def check(got: np.ndarray, ref: np.ndarray, reduced: bool,
-          budget: float = BF16_ALIGNED) -> dict[str, float]:
+          budget: float = BF16_ALIGNED, max_rel: float | None = BF16_MAX_REL) -> dict[str, float]:
     """`compare`, asserting the tolerance of the path (reduced precision or fp32)."""
     errors = compare(got, ref)
     if reduced:
-        assert errors["max_rel_diff"] <= BF16_MAX_REL and errors["aligned_err"] <= budget, errors
+        assert errors["aligned_err"] <= budget, errors
+        assert max_rel is None or errors["max_rel_diff"] <= max_rel, errors
     else:
         assert errors["max_rel_diff"] <= FP32_MAX_REL, errors
     return {k: float(f"{v:.3g}") for k, v in errors.items()}
@@ -511,9 +520,10 @@ def test_inference_throughput(benchmark, impl: str, device: str, encoder: str) -
             got = _stored(warm_out, path.stem)
             if impl in ("official-loop", "transformers-pipeline"):  # stored min-max normalised
                 expected = (expected - expected.min()) / (expected.max() - expected.min())
-            budget = PIPELINE_ALIGNED if impl == "transformers-pipeline" else BF16_ALIGNED
+            pipeline = impl == "transformers-pipeline"
             accuracy = check(got, expected, reduced=impl != "official-loop",
-                             budget=budget)
+                             budget=PIPELINE_ALIGNED if pipeline else BF16_ALIGNED,
+                             max_rel=None if pipeline else BF16_MAX_REL)
         benchmark.group = f"inference {device} {encoder} ({n_images} images, {INPUT_SIZE})"
         # CPU: one round (minutes on 2 cores); the ratios to the baseline are what is reported
         benchmark.pedantic(run, rounds=1 if device == "cpu" else 3, iterations=1)

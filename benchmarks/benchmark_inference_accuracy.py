@@ -60,14 +60,21 @@ def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "valid_fraction": float(valid.mean())}
 
 
-def measure(model: torch.nn.Module, images: list[Path], input_size: int) -> dict[str, list]:
-    """Per path, one record per image (name, shape, comparison with torch fp32)."""
+def measure(model: torch.nn.Module, images: list[Path], input_size: int,
+            paths: list[tuple[str, str]] = PATHS) -> dict[str, list]:
+    """Per path (runtime, precision), one record per image (name, shape, comparison with torch
+    fp32). An image whose fp32 map has no positive pixel (a random model's ReLU-dead output) has
+    nothing to compare: it is left out and reported."""
     inputs = {p.name: preprocess(decode_rgb(p.read_bytes(), str(p)), input_size)
               for p in images}
     reference = Predictor(model, runtime="torch", precision="fp32", device="cpu")
     refs = {name: reference.predict_tensor(x)[0].numpy() for name, x in inputs.items()}
+    dead = [name for name, ref in refs.items() if not (ref > 0).any()]
+    if dead:
+        print(f"  left out ({len(dead)}: fp32 map without a positive pixel): {dead}", flush=True)
+        inputs = {name: x for name, x in inputs.items() if name not in dead}
     results: dict[str, list] = {}
-    for runtime, precision in PATHS:
+    for runtime, precision in paths:
         if not runtime_available(runtime):
             continue
         predictor = Predictor(model, runtime=runtime, precision=precision, device="cpu")
@@ -115,10 +122,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/inference_accuracy")
     parser.add_argument("--input-size", type=int, default=518)
     parser.add_argument("--encoders", nargs="*", default=["vits", "vitb"])
+    parser.add_argument("--paths", nargs="*", default=[f"{r}:{p}" for r, p in PATHS],
+                        help="runtime:precision pairs to measure (default: all)")
     parser.add_argument("--weights", help="a trained checkpoint (e.g. demo_out/teacher/final)")
     parser.add_argument("--weights-input-size", type=int, default=None,
                         help="also run the trained checkpoint at this input size")
     args = parser.parse_args()
+    paths = [tuple(p.split(":")) for p in args.paths]
     images = real_images()
     if not images:
         raise SystemExit(f"no images under {SHARED_IMAGES}")
@@ -142,7 +152,7 @@ def main() -> None:
     for name, model, input_size in models:
         print(f"{name} at {input_size}:", flush=True)
         report["models"].append({"model": name, "input_size": input_size,
-                                 "paths": measure(model, images, input_size)})
+                                 "paths": measure(model, images, input_size, paths)})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -135,6 +135,24 @@ def test_export_pt2_and_onnx_match_the_model(tiny_weights: Path, tmp_path: Path)
         assert got.shape == e.shape and spread_diff(got, e) <= TOL, x.shape
 
 
+def test_export_parts_compose_to_the_model(tiny_weights: Path) -> None:
+    """The encoder's and the head's programs (what OpenVINO bf16 compiles separately) compose
+    to the model at shapes unlike the traced example."""
+    from depth_anything_fast.models.export import export_program
+
+    model = DepthAnything.from_pretrained(tiny_weights).eval()
+    encoder = export_program(model, part="encoder").module()
+    head = export_program(model, part="head").module()
+    for b, h, w in SHAPES[:2]:
+        x = torch.randn(b, 3, h, w)
+        with torch.no_grad():
+            expected = model(x).numpy()
+            got = head(tuple(encoder(x)), x).numpy()
+        assert got.shape == expected.shape and spread_diff(got, expected) <= TOL, x.shape
+    with pytest.raises(ValueError, match="part must be one of"):
+        export_program(model, part="neck")
+
+
 def test_export_cli_errors(
     tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

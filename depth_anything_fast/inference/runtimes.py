@@ -11,11 +11,14 @@ model's depth in metres) on that device.
   compiled once per input shape with `INFERENCE_PRECISION_HINT` bf16 or f32.
 
 bf16 on the CPU (both runtimes) means the ViT encoder in bf16 and the DPT head in fp32 (for
-OpenVINO: the encoder converted alone, the head run by torch): with the head in bf16 too, the
-maps miss the accuracy budget (least-squares-aligned AbsRel against fp32 on real photos,
-random-init ViT-S: torch 2.0e-3, OpenVINO 1.4e-3; with the head in fp32, 4e-4). The head in
-fp32 on torch costs about as much as the bf16 encoder (benchmarks/results/
-inference_batch_cpu_run2.md). On CUDA bf16 autocast covers the whole model, as before.
+OpenVINO two compiled models: the encoder converted alone at bf16, then the head converted
+alone at f32): with the head in bf16 too, the maps miss the accuracy budget (least-squares-
+aligned AbsRel against fp32 on real photos, random-init ViT-S: OpenVINO's whole-model bf16
+1.4e-3; with the head in fp32, 4e-4). Keeping only the head's nodes in f32 inside one bf16
+OpenVINO model (their `precise` runtime attribute) is not enough: the CPU plugin still runs the
+head's bilinear upsamplings in bf16 (1.1e-3 on 4 photos). The f32 head costs about a quarter
+more than OpenVINO's whole-model bf16 (benchmarks/results/inference_batch_cpu_run3.md). On
+CUDA bf16 autocast covers the whole model, as before.
 * "onnxruntime" (the `export` extra; CPU, or CUDA with onnxruntime-gpu): the model's ONNX export
   (`models.export`) in an `InferenceSession`, fp32.
 
@@ -38,7 +41,8 @@ Conversions (seconds for ViT-S, a minute for ViT-L on 2 cores) are cached on dis
 `~/.cache/depth_anything_fast`; set it to "" to keep nothing on disk), one folder per model,
 named by the sha256 of the weights' values, the architecture and the converter's versions, so
 changed weights never reuse an old conversion. The files are data (OpenVINO IR xml/bin, ONNX
-protobuf), never pickles. The most recently used `CACHE_ENTRIES` folders per runtime are kept.
+protobuf), never pickles. The most recently used `CACHE_ENTRIES` folders per runtime are kept
+(OpenVINO bf16 uses two: the encoder's and the head's).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from depth_anything_fast.runtime import cpu_has_native_bf16
@@ -269,9 +274,9 @@ class _WeightsGuard:
 
 
 class OpenVINORuntime:
-    """The model converted to OpenVINO (cached on disk), compiled per input shape on the CPU
-    with `INFERENCE_PRECISION_HINT` f32, or for bf16 the encoder alone with hint bf16 and the
-    head on torch in fp32; the `OPENVINO_SHAPES` most recent shapes are kept compiled."""
+    """The model converted to OpenVINO (cached on disk) and run on the CPU: for fp32 the whole
+    model with `INFERENCE_PRECISION_HINT` f32; for bf16 the encoder converted alone with hint
+    bf16, then the head converted alone with hint f32 (module docstring)."""
 
     name = "openvino"
 
@@ -279,44 +284,59 @@ class OpenVINORuntime:
         import openvino
 
         self.model, self.precision = model, precision
-        self._encoder_only = precision == "bf16"
         self._guard = _WeightsGuard(model)
-        self._core = openvino.Core()
-        part = "encoder" if self._encoder_only else "model"
-        self._model = _converted(model, "openvino", part, f"{part}.xml",
-                                 _convert_openvino, self._core.read_model)
+        core = openvino.Core()
+
+        def stage(part: str, hint: str) -> _OpenVINOStage:
+            converted = _converted(model, "openvino", part, f"{part}.xml", _convert_openvino,
+                                   core.read_model)
+            return _OpenVINOStage(core, converted, hint)
+
+        self._stages = ([stage("encoder", "bf16"), stage("head", "f32")] if precision == "bf16"
+                        else [stage("model", "f32")])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._guard.check(self.name)
+        image = x.detach().float().contiguous().numpy()
+        outputs = self._stages[0]([image])
+        if len(self._stages) == 2:  # encoder -> head; the head reads only the image's shape
+            outputs = self._stages[1]([*outputs, image])
+        return torch.from_numpy(outputs[0])
+
+
+class _OpenVINOStage:
+    """One converted OpenVINO model, compiled for the CPU with inference precision `hint` once
+    per input shapes (a static shape runs fastest); the `OPENVINO_SHAPES` most recent kept."""
+
+    def __init__(self, core: Any, model: Any, hint: str) -> None:
+        self._core, self._model = core, model
         self._config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": hint,
             "PERFORMANCE_HINT": "LATENCY",
             # as many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads)
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         }
-        self._compiled: collections.OrderedDict[tuple[int, ...], Any] = \
-            collections.OrderedDict()
+        self._compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        request = self._compiled.get(shape)
+    def _request(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        request = self._compiled.get(shapes)
         if request is not None:
-            self._compiled.move_to_end(shape)
+            self._compiled.move_to_end(shapes)
             return request
         model = self._model.clone()
-        model.reshape({model.input(0): list(shape)})  # a static shape runs fastest
+        model.reshape({model.input(i): list(shape) for i, shape in enumerate(shapes)})
         request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
-        self._compiled[shape] = request
+        self._compiled[shapes] = request
         if len(self._compiled) > OPENVINO_SHAPES:
             self._compiled.popitem(last=False)
         return request
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._guard.check(self.name)
-        x = x.detach().float().contiguous()
-        # copies the request no longer writes into
-        outputs = self._request(tuple(x.shape)).infer({0: x.numpy()}, share_inputs=True)
-        if not self._encoder_only:
-            return torch.from_numpy(outputs[0])
-        features = [torch.from_numpy(outputs[i]) for i in range(len(outputs))]
-        with eval_mode(self.model), torch.inference_mode():
-            return decode(self.model, features, x)
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs (float32 copies the request no longer writes into) for its
+        inputs in order (float32, C-contiguous; read in place)."""
+        request = self._request(tuple(a.shape for a in inputs))
+        outputs = request.infer(dict(enumerate(inputs)), share_inputs=True)
+        return [outputs[i] for i in range(len(outputs))]
 
 
 class OnnxRuntime:
@@ -351,13 +371,14 @@ class OnnxRuntime:
 
 
 def _convert_openvino(model: torch.nn.Module, path: Path) -> None:
-    """Write `model` (or with a file named encoder.xml its encoder, `model.encode`) as
-    OpenVINO IR `path` (.xml, weights in the .bin beside it, float32)."""
+    """Write the part of `model` that the file's name says (model.xml, encoder.xml, head.xml:
+    `models.export.export_program`'s parts) as OpenVINO IR `path` (.xml, weights in the .bin
+    beside it, float32)."""
     import openvino
 
     from depth_anything_fast.models.export import export_program
 
-    program = export_program(model, attention="sdpa", encoder_only=path.stem == "encoder")
+    program = export_program(model, attention="sdpa", part=path.stem)
     converted = openvino.convert_model(program)
     openvino.save_model(converted, str(path), compress_to_fp16=False)
 
@@ -382,7 +403,7 @@ def cache_root() -> Path | None:
 
 def conversion_key(model: torch.nn.Module, runtime: str, part: str = "model") -> str:
     """sha256 naming a conversion: the weights' values, the architecture, the runtime, the part
-    converted ("model" or "encoder") and the versions of the packages that convert."""
+    converted ("model", "encoder" or "head") and the versions of the packages that convert."""
     from depth_anything_fast.models.weights import weights_fingerprint
 
     packages = ["torch", *_MODULES[runtime]]

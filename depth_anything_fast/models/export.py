@@ -139,21 +139,49 @@ class _Encode(torch.nn.Module):
         return tuple(self.model.encode(x))
 
 
+class _Decode(torch.nn.Module):
+    """`DepthAnything.decode` as a module's forward: (the four token maps, x) -> (B, H, W).
+    Only x's shape is read (the patch grid), so the program's sizes follow the input's."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+        patch = self.model.config.patch_size
+        return self.model.decode(list(tokens), x.shape[-2] // patch, x.shape[-1] // patch)
+
+
+PARTS = ("model", "encoder", "head")
+
+
 def export_program(model: torch.nn.Module, attention: str = "math", *,
-                   encoder_only: bool = False) -> torch.export.ExportedProgram:
+                   part: str = "model") -> torch.export.ExportedProgram:
     """`torch.export` program of `model` (CPU, float32) with dynamic batch, height and width;
-    `attention` as in `exportable` ("math" for ONNX). `encoder_only`: the program of
-    `model.encode` (x -> the four (B, N, embed_dim) token maps the head takes).
+    `attention` as in `exportable` ("math" for ONNX). `part`: "model" (x -> (B, H, W)
+    disparity), "encoder" (`model.encode`: x -> the four (B, N, embed_dim) token maps the head
+    takes) or "head" (`model.decode`: (the four token maps, x) -> (B, H, W), x read for its
+    shape only).
 
     A model on another device or in another dtype is copied, not changed. Run the result with
-    `program.module()(x)`; save with `torch.export.save`, load with `torch.export.load`.
+    `program.module()(x)` (the head's with `(tokens, x)`); save with `torch.export.save`, load
+    with `torch.export.load`.
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     param = next(model.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:
         model = copy.deepcopy(model).float().cpu()
     example, shapes = _example_and_shapes(model)
     with exportable(model, attention), torch.no_grad():
-        program = _Encode(model) if encoder_only else model
+        if part == "head":
+            tokens = tuple(model.encode(example))
+            # N = patches_h * patches_w, a product torch.export's dims cannot state: inferred
+            per_token = {0: shapes["x"][0], 1: torch.export.Dim.AUTO}
+            shapes = {"tokens": tuple(per_token for _ in tokens), "x": shapes["x"]}
+            return torch.export.export(_Decode(model), (tokens, example),
+                                       dynamic_shapes=shapes, strict=False)
+        program = _Encode(model) if part == "encoder" else model
         return torch.export.export(program, (example,), dynamic_shapes=shapes, strict=False)
 
 
