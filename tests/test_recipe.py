@@ -159,7 +159,7 @@ def test_patch_histograms_match_one_hot_pooling() -> None:
 
 # ------------------------------------------------------------------------------ report statistics
 def test_bootstrap_ci_and_paired_differences() -> None:
-    from depth_anything_fast.recipe.pipeline import bootstrap_ci, paired_differences
+    from depth_anything_fast.recipe.statistics import bootstrap_ci, paired_differences
 
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
     values = rng.normal(-0.02, 0.05, 400)
@@ -177,105 +177,318 @@ def test_bootstrap_ci_and_paired_differences() -> None:
     np.testing.assert_allclose(paired_differences(a, b), [0.2, -0.1])
 
 
-def test_ablation_summary_statistics() -> None:
+def test_ablation_summary_statistics(np_rng) -> None:
     from depth_anything_fast.recipe.ablation import ROWS, summarise
+    from depth_anything_fast.recipe.statistics import t975
 
-    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
     kinds = ["room", "field"]
-    per_seed = {}
-    for seed in (0, 1, 2):
-        per_seed[seed] = {
-            name: [{"name": f"i{j}", "kind": kinds[j % 2], "abs_rel": float(v),
-                    "delta1": 0.5} for j, v in enumerate(rng.uniform(0.1, 0.3, 10) - 0.01 * r)]
-            for r, (name, _) in enumerate(ROWS)}
-    rows = summarise(per_seed, kinds)
-    assert [r["row"] for r in rows] == [name for name, _ in ROWS]
-    for r, (name, _) in zip(rows, ROWS):
-        overall = np.array([np.mean([x["abs_rel"] for x in per_seed[s][name]]) for s in (0, 1, 2)])
-        half = 4.303 * overall.std(ddof=1) / np.sqrt(3)
+    names = {row.arm.name for row in ROWS} | {row.control for row in ROWS}
+    scores = {name: {seed: [{"name": f"i{j}", "kind": kinds[j % 2], "abs_rel": float(v),
+                             "delta1": 0.5} for j, v in enumerate(np_rng.uniform(0.1, 0.3, 10))]
+                     for seed in (0, 1, 2)} for name in names}
+    rows = summarise(scores, kinds)
+    assert [r["row"] for r in rows] == [row.label for row in ROWS]
+    for r, row in zip(rows, ROWS):
+        by_seed = scores[row.arm.name]
+        overall = np.array([np.mean([x["abs_rel"] for x in by_seed[s]]) for s in (0, 1, 2)])
+        half = t975(2) * overall.std(ddof=1) / np.sqrt(3)
         assert r["abs_rel_mean"] == pytest.approx(overall.mean())
         assert r["abs_rel_ci"] == pytest.approx([overall.mean() - half, overall.mean() + half])
-        room = np.mean([np.mean([x["abs_rel"] for x in per_seed[s][name][::2]]) for s in (0, 1, 2)])
+        room = np.mean([np.mean([x["abs_rel"] for x in by_seed[s][::2]]) for s in (0, 1, 2)])
         assert r["per_kind_abs_rel"]["room"] == pytest.approx(room)
-    diff = np.mean([[a["abs_rel"] - b["abs_rel"] for a, b in
-                     zip(per_seed[s][ROWS[4][0]], per_seed[s][ROWS[0][0]])] for s in (0, 1, 2)])
-    assert rows[4]["vs_labelled_only"]["mean"] == pytest.approx(diff)
-    assert "vs_labelled_only" not in rows[0]
+        if row.arm.name == row.control:
+            assert "vs_control" not in r
+            continue
+        control = scores[row.control]
+        diff = np.mean([[a["abs_rel"] - b["abs_rel"] for a, b in zip(by_seed[s], control[s])]
+                        for s in (0, 1, 2)])
+        assert r["vs_control"]["overall"]["mean"] == pytest.approx(diff)
+        assert r["vs_control"]["field"]["n_images"] == 5
     # a run cut short: rows missing for some seeds are summarised over the seeds they have
-    del per_seed[2][ROWS[2][0]]
-    partial = summarise(per_seed, kinds)
+    del scores[ROWS[2].arm.name][2]
+    partial = summarise(scores, kinds)
     assert partial[2]["seeds"] == [0, 1] and partial[4]["seeds"] == [0, 1, 2]
-    assert partial[2]["vs_labelled_only"]["seeds"] == [0, 1]
-    half = 12.706 * np.std(partial[2]["abs_rel_per_seed"], ddof=1) / np.sqrt(2)
+    assert partial[2]["vs_control"]["overall"]["seeds"] == [0, 1]
+    half = t975(1) * np.std(partial[2]["abs_rel_per_seed"], ddof=1) / np.sqrt(2)
     assert partial[2]["abs_rel_ci"][1] - partial[2]["abs_rel_mean"] == pytest.approx(half)
 
 
-def test_ablation_reuses_a_demo_run_only_with_the_same_training_config(tmp_path: Path) -> None:
-    from depth_anything_fast.recipe.ablation import _same_run
-    from depth_anything_fast.recipe.pipeline import STUDENT_CONFIG
+# ------------------------------------------------------------------------------ runs and plans
+def test_same_run_tells_finished_started_and_other_runs(tmp_path: Path) -> None:
+    from depth_anything_fast.recipe.pipeline import STUDENT_CONFIG, same_run
     from depth_anything_fast.train.config import config_to_dict
 
     run = tmp_path / "student"
-    (run / "final").mkdir(parents=True)
-    (run / "final" / "model.safetensors").write_bytes(b"")
-    saved = ["seed=1", "data.labelled=w/labelled", "data.pseudo_labels=demo/pseudo",
+    run.mkdir()
+    saved = ["seed=1", "data.labelled=w/labelled", "data.pseudo_labels=demo/seed1/pseudo_teacher",
              f"out_dir={run}", "progress=false"]
     (run / "config.json").write_text(
         json.dumps(config_to_dict(load_config(STUDENT_CONFIG, saved))))
-    # where it wrote and which folder held the (same teacher's) pseudo-labels do not matter
-    same = ["seed=1", "data.labelled=w/labelled", "data.pseudo_labels=abl/pseudo",
-            "out_dir=elsewhere", "loss.feature_alignment=true"]
-    assert _same_run(run, STUDENT_CONFIG, same) == run / "final"
-    for change in ("seed=2", "loss.feature_alignment=false", "steps=7", "loss.cutmix_p=0.0"):
-        assert _same_run(run, STUDENT_CONFIG, [*same, change]) is None, change
-    (run / "final" / "model.safetensors").unlink()
-    assert _same_run(run, STUDENT_CONFIG, same) is None
+    # where it wrote, its progress bar and the folder of the (same teacher's) labels do not
+    # matter: the labels' folder is compared by name
+    same = ["seed=1", "data.labelled=w/labelled",
+            "data.pseudo_labels=ablation/seed1/pseudo_teacher", "out_dir=elsewhere",
+            "loss.feature_alignment=true"]
+    assert same_run(run, STUDENT_CONFIG, same) == "started"
+    (run / "final").mkdir()
+    (run / "final" / "model.safetensors").write_bytes(b"")
+    assert same_run(run, STUDENT_CONFIG, same) == "finished"
+    for change in ("seed=2", "loss.feature_alignment=false", "steps=7", "loss.cutmix_p=0.0",
+                   "data.pseudo_labels=demo/seed1/pseudo_teacher_large"):
+        assert same_run(run, STUDENT_CONFIG, [*same, change]) is None, change
+    assert same_run(tmp_path / "absent", STUDENT_CONFIG, same) is None
 
 
-def test_ablation_seed_trains_rows_in_order_labels_once_and_reuses(tmp_path: Path,
-                                                                    monkeypatch) -> None:
-    """run_seed's bookkeeping, with training, labelling and scoring stubbed: the teacher first,
-    its pseudo-labels once before the first student, every student on them; a second call
-    reuses every row and the cached scores."""
+def _stub_world(tmp_path: Path):
     from types import SimpleNamespace
 
-    from depth_anything_fast.recipe import ablation, pipeline
+    layout = SimpleNamespace(labelled=tmp_path / "l", unlabelled=tmp_path / "u", root=tmp_path)
+    return SimpleNamespace(layout=layout, encoders={"base": tmp_path / "enc",
+                                                    "big": tmp_path / "big_enc"})
 
-    calls: list[tuple[str, list[str]]] = []
 
-    def train(config: Path, overrides: list[str], label: str, log) -> Path:
-        out_dir = Path(next(o for o in overrides if o.startswith("out_dir="))[8:])
+def _value(overrides: list[str], key: str) -> str:
+    found = [o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")]
+    assert len(found) == 1, (key, overrides)
+    return found[0]
+
+
+def test_plan_pairs_each_student_with_the_control_of_its_seed(tmp_path: Path) -> None:
+    from depth_anything_fast.recipe import runs
+
+    world = _stub_world(tmp_path)
+    big = runs.Arm("teacher_big", overrides=("model.embed_dim=128",), encoder="big")
+    arms = [runs.TEACHER, runs.STUDENT, big, runs.Arm("student_big", teacher="teacher_big")]
+    jobs, finals = runs.plan(world, tmp_path / "out", [0, 3], arms, extra=["steps=5"])
+    assert set(finals) == {(s, a.name) for s in (0, 3) for a in arms}
+    # arm by arm, every seed of an arm first: a plan cut short leaves whole arms
+    assert [j for j in jobs if j.startswith("train")] == [
+        f"train {s} {a.name}" for a in arms for s in (0, 3)]
+    for seed in (0, 3):
+        teacher = jobs[f"train {seed} teacher"]
+        student = jobs[f"train {seed} student"]
+        label = jobs[f"label {seed} teacher"]
+        t_over, s_over = teacher.args[1], student.args[1]
+        # the pair shares its seed: initial weights and labelled order are drawn from it
+        assert _value(t_over, "seed") == _value(s_over, "seed") == str(seed)
+        assert _value(t_over, "model.init") == _value(s_over, "model.init") == str(
+            tmp_path / "enc") == _value(s_over, "model.frozen_encoder")
+        assert _value(t_over, "data.batch_size") == str(runs.images_per_step()) == "12"
+        assert _value(t_over, "steps") == _value(s_over, "steps") == "5"
+        pseudo = tmp_path / "out" / f"seed{seed}" / "pseudo_teacher"
+        assert _value(s_over, "data.pseudo_labels") == str(pseudo)
+        assert label.args == (tmp_path / "out" / f"seed{seed}" / "teacher" / "final",
+                              tmp_path / "u", pseudo)
+        assert label.after == (f"train {seed} teacher",) and student.after == (
+            f"label {seed} teacher",)
+        # the larger teacher has its own encoder; its student keeps the base one
+        b_over = jobs[f"train {seed} teacher_big"].args[1]
+        assert _value(b_over, "model.init") == str(tmp_path / "big_enc")
+        assert _value(b_over, "model.embed_dim") == "128"
+        sb_over = jobs[f"train {seed} student_big"].args[1]
+        assert _value(sb_over, "model.init") == str(tmp_path / "enc")
+        assert _value(sb_over, "data.pseudo_labels").endswith(f"seed{seed}/pseudo_teacher_big")
+    with pytest.raises(ValueError, match="not in the plan"):
+        runs.plan(world, tmp_path / "out", [0], [runs.STUDENT])
+    with pytest.raises(ValueError, match="distinct"):
+        runs.plan(world, tmp_path / "out", [0], [runs.TEACHER, runs.TEACHER])
+
+
+def test_plan_reuses_finished_runs_of_the_same_configuration(tmp_path: Path) -> None:
+    from depth_anything_fast.recipe import runs
+    from depth_anything_fast.train.config import config_to_dict
+
+    world = _stub_world(tmp_path)
+
+    def finish(job: runs.Job) -> None:
+        config, overrides = job.args[0], job.args[1]
+        out_dir = Path(_value(overrides, "out_dir").replace("/out/", "/demo/"))
         (out_dir / "final").mkdir(parents=True)
         (out_dir / "final" / "model.safetensors").write_bytes(b"")
-        calls.append((config.name, overrides))
-        return out_dir / "final"
+        (out_dir / "config.json").write_text(json.dumps(config_to_dict(
+            load_config(config, [*overrides, f"out_dir={out_dir}"]))))
 
-    def label(teacher: Path, images: Path, out: Path, log) -> Path:
-        calls.append(("label", [str(teacher), str(out)]))
-        return out
+    demo_jobs, _ = runs.plan(world, tmp_path / "demo", [0], [runs.TEACHER, runs.STUDENT])
+    jobs, _ = runs.plan(world, tmp_path / "out", [0], [runs.TEACHER, runs.STUDENT])
+    finish(jobs["train 0 teacher"])  # as the demo would have, under demo/
+    jobs, finals = runs.plan(world, tmp_path / "out", [0], [runs.TEACHER, runs.STUDENT],
+                             reuse=[tmp_path / "demo"])
+    assert "train 0 teacher" not in jobs and finals[(0, "teacher")] == (
+        tmp_path / "demo" / "seed0" / "teacher" / "final")
+    # its labels are (re)made beside it, and the student learns from them
+    assert jobs["label 0 teacher"].args[2] == tmp_path / "demo" / "seed0" / "pseudo_teacher"
+    assert jobs["label 0 teacher"].after == ()
+    finish(jobs["train 0 student"])
+    jobs, finals = runs.plan(world, tmp_path / "out", [0], [runs.TEACHER, runs.STUDENT],
+                             reuse=[tmp_path / "demo"])
+    assert [name for name in jobs] == ["label 0 teacher"]
+    # another configuration of the same arm name is trained again
+    changed = runs.Arm("student", teacher="teacher", overrides=("loss.alpha=0.5",))
+    jobs, _ = runs.plan(world, tmp_path / "out", [0], [runs.TEACHER, changed],
+                        reuse=[tmp_path / "demo"])
+    assert "train 0 student" in jobs
+    assert set(demo_jobs) == {"train 0 teacher", "label 0 teacher", "train 0 student"}
 
-    scored: list[set[str]] = []
 
-    def evaluate(world, models: dict[str, Path]):
-        scored.append(set(models))
-        return SimpleNamespace(per_image={name: [{"model": str(p)}] for name, p in models.items()})
+def _record_job(path: str, name: str) -> int:
+    """A job for `run_jobs`: appends its name to `path`; returns the process id."""
+    with open(path, "a") as f:
+        f.write(name + "\n")
+    return os.getpid()
 
-    monkeypatch.setattr(pipeline, "train", train)
-    monkeypatch.setattr(pipeline, "pseudo_label_images", label)
-    monkeypatch.setattr(pipeline, "evaluate_models", evaluate)
-    layout = SimpleNamespace(labelled=tmp_path / "l", unlabelled=tmp_path / "u")
-    world = SimpleNamespace(layout=layout, encoder=tmp_path / "enc")
-    records = ablation.run_seed(tmp_path, world, seed=3, steps=2, log=lambda _: None)
-    names = [name for name, _ in ablation.ROWS]
-    assert list(records) == names
-    pseudo = tmp_path / "seed3" / "pseudo_labels"
-    assert [c[0] for c in calls] == ["demo_teacher.yaml", "label"] + ["demo_student.yaml"] * 4
-    assert calls[1][1] == [str(tmp_path / "seed3" / "row1" / "final"), str(pseudo)]
-    assert "seed=3" in calls[0][1] and "steps=2" in calls[0][1]
-    for index, (_, overrides) in zip(ablation.TRAIN_ORDER[1:], calls[2:], strict=True):
-        assert f"data.pseudo_labels={pseudo}" in overrides and "seed=4" in overrides
-        assert f"out_dir={tmp_path / 'seed3' / f'row{index + 1}'}" in overrides
-        assert all(s in overrides for s in ablation.ROWS[index][1])
-    calls.clear()
-    again = ablation.run_seed(tmp_path, world, seed=3, steps=2, log=lambda _: None)
-    assert again == records and not calls and scored == [set(names)]
+
+def _failing_job() -> None:
+    raise RuntimeError("this job fails")
+
+
+def test_run_jobs_waits_for_dependencies_inline_and_in_processes(tmp_path: Path) -> None:
+    from depth_anything_fast.recipe.runs import Job, run_jobs
+
+    for workers in (1, 2):
+        log = tmp_path / f"order{workers}.txt"
+        jobs = {"c": Job(_record_job, (str(log), "c"), ("a", "b")),
+                "a": Job(_record_job, (str(log), "a")),
+                "b": Job(_record_job, (str(log), "b"), ("a",)),
+                "d": Job(_record_job, (str(log), "d"))}
+        seen: list[str] = []
+        results = run_jobs(jobs, workers, on_done=seen.append)
+        order = log.read_text().split()
+        assert sorted(order) == ["a", "b", "c", "d"] == sorted(seen)
+        assert order.index("a") < order.index("b") < order.index("c")
+        pids = set(results.values())
+        assert (pids == {os.getpid()}) if workers == 1 else (os.getpid() not in pids)
+    with pytest.raises(RuntimeError, match="this job fails"):
+        run_jobs({"x": Job(_failing_job, ())}, 2)
+    with pytest.raises(ValueError, match="unknown jobs"):
+        run_jobs({"x": Job(_failing_job, (), ("y",))}, 1)
+    with pytest.raises(ValueError, match="wait for each other"):
+        run_jobs({"x": Job(_failing_job, (), ("y",)), "y": Job(_failing_job, (), ("x",))}, 1)
+
+
+def test_student_and_control_of_a_seed_start_alike_and_see_the_labelled_images_alike(
+        tmp_path: Path, test_seed: int) -> None:
+    """What the pairing rests on, through the trainer itself: a student and its labelled-only
+    control of the same seed start from the same weights, and the control's labelled batches
+    (12 images) are the student's (4 labelled per step) three at a time, same crops."""
+    from depth_anything_fast.models.weights import save_file
+    from depth_anything_fast.recipe import pipeline, runs
+    from depth_anything_fast.recipe.synthetic import generate_dataset, read_kinds
+    from depth_anything_fast.train.distributed import init_distributed
+    from depth_anything_fast.train.trainer import Trainer
+
+    layout = generate_dataset(tmp_path / "world", n_labelled=24, n_unlabelled=6, n_val=2,
+                              size=(60, 80), seed=test_seed % 1000)
+    model = build_model(load_config(None, TINY))
+    encoder = tmp_path / "encoder.safetensors"
+    save_file({k: v for k, v in model.state_dict().items() if k.startswith("encoder.")},
+              encoder, model.config)
+    world = pipeline.World(layout.root, layout, read_kinds(layout.root, "val"),
+                           {"base": encoder})
+    pseudo = pipeline.pseudo_label_images(model.save_pretrained(tmp_path / "teacher"),
+                                          layout.unlabelled, tmp_path / "pseudo", lambda _: None)
+    seed = test_seed % 10_000
+    tiny = [o for o in TINY if not o.startswith("model.encoder")] + ["data.num_threads=1"]
+    built = {}
+    for arm in (runs.TEACHER, runs.STUDENT):
+        overrides = runs.arm_overrides(arm, world, seed, tmp_path / arm.name, pseudo, tiny)
+        trainer = Trainer(load_config(arm.config, overrides))
+        built[arm.name] = trainer._build(init_distributed(trainer.cfg.dist))
+    control, student = built["teacher"], built["student"]
+    for (name, a), b in zip(control.model.state_dict().items(),
+                            student.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for _ in range(2):  # two control steps = six student steps (24 images: one epoch)
+        big = next(control.streams["labelled"])
+        small = [next(student.streams["labelled"]) for _ in range(3)]
+        assert big["paths"] == [p for b in small for p in b["paths"]]
+        torch.testing.assert_close(big["image"], torch.cat([b["image"] for b in small]))
+        torch.testing.assert_close(big["disparity"], torch.cat([b["disparity"] for b in small]))
+
+
+# ------------------------------------------------------------------------------ unseen kind
+def test_split_scene_renders_a_generated_image_again(tmp_path: Path, test_seed: int) -> None:
+    """The unlabelled split's depth, rendered again for the pseudo-label analysis, belongs to
+    the stored image: the val split's stored depth is re-rendered exactly (but for its sensor
+    holes), an unlabelled JPEG is its scene's colours encoded the same way."""
+    import io
+
+    from PIL import Image
+
+    from depth_anything_fast.recipe.synthetic import (
+        depth_to_png16,
+        generate_dataset,
+        read_kinds,
+        split_scene,
+    )
+
+    seed = test_seed % 10_000
+    root = tmp_path / "world"
+    generate_dataset(root, n_labelled=1, n_unlabelled=3, n_val=3, size=(40, 56), seed=seed)
+    for split in ("val", "unlabelled"):
+        for name, kind in read_kinds(root, split).items():
+            scene = split_scene(seed, split, int(name), kind, (40, 56))
+            if split == "val":
+                stored = np.array(Image.open(root / "val" / "depth" / f"{name}.png"))
+                holes = (stored == 0) & (scene.depth > 0)
+                np.testing.assert_array_equal(stored[~holes], depth_to_png16(scene.depth)[~holes])
+                assert holes.mean() < 0.2
+            else:  # the same colours, JPEG-encoded as generate_dataset does
+                stored = np.array(Image.open(root / "unlabelled" / "images" / f"{name}.jpg"))
+                encoded = io.BytesIO()
+                Image.fromarray(scene.rgb).save(encoded, format="JPEG", quality=92)
+                np.testing.assert_array_equal(stored, np.array(Image.open(encoded)))
+    with pytest.raises(ValueError, match="unknown split"):
+        split_scene(seed, "train", 0, "room")
+
+
+def test_follows_pools_each_student_with_its_own_teacher(np_rng) -> None:
+    from depth_anything_fast.recipe.unseen_kind import follows
+
+    kinds = ["room", "field"]
+    teacher, student, pairs = {}, {}, {"field": [], "room": []}
+    for seed in (0, 1):
+        t = np_rng.uniform(0.1, 0.5, 12)
+        s = 0.5 * t + np_rng.normal(0.05, 0.01, 12)
+        names = [f"{seed}-{j}" for j in range(12)]
+        teacher[seed] = [{"name": n, "kind": kinds[j % 2], "abs_rel": float(v)}
+                         for j, (n, v) in enumerate(zip(names, t))]
+        student[seed] = [{"name": n, "kind": kinds[j % 2], "abs_rel": float(v)}
+                         for j, (n, v) in enumerate(zip(names, s))][::-1]
+        for j in range(12):
+            pairs[kinds[j % 2]].append((t[j], s[j]))
+    student[2] = student[0]  # no teacher for seed 2: not used
+    result = follows(teacher, student, kinds)
+    for kind in kinds:
+        x, y = np.array(pairs[kind]).T
+        assert result[kind]["n"] == 12
+        assert result[kind]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+        assert result[kind]["slope"] == pytest.approx(np.cov(x, y)[0, 1] / x.var(ddof=1))
+        assert result[kind]["student_better_share"] == pytest.approx((y < x).mean())
+    assert result["overall"]["n"] == 24 and result["overall"]["slope"] == pytest.approx(0.5,
+                                                                                        abs=0.1)
+
+
+def test_budget_pairs_students_and_controls_at_each_budget(np_rng) -> None:
+    from depth_anything_fast.recipe.budget import budget_arms, summarise
+
+    assert [a.name for a in budget_arms(400, 400)] == ["teacher", "student"]
+    control, student = budget_arms(1600, 400)
+    assert control.overrides == student.overrides == ("steps=1600",)
+    assert student.teacher == "teacher" and control.teacher is None
+    kinds = ["room", "field"]
+
+    def records(shift: float) -> list[dict]:
+        return [{"name": f"i{j}", "kind": kinds[j % 2], "abs_rel": 0.3 + shift + 0.01 * j,
+                 "delta1": 0.5} for j in range(6)]
+
+    scores = {"teacher": {0: records(0), 1: records(0)},
+              "student": {0: records(-0.01), 1: records(-0.01)},
+              "control_1600": {0: records(-0.02), 1: records(-0.02)},
+              "student_1600": {0: records(-0.05)}}
+    out = summarise(scores, [400, 800, 1600], 400, kinds)
+    assert [e["steps"] for e in out] == [400, 1600]  # no run at 800 yet
+    assert out[0]["student - control"]["overall"]["mean"] == pytest.approx(-0.01)
+    assert out[1]["student - control"]["overall"]["mean"] == pytest.approx(-0.03)
+    assert out[1]["student - teacher"]["field"]["mean"] == pytest.approx(-0.05)
+    assert out[1]["seeds"] == [0]
+    assert out[1]["mean"]["control"]["overall"]["abs_rel"] == pytest.approx(0.305)

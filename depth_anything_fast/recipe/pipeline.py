@@ -1,9 +1,10 @@
-"""The pieces the demo and the ablation share: the synthetic world and its semantic encoder,
-training runs from the demo configs, pseudo-labelling, per-kind evaluation and the paired
-bootstrap.
+"""The pieces the demo and the recipe's experiments share: the synthetic world and its semantic
+encoders, training runs from the demo configs (finished runs reused), pseudo-labelling and the
+per-kind evaluation. The statistics of the reports live in `recipe.statistics`, the training
+plans (which models each seed trains, on how many worker processes) in `recipe.runs`.
 
-Budgets live in `WorldBudget` and the `configs/demo_*.yaml` files; they were fixed before any
-result was looked at (see the README's demo section).
+Budgets live in `WorldBudget` and the `configs/demo_*.yaml` files (see the README's demo
+section for when and why they were set).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ STUDENT_CONFIG = CONFIG_DIR / "demo_student.yaml"
 # Shorter side the models see at evaluation and pseudo-labelling (the training crop: same scale).
 EVAL_INPUT_SIZE = 112
 WORLD_FILE = "world.json"
+# The world is drawn once (this seed) and shared by every training seed.
+WORLD_SEED = 0
+BASE_ENCODER = "base"
 Log = Callable[[str], None]
 
 
@@ -66,22 +70,34 @@ class WorldBudget:
 
 @dataclass(frozen=True)
 class World:
-    """A generated world: its dataset layout, val kinds and the semantic encoder checkpoint."""
+    """A generated world: its folder, dataset layout, val kinds and semantic encoder
+    checkpoints by name (`BASE_ENCODER`: the demo's; experiments add others)."""
 
+    root: Path
     layout: Any  # recipe.synthetic.DatasetLayout
     val_kinds: dict[str, str]
-    encoder: Path
+    encoders: dict[str, Path]
+
+    @property
+    def encoder(self) -> Path:
+        """The demo's semantic encoder."""
+        return self.encoders[BASE_ENCODER]
+
+    def with_encoder(self, name: str, path: Path) -> World:
+        return dataclasses.replace(self, encoders={**self.encoders, name: path})
 
 
-def model_arch(config: Path = TEACHER_CONFIG) -> Any:
-    """The `DepthAnythingConfig` the demo configs train (encoder of the semantic prior too)."""
+def model_arch(config: Path = TEACHER_CONFIG, overrides: Sequence[str] = ()) -> Any:
+    """The `DepthAnythingConfig` that `config` with `overrides` trains (and so the encoder its
+    semantic prior needs)."""
     from depth_anything_fast.train.config import load_config
     from depth_anything_fast.train.trainer import build_model
 
-    return build_model(load_config(config), initialise=False).config
+    return build_model(load_config(config, list(overrides)), initialise=False).config
 
 
-def prepare_world(out: Path, budget: WorldBudget, seed: int, log: Log = log_line) -> World:
+def prepare_world(out: Path, budget: WorldBudget, seed: int = WORLD_SEED,
+                  log: Log = log_line) -> World:
     """Generate the data under `out/data` (reused when `world.json` says it was made with the
     same budget and seed) and pretrain the semantic encoder (cached in `out/semantic_encoder`)."""
     from depth_anything_fast.recipe.synthetic import KINDS, generate_dataset, read_kinds
@@ -107,21 +123,69 @@ def prepare_world(out: Path, budget: WorldBudget, seed: int, log: Log = log_line
             f"{', '.join(KINDS)}) in {time.perf_counter() - start:.0f}s")
     encoder = train_semantic_encoder(data, model_arch(), out / "semantic_encoder",
                                      budget.encoder, log)
-    return World(layout, read_kinds(data, "val"), encoder)
+    return World(out, layout, read_kinds(data, "val"), {BASE_ENCODER: encoder})
+
+
+def add_encoder(world: World, name: str, settings: SemanticTraining,
+                overrides: Sequence[str] = (), log: Log = log_line) -> World:
+    """`world` with one more semantic encoder, `name`, pretrained (or reused) under
+    `<world>/semantic_encoder_<name>` with `settings` for the architecture the teacher config
+    with `overrides` trains."""
+    path = train_semantic_encoder(world.layout.root, model_arch(TEACHER_CONFIG, overrides),
+                                  world.root / f"semantic_encoder_{name}", settings, log)
+    return world.with_encoder(name, path)
+
+
+# Config fields that do not change what a run trains (where it writes, its progress bar).
+_NOT_TRAINING = ("out_dir", "progress")
+
+
+def _training_config(values: Any) -> Any:
+    """A saved config without the fields of `_NOT_TRAINING`; the pseudo-label folder is kept
+    by name only (`pseudo_<teacher>`: the same teacher's labels, wherever they were written)."""
+    if not isinstance(values, dict):
+        return values
+    out = {k: _training_config(v) for k, v in values.items() if k not in _NOT_TRAINING}
+    if out.get("pseudo_labels"):
+        out["pseudo_labels"] = Path(out["pseudo_labels"]).name
+    return out
+
+
+def same_run(run_dir: Path, config: Path, overrides: Sequence[str]) -> str | None:
+    """How `run_dir` relates to the run that `config` + `overrides` describe: "finished" (its
+    exported model is there), "started" (same training configuration, not finished), or None
+    (empty, or another configuration)."""
+    from depth_anything_fast.train.config import config_to_dict, load_config
+
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return None
+    saved = json.loads(saved_path.read_text())
+    wanted = json.loads(json.dumps(config_to_dict(load_config(config, list(overrides)))))
+    if _training_config(saved) != _training_config(wanted):
+        return None
+    return "finished" if (run_dir / "final" / "model.safetensors").is_file() else "started"
 
 
 def train(config: Path, overrides: Sequence[str], label: str, log: Log = log_line) -> Path:
     """Train one stage (the `Trainer` of `config` with `overrides`); returns the exported model.
-    Exits with 143 when stopped by SIGTERM (the checkpoint is saved)."""
+
+    A finished run of the same training configuration in `out_dir` is reused, a started one
+    resumed from its newest checkpoint; anything else there is replaced. Exits with 143 when
+    stopped by SIGTERM (the checkpoint is saved: running again resumes)."""
     from depth_anything_fast.train.config import load_config
     from depth_anything_fast.train.trainer import Trainer
 
     cfg = load_config(config, [*overrides, "progress=" + str(sys.stderr.isatty()).lower()])
+    state = same_run(Path(cfg.out_dir), config, overrides)
+    if state == "finished":
+        log(f"[{label}] reusing {Path(cfg.out_dir) / 'final'} (same training configuration)")
+        return Path(cfg.out_dir) / "final"
     start = time.perf_counter()
-    result = Trainer(cfg).run()
+    result = Trainer(cfg, resume=state == "started", overwrite=state is None).run()
     if result["status"] == "terminated":
         log(f"[{label}] stopped by SIGTERM at step {result['step']} (checkpoint saved); run "
-            "again to start over")
+            "again to resume")
         sys.exit(143)
     if result["status"] != "done" or result["export"] is None:
         raise RuntimeError(f"{label} training did not finish: {result}")
@@ -144,13 +208,30 @@ def pseudo_label_images(teacher: Path, images: Path, out: Path, log: Log = log_l
     return out
 
 
-def set_threads() -> None:
-    """Leave one core to the loaders' decode / augmentation threads: with every core running
-    OpenMP compute as well, the two fight and a 2-core machine trains several times slower
-    (measured on a busy 2-core machine: 1 compute thread was 3-5x faster per step than 2)."""
+def set_threads(processes: int = 1) -> None:
+    """Compute threads of this process when `processes` train side by side: the cores shared
+    out, less one for each process's loader threads (decode / augmentation): with every core
+    running OpenMP compute as well, the two fight and a 2-core machine trains several times
+    slower (measured on a busy 2-core machine: 1 compute thread was 3-5x faster per step than
+    2). At least one."""
     import torch
 
-    torch.set_num_threads(max((os.cpu_count() or 2) - 1, 1))
+    torch.set_num_threads(max((os.cpu_count() or 2) // max(processes, 1) - 1, 1))
+
+
+def default_workers() -> int:
+    """Training processes side by side: one per core, at most two (each keeps a core's share
+    for its loader threads, see `set_threads`)."""
+    return max(min(os.cpu_count() or 1, 2), 1)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished worker processes."""
+    import resource
+
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                           resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -160,62 +241,73 @@ def row_prior(shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(rows[:, None], shape[1], axis=1)
 
 
-def _replay(maps: list[np.ndarray]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def replay(maps: list[np.ndarray]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """A predict function handing out already computed maps in order (the runner calls it
     batch by batch over the same samples)."""
     remaining = iter(maps)
     return lambda images: [next(remaining) for _ in images]
 
 
-def _kind_of(name: str, kinds: dict[str, str]) -> str:
+def kind_of(name: str, kinds: dict[str, str]) -> str:
     return kinds[os.path.splitext(os.path.basename(name))[0]]
 
 
 @dataclass
 class Evaluation:
-    """Per-image records ({name, kind, abs_rel, delta1}) of each model and baseline, the val
-    samples and each model's predictions (for pictures)."""
+    """Per-image records ({name, kind, abs_rel, delta1}) of each model and baseline, and the
+    val samples."""
 
     per_image: dict[str, list[dict[str, Any]]]
     samples: list[Any]
-    predictions: dict[str, list[np.ndarray]]
 
 
-def evaluate_models(world: World, models: dict[str, Path]) -> Evaluation:
-    """Score each model and the two baselines on the val split.
+def val_samples(world: World) -> list[Any]:
+    """The validation split's samples (image, depth in metres, mask)."""
+    from depth_anything_fast.evaluate.datasets import get_reader
+    from depth_anything_fast.recipe.synthetic import DEPTH_SPEC
+
+    return list(get_reader("generic", world.layout.val, encoding=DEPTH_SPEC))
+
+
+def predict(weights: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Disparity maps (H, W) float32 of the model in `weights` for `images` (H, W, 3) uint8, at
+    the evaluation input size, fp32 on the CPU."""
+    from depth_anything_fast.inference.predictor import Predictor
+    from depth_anything_fast.models import DepthAnything
+
+    predictor = Predictor(DepthAnything.from_pretrained(weights), batch_size=16,
+                          precision="fp32", input_size=EVAL_INPUT_SIZE, device="cpu")
+    return predictor.predict(images)
+
+
+def evaluate_models(world: World, models: dict[str, Path], baselines: bool = True) -> Evaluation:
+    """Score each model (and, with `baselines`, the two baselines) on the val split.
 
     All rows are scored in depth space (least-squares alignment in disparity, then compared as
     depth, MiDaS style); the constant baseline cannot be aligned by least squares (a constant
     has no scale), so it is median-scaled (= the per-image median ground-truth depth), which is
     only comparable in depth space."""
-    from depth_anything_fast.evaluate.datasets import get_reader
     from depth_anything_fast.evaluate.runner import evaluate_predictions
-    from depth_anything_fast.inference.predictor import Predictor
-    from depth_anything_fast.models import DepthAnything
-    from depth_anything_fast.recipe.synthetic import DEPTH_SPEC
 
-    samples = list(get_reader("generic", world.layout.val, encoding=DEPTH_SPEC))
+    samples = val_samples(world)
     results: dict[str, Any] = {}
-    shown: dict[str, list[np.ndarray]] = {}
     for name, weights in models.items():
-        predictor = Predictor(DepthAnything.from_pretrained(weights), batch_size=16,
-                              precision="fp32", input_size=EVAL_INPUT_SIZE, device="cpu")
-        predictions = predictor.predict([s.image for s in samples])
-        shown[name] = predictions
-        results[name] = evaluate_predictions(samples, _replay(predictions),
+        predictions = predict(weights, [s.image for s in samples])
+        results[name] = evaluate_predictions(samples, replay(predictions),
                                              scoring="relative-depth", batch_size=16)
-    results["baseline_constant"] = evaluate_predictions(
-        samples, lambda images: [np.ones(im.shape[:2], np.float32) for im in images],
-        scoring="metric-median")
-    results["baseline_row_prior"] = evaluate_predictions(
-        samples, lambda images: [row_prior(im.shape[:2]) for im in images],
-        scoring="relative-depth")
+    if baselines:
+        results["baseline_constant"] = evaluate_predictions(
+            samples, lambda images: [np.ones(im.shape[:2], np.float32) for im in images],
+            scoring="metric-median")
+        results["baseline_row_prior"] = evaluate_predictions(
+            samples, lambda images: [row_prior(im.shape[:2]) for im in images],
+            scoring="relative-depth")
     per_image = {
-        name: [{"name": r["name"], "kind": _kind_of(r["name"], world.val_kinds),
+        name: [{"name": r["name"], "kind": kind_of(r["name"], world.val_kinds),
                 "abs_rel": r["abs_rel"], "delta1": r["delta1"]}
                for r in result.per_image if r.get("degenerate") is None]
         for name, result in results.items()}
-    return Evaluation(per_image, samples, shown)
+    return Evaluation(per_image, samples)
 
 
 def summarise(records: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, dict]:
@@ -227,23 +319,3 @@ def summarise(records: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, 
                      "delta1": float(np.mean([r["delta1"] for r in rows])) if rows else None,
                      "n": len(rows)}
     return out
-
-
-def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]],
-                       metric: str = "abs_rel") -> np.ndarray:
-    """Per-image `metric` of a minus b over the images both scored (matched by name)."""
-    values_b = {r["name"]: r[metric] for r in b}
-    return np.array([r[metric] - values_b[r["name"]] for r in a if r["name"] in values_b])
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 10_000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lower, upper): percentile bootstrap CI of the mean of `values` (resampling the
-    images with replacement; a fixed seed, so the report is reproducible)."""
-    if values.size == 0:
-        raise ValueError("bootstrap of an empty sample")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(values.mean()), float(lo), float(hi)

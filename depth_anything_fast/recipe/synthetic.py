@@ -605,6 +605,21 @@ def depth_to_png16(depth: np.ndarray) -> np.ndarray:
     return np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
 
 
+def _scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """The seed of image `index` of `split` in a dataset generated with `seed`."""
+    return np.random.SeedSequence([seed, _SPLITS[split], index])
+
+
+def split_scene(seed: int, split: str, index: int, kind: str,
+                size: tuple[int, int] = (120, 160)) -> Scene:
+    """Image `index` (of `kind`) of `split` as `generate_dataset(seed=seed, size=size)` rendered
+    it, with its exact depth and classes: the depth of the unlabelled split, which the dataset
+    does not store, for measuring how good pseudo-labels are (never for training)."""
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(_SPLITS)}")
+    return render(_scene_seed(seed, split, index), size, kind)
+
+
 def _write_split(
     root: Path, split: str, kinds: tuple[str, ...], count: int, size: tuple[int, int],
     seed: int, ext: str, with_depth: bool,
@@ -623,7 +638,7 @@ def _write_split(
         spec.to_json(folder / SPEC_FILE)
     names = {}
     for i in range(count):
-        seq = np.random.SeedSequence([seed, _SPLITS[split], i])
+        seq = _scene_seed(seed, split, i)
         scene = render(seq, size, kinds[i % len(kinds)])
         name = f"{i:05d}"
         names[name] = scene.kind
