@@ -3,8 +3,9 @@
 Triton runs on a CPU-only machine only through its interpreter, which must be switched on before
 `triton` is first imported: this file is imported by pytest before any test module.
 
-Random inputs are fresh per test and replayable: each test is seeded (`test_seed`, `np_rng`)
-and a failure prints `DAF_TEST_SEED=<seed>`; set that variable to rerun with the same inputs.
+Random inputs are fresh per test and replayable: each test is seeded (`test_seed`, `np_rng`),
+each module's fixtures too (`module_seed`), and a failure prints `DAF_MODULE_SEED=<seed>
+DAF_TEST_SEED=<seed>`; set those variables to rerun with the same inputs.
 """
 
 from __future__ import annotations
@@ -79,17 +80,21 @@ def varied_tiny_model(**metric: object) -> DepthAnything:
 
 
 SEED_VARIABLE = "DAF_TEST_SEED"
+# module-scoped fixtures (a random model shared by a file's tests) are made before any test's
+# seed is set: they get their own seed, printed with a failure beside the test's
+MODULE_SEED_VARIABLE = "DAF_MODULE_SEED"
 _SEED_KEY = pytest.StashKey[int]()
+_MODULE_SEED_KEY = pytest.StashKey[int]()
 
 
-def _fixed_seed() -> int | None:
-    value = os.environ.get(SEED_VARIABLE)
+def _fixed_seed(variable: str = SEED_VARIABLE) -> int | None:
+    value = os.environ.get(variable)
     if value is None:
         return None
     try:
         return int(value, 0)
     except ValueError:
-        raise pytest.UsageError(f"{SEED_VARIABLE} must be an integer, got {value!r}") from None
+        raise pytest.UsageError(f"{variable} must be an integer, got {value!r}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -97,6 +102,21 @@ def pytest_report_header(config: pytest.Config) -> str:
     if seed is None:
         return f"test seeds: fresh per test; a failure prints {SEED_VARIABLE}=<seed> to replay it"
     return f"test seeds: {SEED_VARIABLE}={seed} for every test"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_seed(request: pytest.FixtureRequest) -> int:
+    """The seed torch's global generator has while a module's fixtures are made:
+    `DAF_MODULE_SEED`, else `DAF_TEST_SEED`, else fresh from the OS (autouse, so it runs before
+    the module's other fixtures)."""
+    seed = _fixed_seed(MODULE_SEED_VARIABLE)
+    if seed is None:
+        seed = _fixed_seed()
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    request.node.stash[_MODULE_SEED_KEY] = seed
+    return seed
 
 
 @pytest.fixture(autouse=True)
@@ -121,8 +141,11 @@ def np_rng(test_seed: int) -> np.random.Generator:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
     report = yield
     seed = item.stash.get(_SEED_KEY, None)
+    module = item.getparent(pytest.Module)
+    module_seed = module.stash.get(_MODULE_SEED_KEY, None) if module is not None else None
     if report.failed and seed is not None:
+        both = f"{MODULE_SEED_VARIABLE}={module_seed} " if module_seed is not None else ""
         report.sections.append(
-            ("seed", f"replay with: {SEED_VARIABLE}={seed} pytest '{item.nodeid}'")
+            ("seed", f"replay with: {both}{SEED_VARIABLE}={seed} pytest '{item.nodeid}'")
         )
     return report

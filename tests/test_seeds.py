@@ -1,5 +1,5 @@
-"""conftest's seed override: every test is seeded, a failure prints the seed, and
-DAF_TEST_SEED replays it."""
+"""conftest's seed override: every test and every module's fixtures are seeded, a failure
+prints both seeds, and DAF_MODULE_SEED / DAF_TEST_SEED replay them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import pytest
 pytest_plugins = ["pytester"]
 
 PROBE = """
+import pytest
 import torch
 
-def test_draw(np_rng, test_seed):
-    print("draw", float(torch.rand(())), float(np_rng.random()), test_seed)
+@pytest.fixture(scope="module")
+def shared_draw():
+    return float(torch.rand(()))
+
+def test_draw(shared_draw, np_rng, test_seed):
+    print("draw", shared_draw, float(torch.rand(())), float(np_rng.random()), test_seed)
     assert False
 """
 
@@ -32,12 +37,16 @@ def _line(output: str, start: str) -> str:
 
 def test_failure_prints_seed_and_the_seed_replays_it(pytester, monkeypatch):
     monkeypatch.delenv("DAF_TEST_SEED", raising=False)
+    monkeypatch.delenv("DAF_MODULE_SEED", raising=False)
     first = _run(pytester)
-    replay = _line(first, "replay with: DAF_TEST_SEED=")
-    seed = int(replay.split("=", 1)[1].split()[0])
+    replay = _line(first, "replay with: DAF_MODULE_SEED=").split()
+    module_seed = int(replay[2].split("=", 1)[1])
+    seed = int(replay[3].split("=", 1)[1])
+    assert replay[3].startswith("DAF_TEST_SEED=")
+    monkeypatch.setenv("DAF_MODULE_SEED", str(module_seed))
     monkeypatch.setenv("DAF_TEST_SEED", str(seed))
     again = _run(pytester)
     assert f"test seeds: DAF_TEST_SEED={seed}" in again
-    # the same torch and numpy draws
+    # the same module-fixture, torch and numpy draws
     assert _line(again, "draw") == _line(first, "draw")
     assert _line(again, "draw").endswith(f" {seed}")
