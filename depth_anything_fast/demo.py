@@ -228,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                         help="training seeds, paired: each trains a control and a student "
                              "(default 0 1 2)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="training processes side by side (default: one per core, at "
-                             "most 2)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="shrink data and training steps (< 1: a quick smoke run)")
+    runs.add_run_arguments(parser, reuse=False)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="FIELD=VALUE",
                         help="config override for every training stage, e.g. "

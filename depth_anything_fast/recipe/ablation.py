@@ -445,16 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="ablation_out",
                         help="output directory (default ablation_out)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--world", default=None,
-                        help="reuse the data, semantic encoder and finished runs of a demo "
-                             "output directory (default: generate the world under --out)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="training processes side by side (default: one per core, at "
-                             "most 2)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="shrink data and training steps (< 1: a quick smoke run)")
-    parser.add_argument("--no-train", action="store_true",
-                        help="report the finished rows only (the table of an interrupted run)")
+    runs.add_run_arguments(parser, reuse=True)
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")

@@ -197,16 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS),
                         help="training budgets of student and control (default 400 800 1600)")
-    parser.add_argument("--world", default=None,
-                        help="reuse the data, semantic encoder and finished runs of a demo "
-                             "output directory")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="training processes side by side (default: one per core, at "
-                             "most 2)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="shrink data and training steps (< 1: a quick smoke run)")
-    parser.add_argument("--no-train", action="store_true",
-                        help="report the finished runs only")
+    runs.add_run_arguments(parser, reuse=True)
     args = parser.parse_args(argv)
     for name in ("seeds", "steps"):
         values = getattr(args, name)

@@ -16,6 +16,7 @@ folder or one of the `reuse` folders (a demo output) is used as it is, a started
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -53,6 +54,24 @@ class Arm:
 # The demo's pair: the labelled-only model is both the students' teacher and their control.
 TEACHER = Arm("teacher")
 STUDENT = Arm("student", teacher="teacher")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, reuse: bool) -> None:
+    """The options every recipe experiment's CLI shares: --workers and --scale, and with
+    `reuse` (the budget curve, the ablation) --world and --no-train."""
+    if reuse:
+        parser.add_argument("--world", default=None,
+                            help="reuse the data, semantic encoder and finished runs of a demo "
+                                 "output directory (default: generate the world under --out)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="training processes side by side (default: one per core, at "
+                             "most 2)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="shrink data and training steps (< 1: a quick smoke run)")
+    if reuse:
+        parser.add_argument("--no-train", action="store_true",
+                            help="report the finished runs only (the table of an interrupted "
+                                 "run)")
 
 
 def images_per_step() -> int:
