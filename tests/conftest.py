@@ -104,31 +104,31 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"test seeds: {SEED_VARIABLE}={seed} for every test"
 
 
+def _seed(node: pytest.Item | pytest.Collector, key: pytest.StashKey[int],
+          *variables: str) -> int:
+    """The first of `variables` that is set, else a fresh seed from the OS: torch's global
+    generator is seeded with it and `node` keeps it under `key` for the failure report."""
+    seed = next((s for s in map(_fixed_seed, variables) if s is not None), None)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    node.stash[key] = seed
+    return seed
+
+
 @pytest.fixture(scope="module", autouse=True)
 def module_seed(request: pytest.FixtureRequest) -> int:
     """The seed torch's global generator has while a module's fixtures are made:
     `DAF_MODULE_SEED`, else `DAF_TEST_SEED`, else fresh from the OS (autouse, so it runs before
     the module's other fixtures)."""
-    seed = _fixed_seed(MODULE_SEED_VARIABLE)
-    if seed is None:
-        seed = _fixed_seed()
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little")
-    torch.manual_seed(seed)
-    request.node.stash[_MODULE_SEED_KEY] = seed
-    return seed
+    return _seed(request.node, _MODULE_SEED_KEY, MODULE_SEED_VARIABLE, SEED_VARIABLE)
 
 
 @pytest.fixture(autouse=True)
 def test_seed(request: pytest.FixtureRequest) -> int:
     """The seed of this test: `DAF_TEST_SEED` when set, else fresh from the OS. torch's global
     generator is seeded with it; numpy tests take `np_rng`. Printed with any failure."""
-    seed = _fixed_seed()
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little")
-    torch.manual_seed(seed)
-    request.node.stash[_SEED_KEY] = seed
-    return seed
+    return _seed(request.node, _SEED_KEY, SEED_VARIABLE)
 
 
 @pytest.fixture
