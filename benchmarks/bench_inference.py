@@ -108,13 +108,9 @@ def _photos() -> list[Path]:
 def conversion_cache() -> Iterator[Path]:
     """A fresh conversion cache for this run: the first path of each runtime converts."""
     path = Path(tempfile.mkdtemp(prefix="daf-bench-cache-"))
-    previous = os.environ.get("DAF_CACHE_DIR")
-    os.environ["DAF_CACHE_DIR"] = str(path)
-    yield path
-    if previous is None:
-        del os.environ["DAF_CACHE_DIR"]
-    else:
-        os.environ["DAF_CACHE_DIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:  # module scope: no `monkeypatch` fixture
+        patch.setenv("DAF_CACHE_DIR", str(path))
+        yield path
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -43,13 +43,9 @@ def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The folder of this session where `inference.runtimes` keeps converted models (never the
     user's cache); CLI subprocesses inherit it through `DAF_CACHE_DIR`."""
     path = tmp_path_factory.mktemp("runtime_cache")
-    previous = os.environ.get("DAF_CACHE_DIR")
-    os.environ["DAF_CACHE_DIR"] = str(path)
-    yield path
-    if previous is None:
-        del os.environ["DAF_CACHE_DIR"]
-    else:
-        os.environ["DAF_CACHE_DIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:  # session scope: no `monkeypatch` fixture
+        patch.setenv("DAF_CACHE_DIR", str(path))
+        yield path
 
 
 def varied_tiny_model(**metric: object) -> DepthAnything:
