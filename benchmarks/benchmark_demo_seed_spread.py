@@ -22,11 +22,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from depth_anything_fast.recipe.statistics import t975, t_interval
+
 MODELS = {"teacher": "control (teacher)", "student": "student"}
 METRICS = (("abs_rel", "AbsRel", 4), ("delta1", "δ1", 3))
-# two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262}
 
 
 def load_run(folder: Path) -> dict[str, Any]:
@@ -47,7 +46,6 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def _score_table(a: dict, b: dict, seeds: list[str], name_a: str, name_b: str, metric: str,
                  label: str, digits: int) -> list[str]:
-    n = len(seeds)
     lines = [f"**{label}**", "", f"| model | group | {name_a} | {name_b} | Δ (95% CI) | "
              "\\|Δ\\| / seed SD |", "|---|---|---|---|---|---|"]
     for model, model_label in MODELS.items():
@@ -55,12 +53,11 @@ def _score_table(a: dict, b: dict, seeds: list[str], name_a: str, name_b: str, m
             va = [a["per_seed"][model][s][group][metric] for s in seeds]
             vb = [b["per_seed"][model][s][group][metric] for s in seeds]
             (ma, sa), (mb, sb) = mean_sd(va), mean_sd(vb)
-            md, sd = mean_sd([y - x for x, y in zip(va, vb, strict=True)])
-            half = T975[n - 1] * sd / math.sqrt(n)
-            ratio = abs(md) / max(sa, sb) if max(sa, sb) > 0 else math.inf
+            d = t_interval([y - x for x, y in zip(va, vb, strict=True)])
+            ratio = abs(d.mean) / max(sa, sb) if max(sa, sb) > 0 else math.inf
             lines.append(f"| {model_label} | {group} | {ma:.{digits}f} ± {sa:.{digits}f} | "
-                         f"{mb:.{digits}f} ± {sb:.{digits}f} | {md:+.{digits}f} "
-                         f"({md - half:+.{digits}f} … {md + half:+.{digits}f}) | {ratio:.2f} |")
+                         f"{mb:.{digits}f} ± {sb:.{digits}f} | {d.mean:+.{digits}f} "
+                         f"({d.lo:+.{digits}f} … {d.hi:+.{digits}f}) | {ratio:.2f} |")
     return [*lines, ""]
 
 
@@ -74,7 +71,7 @@ def compare(a: dict, b: dict, name_a: str, name_b: str) -> str:
     lines = [f"Seeds {', '.join(seeds)}; {name_a}: {a['folder']}; {name_b}: {b['folder']}; "
              f"{a['steps']} steps per stage, {a['n_val']} validation images.", "",
              f"Mean ± sample SD over the {len(seeds)} seeds; Δ = {name_b} - {name_a} paired by "
-             f"seed, mean and 95% t-interval (t = {T975[len(seeds) - 1]}); |Δ| / seed SD = the "
+             f"seed, mean and 95% t-interval (t = {t975(len(seeds) - 1):.3f}); |Δ| / seed SD = the "
              "mean difference in units of the larger arm's seed SD.", ""]
     for metric, label, digits in METRICS:
         lines += _score_table(a, b, seeds, name_a, name_b, metric, label, digits)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -77,15 +76,6 @@ def read_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         frames = container.decode(container.streams.video[0])
         return [f.to_ndarray(format="rgb24") for f in itertools.islice(frames, limit)]
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    from scipy import stats
-
-    a = np.asarray(values, np.float64)
-    half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 \
-        else float("nan")
-    return float(a.mean()), float(a.mean() - half), float(a.mean() + half)
 
 
 def flicker(weights: Path, photos: list[Path], frames: int, work: Path, input_size: int
@@ -233,6 +223,8 @@ def main() -> None:
         "",
     ]
     if rows:
+        from depth_anything_fast.recipe.statistics import t_interval
+
         per_frame = t_interval([r["per_frame"] for r in rows])
         ours = t_interval([r["ours"] for r in rows])
         diff = t_interval([r["ours"] - r["per_frame"] for r in rows])
@@ -246,11 +238,11 @@ def main() -> None:
             "|---|---|---|---|",
             *[f"| {r['image']} | {r['input']:.2f} | {r['per_frame']:.2f} | {r['ours']:.2f} |"
               for r in rows],
-            f"| **mean (95% CI)** | | {per_frame[0]:.2f} ({per_frame[1]:.2f} .. {per_frame[2]:.2f})"
-            f" | {ours[0]:.2f} ({ours[1]:.2f} .. {ours[2]:.2f}) |",
+            f"| **mean (95% CI)** | | {per_frame.mean:.2f} ({per_frame.lo:.2f} .. {per_frame.hi:.2f})"
+            f" | {ours.mean:.2f} ({ours.lo:.2f} .. {ours.hi:.2f}) |",
             "",
-            f"Paired difference ours - official: {diff[0]:.2f} ({diff[1]:.2f} .. {diff[2]:.2f}) "
-            f"levels; ratio of means {ours[0] / per_frame[0]:.2f}.",
+            f"Paired difference ours - official: {diff.mean:.2f} ({diff.lo:.2f} .. {diff.hi:.2f}) "
+            f"levels; ratio of means {ours.mean / per_frame.mean:.2f}.",
             "",
         ]
     if streaming:
