@@ -58,7 +58,7 @@ import pytest
 import torch
 from bench_model import model_pair
 from benchmark_inference_accuracy import compare as accuracy_errors
-from benchmark_support import SHARED_IMAGES, cpu_description
+from benchmark_support import SHARED_IMAGES, cpu_description, rss_bytes
 
 from depth_anything_fast.data.decode import decode_rgb
 from depth_anything_fast.evaluate.metrics import align_scale_shift
@@ -115,11 +115,6 @@ def conversion_cache() -> Iterator[Path]:
 
 
 # ------------------------------------------------------------------------ measuring helpers
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @contextmanager
 def peak_rss() -> Iterator[dict[str, float]]:
     """{"peak_rss_mib"}: peak RSS while active above the RSS at entry (after returning freed
@@ -127,14 +122,14 @@ def peak_rss() -> Iterator[dict[str, float]]:
     gc.collect()
     with suppress(OSError, AttributeError):  # not glibc: the baseline includes freed heap
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    base = peak = _rss_bytes()
+    base = peak = rss_bytes()
     done = threading.Event()
     result: dict[str, float] = {}
 
     def sample() -> None:
         nonlocal peak
         while not done.wait(0.005):
-            peak = max(peak, _rss_bytes())
+            peak = max(peak, rss_bytes())
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -143,7 +138,7 @@ def peak_rss() -> Iterator[dict[str, float]]:
     finally:
         done.set()
         thread.join()
-        result["peak_rss_mib"] = round((max(peak, _rss_bytes()) - base) / 2**20, 1)
+        result["peak_rss_mib"] = round((max(peak, rss_bytes()) - base) / 2**20, 1)
 
 
 def compare(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:

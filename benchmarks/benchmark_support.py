@@ -17,6 +17,12 @@ SHARED_IMAGES = (
 )
 
 
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux: /proc/self/statm), in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def peak_memory_mib(fn: Callable[[], object], device: str | torch.device) -> float:
     """Peak memory of one call `fn()` above the memory live before it, in MiB.
 

@@ -98,18 +98,11 @@ def flicker(weights: Path, photos: list[Path], frames: int, work: Path, input_si
     return rows
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _stream_child(weights: str, clip: str, out: str, input_size: str) -> None:
     """Run in a fresh process: the Predictor alone, then one video through predict_video;
     print images/s, frames/s and the RSS samples' peaks."""
     import torch
+    from benchmark_support import rss_bytes
 
     from depth_anything_fast.inference.predictor import Predictor, load_model
     from depth_anything_fast.inference.video import predict_video
@@ -131,7 +124,7 @@ def _stream_child(weights: str, clip: str, out: str, input_size: str) -> None:
 
     def sample() -> None:
         while not done.is_set():
-            samples.append((time.perf_counter(), _rss_mb()))
+            samples.append((time.perf_counter(), rss_bytes() / 2**20))
             time.sleep(0.1)
 
     forward_seconds = []
