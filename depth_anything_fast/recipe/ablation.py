@@ -258,16 +258,16 @@ def _ci_text(entry: dict[str, Any] | None, group: str) -> str:
 
 
 def _rows_table(rows: list[dict[str, Any]], kinds: list[str]) -> list[str]:
-    lines = ["| row | vs | AbsRel mean (95% CI over seeds) | per seed | δ1 mean | "
+    lines = ["| row | vs | AbsRel mean (95% CI over seeds) | seeds | per seed | δ1 mean | "
              + " | ".join(f"{k} AbsRel / δ1" for k in kinds)
              + " | Δ AbsRel vs control, overall | Δ field |",
-             "|---|---|---|---|---|" + "---|" * len(kinds) + "---|---|"]
+             "|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|---|"]
     for r in rows:
         ci = f" ({r['abs_rel_ci'][0]:.4f} … {r['abs_rel_ci'][1]:.4f})" if "abs_rel_ci" in r else ""
         vs = r.get("vs_control")
         lines.append(
             f"| {r['row']} | {r['control'] if vs else '—'} | {r['abs_rel_mean']:.4f}{ci} | "
-            + ", ".join(f"{v:.4f}" for v in r["abs_rel_per_seed"])
+            + ", ".join(map(str, r["seeds"])) + " | " + ", ".join(f"{v:.4f}" for v in r["abs_rel_per_seed"])
             + f" | {r['delta1_mean']:.3f} | "
             + " | ".join(f"{r['per_kind_abs_rel'][k]:.4f} / {r['per_kind_delta1'][k]:.3f}"
                          for k in kinds)
@@ -315,7 +315,8 @@ def _analysis_tables(analysis: dict[str, Any], kinds: list[str]) -> list[str]:
 def _markdown(report: dict[str, Any]) -> str:
     meta, rows, kinds = report["meta"], report["rows"], report["kinds"]
     status = "complete" if meta["complete"] else (
-        "PARTIAL: rows/seeds missing where the run was cut short; each row gives its seeds")
+        "PARTIAL: not every row has every seed asked for (a run cut short, or rows trained "
+        "for more seeds with --rows); each row gives its seeds")
     encoders = "; ".join(
         f"{name} ({info['settings']['steps']} steps): val patch-class accuracy "
         f"{info.get('val_patch_accuracy', float('nan')):.3f}, kind accuracy "
@@ -324,8 +325,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Ablation and levers on the synthetic world ({status})", "",
         f"Command: `{meta['command']}`", "",
-        f"Every row: {meta['steps']} steps x {meta['images_per_step']} images per step, seeds "
-        f"{', '.join(map(str, meta['seeds_requested']))}; labelled data covers "
+        f"Every row: {meta['steps']} steps x {meta['images_per_step']} images per step; seeds "
+        f"asked for {', '.join(map(str, meta['seeds_requested']))}; labelled data covers "
         f"{', '.join(meta['labelled_kinds'])} only, validation ({meta['n_val']} images) covers "
         f"{', '.join(kinds)}. AbsRel in depth space after per-image least-squares alignment in "
         "disparity (lower is better). Each row is compared with its labelled-only control of "
