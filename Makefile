@@ -72,8 +72,8 @@ demo: $(STAMP)
 	$(PY) -m depth_anything_fast.demo --out demo_out
 
 # The paper's ablation and the levers for the unseen kind on the demo's synthetic world (13 rows
-# x 3 seeds; not part of `make test`). Reuses demo_out's data, semantic encoder and finished
-# runs when present.
+# x 3 seeds, 26 minutes from scratch on 2 cores; not part of `make test`). Reuses demo_out's
+# data, semantic encoder and finished runs when present.
 ablation: $(STAMP)
 	$(PY) -m depth_anything_fast.recipe.ablation --out ablation_out --world demo_out --seeds 0 1 2
 

@@ -294,6 +294,30 @@ def test_plan_pairs_each_student_with_the_control_of_its_seed(tmp_path: Path) ->
         runs.plan(world, tmp_path / "out", [0], [runs.TEACHER, runs.TEACHER])
 
 
+def test_ablation_rows_train_only_what_the_named_rows_need(tmp_path: Path) -> None:
+    """`--rows`: a lever's row brings its control and its teacher (with the teacher's labels),
+    for the seeds asked, and nothing else; a row with its own control brings that control."""
+    from depth_anything_fast.recipe import ablation, runs
+
+    world = _stub_world(tmp_path)
+    world.encoders.update(large=tmp_path / "large_enc", strong=tmp_path / "strong_enc")
+    arms = [ablation.ROWS[i].arm for i in ablation.TRAIN_ORDER]
+    jobs, _ = runs.plan(world, tmp_path / "out", [0, 4], arms)
+    picked = ablation.row_jobs(jobs, [4], ["share_1to1"])
+    assert list(picked) == ["train 4 teacher", "label 4 teacher", "train 4 share_1to1"]
+    picked = ablation.row_jobs(jobs, [0, 4], ["student_strong_encoder"])
+    assert set(picked) == {f"{what} {seed} {arm}" for seed in (0, 4) for what, arm in (
+        ("train", "teacher_strong_encoder"), ("label", "teacher_strong_encoder"),
+        ("train", "student_strong_encoder"))}  # its control is its teacher
+    assert list(picked) == [name for name in jobs if name in picked]  # the plan's order
+    # a finished run has no job: nothing of it, or of what it waited for, is redone
+    done = {name: job for name, job in jobs.items() if name != "train 4 share_1to1"}
+    assert ablation.row_jobs(done, [4], ["share_1to1"]) == {
+        "train 4 teacher": jobs["train 4 teacher"]}
+    with pytest.raises(ValueError, match="unknown ablation rows"):
+        ablation.row_jobs(jobs, [0], ["share_2to1"])
+
+
 def test_plan_reuses_finished_runs_of_the_same_configuration(tmp_path: Path) -> None:
     from depth_anything_fast.recipe import runs
     from depth_anything_fast.train.config import config_to_dict

@@ -258,16 +258,16 @@ def _ci_text(entry: dict[str, Any] | None, group: str) -> str:
 
 
 def _rows_table(rows: list[dict[str, Any]], kinds: list[str]) -> list[str]:
-    lines = ["| row | vs | AbsRel mean (95% CI over seeds) | per seed | δ1 mean | "
+    lines = ["| row | vs | AbsRel mean (95% CI over seeds) | seeds | per seed | δ1 mean | "
              + " | ".join(f"{k} AbsRel / δ1" for k in kinds)
              + " | Δ AbsRel vs control, overall | Δ field |",
-             "|---|---|---|---|---|" + "---|" * len(kinds) + "---|---|"]
+             "|---|---|---|---|---|---|" + "---|" * len(kinds) + "---|---|"]
     for r in rows:
         ci = f" ({r['abs_rel_ci'][0]:.4f} … {r['abs_rel_ci'][1]:.4f})" if "abs_rel_ci" in r else ""
         vs = r.get("vs_control")
         lines.append(
             f"| {r['row']} | {r['control'] if vs else '—'} | {r['abs_rel_mean']:.4f}{ci} | "
-            + ", ".join(f"{v:.4f}" for v in r["abs_rel_per_seed"])
+            + ", ".join(map(str, r["seeds"])) + " | " + ", ".join(f"{v:.4f}" for v in r["abs_rel_per_seed"])
             + f" | {r['delta1_mean']:.3f} | "
             + " | ".join(f"{r['per_kind_abs_rel'][k]:.4f} / {r['per_kind_delta1'][k]:.3f}"
                          for k in kinds)
@@ -315,7 +315,8 @@ def _analysis_tables(analysis: dict[str, Any], kinds: list[str]) -> list[str]:
 def _markdown(report: dict[str, Any]) -> str:
     meta, rows, kinds = report["meta"], report["rows"], report["kinds"]
     status = "complete" if meta["complete"] else (
-        "PARTIAL: rows/seeds missing where the run was cut short; each row gives its seeds")
+        "PARTIAL: not every row has every seed asked for (a run cut short, or rows trained "
+        "for more seeds with --rows); each row gives its seeds")
     encoders = "; ".join(
         f"{name} ({info['settings']['steps']} steps): val patch-class accuracy "
         f"{info.get('val_patch_accuracy', float('nan')):.3f}, kind accuracy "
@@ -324,8 +325,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Ablation and levers on the synthetic world ({status})", "",
         f"Command: `{meta['command']}`", "",
-        f"Every row: {meta['steps']} steps x {meta['images_per_step']} images per step, seeds "
-        f"{', '.join(map(str, meta['seeds_requested']))}; labelled data covers "
+        f"Every row: {meta['steps']} steps x {meta['images_per_step']} images per step; seeds "
+        f"asked for {', '.join(map(str, meta['seeds_requested']))}; labelled data covers "
         f"{', '.join(meta['labelled_kinds'])} only, validation ({meta['n_val']} images) covers "
         f"{', '.join(kinds)}. AbsRel in depth space after per-image least-squares alignment in "
         "disparity (lower is better). Each row is compared with its labelled-only control of "
@@ -403,11 +404,26 @@ class _Reporter:
         _chart(rows, self.out / "ablation.png", partial=not complete)
 
 
+ROW_NAMES = tuple(row.arm.name for row in ROWS)
+
+
+def row_jobs(jobs: dict[str, runs.Job], seeds: Sequence[int],
+             names: Sequence[str]) -> dict[str, runs.Job]:
+    """The jobs of `jobs` that the rows whose arms are named `names` need for `seeds`: their
+    own training, their controls' and their teachers' (with the teachers' labels)."""
+    unknown = sorted(set(names) - set(ROW_NAMES))
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}; the rows are {list(ROW_NAMES)}")
+    arms = {name for row in ROWS if row.arm.name in names for name in (row.arm.name, row.control)}
+    return runs.needed_by(jobs, [f"train {seed} {arm}" for arm in arms for seed in seeds])
+
+
 def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
                  scale: float = 1.0, command: str = "", train: bool = True,
-                 workers: int = 1) -> dict[str, Any]:
-    """Train every row for every seed on `workers` processes (the report rewritten after each
-    training) and return the final report; `train=False` reports the finished rows only."""
+                 workers: int = 1, rows: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train every row (or only the rows whose arms `rows` names, with what they need) for
+    every seed on `workers` processes (the report rewritten after each training) and return
+    the final report of every finished row; `train=False` reports the finished rows only."""
     import platform
 
     from depth_anything_fast.recipe.synthetic import KINDS
@@ -430,6 +446,8 @@ def run_ablation(out: Path, *, seeds: list[int], world_dir: Path | None = None,
     arms = [ROWS[i].arm for i in TRAIN_ORDER]
     reuse = [world_dir] if world_dir is not None else []
     jobs, reporter.finals = runs.plan(world, out, seeds, arms, reuse, extra)
+    if rows:
+        jobs = row_jobs(jobs, seeds, rows)
     if train:
         runs.run_jobs(jobs, workers, on_done=reporter.write)
     reporter.write()
@@ -445,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="ablation_out",
                         help="output directory (default ablation_out)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", choices=ROW_NAMES, metavar="ARM",
+                        help="train only these rows (by arm name, with their controls and "
+                             "teachers), e.g. more seeds for one lever; the report still shows "
+                             f"every finished row. Arms: {', '.join(ROW_NAMES)}")
     runs.add_run_arguments(parser, reuse=True)
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
@@ -454,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     run_ablation(Path(args.out), seeds=args.seeds,
                  world_dir=Path(args.world) if args.world else None, scale=args.scale,
                  command=command.strip(), train=not args.no_train,
-                 workers=args.workers or pipeline.default_workers())
+                 workers=args.workers or pipeline.default_workers(), rows=args.rows)
     return 0
 
 

@@ -243,6 +243,19 @@ def plan(world: pipeline.World, out: Path, seeds: Iterable[int], arms: Sequence[
     return planner.jobs, planner.finals
 
 
+def needed_by(jobs: dict[str, Job], targets: Iterable[str]) -> dict[str, Job]:
+    """The jobs of `jobs` named in `targets` (names not in `jobs`, e.g. a finished run's, are
+    skipped) and every job they wait for, transitively, in the order of `jobs`."""
+    keep: set[str] = set()
+    todo = [t for t in targets if t in jobs]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(jobs[name].after)
+    return {name: job for name, job in jobs.items() if name in keep}
+
+
 def train_arms(world: pipeline.World, out: Path, seeds: Iterable[int], arms: Sequence[Arm],
                workers: int, reuse: Sequence[Path] = (), extra: Sequence[str] = (),
                on_done: Callable[[str], None] | None = None) -> dict[RunKey, Path]:
