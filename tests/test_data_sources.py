@@ -558,6 +558,21 @@ def test_generate_dataset_roundtrip(tmp_path: Path) -> None:
                          labelled_kinds=["moon"])
 
 
+def test_generate_dataset_on_worker_processes_writes_the_same_files(tmp_path: Path) -> None:
+    """Every image depends on (seed, split, index) only: rendering on two processes writes
+    byte-identical files, and the same kinds index, as one process."""
+    sizes = dict(n_labelled=5, n_unlabelled=4, n_val=4, size=(24, 32), seed=3)
+    generate_dataset(tmp_path / "one", **sizes)
+    generate_dataset(tmp_path / "two", **sizes, workers=2)
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*")
+                 if p.is_file())
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*")
+                 if p.is_file())
+    assert one == two and len(one) == 5 * 4 + 4 * 2 + 4 * 3 + 3  # + 2 specs, kinds.json
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
 def test_scene_kinds_differ_and_semantics_follow_geometry() -> None:
     """Each kind has its own depth range and classes; semantic classes come from what the ray
     hit (sky exactly where depth is missing above the horizon, never on a valid pixel)."""

@@ -116,7 +116,8 @@ def prepare_world(out: Path, budget: WorldBudget, seed: int = WORLD_SEED,
         layout = generate_dataset(
             data, n_labelled=budget.n_labelled, n_unlabelled=budget.n_unlabelled,
             n_val=budget.n_val, size=budget.size, seed=seed,
-            labelled_kinds=budget.labelled_kinds, unlabelled_kinds=KINDS, val_kinds=KINDS)
+            labelled_kinds=budget.labelled_kinds, unlabelled_kinds=KINDS, val_kinds=KINDS,
+            workers=default_workers())
         (data / WORLD_FILE).write_text(stamp)
         log(f"[world] {budget.n_labelled} labelled ({', '.join(budget.labelled_kinds)}), "
             f"{budget.n_unlabelled} unlabelled and {budget.n_val} val images (all of "

@@ -620,42 +620,47 @@ def split_scene(seed: int, split: str, index: int, kind: str,
     return render(_scene_seed(seed, split, index), size, kind)
 
 
-def _write_split(
-    root: Path, split: str, kinds: tuple[str, ...], count: int, size: tuple[int, int],
-    seed: int, ext: str, with_depth: bool,
-) -> dict[str, str]:
-    """Render `count` scenes of `kinds` (in turn) into root/<split>; returns name -> kind."""
-    from PIL import Image
+_SPLIT_FILES = {"labelled": (".png", True), "unlabelled": (".jpg", False), "val": (".png", True)}
 
+
+def _make_split_folders(root: Path, split: str) -> None:
+    """root/<split>'s folders (and, where it has depth, its spec.json)."""
     folder = root / split
-    image_dir, depth_dir = folder / LABELLED_IMAGE_DIR, folder / TARGET_DIRS[0]
-    image_dir.mkdir(parents=True, exist_ok=True)
+    (folder / LABELLED_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (root / "semantic" / split).mkdir(parents=True, exist_ok=True)
-    if with_depth:
-        depth_dir.mkdir(parents=True, exist_ok=True)
+    if _SPLIT_FILES[split][1]:
+        (folder / TARGET_DIRS[0]).mkdir(parents=True, exist_ok=True)
         # Labelled images carry sky masks (sky = farthest); validation scores depth only.
         spec = LABELLED_SPEC if split == "labelled" else DEPTH_SPEC
         spec.to_json(folder / SPEC_FILE)
-    names = {}
-    for i in range(count):
-        seq = _scene_seed(seed, split, i)
-        scene = render(seq, size, kinds[i % len(kinds)])
-        name = f"{i:05d}"
-        names[name] = scene.kind
-        if ext == ".jpg":
-            Image.fromarray(scene.rgb).save(image_dir / f"{name}.jpg", quality=92)
-        else:
-            Image.fromarray(scene.rgb).save(image_dir / f"{name}.png", compress_level=1)
-        Image.fromarray(scene.semantic).save(root / "semantic" / split / f"{name}.png",
-                                             compress_level=1)
-        if with_depth:
-            holes_rng = np.random.default_rng(seq.spawn(1)[0])
-            mm = depth_to_png16(add_holes(scene.depth, holes_rng))
-            Image.fromarray(mm).save(depth_dir / f"{name}.png", compress_level=1)
-            if split == "labelled":
-                sky = (scene.semantic == _CLASS["sky"]).astype(np.uint8) * 255
-                Image.fromarray(sky).save(depth_dir / f"{name}{SKY_SUFFIX}", compress_level=1)
-    return names
+
+
+def _write_scene(job: tuple[Path, str, int, str, tuple[int, int], int]) -> tuple[str, str]:
+    """Render image `index` of `split` with `kind` and write its files (`generate_dataset`'s
+    layout); returns (name, kind)."""
+    from PIL import Image
+
+    root, split, index, kind, size, seed = job
+    ext, with_depth = _SPLIT_FILES[split]
+    folder = root / split
+    image_dir, depth_dir = folder / LABELLED_IMAGE_DIR, folder / TARGET_DIRS[0]
+    seq = _scene_seed(seed, split, index)
+    scene = render(seq, size, kind)
+    name = f"{index:05d}"
+    if ext == ".jpg":
+        Image.fromarray(scene.rgb).save(image_dir / f"{name}.jpg", quality=92)
+    else:
+        Image.fromarray(scene.rgb).save(image_dir / f"{name}.png", compress_level=1)
+    Image.fromarray(scene.semantic).save(root / "semantic" / split / f"{name}.png",
+                                         compress_level=1)
+    if with_depth:
+        holes_rng = np.random.default_rng(seq.spawn(1)[0])
+        mm = depth_to_png16(add_holes(scene.depth, holes_rng))
+        Image.fromarray(mm).save(depth_dir / f"{name}.png", compress_level=1)
+        if split == "labelled":
+            sky = (scene.semantic == _CLASS["sky"]).astype(np.uint8) * 255
+            Image.fromarray(sky).save(depth_dir / f"{name}{SKY_SUFFIX}", compress_level=1)
+    return name, scene.kind
 
 
 def _check_kinds(name: str, kinds: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -678,6 +683,7 @@ def generate_dataset(
     labelled_kinds: tuple[str, ...] | list[str] = KINDS,
     unlabelled_kinds: tuple[str, ...] | list[str] = KINDS,
     val_kinds: tuple[str, ...] | list[str] = KINDS,
+    workers: int = 1,
 ) -> DatasetLayout:
     """Write a synthetic RGB-D dataset under `root` and return its layout.
 
@@ -687,7 +693,7 @@ def generate_dataset(
     through its kinds (image i has kind kinds[i % len(kinds)]); `root/kinds.json` maps split ->
     image name -> kind and `root/semantic/<split>/NNNNN.png` holds the 8-bit class maps
     (indices into `SEMANTIC_CLASSES`). `size` is (H, W). Deterministic in (seed, split, index,
-    kind).
+    kind), whatever the number of `workers` (processes rendering side by side).
     """
     for name, n in (("n_labelled", n_labelled), ("n_unlabelled", n_unlabelled), ("n_val", n_val)):
         if n < 0:
@@ -697,13 +703,27 @@ def generate_dataset(
              "val": _check_kinds("val_kinds", val_kinds)}
     root = Path(root)
     layout = DatasetLayout(root, root / "labelled", root / "unlabelled", root / "val")
-    index = {
-        "labelled": _write_split(root, "labelled", kinds["labelled"], n_labelled, size, seed,
-                                 ".png", True),
-        "unlabelled": _write_split(root, "unlabelled", kinds["unlabelled"], n_unlabelled, size,
-                                   seed, ".jpg", False),
-        "val": _write_split(root, "val", kinds["val"], n_val, size, seed, ".png", True),
-    }
+    counts = {"labelled": n_labelled, "unlabelled": n_unlabelled, "val": n_val}
+    jobs = []
+    for split, count in counts.items():
+        _make_split_folders(root, split)
+        split_kinds = kinds[split]
+        jobs += [(root, split, i, split_kinds[i % len(split_kinds)], size, seed)
+                 for i in range(count)]
+    if workers <= 1 or len(jobs) < 2 * workers:
+        written = list(map(_write_scene, jobs))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the caller may hold torch's thread pools, which a fork would copy
+        with ProcessPoolExecutor(workers,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            written = list(pool.map(_write_scene, jobs,
+                                    chunksize=max(len(jobs) // (8 * workers), 1)))
+    index: dict[str, dict[str, str]] = {split: {} for split in counts}
+    for job, (name, kind) in zip(jobs, written, strict=True):
+        index[job[1]][name] = kind
     (root / KINDS_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return layout
 
