@@ -64,7 +64,7 @@ def measure(model: torch.nn.Module, images: list[Path], input_size: int,
             paths: list[tuple[str, str]] = PATHS) -> dict[str, list]:
     """Per path (runtime, precision), one record per image (name, shape, comparison with torch
     fp32). An image whose fp32 map has no positive pixel (a random model's ReLU-dead output) has
-    nothing to compare: it is left out and reported."""
+    nothing to compare: it is left out and reported; a model with no such image is refused."""
     inputs = {p.name: preprocess(decode_rgb(p.read_bytes(), str(p)), input_size)
               for p in images}
     reference = Predictor(model, runtime="torch", precision="fp32", device="cpu")
@@ -73,6 +73,9 @@ def measure(model: torch.nn.Module, images: list[Path], input_size: int,
     if dead:
         print(f"  left out ({len(dead)}: fp32 map without a positive pixel): {dead}", flush=True)
         inputs = {name: x for name, x in inputs.items() if name not in dead}
+    if not inputs:
+        raise ValueError("the model's fp32 map has no positive pixel on any image: nothing to "
+                         "compare (the official initialisation of a random ViT-B gives this)")
     results: dict[str, list] = {}
     for runtime, precision in paths:
         if not runtime_available(runtime):
@@ -108,6 +111,9 @@ def markdown(report: dict) -> str:
         "|---|---|---|---:|---:|---:|---|",
     ]
     for entry in report["models"]:
+        if "not_measured" in entry:
+            lines.append(f"| {entry['model']} | {entry['input_size']} | all | - | - | - | not "
+                         f"measured: {entry['not_measured']} |")
         for path, rows in entry["paths"].items():
             mean = np.mean([r["abs_rel"] for r in rows])
             worst = max(r["abs_rel"] for r in rows)
@@ -151,8 +157,13 @@ def main() -> None:
     }
     for name, model, input_size in models:
         print(f"{name} at {input_size}:", flush=True)
-        report["models"].append({"model": name, "input_size": input_size,
-                                 "paths": measure(model, images, input_size, paths)})
+        entry: dict = {"model": name, "input_size": input_size, "paths": {}}
+        try:
+            entry["paths"] = measure(model, images, input_size, paths)
+        except ValueError as err:  # nothing to compare on this model: said in the table
+            entry["not_measured"] = str(err)
+            print(f"  not measured: {err}", flush=True)
+        report["models"].append(entry)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
