@@ -10,9 +10,11 @@ DAF_TEST_SEED=<seed>`; set those variables to rerun with the same inputs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +31,19 @@ if not torch.cuda.is_available():
 SHARED_DATA = Path(
     os.environ.get("DAF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """`benchmarks/<name>.py` loaded as a module (the folder is not a package: its scripts run
+    from there and import their helpers by name)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,14 @@ would measure another model)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import varied_tiny_model
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_bf16_split.py"
+from conftest import load_benchmark, varied_tiny_model
 
 
 @pytest.fixture(scope="module")
 def split_module():
-    spec = importlib.util.spec_from_file_location("benchmark_bf16_split", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("benchmark_bf16_split")
 
 
 @pytest.mark.parametrize("metric", [False, True])

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_report.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("benchmark_report")
 
 
 def _bench(group: str, name: str, mean_s: float, params: dict, **extra) -> dict:
