@@ -49,11 +49,13 @@ def assert_spread(reference: torch.Tensor) -> None:
 
 
 def _spread_final_layer(
-    model: torch.nn.Module, conv: torch.nn.Conv2d, forward, probe: torch.Tensor,  # noqa: ANN001
-    positive: float = 0.95, feeds: torch.nn.Module | None = None,
+    model: torch.nn.Module, conv: torch.nn.Conv2d, forward,  # noqa: ANN001
+    probe: torch.Tensor | list[torch.Tensor], positive: float = 0.95,
+    feeds: torch.nn.Module | None = None,
 ) -> None:
     """Rescale `conv` (the last layer before the ReLU/Sigmoid) so that its outputs on `probe`
-    have std 1 and a share `positive` of them is above zero. Its input is captured as it enters
+    (one batch, or batches of several sizes) have std 1 and a share `positive` of them is above
+    zero. Its input is captured as it enters
     `conv`, or as `feeds` returns it where the model applies `conv`'s weights functionally."""
     inputs: list[torch.Tensor] = []
     if feeds is None:
@@ -62,12 +64,13 @@ def _spread_final_layer(
     else:  # a copy: an in-place ReLU may be what feeds it
         hook = feeds.register_forward_hook(lambda module, args, out: inputs.append(out.clone()))
     try:
-        forward(model, probe)
+        for batch in [probe] if isinstance(probe, torch.Tensor) else probe:
+            forward(model, batch)
     finally:
         hook.remove()
     with torch.no_grad():
-        pre = F.conv2d(inputs[0], conv.weight, None, conv.stride, conv.padding)
-        pre = pre.double().flatten()
+        pre = torch.cat([F.conv2d(x, conv.weight, None, conv.stride, conv.padding).flatten()
+                         for x in inputs]).double()
         conv.weight.div_(pre.std().item())
         conv.bias.fill_(-torch.quantile(pre / pre.std(), 1.0 - positive).item())
 
@@ -83,8 +86,12 @@ def make_hf_model(
     *,
     swiglu: bool = False,
     max_depth: float | None = None,
+    probe: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """A transformers Depth Anything with all parameters re-drawn at O(1) output scale."""
+    """A transformers Depth Anything with all parameters re-drawn at O(1) output scale, its last
+    layer set on `probe` (default: N(0, 1) noise at 98x126), an input like the test's: the
+    share of positive outputs depends on the input size (the position embeddings are
+    interpolated to it)."""
     backbone = transformers.Dinov2Config(
         image_size=518,
         patch_size=14,
@@ -115,7 +122,8 @@ def make_hf_model(
             else:
                 param.normal_(0.0, 0.1)
     # keep the final ReLU (metric: Sigmoid) in its informative range
-    _spread_final_layer(model, model.head.conv3, hf_predict, torch.randn(2, 3, 98, 126),
+    _spread_final_layer(model, model.head.conv3, hf_predict,
+                        torch.randn(2, 3, 98, 126) if probe is None else probe,
                         0.5 if max_depth else 0.95)
     return model
 
@@ -259,7 +267,8 @@ def _hf_style(state: dict[str, torch.Tensor]) -> str:
 @pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
 @pytest.mark.parametrize("style", ["new", "old"])
 def test_tiny_parity_with_transformers(swiglu: bool, style: str) -> None:
-    hf = make_hf_model(**TINY, swiglu=swiglu)
+    sizes = [(98, 154), (154, 98)]
+    hf = make_hf_model(**TINY, swiglu=swiglu, probe=[torch.randn(2, 3, *s) for s in sizes])
     state = hf.state_dict()
     if style == "old":
         state = to_old_hf_names(state)
@@ -268,7 +277,7 @@ def test_tiny_parity_with_transformers(swiglu: bool, style: str) -> None:
     config = tiny_config(ffn="swiglu" if swiglu else "mlp", interpolate_offset=0.0)
     model = DepthAnything(config=config).eval()
     ckpt.load_into(model, ckpt.to_ours(state))
-    for size in [(98, 154), (154, 98)]:
+    for size in sizes:
         x = torch.randn(2, 3, *size)
         with torch.no_grad():
             ours = model(x)
@@ -282,7 +291,8 @@ def test_tiny_parity_with_transformers(swiglu: bool, style: str) -> None:
 @pytest.mark.parametrize(("version", "size"), [("v1", (518, 518)), ("v2", (518, 686))])
 def test_vits_parity_with_transformers(version: str, size: tuple[int, int]) -> None:
     config = DepthAnythingConfig.preset("vits", version)
-    hf = make_hf_model(384, 12, 6, config.intermediate_layers, 64, (48, 96, 192, 384))
+    hf = make_hf_model(384, 12, 6, config.intermediate_layers, 64, (48, 96, 192, 384),
+                       probe=torch.randn(1, 3, *size))
     model = ours_from_hf(hf, config)
     x = torch.randn(1, 3, *size)
     theirs = hf_predict(hf, x)
@@ -317,7 +327,8 @@ def test_metric_hf_directory_and_config_detection(tmp_path: Path) -> None:
 
 def test_official_format_matches_transformers(tmp_path: Path) -> None:
     # embed_dim 128 = two heads of 64: the size is inferable from the keys alone
-    hf = make_hf_model(128, 4, 2, (0, 1, 2, 3), 32, (16, 32, 64, 128))
+    hf = make_hf_model(128, 4, 2, (0, 1, 2, 3), 32, (16, 32, 64, 128),
+                       probe=torch.randn(2, 3, 518, 518))
     official = hf_to_official_names(hf.state_dict())
     assert ckpt.detect_format(official) == "official"
     path = tmp_path / "depth_anything_v2_custom.pth"
