@@ -154,35 +154,23 @@ def convert(model: torch.nn.Module, split: str, folder: Path) -> list[Path]:
 
 
 class SplitRunner:
-    """The parts compiled for the CPU, the first with hint bf16, the second f32, per shape."""
+    """The parts compiled for the CPU per input shape, as `Predictor`'s OpenVINO runtime
+    compiles its stages: the first with hint bf16, the second f32."""
 
     def __init__(self, paths: list[Path]) -> None:
         import openvino
 
-        self._core = openvino.Core()
-        self._models = [self._core.read_model(str(p)) for p in paths]
-        self._compiled: dict[tuple, Any] = {}
+        from depth_anything_fast.inference.runtimes import OpenVINOStage
 
-    def _request(self, index: int, shapes: tuple[tuple[int, ...], ...]) -> Any:
-        if (index, shapes) not in self._compiled:
-            model = self._models[index].clone()
-            model.reshape({model.input(i): list(s) for i, s in enumerate(shapes)})
-            config = {"INFERENCE_PRECISION_HINT": "bf16" if index == 0 else "f32",
-                      "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-            compiled = self._core.compile_model(model, "CPU", config)
-            self._compiled[(index, shapes)] = compiled.create_infer_request()
-        return self._compiled[(index, shapes)]
+        core = openvino.Core()
+        self._stages = [OpenVINOStage(core, core.read_model(str(p)), hint)
+                        for p, hint in zip(paths, ("bf16", "f32"))]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self._request(0, (x.shape,)).infer({0: x}, share_inputs=True)
-        tensors = [out[i] for i in range(len(out))]
-        if len(self._models) == 1:
+        tensors = self._stages[0]([x])
+        if len(self._stages) == 1:
             return tensors[0]
-        inputs = [*tensors, x]
-        out = self._request(1, tuple(a.shape for a in inputs)).infer(dict(enumerate(inputs)),
-                                                                     share_inputs=True)
-        return out[0]
+        return self._stages[1]([*tensors, x])[0]
 
 
 def markdown(records: list[dict[str, Any]]) -> str:

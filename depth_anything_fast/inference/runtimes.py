@@ -287,10 +287,10 @@ class OpenVINORuntime:
         self._guard = _WeightsGuard(model)
         core = openvino.Core()
 
-        def stage(part: str, hint: str) -> _OpenVINOStage:
+        def stage(part: str, hint: str) -> OpenVINOStage:
             converted = _converted(model, "openvino", part, f"{part}.xml", _convert_openvino,
                                    core.read_model)
-            return _OpenVINOStage(core, converted, hint)
+            return OpenVINOStage(core, converted, hint)
 
         self._stages = ([stage("encoder", "bf16"), stage("head", "f32")] if precision == "bf16"
                         else [stage("model", "f32")])
@@ -304,7 +304,7 @@ class OpenVINORuntime:
         return torch.from_numpy(outputs[0])
 
 
-class _OpenVINOStage:
+class OpenVINOStage:
     """One converted OpenVINO model, compiled for the CPU with inference precision `hint` once
     per input shapes (a static shape runs fastest); the `OPENVINO_SHAPES` most recent kept."""
 
