@@ -188,9 +188,13 @@ def test_page_in_a_real_browser(tiny_weights: Path, shared_data: Path, tmp_path:
         _wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#input-image img"), 30,
                   "the uploaded image")
         driver.find_element(By.ID, "compute").click()
-        pictures = _wait_for(lambda: [
-            img for img in driver.find_elements(By.CSS_SELECTOR, "#depth-slider img")
-            if int(img.get_attribute("naturalWidth") or 0) > 0] or None, 60, "the depth picture")
+        def both_pictures() -> list | None:
+            """The slider's images once two have loaded (they load one after the other)."""
+            loaded = [img for img in driver.find_elements(By.CSS_SELECTOR, "#depth-slider img")
+                      if int(img.get_attribute("naturalWidth") or 0) > 0]
+            return loaded if len(loaded) >= 2 else None
+
+        pictures = _wait_for(both_pictures, 60, "the image and the depth picture under the slider")
         assert len(pictures) == 2  # image and depth under the slider
         depth = np.asarray(Image.open(io.BytesIO(_fetch(pictures[1].get_attribute("src")))))
         assert depth.shape[:2] == (425, 640)
