@@ -23,6 +23,7 @@ from depth_anything_fast.inference.temporal import (
     mean_frame_change,
 )
 from depth_anything_fast.inference.visualize import colorize, to_uint8
+from depth_anything_fast.transforms import preprocess
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
@@ -126,7 +127,9 @@ def test_predict_video_frames_rate_size_and_maps(
     assert rate == RATE and len(pictures) == 6
     # frame | 50 px white | depth, padded to even sides for 4:2:0 (47 x 180 -> 48 x 180)
     assert pictures[0].shape == (48, 65 + 50 + 65, 3)
-    assert np.abs(pictures[3][:47, :65].astype(int) - frames[3]).mean() < 8  # lossy H.264
+    # lossy H.264 (4:2:0, CRF 18) of random colour blocks: 5.9-9.6 levels over 200 such clips
+    # encoded alone; another frame (mirrored) in that place differs by 60 or more
+    assert np.abs(pictures[3][:47, :65].astype(int) - frames[3]).mean() < 12
     assert pictures[3][:47, 70:110].min() > 230  # the white gap
     decoded, _ = read_video(tmp_path / "in" / "clip.mkv")  # RGB -> YUV 4:4:4 rounds
     raw = Predictor(model, input_size=INPUT_SIZE).predict(decoded)
@@ -196,20 +199,29 @@ def test_colour_range_one_for_the_video_or_per_frame(
         assert grey[9][:, -8:].max() < 60  # squeezed under the spike: the official flicker
 
 
-def test_one_colour_range_flickers_less_than_per_frame_min_max(
-    tiny: tuple[torch.nn.Module, Path], np_rng: np.random.Generator
-) -> None:
-    """What the README's flicker figure measures, on the tiny model: a static camera with noise
-    and brightness changes per frame; per-frame min-max (official) vs aligned + one range."""
-    model, _ = tiny
-    frames = static_clip(np_rng, 8, 56, 84)
-    raw = Predictor(model, input_size=INPUT_SIZE).predict(frames)
-    official = [colorize(d) for d in raw]
-    aligner = TemporalAligner()
-    aligned = [aligner.align(d)[0] for d in raw]
-    value_range = (min(a.min() for a in aligned), max(a.max() for a in aligned))
-    ours = [colorize(a, value_range=value_range) for a in aligned]
-    assert mean_frame_change(ours) < mean_frame_change(official)
+def test_one_colour_range_flickers_less_than_per_frame_min_max(np_rng: np.random.Generator) -> None:
+    """What the README's flicker figure measures, on a tiny model: static cameras with noise and
+    brightness changes per frame; per-frame min-max (official) vs aligned + one range, summed
+    over three clips.
+
+    The model is drawn with 95% of its maps of such scenes above 0: where the final ReLU clips
+    much of a map to 0, frames are no longer one map under different scales and shifts (the
+    clipped part stays 0), and with 20% of noise images' maps (the other tests' model) one clip
+    flickered as much either way in 3% of 96 draws. Over 600 draws of this test (model and
+    clips), ours / official was at most 0.964, median 0.81."""
+    probe = torch.cat([preprocess(static_clip(np_rng, 1, 56, 84)[0], INPUT_SIZE)
+                       for _ in range(4)])
+    model = varied_tiny_model(min_positive=0.95, probe=probe)
+    predictor = Predictor(model, input_size=INPUT_SIZE)
+    official = ours = 0.0
+    for _ in range(3):
+        raw = predictor.predict(static_clip(np_rng, 8, 56, 84))
+        official += mean_frame_change([colorize(d) for d in raw])
+        aligner = TemporalAligner()
+        aligned = [aligner.align(d)[0] for d in raw]
+        value_range = (min(a.min() for a in aligned), max(a.max() for a in aligned))
+        ours += mean_frame_change([colorize(a, value_range=value_range) for a in aligned])
+    assert ours < official
 
 
 def test_mixed_folder_partial_and_broken_videos(
