@@ -435,7 +435,11 @@ def test_depth_map_level_is_added_in_fp32() -> None:
     model = random_ours()
     last = model.head.scratch.output_conv2[2]
     with torch.no_grad():
-        last.weight.mul_(0.01)
+        # 0.005: the guard below (weighted sum small next to 1) at most 0.61 of its bound over
+        # 1000 draws; with the 0.01 used before, 0.42 median but over it in 5 of 1000
+        # (DAF_TEST_SEED=103, 202, 380, 689, 774). A map rounded to bf16 exceeds the error
+        # bound below in every one of those 1000 draws.
+        last.weight.mul_(0.005)
         last.bias.fill_(1.0)
     x = torch.randn(2, 3, 42, 56)
     captured = {}

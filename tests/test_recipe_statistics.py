@@ -53,12 +53,20 @@ def test_crossed_variance_is_the_variance_of_every_resample(np_rng) -> None:
 def test_interval_matches_the_enumerated_percentiles(np_rng) -> None:
     diffs = _crossed(np_rng, 3, 4)  # 27 x 256 = 6912 resamples
     exact = _enumerated_means(diffs)
-    lo, hi = np.percentile(exact, [2.5, 97.5])
     interval = statistics.seed_image_bootstrap(diffs, seed=int(np_rng.integers(2**31)))
     assert interval.mean == pytest.approx(diffs.mean())
-    # 10,000 replicates: a tail percentile moves by ~0.05 sd between runs
-    assert interval.lo == pytest.approx(lo, abs=0.15 * exact.std())
-    assert interval.hi == pytest.approx(hi, abs=0.15 * exact.std())
+    # Each bound sits at its level of the exact distribution: the share of resamples below it
+    # and the share at most it bracket 2.5% (97.5%) within 0.008, 5 sd of the level of a
+    # percentile of 10,000 replicates (sqrt(0.025 x 0.975 / 1e4) = 0.0016). Measured on 1000
+    # draws: at most 0.0055 outside; resampling the images within each seed (nested, not
+    # crossed) is outside by more than 0.008 in 998 of them (median 0.08). Levels, not values:
+    # the exact distribution is lumpy (gaps between atoms), and the bounds' distance to the
+    # interpolated exact percentiles in sd, which this test asked to be under 0.15, exceeded it
+    # in 3 of 300 draws (0.18 at most; DAF_TEST_SEED=95, 149, 236).
+    scale = 1e-12 * np.abs(exact).max()
+    for bound, level in ((interval.lo, 0.025), (interval.hi, 0.975)):
+        below, at_most = (exact < bound - scale).mean(), (exact <= bound + scale).mean()
+        assert below - 0.008 <= level <= at_most + 0.008, (bound, level, below, at_most)
     # reproducible: a fixed seed gives the same interval
     assert statistics.seed_image_bootstrap(diffs, seed=5) == statistics.seed_image_bootstrap(
         diffs, seed=5)
@@ -80,7 +88,11 @@ def test_one_seed_is_the_image_bootstrap_and_bad_input_is_refused(np_rng) -> Non
     mean, lo, hi = statistics.bootstrap_ci(diffs[0], seed=2)
     assert interval.mean == pytest.approx(mean)
     se = diffs.std() / np.sqrt(300)
-    assert (interval.lo, interval.hi) == pytest.approx((lo, hi), abs=0.15 * se)
+    # the same distribution drawn by two generators: each bound differs by ~0.04 se (two
+    # percentiles of 10,000 replicates); measured over 1000 draws: at most 0.154 se (0.15 was
+    # this test's bound: DAF_TEST_SEED=160 failed). A bootstrap that does not resample the
+    # images of a lone seed is 1.96 se off.
+    assert (interval.lo, interval.hi) == pytest.approx((lo, hi), abs=0.25 * se)
     for bad in (np.zeros((0, 3)), np.zeros(4), np.array([[0.1, np.nan]])):
         with pytest.raises(ValueError):
             statistics.seed_image_bootstrap(bad)
