@@ -277,7 +277,11 @@ def naive_midas(pred, target, mask, alpha, scales):
         mk, rk = m[:, ::step, ::step], (m * (aligned - target))[:, ::step, ::step]
         gx = ((rk[:, :, 1:] - rk[:, :, :-1]).abs() * mk[:, :, 1:] * mk[:, :, :-1]).sum()
         gy = ((rk[:, 1:] - rk[:, :-1]).abs() * mk[:, 1:] * mk[:, :-1]).sum()
-        reg = reg + (gx + gy) / mk.sum()
+        # a scale with no valid pixel adds 0 (as MiDaS's reduction): at step 8 an 8 x 9 image
+        # keeps 2 pixels, all masked out in 0.2% of draws of a 20% mask (9 of 5000 draws of
+        # test_midas_one_scale_a_single_pixel_and_half_precision, e.g. DAF_TEST_SEED=899, gave
+        # the oracle 0 / 0 = NaN)
+        reg = reg + ((gx + gy) / mk.sum() if mk.sum() > 0 else 0.0)
     return data + alpha * reg
 
 
