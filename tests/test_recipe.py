@@ -158,11 +158,10 @@ def test_patch_histograms_match_one_hot_pooling() -> None:
 
 
 # ------------------------------------------------------------------------------ report statistics
-def test_bootstrap_ci_and_paired_differences() -> None:
+def test_bootstrap_ci_and_paired_differences(np_rng: np.random.Generator) -> None:
     from depth_anything_fast.recipe.statistics import bootstrap_ci, paired_differences
 
-    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
-    values = rng.normal(-0.02, 0.05, 400)
+    values = np_rng.normal(-0.02, 0.05, 400)
     mean, lo, hi = bootstrap_ci(values, seed=3)
     se = values.std(ddof=1) / np.sqrt(values.size)
     assert mean == pytest.approx(values.mean())
