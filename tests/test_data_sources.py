@@ -522,9 +522,10 @@ def test_render_scene_deterministic_and_plausible() -> None:
         # A camera looking down at a floor: the bottom rows are nearer than the upper rows.
         top, bottom = depth[:16][valid[:16]], depth[-16:][valid[-16:]]
         lower_is_nearer += int(top.size > 0 and np.median(bottom) < np.median(top))
-    # ~82% of scenes over many seeds; 24/40 is 3.6 standard deviations below.
+    # 88% of 4000 scenes (100 seeds x 40, worst seed 31 of 40): fewer than 24 of 40 has
+    # binomial probability ~1e-6; a renderer with depth unrelated to height gives ~20 of 40.
     assert lower_is_nearer >= 24
-    assert np.median(contrast) > 25  # 1% of single scenes are below 15
+    assert np.median(contrast) > 25  # 1% of single scenes are below 15; medians of 40: >= 36.5
 
 
 def test_generate_dataset_roundtrip(tmp_path: Path) -> None:
